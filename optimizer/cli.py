@@ -1,0 +1,132 @@
+"""Shared command-line plumbing: compose the Hydra config, logging, signals, exit codes.
+
+The entry points (``optimizer.run``, ``optimizer.report``, ``optimizer.loadtest``) compose
+``conf/`` with Hydra's compose API and Hydra override syntax (``key=value``, ``group=option``),
+so a bad override is reported in one line with exit code 2 before anything starts, instead of a
+traceback. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from optimizer.config import Config, register_configs, to_config
+from optimizer.errors import ConfigError, OptimizerError, StudyError
+
+__all__ = ["CONF_DIR", "Terminated", "compose", "main_wrapper", "setup_logging"]
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_CONFIG, EXIT_STUDY, EXIT_INT, EXIT_TERM = 2, 1, 130, 143
+
+log = logging.getLogger("optimizer")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every ``finally`` (server stop) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise Terminated()
+
+
+def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().replace("\n", " ")
+        raise ConfigError(f"{msg}. Options are the files in {conf_dir}/<group>/; keys are listed in "
+                          f"conf/config.yaml and optimizer/config.py.") from None
+
+
+def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:
+    raw = compose_raw(overrides, conf_dir)
+    try:
+        return to_config(raw)
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf interpolation or conversion errors
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def setup_logging(log_file: Path | None = None, debug: bool = False) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(fmt)
+    root.addHandler(h)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def split_args(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, --debug, --help)."""
+    debug = "--debug" in argv or os.environ.get("OPTIMIZER_DEBUG") == "1"
+    want_help = any(a in ("-h", "--help") for a in argv)
+    return [a for a in argv if a not in ("--debug", "-h", "--help")], debug, want_help
+
+
+def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Sequence[str] | None = None) -> int:
+    """Run ``body(overrides, debug)`` with signal handling and the exit-code policy."""
+    overrides, debug, want_help = split_args(list(sys.argv[1:] if argv is None else argv))
+    if want_help:
+        print(usage)
+        return 0
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return body(overrides, debug)
+    except ConfigError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StudyError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STUDY
+    except Terminated:
+        print("terminated (SIGTERM): the server was stopped and the trial recorded as interrupted; "
+              "run the same command to resume", file=sys.stderr)
+        return EXIT_TERM
+    except KeyboardInterrupt:
+        print("interrupted: the server was stopped and the trial recorded as interrupted; "
+              "run the same command to resume", file=sys.stderr)
+        return EXIT_INT
+    except OptimizerError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STUDY
+
+
+def dump_config(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

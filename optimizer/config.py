@@ -1,0 +1,311 @@
+"""The one typed configuration, built at the entry point and passed down in slices.
+
+Hydra composes YAML from ``conf/`` against these dataclass schemas (registered in the
+ConfigStore by :func:`register_configs`), so a misspelled key or a wrong type fails at compose
+time. :func:`to_config` turns the composed ``DictConfig`` into these dataclasses and checks
+ranges (:func:`validate`); after that no code sees a ``DictConfig`` or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from optimizer.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "FloatRange",
+    "HardwareConfig",
+    "IntRange",
+    "LoadConfig",
+    "ModelConfig",
+    "SearchConfig",
+    "ServerConfig",
+    "SloConfig",
+    "StudyConfig",
+    "WorkloadConfig",
+    "register_configs",
+    "to_config",
+    "validate",
+]
+
+
+@dataclass
+class IntRange:
+    low: int = 1
+    high: int = 1
+    log: bool = True
+
+
+@dataclass
+class FloatRange:
+    low: float = 0.5
+    high: float = 0.5
+    step: Optional[float] = None
+
+
+@dataclass
+class HardwareConfig:
+    """One accelerator preset: what it can run and how much memory it has."""
+
+    name: str = MISSING
+    device: str = "cuda"  # cuda | cpu
+    gpu_name: str = ""
+    gpu_mem_gib: float = 0.0  # per GPU
+    compute_capability: float = 0.0
+    mem_bandwidth_gbs: float = 0.0
+    gpu_count: int = 1
+    supports_bf16: bool = True
+    supports_fp8: bool = False  # fp8 W8A8 weights
+    supports_fp8_kv: bool = False
+    # CPU only: memory that vLLM's CPU backend may use for the KV cache (VLLM_CPU_KVCACHE_SPACE)
+    cpu_kvcache_gib: float = 0.0
+    # Flags every server on this hardware gets (not searched), e.g. --enforce-eager on the CPU.
+    fixed_args: list[str] = field(default_factory=list)
+    # vLLM's own defaults on this hardware, used as the recorded params of the baseline trial.
+    vllm_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """A model: where its files are, and the architecture numbers the memory estimate needs."""
+
+    name: str = MISSING
+    path: str = ""  # local directory; empty with `generate` set: the package builds it
+    generate: str = ""  # "tiny": the package writes a tiny random Llama model; "config": config+tokenizer only
+    load_format: str = "auto"  # auto | dummy (random weights, no download)
+    served_name: str = ""
+    max_model_len: int = 2048
+    num_layers: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_attention_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+    num_params_b: float = 0.0  # billions
+    dtype: str = "bfloat16"  # the checkpoint's dtype
+    # quantization method -> local checkpoint directory ("" = same as `path`, e.g. online fp8)
+    variants: dict[str, str] = field(default_factory=dict)
+    # the first and last token ids to draw random prompts from (avoids special tokens)
+    prompt_token_low: int = 1000
+    prompt_token_high: int = 0  # 0: vocab_size - 300
+
+
+@dataclass
+class WorkloadConfig:
+    """The fixed, seeded request set of every trial."""
+
+    name: str = MISSING
+    endpoint: str = "completions"  # completions | chat
+    prompt_tokens: int = 256
+    prompt_tokens_spread: float = 0.0  # uniform +-fraction around prompt_tokens
+    output_tokens: int = 64
+    output_tokens_spread: float = 0.0
+    shared_prefix_tokens: int = 0  # tokens every prompt starts with (prefix caching)
+    num_prefixes: int = 1
+    dataset: str = ""  # JSONL file: {"prompt": ..., "max_tokens": ...} per line
+    seed: int = 0
+
+
+@dataclass
+class LoadConfig:
+    """How the request set is sent."""
+
+    mode: str = "concurrency"  # concurrency (closed loop) | rate (open loop)
+    concurrency: int = 8
+    request_rate: float = 4.0  # requests/s, open loop
+    arrival: str = "poisson"  # poisson | constant
+    num_requests: int = 64
+    duration_s: float = 0.0  # >0: stop issuing after this many seconds instead of a count
+    warmup_requests: int = 8
+    request_timeout_s: float = 120.0
+    stall_timeout_s: float = 60.0  # no byte for this long in a stream: the request fails
+    max_inflight: int = 512  # open loop: cap on concurrently open requests
+    p99_confidence: float = 0.95
+
+
+@dataclass
+class SearchConfig:
+    """The search space. Empty choice lists and degenerate ranges fix a parameter."""
+
+    version: int = 1
+    sampler: str = "tpe"  # tpe | random
+    n_startup_trials: int = 4
+    max_num_seqs: IntRange = field(default_factory=lambda: IntRange(8, 256, True))
+    max_num_batched_tokens: IntRange = field(default_factory=lambda: IntRange(512, 8192, True))
+    gpu_memory_utilization: FloatRange = field(default_factory=lambda: FloatRange(0.80, 0.95, 0.01))
+    kv_cache_gib: FloatRange = field(default_factory=lambda: FloatRange(1.0, 4.0, 0.5))  # CPU only
+    enable_chunked_prefill: list[bool] = field(default_factory=lambda: [True, False])
+    enable_prefix_caching: list[bool] = field(default_factory=lambda: [True, False])
+    quantization: list[str] = field(default_factory=lambda: ["none"])
+    dtype: list[str] = field(default_factory=lambda: ["auto"])
+    kv_cache_dtype: list[str] = field(default_factory=lambda: ["auto"])
+    max_model_len: list[int] = field(default_factory=list)  # empty: the model's max_model_len
+    speculative: list[str] = field(default_factory=lambda: ["off"])  # off | ngram | draft
+    num_speculative_tokens: IntRange = field(default_factory=lambda: IntRange(1, 6, False))
+    ngram_lookup_max: IntRange = field(default_factory=lambda: IntRange(2, 6, False))
+    draft_model: str = ""
+    tensor_parallel_size: list[int] = field(default_factory=lambda: [1])
+    # memory the estimate must leave free for activations, as a fraction of the memory share
+    activation_reserve: float = 0.08
+
+
+@dataclass
+class SloConfig:
+    metric: str = "e2e"  # e2e | ttft | itl
+    p99_ms: float = 5000.0
+    max_error_rate: float = 0.0
+    use_upper_bound: bool = False  # judge feasibility on the P99's upper confidence bound
+
+
+@dataclass
+class StudyConfig:
+    name: str = ""  # empty: derived from model, hardware and workload
+    storage: str = ""  # empty: sqlite:///studies/<name>.db
+    n_trials: int = 6  # finished trials the study should hold; a re-run tops it up
+    seed: int = 0
+    enqueue_baseline: bool = True
+    max_consecutive_env_failures: int = 3
+    max_retries: int = 1  # retries of a trial interrupted by an environmental fault
+    workers: int = 1  # parallel trials on this host (each on its own GPUs)
+    runs_dir: str = "runs"  # trial folders (server logs) go to runs/<study>/trial-NNNN
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    python: str = ""  # interpreter that runs vLLM; empty: this one
+    start_timeout_s: float = 600.0
+    stop_timeout_s: float = 30.0
+    free_wait_s: float = 120.0  # wait for GPU memory and port to be released
+    api_key_env: str = ""  # name of an env var holding the API key (never the key itself)
+    cache_dir: str = ".cache"  # compile caches and generated models persist here
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    hardware: HardwareConfig = MISSING
+    model: ModelConfig = MISSING
+    workload: WorkloadConfig = MISSING
+    search: SearchConfig = MISSING
+    load: LoadConfig = field(default_factory=LoadConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    dry_run: bool = False
+    report: bool = True
+    reports_dir: str = "reports"
+
+
+def register_configs() -> None:
+    """Register the schemas so that ``conf/**.yaml`` files can extend them."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="hardware", name="base_hardware", node=HardwareConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="workload", name="base_workload", node=WorkloadConfig)
+    cs.store(group="search", name="base_search", node=SearchConfig)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def default_study_name(model: ModelConfig, hardware: HardwareConfig, workload: WorkloadConfig) -> str:
+    return f"{model.name}__{hardware.name}__{workload.name}"
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Convert Hydra's composed config into the frozen :class:`Config`, fill derived values
+    (study name, storage URL) and validate it."""
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config), type(obj)
+    study = obj.study
+    name = study.name or default_study_name(obj.model, obj.hardware, obj.workload)
+    storage = study.storage or f"sqlite:///studies/{name}.db"
+    obj = dataclasses.replace(obj, study=dataclasses.replace(study, name=name, storage=storage))
+    validate(obj)
+    return obj
+
+
+def _fail(key: str, value: object, what: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {what}")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that the types alone cannot express. Raises ConfigError naming the key."""
+    s, w, ld, slo, st, hw = cfg.search, cfg.workload, cfg.load, cfg.slo, cfg.study, cfg.hardware
+    if not _NAME_RE.match(st.name) or ".." in st.name:
+        _fail("study.name", st.name, "use letters, digits, '.', '_' and '-' only (no path separators or '..')")
+    if st.n_trials < 0:
+        _fail("study.n_trials", st.n_trials, "must be >= 0")
+    if st.workers < 1:
+        _fail("study.workers", st.workers, "must be >= 1")
+    if slo.metric not in ("e2e", "ttft", "itl"):
+        _fail("slo.metric", slo.metric, "valid choices: e2e, ttft, itl")
+    if not slo.p99_ms > 0:
+        _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
+    if not 0 <= slo.max_error_rate < 1:
+        _fail("slo.max_error_rate", slo.max_error_rate, "must be in [0, 1)")
+    if hw.device not in ("cuda", "cpu"):
+        _fail("hardware.device", hw.device, "valid choices: cuda, cpu")
+    if hw.gpu_count < 1:
+        _fail("hardware.gpu_count", hw.gpu_count, "must be >= 1")
+    for key, r in (("max_num_seqs", s.max_num_seqs), ("max_num_batched_tokens", s.max_num_batched_tokens),
+                   ("num_speculative_tokens", s.num_speculative_tokens), ("ngram_lookup_max", s.ngram_lookup_max)):
+        if r.low < 1:
+            _fail(f"search.{key}.low", r.low, "must be >= 1")
+        if r.low > r.high:
+            _fail(f"search.{key}", f"[{r.low}, {r.high}]", "inverted range: low must be <= high")
+    g = s.gpu_memory_utilization
+    if not (0 < g.low <= 1 and 0 < g.high <= 1):
+        _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "the memory share must be in (0, 1]")
+    if g.low > g.high:
+        _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "inverted range: low must be <= high")
+    k = s.kv_cache_gib
+    if k.low <= 0 or k.low > k.high:
+        _fail("search.kv_cache_gib", f"[{k.low}, {k.high}]", "must be > 0 with low <= high")
+    for key in ("enable_chunked_prefill", "enable_prefix_caching", "quantization", "dtype", "kv_cache_dtype",
+                "speculative", "tensor_parallel_size"):
+        if not getattr(s, key):
+            _fail(f"search.{key}", [], "the choice list is empty: give at least one choice")
+    bad = [m for m in s.speculative if m not in ("off", "ngram", "draft")]
+    if bad:
+        _fail("search.speculative", bad, "valid choices: off, ngram, draft")
+    if "draft" in s.speculative and not s.draft_model:
+        _fail("search.draft_model", "", "speculative 'draft' needs search.draft_model (a local directory)")
+    if s.sampler not in ("tpe", "random"):
+        _fail("search.sampler", s.sampler, "valid choices: tpe, random")
+    if w.prompt_tokens < 1 or w.output_tokens < 1:
+        _fail("workload.prompt_tokens/output_tokens", (w.prompt_tokens, w.output_tokens), "must be >= 1")
+    if not 0 <= w.prompt_tokens_spread < 1 or not 0 <= w.output_tokens_spread < 1:
+        _fail("workload.*_spread", (w.prompt_tokens_spread, w.output_tokens_spread), "must be in [0, 1)")
+    if w.endpoint not in ("completions", "chat"):
+        _fail("workload.endpoint", w.endpoint, "valid choices: completions, chat")
+    if ld.mode not in ("concurrency", "rate"):
+        _fail("load.mode", ld.mode, "valid choices: concurrency, rate")
+    if ld.concurrency < 1:
+        _fail("load.concurrency", ld.concurrency, "must be >= 1")
+    if not ld.request_rate > 0:
+        _fail("load.request_rate", ld.request_rate, "must be > 0 requests/s")
+    if ld.arrival not in ("poisson", "constant"):
+        _fail("load.arrival", ld.arrival, "valid choices: poisson, constant")
+    if ld.num_requests < 1 and ld.duration_s <= 0:
+        _fail("load.num_requests", ld.num_requests, "must be >= 1 (or set load.duration_s)")
+    if ld.warmup_requests < 0:
+        _fail("load.warmup_requests", ld.warmup_requests, "must be >= 0")
+    if ld.request_timeout_s <= 0 or ld.stall_timeout_s <= 0:
+        _fail("load.request_timeout_s", ld.request_timeout_s, "timeouts must be > 0 s")
+    if not 0 < ld.p99_confidence < 1:
+        _fail("load.p99_confidence", ld.p99_confidence, "must be in (0, 1)")
+    if cfg.server.start_timeout_s <= 0:
+        _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")

@@ -1,0 +1,53 @@
+"""What one request is (``RequestSpec``) and what happened to it (``RequestResult``).
+
+A failed request is a record, never an exception: ``ok`` is False and ``error_kind`` says which
+of :data:`ERROR_KINDS` it was. Times are seconds from ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+__all__ = ["ERROR_KINDS", "RequestResult", "RequestSpec"]
+
+ERROR_KINDS = (
+    "http_status",  # the server answered 4xx/5xx
+    "connect",  # connection refused or reset before the response started
+    "timeout",  # the whole request exceeded load.request_timeout_s
+    "stalled",  # no byte for load.stall_timeout_s in an open stream
+    "stream_broken",  # the connection broke mid-stream
+    "malformed",  # a stream event that is not the JSON the API promises
+    "incomplete",  # the stream ended without the tokens asked for
+    "other",
+)
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    index: int
+    prompt: Union[list[int], str, list[dict[str, str]]]  # token ids, text, or chat messages
+    max_tokens: int
+    prompt_tokens: Optional[int] = None  # known when the prompt is token ids
+
+
+@dataclass
+class RequestResult:
+    index: int
+    ok: bool = False
+    error_kind: str = ""
+    error: str = ""
+    status: int = 0
+    t_start: float = 0.0  # when it was due (open loop) or sent (closed loop)
+    t_sent: float = 0.0
+    ttft: float = float("nan")  # s, from t_start to the first token
+    latency: float = float("nan")  # s, from t_start to the end of the stream
+    itl: list[float] = field(default_factory=list)  # s, between successive token chunks
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    chunks: int = 0
+    warmup: bool = False
+
+    @property
+    def t_end(self) -> float:
+        return self.t_start + self.latency if self.latency == self.latency else self.t_start

@@ -1,0 +1,72 @@
+"""``python -m optimizer.run [overrides]``: run (or resume) a tuning study.
+
+Examples::
+
+    python -m optimizer.run                                   # embedded default: CPU build, tiny model
+    python -m optimizer.run hardware=h100 model=llama-3-8b-instruct slo.p99_ms=2500
+    python -m optimizer.run study.n_trials=12                 # the same study, continued
+    python -m optimizer.run hardware=t4 model=mistral-7b-instruct dry_run=true study.n_trials=50
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from optimizer.cli import compose, dump_config, main_wrapper, setup_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("optimizer")
+
+USAGE = __doc__ + """
+Config groups (conf/<group>/<option>.yaml): hardware, model, workload, search.
+Keys: study.{name,storage,n_trials,seed,workers}, slo.{metric,p99_ms,max_error_rate,use_upper_bound},
+load.{mode,concurrency,request_rate,num_requests,duration_s,warmup_requests}, server.{start_timeout_s,...},
+dry_run, report. See conf/config.yaml and optimizer/config.py. --debug shows tracebacks.
+Exit codes: 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+
+def _body(overrides: list[str], debug: bool) -> int:
+    cfg = compose(overrides)
+    runs = Path(cfg.study.runs_dir) / cfg.study.name
+    setup_logging(None if cfg.dry_run else runs / "optimizer.log", debug)
+    if cfg.dry_run:
+        from optimizer.study.dry_run import dry_run
+
+        dry_run(cfg, sys.stdout)
+        return 0
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump_config(cfg))
+    from optimizer.study.loop import Runtime, run_study
+
+    try:
+        run_study(cfg, Runtime(environ=dict(os.environ), python=sys.executable))
+    finally:
+        if cfg.report:
+            _report(cfg)
+    return 0
+
+
+def _report(cfg) -> None:  # type: ignore[no-untyped-def]
+    try:
+        from optimizer.reporting import write_report
+    except ImportError:
+        return
+    try:
+        path = write_report(cfg)
+        log.info("report: %s", path)
+    except Exception as exc:  # a report must never hide the study's own outcome
+        log.warning("could not write the report: %s: %s", type(exc).__name__, exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_wrapper(_body, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Why a vLLM server failed, read from its log. Pure.
+
+The reason decides what the study does with the trial: ``deterministic`` reasons (the config
+itself cannot work) are recorded as an infeasible result the sampler learns from; the others
+(the environment was in the way) fail the trial so that its config is retried.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Diagnosis", "classify", "tail"]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    reason: str  # out_of_memory | kv_cache_too_small | invalid_config | model_missing | gpu_busy | port_in_use | other
+    deterministic: bool
+    evidence: str  # the log line that decided it
+
+
+# first match wins; order from most to least specific
+_RULES: list[tuple[str, bool, re.Pattern[str]]] = [
+    ("gpu_busy", False, re.compile(r"Free memory on device .* is less than desired GPU memory utilization"
+                                   r"|less than desired CPU memory utilization", re.I)),
+    ("port_in_use", False, re.compile(r"Address already in use|\[Errno 98\]", re.I)),
+    ("kv_cache_too_small", True, re.compile(
+        r"No available memory for the cache blocks|To serve at least one request with the model's max seq len"
+        r"|is larger than the available KV cache memory|KV cache is needed, which is larger than", re.I)),
+    ("out_of_memory", True, re.compile(
+        r"CUDA out of memory|OutOfMemoryError|out of memory occurred|Cannot allocate memory"
+        r"|on kv cache allocation is less than requested memory", re.I)),
+    ("model_missing", True, re.compile(
+        r"Repository Not Found|does not appear to have a file named|Can't load the configuration"
+        r"|No such file or directory: .*config\.json|is not a local folder and is not a valid model identifier"
+        r"|We couldn't connect to|LocalEntryNotFoundError|Invalid repository ID or local directory", re.I)),
+    ("invalid_config", True, re.compile(
+        r"ValidationError|validation error|unrecognized arguments|error: argument|invalid choice"
+        r"|must be greater than or equal to|is not supported|Unknown quantization|ValueError: ", re.I)),
+]
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def classify(log_text: str, returncode: int | None = None) -> Diagnosis:
+    """Diagnose a failed start (or death) from the server log.
+
+    The log is searched from the end, since the root cause is usually the last error printed
+    above vLLM's generic "Engine core initialization failed" wrapper."""
+    lines = log_text.splitlines()
+    for reason, deterministic, pattern in _RULES:
+        for line in reversed(lines):
+            if pattern.search(line):
+                return Diagnosis(reason, deterministic, line.strip()[-400:])
+    if returncode is not None and returncode < 0:
+        return Diagnosis("killed", False, f"the server was killed by signal {-returncode}")
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    return Diagnosis("other", False, last[-400:])

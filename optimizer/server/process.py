@@ -1,0 +1,194 @@
+"""The vLLM server as a context manager that always takes its whole process group down.
+
+``VllmServer`` starts ``python -m vllm.entrypoints.openai.api_server ...`` in a new session (its
+own process group), with its output in a log file (never an unread pipe) and the kernel told to
+kill it if the optimizer dies (``PR_SET_PDEATHSIG``). A pid file records the group so that a run
+after a SIGKILL sweeps what is left (:mod:`optimizer.server.pidfile`). ``wait_ready`` polls
+``/health`` against a monotonic deadline and checks the process on every loop, so a crash is
+reported at once with the reason read from the log. ``stop`` signals the group (SIGTERM, grace,
+SIGKILL) whether or not the leader is still alive, reaps it, and waits until the port is free.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import httpx
+
+from optimizer.errors import ServerCrashed, ServerStartTimeout
+from optimizer.server import pidfile
+from optimizer.server.failures import classify, tail
+
+__all__ = ["VllmServer", "free_port", "port_is_free"]
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class VllmServer:
+    """One vLLM OpenAI server process group. Use as ``with VllmServer(...) as srv:``."""
+
+    def __init__(self, argv: list[str], *, python: str, host: str, port: int, log_path: Path,
+                 env: dict[str, str], pid_dir: Path, stop_timeout_s: float = 30.0,
+                 api_key: Optional[str] = None) -> None:
+        self.argv = [python, *argv]
+        self.host, self.port = host, port
+        self.log_path = Path(log_path)
+        self.env = env
+        self.pid_dir = Path(pid_dir)
+        self.stop_timeout_s = stop_timeout_s
+        self.api_key = api_key
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._pgid: Optional[int] = None
+        self._pidfile: Optional[Path] = None
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("the server has not been started")
+        return self._proc.pid
+
+    def start(self) -> "VllmServer":
+        if self._proc is not None:
+            raise RuntimeError("the server was already started; make a new VllmServer")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+        self._pgid = self._proc.pid  # leader of its own session and group
+        self._pidfile = pidfile.record(self.pid_dir, self._pgid, port=self.port, log=str(self.log_path))
+        log.debug("server pid %d on port %d, log %s", self._proc.pid, self.port, self.log_path)
+        return self
+
+    def poll(self) -> Optional[int]:
+        if self._proc is None:
+            raise RuntimeError("the server has not been started")
+        return self._proc.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _crash(self, code: int, during: str) -> ServerCrashed:
+        text = self.log_text()
+        d = classify(text, code)
+        return ServerCrashed(f"the vLLM server exited with code {code} {during}: {d.reason}: {d.evidence}. "
+                             f"Full log: {self.log_path}", reason=d.reason, deterministic=d.deterministic,
+                             log_tail=tail(text))
+
+    def wait_ready(self, timeout_s: float, on_tick: Optional[Callable[[float], None]] = None) -> float:
+        """Block until ``/health`` answers 200. Returns the seconds it took."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        with httpx.Client(timeout=httpx.Timeout(2.0), headers=headers) as client:
+            while True:
+                code = self.poll()
+                if code is not None:
+                    raise self._crash(code, "during start")
+                try:
+                    if client.get(self.url + "/health").status_code == 200:
+                        return time.monotonic() - t0
+                except httpx.HTTPError:
+                    pass  # refused while the engine initialises: normal
+                now = time.monotonic()
+                if now >= deadline:
+                    text = self.log_text()
+                    raise ServerStartTimeout(
+                        f"the vLLM server did not become healthy within {timeout_s:.0f} s "
+                        f"(server.start_timeout_s). Last log line: {tail(text, 1)!r}. Full log: {self.log_path}",
+                        reason="start_timeout", deterministic=False, log_tail=tail(text))
+                if on_tick:
+                    on_tick(now - t0)
+                time.sleep(0.5)
+
+    def stop(self) -> float:
+        """Terminate the whole group: SIGTERM, up to stop_timeout_s, SIGKILL. Idempotent."""
+        if self._proc is None or self._stopped:
+            return 0.0
+        t0 = time.monotonic()
+        pgid = self._pgid
+        assert pgid is not None
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = t0 + self.stop_timeout_s
+        while time.monotonic() < deadline and (_group_alive(pgid) or self._proc.poll() is None):
+            self._proc.poll()  # reap the leader so the group can empty
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            log.warning("server group %d ignored SIGTERM for %.0f s; sending SIGKILL", pgid, self.stop_timeout_s)
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.error("server leader %d did not exit after SIGKILL", self._proc.pid)
+        end = time.monotonic() + 10
+        while _group_alive(pgid) and time.monotonic() < end:
+            time.sleep(0.05)
+        end = time.monotonic() + 15
+        while not port_is_free(self.host, self.port) and time.monotonic() < end:
+            time.sleep(0.1)
+        self._stopped = True
+        if self._pidfile is not None:
+            pidfile.remove(self._pidfile)
+        return time.monotonic() - t0
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,134 @@
+"""Typed vLLM engine parameters, rendered to a server command in exactly one place.
+
+``EngineParams`` holds what a trial changes; ``None`` means "leave vLLM's default". The
+baseline trial is ``EngineParams()``: no tuning flag at all. :func:`render` turns parameters
+plus the fixed parts (model, host, port, hardware flags) into ``Launch``: the argv after
+``python`` and the ``vllm serve`` YAML that reproduces it. Nothing
+parses argv back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = ["EngineParams", "Launch", "ModelTarget", "render", "SERVER_MODULE"]
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    gpu_memory_utilization: Optional[float] = None
+    kv_cache_gib: Optional[float] = None  # explicit KV cache size (the CPU backend's memory share)
+    enable_chunked_prefill: Optional[bool] = None
+    enable_prefix_caching: Optional[bool] = None
+    quantization: Optional[str] = None  # None/"none": the checkpoint as it is
+    dtype: Optional[str] = None
+    kv_cache_dtype: Optional[str] = None
+    max_model_len: Optional[int] = None
+    tensor_parallel_size: Optional[int] = None
+    speculative: Optional[str] = None  # None/"off" | ngram | draft
+    num_speculative_tokens: Optional[int] = None
+    ngram_lookup_max: Optional[int] = None
+    ngram_lookup_min: Optional[int] = None
+    draft_model: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parameters that are set (not None)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EngineParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """The model a server loads: the directory for the chosen quantization, how to load it."""
+
+    path: str
+    served_name: str = ""
+    load_format: str = "auto"
+    quantization_flag: Optional[str] = None  # --quantization value, when the checkpoint needs one
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]  # after the interpreter: ["-m", SERVER_MODULE, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    serve_config: dict[str, Any] = field(default_factory=dict)  # `vllm serve --config` YAML content
+
+    def command(self, python: str = "python") -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        cmd = shlex.join([python, *self.argv])
+        return f"{env} {cmd}" if env else cmd
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
+           fixed_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> Launch:
+    """The one place where engine parameters become flags (and env for the CPU backend)."""
+    cfg: dict[str, Any] = {"model": model.path, "host": host, "port": port}
+    if model.served_name:
+        cfg["served_model_name"] = model.served_name
+    if model.load_format and model.load_format != "auto":
+        cfg["load_format"] = model.load_format
+    if model.quantization_flag:
+        cfg["quantization"] = model.quantization_flag
+    env: dict[str, str] = {}
+    p = params
+    for key in ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len",
+                "tensor_parallel_size"):
+        value = getattr(p, key)
+        if value is not None:
+            cfg[key] = value
+    if p.kv_cache_gib is not None:
+        cfg["kv_cache_memory_bytes"] = int(round(p.kv_cache_gib * 1024**3))
+    for key in ("dtype", "kv_cache_dtype"):
+        value = getattr(p, key)
+        if value is not None and value != "auto":
+            cfg[key] = value
+    if p.quantization not in (None, "none") and not model.quantization_flag:
+        cfg["quantization"] = p.quantization
+    for key in ("enable_chunked_prefill", "enable_prefix_caching"):
+        value = getattr(p, key)
+        if value is not None:
+            cfg[key] = bool(value)
+    spec = _speculative_config(p)
+    if spec:
+        cfg["speculative_config"] = spec
+
+    argv = ["-m", SERVER_MODULE]
+    for key, value in cfg.items():
+        if isinstance(value, bool):
+            argv.append(_flag(key) if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            argv += [_flag(key), json.dumps(value, sort_keys=True, separators=(",", ":"))]
+        else:
+            argv += [_flag(key), str(value)]
+    argv += list(fixed_args) + list(extra_args)
+    serve_cfg = {k: v for k, v in cfg.items() if k not in ("host", "port")}
+    return Launch(argv=argv, env=env, serve_config=serve_cfg)
+
+
+def _speculative_config(p: EngineParams) -> dict[str, Any]:
+    if p.speculative in (None, "off"):
+        return {}
+    n = p.num_speculative_tokens or 3
+    if p.speculative == "ngram":
+        hi = p.ngram_lookup_max or 4
+        lo = max(1, min(p.ngram_lookup_min or 1, hi))
+        return {"method": "ngram", "num_speculative_tokens": n, "prompt_lookup_max": hi, "prompt_lookup_min": lo}
+    if p.speculative == "draft":
+        return {"method": "draft_model", "model": p.draft_model, "num_speculative_tokens": n}
+    raise ValueError(f"speculative={p.speculative!r}: valid choices are off, ngram, draft")

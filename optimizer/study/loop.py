@@ -1,0 +1,219 @@
+"""The study loop: ask the sampler, run the trial, tell the outcome; resume where it stopped.
+
+Trial-level failure handling lives here, in one place:
+
+- measured, ruled out, or unable to start for a reason of its own: COMPLETE, with every
+  constraint set, so the sampler learns from it;
+- the environment was in the way (timeout, busy GPU, crash with no config cause): FAIL, the
+  config is enqueued again once, and N consecutive such failures stop the study;
+- interrupted (Ctrl-C, SIGTERM): FAIL with ``interrupted``, enqueued again, re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from optimizer.config import Config
+from optimizer.errors import StudyError, TrialError
+from optimizer.model.resolve import resolve_model_dir
+from optimizer.server import pidfile
+from optimizer.space.engine_args import EngineParams
+from optimizer.space.search_space import Space, baseline_params, build_space, suggest
+from optimizer.study.results import StudyResult, describe, study_result
+from optimizer.study.storage import (StudyLock, finished_count, open_study, reap_interrupted, retry_trial,
+                                     sqlite_path)
+from optimizer.study.trial import TrialContext, TrialRecord, run_trial
+
+__all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the entry point read from the process environment, passed down explicitly."""
+
+    environ: dict[str, str]
+    python: str = sys.executable
+    gpu_ids: tuple[int, ...] = ()
+    worker: str = ""
+
+
+def make_sampler(cfg: Config, n_existing: int) -> optuna.samplers.BaseSampler:
+    # a fresh seed per resume: the same seed would repeat the random start-up configs
+    seed = cfg.study.seed + n_existing
+    if cfg.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=cfg.search.n_startup_trials, constant_liar=True)
+
+
+def make_context(cfg: Config, rt: Runtime) -> TrialContext:
+    cache = Path(cfg.server.cache_dir).resolve()
+    model_dir = resolve_model_dir(cfg.model, str(cache))
+    env = dict(rt.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"), "PYTHONUNBUFFERED": "1",
+                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    api_key = None
+    if cfg.server.api_key_env:
+        api_key = rt.environ.get(cfg.server.api_key_env)
+        if not api_key:
+            from optimizer.errors import ConfigError
+
+            raise ConfigError(f"server.api_key_env={cfg.server.api_key_env!r}: that environment variable is not "
+                              f"set. Export it, or leave server.api_key_env empty.")
+        env["VLLM_API_KEY"] = api_key  # the server reads it from its environment: never on argv
+    env.update(cfg.server.env)
+    return TrialContext(cfg=cfg, model_dir=model_dir, python=cfg.server.python or rt.python, server_env=env,
+                        api_key=api_key, trial_root=Path(cfg.study.runs_dir).resolve() / cfg.study.name,
+                        pid_dir=cache / "pids", gpu_ids=rt.gpu_ids, worker=rt.worker or socket.gethostname())
+
+
+class _Budget:
+    """Stops the study at n_trials finished trials or too many environmental failures."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.consecutive_env = 0
+        self.ruled_out_streak = 0
+        self.abort: Optional[str] = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
+            self.consecutive_env += 1
+        elif trial.state == TrialState.COMPLETE:
+            self.consecutive_env = 0
+        self.ruled_out_streak = self.ruled_out_streak + 1 if trial.user_attrs.get("failure") == "ruled_out" else 0
+        limit = self.cfg.study.max_consecutive_env_failures
+        if self.consecutive_env >= limit:
+            self.abort = (f"{self.consecutive_env} trials in a row failed for reasons outside their config "
+                          f"(last: {trial.user_attrs.get('failure', '?')}: "
+                          f"{str(trial.user_attrs.get('failure_detail', ''))[:300]}). Stopping instead of burning "
+                          f"the budget; fix the environment and run the same command to resume "
+                          f"(study.max_consecutive_env_failures={limit}).")
+            study.stop()
+        elif self.ruled_out_streak >= 50:
+            self.abort = ("50 proposals in a row were ruled out by the memory estimate: the search space is "
+                          "almost all infeasible on this hardware. Narrow the ranges in conf/search.")
+            study.stop()
+        elif finished_count(study) >= self.cfg.study.n_trials:
+            study.stop()
+
+
+def _log_done(tag: str, rec: TrialRecord, best: Optional[FrozenTrial], cfg: Config) -> None:
+    a, o = rec.attrs, rec.outcome
+    if a.get("failure"):
+        return
+    best_txt = f"; best so far {best.value:.1f} tok/s (trial {best.number})" if best is not None else ""
+    log.info("%s %.1f output tok/s, P99 %s %.0f ms (SLO %.0f ms), errors %.1f%%: %s%s", tag, o.value,
+             cfg.slo.metric, o.p99_ms, cfg.slo.p99_ms, 100 * (a.get("error_rate") or 0.0),
+             "feasible" if o.feasible else "infeasible", best_txt)
+
+
+def _objective(cfg: Config, ctx: TrialContext, space: Space):  # type: ignore[no-untyped-def]
+    def objective(trial: Trial) -> float:
+        study = trial.study
+        n_done = finished_count(study)
+        tag = f"[trial {trial.number} | {n_done + 1}/{cfg.study.n_trials}]"
+        baseline = trial.user_attrs.get("kind") == "baseline"
+        suggested = suggest(trial, space)
+        params = _baseline_engine_params(cfg) if baseline else suggested
+        log.info("%s %s: %s", tag, "baseline (vLLM defaults)" if baseline else "proposed",
+                 json.dumps(params.as_dict(), sort_keys=True))
+        attrs: dict[str, Any] = {}
+        try:
+            rec = run_trial(ctx, trial.number, params, attrs, tag=tag, rule_check=not baseline)
+        except TrialError as exc:
+            attrs.setdefault("failure", exc.reason)
+            attrs.setdefault("failure_detail", str(exc)[:1000])
+            _set_attrs(trial, attrs)
+            log.warning("%s failed (%s): %s", tag, exc.reason, exc)
+            retry_trial(study, study.get_trials(deepcopy=False)[trial.number], exc.reason, cfg.study.max_retries)
+            raise
+        except KeyboardInterrupt:
+            attrs["interrupted"] = True
+            attrs.setdefault("failure", "interrupted")
+            _set_attrs(trial, attrs)
+            retry_trial(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", cfg.study.max_retries)
+            raise
+        _set_attrs(trial, rec.attrs)
+        if rec.latencies:
+            trial.set_user_attr("latency_samples", json.dumps(rec.latencies))
+        for key, value in rec.outcome.constraints.items():
+            trial.set_constraint(key, float(value))
+        trial.set_user_attr("feasible", rec.outcome.feasible)
+        try:
+            best: Optional[FrozenTrial] = study.best_trial
+        except ValueError:
+            best = None
+        if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
+            best = None  # this trial is the new best; it is not stored yet
+            log.info("%s new best", tag)
+        _log_done(tag, rec, best, cfg)
+        return rec.outcome.value
+
+    return objective
+
+
+def _set_attrs(trial: Trial, attrs: dict[str, Any]) -> None:
+    for k, v in attrs.items():
+        if isinstance(v, float) and math.isnan(v):
+            v = None  # JSON has no NaN; None reads back as "not measured"
+        trial.set_user_attr(k, v)
+
+
+def _baseline_engine_params(cfg: Config) -> EngineParams:
+    """The baseline server: no tuning flag, except the CPU backend's KV space, which has no sane
+    default on a shared machine (vLLM would reserve 92% of RAM)."""
+    if cfg.hardware.device == "cpu":
+        return EngineParams(kv_cache_gib=cfg.hardware.cpu_kvcache_gib)
+    return EngineParams()
+
+
+def run_study(cfg: Config, rt: Runtime) -> StudyResult:
+    """Open (or resume) the study and run trials until it holds ``study.n_trials`` finished ones."""
+    space = build_space(cfg)
+    ctx = make_context(cfg, rt)
+    killed = pidfile.sweep(ctx.pid_dir)
+    if killed:
+        log.warning("stopped %d server group(s) left behind by a killed run", len(killed))
+    db = sqlite_path(cfg.study.storage)
+    lock = StudyLock(db.resolve()).acquire() if db is not None else None
+    try:
+        probe = optuna.samplers.RandomSampler()
+        study = open_study(cfg, space.fingerprint(), probe)
+        study.sampler = make_sampler(cfg, len(study.trials))
+        if lock is not None:
+            n = reap_interrupted(study, cfg.study.max_retries)
+            if n:
+                log.warning("%d trial(s) were interrupted by a killed run: recorded as failed and retried", n)
+        if cfg.study.enqueue_baseline and not study.user_attrs.get("baseline_enqueued"):
+            study.enqueue_trial(baseline_params(cfg), user_attrs={"kind": "baseline"}, skip_if_exists=True)
+            study.set_user_attr("baseline_enqueued", True)
+        done = finished_count(study)
+        log.info("study %s: %d of %d trials finished; storage %s", cfg.study.name, done, cfg.study.n_trials,
+                 cfg.study.storage)
+        budget = _Budget(cfg)
+        if done < cfg.study.n_trials:
+            study.optimize(_objective(cfg, ctx, space), n_trials=None, callbacks=[budget], catch=(TrialError,),
+                           gc_after_trial=False)
+        result = study_result(study.get_trials(deepcopy=False))
+        log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+        if budget.abort:
+            raise StudyError(budget.abort)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+

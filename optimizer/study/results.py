@@ -1,0 +1,74 @@
+"""The answer of a study: best feasible trial, the baseline, the gain. Pure over FrozenTrials."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["StudyResult", "is_feasible", "study_result"]
+
+
+def is_feasible(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and bool(t.constraints) and all(v <= 0 for v in t.constraints.values())
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    n_complete: int
+    n_feasible: int
+    n_failed: int
+    best: Optional[FrozenTrial]
+    baseline: Optional[FrozenTrial]
+
+    @property
+    def gain(self) -> float:
+        """Best over baseline throughput, as a fraction (NaN without a feasible baseline)."""
+        if self.best is None or self.baseline is None or not is_feasible(self.baseline):
+            return math.nan
+        base = self.baseline.value or 0.0
+        return (self.best.value or 0.0) / base - 1.0 if base > 0 else math.nan
+
+    def best_command(self) -> str:
+        return str(self.best.user_attrs.get("server_command", "")) if self.best else ""
+
+    def best_serve_config(self) -> dict[str, Any]:
+        if self.best is None:
+            return {}
+        return dict(json.loads(self.best.user_attrs.get("serve_config", "{}")))
+
+
+def study_result(trials: Sequence[FrozenTrial]) -> StudyResult:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    feasible = [t for t in complete if is_feasible(t)]
+    best = max(feasible, key=lambda t: (t.value or 0.0, -t.number)) if feasible else None
+    baselines = [t for t in complete if t.user_attrs.get("kind") == "baseline"]
+    return StudyResult(len(complete), len(feasible), sum(1 for t in trials if t.state == TrialState.FAIL), best,
+                       baselines[-1] if baselines else None)
+
+
+def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
+    """The closing lines the terminal shows."""
+    lines = [f"{result.n_complete} complete trials ({result.n_feasible} feasible), {result.n_failed} failed."]
+    b = result.baseline
+    if b is not None:
+        state = "feasible" if is_feasible(b) else "infeasible"
+        p99 = b.user_attrs.get(f"{slo_metric}_p99", math.nan)
+        lines.append(f"baseline (vLLM defaults, trial {b.number}): {b.value or 0:.1f} output tok/s, "
+                     f"P99 {slo_metric} {p99:.0f} ms ({state})")
+    if result.best is None:
+        lines.append(f"No config met the SLO (P99 {slo_metric} <= {slo_ms:.0f} ms with the allowed error rate). "
+                     f"Raise slo.p99_ms, lower the load (load.concurrency / load.request_rate), or run more trials.")
+        return "\n".join(lines)
+    t = result.best
+    p99 = t.user_attrs.get(f"{slo_metric}_p99", math.nan)
+    gain = result.gain
+    gain_txt = f", {gain * 100:+.1f}% over the baseline" if gain == gain else ""
+    lines.append(f"best: trial {t.number}: {t.value:.1f} output tok/s, P99 {slo_metric} {p99:.0f} ms "
+                 f"(SLO {slo_ms:.0f} ms, margin {(1 - p99 / slo_ms) * 100:.0f}%){gain_txt}")
+    lines.append(f"params: {json.dumps(t.params, sort_keys=True)}")
+    lines.append(f"serve it: {result.best_command()}")
+    return "\n".join(lines)

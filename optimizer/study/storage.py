@@ -1,0 +1,178 @@
+"""Opening the study: storage URL, exclusive use of a SQLite file, identity checks, baseline.
+
+A study is identified by its name; its fingerprint (search space, objective, workload, model,
+hardware) is stored in ``study.user_attrs`` when it is created, and a later run with a different
+fingerprint is refused rather than mixed into it. SQLite studies are held with an exclusive lock
+for the run, so a second optimizer on the same file refuses at once instead of crashing on
+"database is locked"; several workers need PostgreSQL (or Optuna's journal file storage).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from optimizer.config import Config
+from optimizer.errors import ConfigError, StudyError
+
+__all__ = ["StudyLock", "fingerprint", "open_study", "sqlite_path"]
+
+log = logging.getLogger(__name__)
+
+
+def sqlite_path(url: str) -> Optional[Path]:
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):])
+
+
+def _absolute_url(url: str) -> str:
+    p = sqlite_path(url)
+    if p is None:
+        return url
+    return "sqlite:///" + str(p.resolve())
+
+
+def fingerprint(cfg: Config, space_fp: str) -> dict[str, Any]:
+    """What must not change within one study (values the sampler and the comparison rely on)."""
+    ident = {
+        "space": space_fp,
+        "search_version": cfg.search.version,
+        "objective": {"metric": cfg.slo.metric, "p99_ms": cfg.slo.p99_ms, "max_error_rate": cfg.slo.max_error_rate,
+                      "use_upper_bound": cfg.slo.use_upper_bound},
+        "workload": asdict(cfg.workload),
+        "load": asdict(cfg.load),
+        "model": cfg.model.name,
+        "hardware": cfg.hardware.name,
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"digest": digest, **ident}
+
+
+class StudyLock:
+    """An exclusive, non-blocking lock beside a SQLite study file, held for the run."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + ".lock")
+        self._f: Optional[IO[str]] = None
+
+    def acquire(self) -> "StudyLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StudyError(f"the study file {self.path.with_suffix('')} is in use by {holder}. SQLite holds one "
+                             f"optimizer at a time: wait for it to finish, or run parallel workers on PostgreSQL "
+                             f"(study.storage=postgresql://...).") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+
+def _check_sqlite_file(db: Path) -> None:
+    if not db.exists():
+        return
+    with open(db, "rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\x00":
+        raise ConfigError(f"study.storage=sqlite:///{db}: this file is not a SQLite database. Point study.storage "
+                          f"at a study database, or at a new file name to start a new study.")
+
+
+def make_storage(url: str, *, heartbeat: bool) -> RDBStorage:
+    url = _absolute_url(url)
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_file(db)
+    kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 30}} if db is not None else {}}
+    if heartbeat:
+        # trial start can take minutes; the heartbeat thread beats during it, so the grace only has
+        # to cover a stalled host
+        kwargs.update(heartbeat_interval=30, grace_period=180,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    try:
+        return RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy/alembic raise many types; the user needs one message
+        raise ConfigError(f"study.storage={url!r} cannot be opened: {type(exc).__name__}: {exc}. "
+                          f"Use sqlite:///path/to/file.db or postgresql://user:pass@host/db.") from exc
+
+
+def open_study(cfg: Config, space_fp: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create or load the study and refuse one whose identity differs from ``cfg``."""
+    storage = make_storage(cfg.study.storage, heartbeat=True)
+    fp = fingerprint(cfg, space_fp)
+    try:
+        study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction="maximize",
+                                    sampler=sampler, load_if_exists=True)
+    except Exception as exc:
+        raise ConfigError(f"study.storage={cfg.study.storage!r}: cannot open study {cfg.study.name!r}: "
+                          f"{type(exc).__name__}: {exc}. Is it a study database of this tool?") from exc
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise StudyError(f"study {cfg.study.name!r} minimizes; this tool maximizes throughput. Use another study.name.")
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        if study.trials:
+            raise StudyError(f"study {cfg.study.name!r} in {cfg.study.storage} was not made by this tool "
+                             f"(no fingerprint). Use another study.name.")
+        study.set_user_attr("fingerprint", fp)
+        study.set_user_attr("config", json.loads(json.dumps(asdict(cfg), default=str)))
+    elif stored.get("digest") != fp["digest"]:
+        changed = sorted(k for k in fp if k != "digest" and stored.get(k) != fp[k])
+        raise StudyError(
+            f"study {cfg.study.name!r} was run with a different {', '.join(changed)}; mixing them would compare "
+            f"unlike trials. Start a new version with study.name={cfg.study.name}-v2 (or restore the old settings).")
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward study.n_trials: complete ones that were measured or started."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if t.user_attrs.get("counted", True))
+
+
+def reap_interrupted(study: optuna.Study, max_retries: int) -> int:
+    """Fail trials left RUNNING by a killed run (we hold the study alone) and retry each once."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        _retry(study, t, "interrupted: the optimizer died during this trial", max_retries)
+        n += 1
+    return n
+
+
+def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial, why: str, max_retries: int) -> bool:
+    tries = int(t.user_attrs.get("attempt", 0))
+    if tries >= max_retries:
+        return False
+    attrs = {k: v for k, v in t.user_attrs.items() if k in ("kind",)}
+    attrs.update({"attempt": tries + 1, "retry_of": t.number, "retry_reason": why[:300]})
+    study.enqueue_trial(t.params, user_attrs=attrs)
+    log.info("trial %d will be retried (%s)", t.number, why)
+    return True
+
+
+retry_trial = _retry

@@ -1,0 +1,213 @@
+"""One trial: rule check, server start, warm-up, load test, telemetry, stop.
+
+``run_trial`` returns a :class:`TrialRecord` for every config the sampler should learn from
+(measured, ruled out by the memory estimate, or unable to start for a reason of its own) and
+raises :class:`~optimizer.errors.TrialError` with ``deterministic=False`` when the environment
+was to blame, so the study fails and retries the trial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import httpx
+
+from optimizer.config import Config
+from optimizer.errors import ServerDied, TrialError
+from optimizer.loadgen.client import Endpoint
+from optimizer.loadgen.runner import run_load
+from optimizer.loadgen.workload import RequestSet
+from optimizer.metrics import summarize
+from optimizer.model.resolve import target_for
+from optimizer.objective import Outcome, infeasible, score
+from optimizer.server.failures import classify
+from optimizer.server.gpu import wait_for_free_gpus
+from optimizer.server.process import VllmServer, free_port
+from optimizer.server.telemetry import TelemetrySampler
+from optimizer.space.engine_args import EngineParams, Launch, render
+from optimizer.space.search_space import check
+
+__all__ = ["TrialContext", "TrialRecord", "run_trial", "launch_for"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its parameters; built once per run."""
+
+    cfg: Config
+    model_dir: Path
+    python: str
+    server_env: dict[str, str]  # the full environment of a server process
+    api_key: Optional[str]
+    trial_root: Path  # runs/<study>
+    pid_dir: Path
+    gpu_ids: tuple[int, ...] = ()  # the GPUs this worker may use (empty: all / CPU)
+    worker: str = ""
+
+
+@dataclass
+class TrialRecord:
+    outcome: Outcome
+    attrs: dict[str, Any] = field(default_factory=dict)
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # ms samples for the report's CDFs
+
+
+def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
+    target = target_for(ctx.cfg.model, ctx.model_dir, params.quantization)
+    return render(params, target, host=ctx.cfg.server.host, port=port,
+                  fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args))
+
+
+def _progress(tag: str) -> Callable[[str, int], None]:
+    last = [time.monotonic()]
+
+    def tick(phase: str, k: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 10:
+            last[0] = now
+            log.info("%s %s: %d requests done", tag, phase, k)
+
+    return tick
+
+
+def _sample(values: list[float], limit: int = 2000) -> list[float]:
+    if len(values) <= limit:
+        return [round(v, 3) for v in values]
+    step = len(values) / limit
+    s = sorted(values)
+    return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]
+
+
+def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[str, Any], *, tag: str = "",
+              rule_check: bool = True) -> TrialRecord:
+    """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises."""
+    cfg = ctx.cfg
+    attrs |= {"hardware": cfg.hardware.name, "model": cfg.model.name, "workload": cfg.workload.name,
+                             "engine_params": json.dumps(params.as_dict(), sort_keys=True)}
+    if ctx.worker:
+        attrs["worker"] = ctx.worker
+    broken, est = check(params, cfg)
+    attrs.update(est.as_attrs())
+    if broken and rule_check:
+        attrs.update({"failure": "ruled_out", "failure_detail": "; ".join(broken), "counted": False})
+        log.info("%s ruled out without starting a server: %s", tag, "; ".join(broken))
+        return TrialRecord(infeasible(memory=True), attrs)
+
+    trial_dir = ctx.trial_root / f"trial-{number:04d}"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    t_wait = time.monotonic()
+    if cfg.hardware.device == "cuda":
+        wait_for_free_gpus(ctx.gpu_ids, cfg.server.free_wait_s)
+    port = free_port(cfg.server.host)
+    launch = launch_for(ctx, params, port)
+    command = launch.command(ctx.python)
+    attrs.update({"server_argv": json.dumps(launch.argv), "server_command": command,
+                  "serve_config": json.dumps(launch.serve_config, sort_keys=True),
+                  "server_log": str(trial_dir / "server.log"), "t_wait_s": round(time.monotonic() - t_wait, 2)})
+    (trial_dir / "command.txt").write_text(command + "\n")
+    env = dict(ctx.server_env)
+    env.update(launch.env)
+    if ctx.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpu_ids)
+        attrs["gpus"] = env["CUDA_VISIBLE_DEVICES"]
+    server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port,
+                        log_path=trial_dir / "server.log", env=env, pid_dir=ctx.pid_dir,
+                        stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
+    record: Optional[TrialRecord] = None
+    t0 = time.monotonic()
+    try:
+        with server:
+            log.info("%s starting server on port %d", tag, port)
+
+            def tick(elapsed: float) -> None:
+                if int(elapsed) % 30 == 0 and elapsed - int(elapsed) < 0.5 and elapsed >= 30:
+                    log.info("%s still starting (%.0f s)", tag, elapsed)
+
+            try:
+                attrs["t_start_s"] = round(server.wait_ready(cfg.server.start_timeout_s, tick), 2)
+            except TrialError as exc:
+                attrs["t_start_s"] = round(time.monotonic() - t0, 2)
+                attrs.update({"failure": exc.reason, "failure_detail": str(exc)[:1000]})
+                if not exc.deterministic:
+                    raise
+                log.warning("%s server failed to start: %s", tag, exc)
+                record = TrialRecord(infeasible(startup=True), attrs)
+                return record
+            attrs["vllm_version"] = _version(server)
+            log.info("%s server ready in %.0f s; warm-up and load test", tag, attrs["t_start_s"])
+            record = asyncio.run(_measure(ctx, server, attrs, tag))
+            return record
+    finally:
+        attrs["t_stop_s"] = round(server.stop(), 2)
+        attrs["t_total_s"] = round(time.monotonic() - t0, 2)
+        _kv_from_log(server, attrs)
+
+
+async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str) -> TrialRecord:
+    cfg = ctx.cfg
+    ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
+                  cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
+    rs = RequestSet.build(cfg.workload, cfg.model)
+    headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
+    async with TelemetrySampler(server.url, 1.0, headers) as tel:
+        run = await run_load(ep, rs, cfg.load, _progress(tag))
+    attrs["t_warmup_s"] = round(run.warmup_s, 2)
+    attrs["t_load_s"] = round(run.duration_s, 2)
+    attrs["client_cpu_s"] = round(run.client_cpu_s, 2)
+    attrs["client_cpu_share"] = round(run.client_cpu_s / run.duration_s, 3) if run.duration_s > 0 else math.nan
+    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
+    attrs.update({k: _clean(v) for k, v in summary.flat().items()})
+    attrs.update({k: _clean(v) for k, v in tel.stats().items()})
+    attrs["warmup_errors"] = sum(1 for r in run.warmup if not r.ok)
+    first_error = next((r.error for r in run.results if not r.ok), "")
+    if first_error:
+        attrs["first_error"] = first_error[:300]
+    code = server.poll()
+    if code is not None:
+        d = classify(server.log_text(), code)
+        attrs.update({"failure": "server_died:" + d.reason, "failure_detail": d.evidence})
+        raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
+                         reason=d.reason, deterministic=d.deterministic)
+    outcome = score(summary, cfg.slo)
+    latencies = {
+        "ttft": _sample([r.ttft * 1000 for r in run.results if r.ok]),
+        "e2e": _sample([r.latency * 1000 for r in run.results if r.ok]),
+        "itl": _sample([x * 1000 for r in run.results if r.ok for x in r.itl]),
+    }
+    attrs["kv_timeline"] = json.dumps(tel.timeline[-600:])
+    return TrialRecord(outcome, attrs, latencies)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and math.isfinite(v):
+        return round(v, 4)
+    return v  # NaN stays NaN: an empty sample is not 0
+
+
+def _version(server: VllmServer) -> str:
+    try:
+        r = httpx.get(server.url + "/version", timeout=5.0,
+                      headers={"Authorization": f"Bearer {server.api_key}"} if server.api_key else None)
+        return str(r.json().get("version", "unknown"))
+    except (httpx.HTTPError, ValueError):
+        return "unknown"
+
+
+def _kv_from_log(server: VllmServer, attrs: dict[str, Any]) -> None:
+    """vLLM's own KV capacity line, to set beside the estimate."""
+    import re
+
+    m = re.search(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
+                  r"([\d.]+)x", server.log_text())
+    if m:
+        attrs["log_kv_tokens"] = int(m.group(1).replace(",", ""))
+        attrs["log_max_concurrency"] = float(m.group(3))
