@@ -28,7 +28,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m optimizer.run $(ARGS)
 
-test: $(STAMP)
+# headless Chromium for the report's browser test (Debian package; skipped where apt is missing)
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP): $(STAMP)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not installed and cannot be installed here: the browser test will be skipped"; fi
+	touch $(CHROMIUM_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(VPY) -m pytest -q -rs $(ARGS)
 
 test-fast: $(STAMP)

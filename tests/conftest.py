@@ -1,0 +1,57 @@
+"""Shared fixtures. Tests marked ``vllm`` start real vLLM (CPU build) servers and take minutes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"  # generated models and vLLM compile caches persist here between runs
+
+sys.path.insert(0, str(REPO))
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if vllm_installed():
+        return
+    skip = pytest.mark.skip(reason="vLLM is not installed in this environment (run `make test`)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from optimizer.model.tiny import write_tiny_model
+
+    return write_tiny_model(CACHE / "models" / "tiny")
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> Config, with the study's files redirected by the caller."""
+    from optimizer.cli import compose as _compose
+
+    def make(*overrides: str):
+        return _compose(list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return dict(os.environ)
