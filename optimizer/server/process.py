@@ -1,8 +1,10 @@
 """The vLLM server as a context manager that always takes its whole process group down.
 
 ``VllmServer`` starts ``python -m vllm.entrypoints.openai.api_server ...`` in a new session (its
-own process group), with its output in a log file (never an unread pipe) and the kernel told to
-kill it if the optimizer dies (``PR_SET_PDEATHSIG``). A pid file records the group so that a run
+own process group), with its output in a log file (never an unread pipe), under a small guard
+(:mod:`optimizer.server.guard`) that the kernel signals when the optimizer dies, even by SIGKILL,
+and that then kills the whole group: vLLM's EngineCore and workers outlive a killed API server,
+so killing the API server alone is not enough. A pid file records the group so that a run
 after a SIGKILL sweeps what is left (:mod:`optimizer.server.pidfile`). ``wait_ready`` polls
 ``/health`` against a monotonic deadline and checks the process on every loop, so a crash is
 reported at once with the reason read from the log. ``stop`` signals the group (SIGTERM, grace,
@@ -11,12 +13,12 @@ SIGKILL) whether or not the leader is still alive, reaps it, and waits until the
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,7 +32,7 @@ from optimizer.server.failures import classify, tail
 __all__ = ["VllmServer", "free_port", "port_is_free"]
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
+_GUARD = Path(__file__).with_name("guard.py")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,14 +49,6 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -99,9 +93,12 @@ class VllmServer:
         if self._proc is not None:
             raise RuntimeError("the server was already started; make a new VllmServer")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(self.env, OPTIMIZER_GUARD_PARENT=str(os.getpid()),
+                   OPTIMIZER_GUARD_GRACE=str(max(1.0, self.stop_timeout_s - 2)))
+        guarded = [sys.executable, str(_GUARD), *self.argv]
         with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+            self._proc = subprocess.Popen(guarded, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=env, start_new_session=True)
         self._pgid = self._proc.pid  # leader of its own session and group
         self._pidfile = pidfile.record(self.pid_dir, self._pgid, port=self.port, log=str(self.log_path))
         log.debug("server pid %d on port %d, log %s", self._proc.pid, self.port, self.log_path)

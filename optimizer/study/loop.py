@@ -191,7 +191,7 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
     lock = StudyLock(db.resolve()).acquire() if db is not None else None
     try:
         probe = optuna.samplers.RandomSampler()
-        study = open_study(cfg, space.fingerprint(), probe)
+        study = open_study(cfg, space, probe)
         study.sampler = make_sampler(cfg, len(study.trials))
         if lock is not None:
             n = reap_interrupted(study, cfg.study.max_retries)

@@ -10,11 +10,10 @@ for the run, so a second optimizer on the same file refuses at once instead of c
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -22,7 +21,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from optimizer.config import Config
+from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
 
 __all__ = ["StudyLock", "fingerprint", "open_study", "sqlite_path"]
@@ -43,10 +42,15 @@ def _absolute_url(url: str) -> str:
     return "sqlite:///" + str(p.resolve())
 
 
-def fingerprint(cfg: Config, space_fp: str) -> dict[str, Any]:
+def _normal(value: Any) -> Any:
+    """JSON round trip: what the database gives back (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def fingerprint(cfg: Config, space: Any) -> dict[str, Any]:
     """What must not change within one study (values the sampler and the comparison rely on)."""
-    ident = {
-        "space": space_fp,
+    return _normal({
+        "space": asdict(space) if is_dataclass(space) else space,
         "search_version": cfg.search.version,
         "objective": {"metric": cfg.slo.metric, "p99_ms": cfg.slo.p99_ms, "max_error_rate": cfg.slo.max_error_rate,
                       "use_upper_bound": cfg.slo.use_upper_bound},
@@ -54,9 +58,29 @@ def fingerprint(cfg: Config, space_fp: str) -> dict[str, Any]:
         "load": asdict(cfg.load),
         "model": cfg.model.name,
         "hardware": cfg.hardware.name,
-    }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"digest": digest, **ident}
+    })
+
+
+_DEFAULTS = {"workload": _normal(asdict(WorkloadConfig(name=""))), "load": _normal(asdict(LoadConfig()))}
+
+
+def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ. A key the stored study lacks (a setting added in a later version
+    of this tool) differs only if its current value is not the setting's default."""
+    changed = []
+    for section, now in current.items():
+        before = stored.get(section)
+        if isinstance(now, dict) and isinstance(before, dict):
+            defaults = _DEFAULTS.get(section, {})
+            for key, value in now.items():
+                if key in before:
+                    if before[key] != value:
+                        changed.append(f"{section}.{key} ({before[key]!r} -> {value!r})")
+                elif key not in defaults or defaults[key] != value:
+                    changed.append(f"{section}.{key} (new: {value!r})")
+        elif before != now:
+            changed.append(section if isinstance(now, dict) else f"{section} ({before!r} -> {now!r})")
+    return changed
 
 
 class StudyLock:
@@ -121,10 +145,10 @@ def make_storage(url: str, *, heartbeat: bool) -> RDBStorage:
                           f"Use sqlite:///path/to/file.db or postgresql://user:pass@host/db.") from exc
 
 
-def open_study(cfg: Config, space_fp: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def open_study(cfg: Config, space: Any, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create or load the study and refuse one whose identity differs from ``cfg``."""
     storage = make_storage(cfg.study.storage, heartbeat=True)
-    fp = fingerprint(cfg, space_fp)
+    fp = fingerprint(cfg, space)
     try:
         study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction="maximize",
                                     sampler=sampler, load_if_exists=True)
@@ -139,12 +163,14 @@ def open_study(cfg: Config, space_fp: str, sampler: optuna.samplers.BaseSampler)
             raise StudyError(f"study {cfg.study.name!r} in {cfg.study.storage} was not made by this tool "
                              f"(no fingerprint). Use another study.name.")
         study.set_user_attr("fingerprint", fp)
-        study.set_user_attr("config", json.loads(json.dumps(asdict(cfg), default=str)))
-    elif stored.get("digest") != fp["digest"]:
-        changed = sorted(k for k in fp if k != "digest" and stored.get(k) != fp[k])
-        raise StudyError(
-            f"study {cfg.study.name!r} was run with a different {', '.join(changed)}; mixing them would compare "
-            f"unlike trials. Start a new version with study.name={cfg.study.name}-v2 (or restore the old settings).")
+        study.set_user_attr("config", _normal(asdict(cfg)))
+    else:
+        changed = fingerprint_diff(stored, fp)
+        if changed:
+            raise StudyError(
+                f"study {cfg.study.name!r} was run with other settings: {'; '.join(changed)[:800]}. Mixing them "
+                f"would compare unlike trials. Start a new version with study.name={cfg.study.name}-v2, or "
+                f"restore the old settings.")
     return study
 
 

@@ -1,0 +1,104 @@
+"""Run the real optimizer CLI as a subprocess against a throw-away study, and read it back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import optuna
+
+REPO = Path(__file__).resolve().parents[2]
+
+# small and quick, but a real vLLM server and a real load test
+FAST = ["load.num_requests=24", "load.warmup_requests=4", "load.concurrency=4", "workload.prompt_tokens=64",
+        "workload.output_tokens=16", "search.n_startup_trials=2", "server.start_timeout_s=400"]
+
+
+@dataclass
+class StudyDir:
+    root: Path
+    name: str = "t"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "studies" / f"{self.name}.db"
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def overrides(self) -> list[str]:
+        return [f"study.name={self.name}", f"study.storage={self.url}", f"study.runs_dir={self.root / 'runs'}",
+                f"reports_dir={self.root / 'reports'}", f"server.cache_dir={REPO / '.cache'}"]
+
+    def argv(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "optimizer.run", *self.overrides(), *FAST, *extra]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO)
+        env.update(extra)
+        return env
+
+    def run(self, *extra: str, timeout: float = 1200, env: Optional[dict[str, str]] = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*extra), cwd=self.root, capture_output=True, text=True, timeout=timeout,
+                              env=env or self.env())
+
+    def popen(self, *extra: str, env: Optional[dict[str, str]] = None) -> subprocess.Popen[str]:
+        log = open(self.root / "optimizer.out", "w")
+        return subprocess.Popen(self.argv(*extra), cwd=self.root, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env=env or self.env())
+
+    def output(self) -> str:
+        p = self.root / "optimizer.out"
+        return p.read_text() if p.exists() else ""
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.url)
+
+
+def vllm_pids() -> list[int]:
+    """Processes of this user running vLLM's API server or engine (any left would be orphans)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "vllm.entrypoints.openai.api_server" in cmd or "VLLM::EngineCore" in cmd or "EngineCore" in cmd[:40]:
+            out.append(int(d.name))
+    return out
+
+
+def server_groups(root: Path) -> list[int]:
+    """Process groups of servers started for the study under ``root`` (from the pid files)."""
+    import json
+
+    groups = []
+    for f in (REPO / ".cache" / "pids").glob("server-*.json"):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(data.get("log", "")).startswith(str(root)):
+            groups.append(int(data["pgid"]))
+    return groups
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getpgid(int(d.name)) == pgid:
+                    members.append(int(d.name))
+            except OSError:
+                pass
+    return members

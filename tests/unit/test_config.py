@@ -1,0 +1,41 @@
+import pytest
+
+from optimizer.errors import ConfigError
+
+
+def test_default_config_composes_to_the_embedded_cpu_study(compose):
+    cfg = compose()
+    assert cfg.hardware.device == "cpu" and cfg.model.name == "tiny"
+    assert cfg.study.name == "tiny__cpu__chat-short"
+    assert cfg.study.storage == "sqlite:///studies/tiny__cpu__chat-short.db"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("hardware=nonexistent", "hardware"),
+    ("study.nope=1", "nope"),
+    ("slo.p99_ms=abc", "p99_ms"),
+    ("slo.p99_ms=0", "slo.p99_ms"),
+    ("slo.p99_ms=-5", "slo.p99_ms"),
+    ("search.gpu_memory_utilization.high=1.5", "gpu_memory_utilization"),
+    ("search.max_num_seqs.low=300", "inverted"),
+    ("search.enable_prefix_caching=[]", "empty"),
+    ("load.concurrency=-1", "load.concurrency"),
+    ("study.n_trials=-2", "study.n_trials"),
+    ("study.name=../evil", "study.name"),
+    ("study.name=a/b", "study.name"),
+    ("slo.metric=tpot", "slo.metric"),
+])
+def test_bad_input_is_refused_with_the_key_named(compose, override, needle):
+    with pytest.raises(ConfigError) as e:
+        compose(override)
+    assert needle in str(e.value)
+
+
+def test_cli_exit_code_2_and_no_traceback(repo, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "optimizer.run", "slo.p99_ms=0"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert r.returncode == 2
+    assert "slo.p99_ms" in r.stderr and "Traceback" not in r.stderr
