@@ -55,3 +55,23 @@ def compose():
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return dict(os.environ)
+
+
+# the fault-injecting fake vLLM server's fixtures: `fake_server`, `fake_server_factory`
+from tests.support.fake_server import fake_server, fake_server_factory  # noqa: E402,F401
+
+
+@pytest.fixture
+def fault_ledger():
+    from tests.support.fault_ledger import LEDGER
+
+    return LEDGER
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    from tests.support.fault_ledger import LEDGER
+
+    table = LEDGER.table()
+    if table:
+        terminalreporter.section("fault suite summary")
+        terminalreporter.write_line(table)

@@ -36,6 +36,8 @@ def main() -> int:
     while child is not None and child.poll() is None and not stop:
         time.sleep(0.1)
     if stop:
+        if parent and os.getppid() != parent:
+            grace = min(grace, 3.0)  # the optimizer is gone: nobody waits for a graceful shutdown
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

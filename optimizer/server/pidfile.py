@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["process_start_time", "record", "remove", "sweep"]
+__all__ = ["group_members", "process_start_time", "record", "remove", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,19 @@ def _alive(pid: int, start: Optional[int]) -> bool:
     return now is not None and (start is None or now == start)
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if os.getpgid(int(entry.name)) == pgid:
-                members.append(int(entry.name))
-        except (ProcessLookupError, PermissionError):
+            stat = (entry / "stat").read_text()
+        except OSError:
             continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ..., pgrp
+            members.append(int(entry.name))
     return members
 
 
@@ -82,7 +85,7 @@ def sweep(directory: Path) -> list[int]:
         pgid = int(data["pgid"])
         # a pid is not reused as long as a process group of that id has members, so any member
         # of group `pgid` belongs to the recorded server
-        if _group_members(pgid):
+        if group_members(pgid):
             log.warning("killing server group %d left behind by dead optimizer pid %s (port %s)",
                         pgid, data.get("owner_pid"), data.get("port"))
             try:

@@ -52,13 +52,9 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Any live member left? Zombies don't count: an orphaned zombie waits for init, which in a
+    container may never reap it."""
+    return bool(pidfile.group_members(pgid))
 
 
 class VllmServer:

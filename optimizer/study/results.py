@@ -50,13 +50,17 @@ def study_result(trials: Sequence[FrozenTrial]) -> StudyResult:
                        baselines[-1] if baselines else None)
 
 
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
 def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
     """The closing lines the terminal shows."""
     lines = [f"{result.n_complete} complete trials ({result.n_feasible} feasible), {result.n_failed} failed."]
     b = result.baseline
     if b is not None:
         state = "feasible" if is_feasible(b) else "infeasible"
-        p99 = b.user_attrs.get(f"{slo_metric}_p99", math.nan)
+        p99 = _num(b.user_attrs.get(f"{slo_metric}_p99"))
         lines.append(f"baseline (vLLM defaults, trial {b.number}): {b.value or 0:.1f} output tok/s, "
                      f"P99 {slo_metric} {p99:.0f} ms ({state})")
     if result.best is None:
@@ -64,7 +68,7 @@ def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
                      f"Raise slo.p99_ms, lower the load (load.concurrency / load.request_rate), or run more trials.")
         return "\n".join(lines)
     t = result.best
-    p99 = t.user_attrs.get(f"{slo_metric}_p99", math.nan)
+    p99 = _num(t.user_attrs.get(f"{slo_metric}_p99"))
     gain = result.gain
     gain_txt = f", {gain * 100:+.1f}% over the baseline" if gain == gain else ""
     lines.append(f"best: trial {t.number}: {t.value:.1f} output tok/s, P99 {slo_metric} {p99:.0f} ms "

@@ -1,0 +1,47 @@
+"""``python -m optimizer.report [overrides]``: write the HTML report of a study.
+
+Examples::
+
+    python -m optimizer.report                                # the default study of conf/config.yaml
+    python -m optimizer.report study.name=dbg1
+    python -m optimizer.report hardware=h100 model=llama-3-8b-instruct   # that study's default name
+    python -m optimizer.report study.name=dbg1 reports_dir=/tmp/reports
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from optimizer.cli import compose, main_wrapper, setup_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("optimizer")
+
+USAGE = __doc__ + """
+The study is found as optimizer.run finds it: study.name (default <model>__<hardware>__<workload>)
+in study.storage (default sqlite:///studies/<study.name>.db). Nothing is measured and no server
+is started. Writes <reports_dir>/<study.name>/index.html (one offline page), best.yaml
+(`vllm serve --config best.yaml`) and trials.csv. --debug shows tracebacks.
+Exit codes: 0 written, 1 no such study, 2 bad input.
+"""
+
+
+def _body(overrides: list[str], debug: bool) -> int:
+    cfg = compose(overrides)
+    setup_logging(None, debug)
+    from optimizer.reporting import write_report
+
+    path = write_report(cfg)
+    log.info("report: %s", path)
+    print(path.resolve())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_wrapper(_body, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

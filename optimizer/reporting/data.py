@@ -1,0 +1,376 @@
+"""The report's data step: FrozenTrials in, small immutable tuples out. No plotting here.
+
+Every figure and table of the report is drawn from :class:`ReportData` alone, so what the page
+says can be tested without a browser. User attrs store ``None`` where a value was NaN, and
+trials that failed early lack most attrs: every number read here goes through :func:`num`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from enum import Enum
+from typing import Any, NamedTuple, Optional, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.study.results import is_feasible, study_result
+
+__all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
+           "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info", "num",
+           "pareto_front", "trial_info"]
+
+METRICS = ("ttft", "itl", "e2e")
+PHASES = (("t_wait_s", "wait for GPU"), ("t_start_s", "server start"), ("t_warmup_s", "warm-up"),
+          ("t_load_s", "load test"), ("t_stop_s", "server stop"))
+_CDF_POINTS = 400
+_MIN_IMPORTANCE_TRIALS = 4
+
+
+class Status(str, Enum):
+    FEASIBLE = "feasible"
+    INFEASIBLE = "infeasible"  # measured, but broke the SLO or the error budget
+    FAILED = "failed"  # no measurement: the server could not start, or the trial failed
+    RULED_OUT = "ruled out"  # the memory estimate refused it; no server was started
+    RUNNING = "running"  # not finished (still running, or left behind by a killed run)
+
+
+class TrialInfo(NamedTuple):
+    number: int
+    status: Status
+    state: str
+    baseline: bool
+    throughput: float  # output tokens/s; NaN when not measured
+    p99: float  # P99 of the SLO metric, ms
+    p99s: dict[str, float]  # metric -> P99 ms
+    error_rate: float
+    params: dict[str, Any]
+    constraints: dict[str, float]
+    failure: str
+    detail: str
+    attempt: int
+    retry_of: Optional[int]
+    wall_s: float
+
+    @property
+    def measured(self) -> bool:
+        return math.isfinite(self.throughput) and math.isfinite(self.p99)
+
+
+class SummaryInfo(NamedTuple):
+    study_name: str
+    config: dict[str, Any]  # what the study was run with (``asdict(Config)``, as stored in the study)
+    slo_metric: str
+    slo_ms: float
+    max_error_rate: float
+    use_upper_bound: bool  # feasibility judged on the P99's upper confidence bound
+    counts: dict[str, int]  # "trials" and one key per Status value
+    best: Optional[TrialInfo]
+    baseline: Optional[TrialInfo]
+    gain: float  # best / baseline - 1 (NaN without a feasible baseline)
+    margin: float  # 1 - judged P99 / SLO for the best trial (its ``slo`` constraint, negated)
+    serve_config: dict[str, Any]  # the best trial's ``serve_config`` (vLLM flag names, underscores)
+    trial_command: str  # the exact command the best trial's server ran
+    extra_args: list[str]  # flags every server got that serve_config does not hold
+    vllm_version: str
+    notes: list[str]  # plain-language statements about what is missing or odd
+
+
+class ImportanceInfo(NamedTuple):
+    target: str
+    values: dict[str, float]  # param -> importance, largest first; empty when not computable
+    n_trials: int
+    reason: str  # why there are no values ("" when there are)
+
+
+class CdfSeries(NamedTuple):
+    number: int
+    label: str
+    curves: dict[str, tuple[list[float], list[float]]]  # metric -> (ms ascending, cumulative fraction)
+
+
+class TelemetryRow(NamedTuple):
+    number: int
+    status: Status
+    kv_peak_pct: float
+    preemptions: float
+    running_peak: float
+    waiting_peak: float
+    kv_tokens: float  # measured KV capacity (vLLM's own number)
+    pred_kv_tokens: float  # the memory estimate's
+
+
+class Timeline(NamedTuple):
+    number: int
+    label: str
+    t_s: list[float]
+    gauges: dict[str, list[float]]  # kv (percent), running, waiting
+
+
+class PhaseRow(NamedTuple):
+    number: int
+    status: Status
+    seconds: dict[str, float]  # phase label -> s (missing phases: 0), plus "other"
+    wall_s: float
+
+
+class ReportData(NamedTuple):
+    summary: SummaryInfo
+    trials: list[TrialInfo]
+    pareto: list[int]  # trial numbers on the throughput/P99 front, by P99
+    importances: list[ImportanceInfo]
+    cdfs: list[CdfSeries]
+    telemetry: list[TelemetryRow]
+    timelines: list[Timeline]
+    phases: list[PhaseRow]
+    total_s: float  # sum of the trials' wall times
+    span_s: float  # first start to last finish
+
+
+def num(attrs: dict[str, Any], key: str) -> float:
+    """A numeric user attr, NaN when absent, None or not a number."""
+    v = attrs.get(key)
+    if isinstance(v, bool) or v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def classify(t: FrozenTrial) -> Status:
+    if t.state == TrialState.COMPLETE:
+        if is_feasible(t):
+            return Status.FEASIBLE
+        if t.user_attrs.get("failure") == "ruled_out":
+            return Status.RULED_OUT
+        if t.user_attrs.get("failure") or not math.isfinite(num(t.user_attrs, "output_tok_s")):
+            return Status.FAILED
+        return Status.INFEASIBLE
+    if t.state in (TrialState.RUNNING, TrialState.WAITING):
+        return Status.RUNNING
+    return Status.FAILED
+
+
+def trial_info(t: FrozenTrial, slo_metric: str) -> TrialInfo:
+    a = t.user_attrs
+    thr = num(a, "output_tok_s")
+    if t.state == TrialState.COMPLETE and t.value is not None and not a.get("failure"):
+        thr = float(t.value)
+    wall = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+        else num(a, "t_total_s")
+    retry_of = a.get("retry_of")
+    p99s = {m: num(a, f"{m}_p99") for m in METRICS}
+    return TrialInfo(
+        number=t.number, status=classify(t), state=t.state.name, baseline=a.get("kind") == "baseline",
+        throughput=thr, p99=p99s.get(slo_metric, num(a, f"{slo_metric}_p99")), p99s=p99s,
+        error_rate=num(a, "error_rate"), params=dict(t.params), constraints=dict(t.constraints or {}),
+        failure=str(a.get("failure") or ("interrupted" if a.get("interrupted") else "")),
+        detail=str(a.get("failure_detail") or a.get("first_error") or a.get("retry_reason") or "")
+        or _violations(t, slo_metric, p99s.get(slo_metric, math.nan)),
+        attempt=int(a.get("attempt") or 0), retry_of=int(retry_of) if isinstance(retry_of, int) else None,
+        wall_s=wall)
+
+
+def _violations(t: FrozenTrial, metric: str, p99: float) -> str:
+    """Why a measured trial is infeasible, in words ('' when it is not)."""
+    c = t.constraints or {}
+    out = []
+    if c.get("slo", 0.0) > 0 and math.isfinite(p99):
+        out.append(f"P99 {metric} {p99:.0f} ms is {c['slo']:.0%} over the SLO")
+    if c.get("errors", 0.0) > 0 and math.isfinite(num(t.user_attrs, "error_rate")):
+        out.append(f"error rate {num(t.user_attrs, 'error_rate'):.1%} is over the allowed rate")
+    return "; ".join(out)
+
+
+def pareto_front(infos: Sequence[TrialInfo]) -> list[int]:
+    """Measured trials no other beats on both throughput (higher) and P99 (lower), by P99."""
+    pts = sorted((i for i in infos if i.measured), key=lambda i: (i.p99, -i.throughput))
+    front, best = [], -math.inf
+    for i in pts:
+        if i.throughput > best:
+            front.append(i.number)
+            best = i.throughput
+    return front
+
+
+def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[ImportanceInfo]:
+    """PED-ANOVA importances over feasible trials only, for throughput and for the SLO metric's P99.
+
+    Optuna's evaluators use every COMPLETE trial, constraints ignored; a temporary study holding
+    only the feasible ones makes the question "among configs that meet the SLO, what matters".
+    """
+    feasible = [t for t in trials if is_feasible(t)]
+    key = f"{slo_metric}_p99"
+    with_p99 = [t for t in feasible if math.isfinite(num(t.user_attrs, key))]
+    jobs = [("output tokens/s (higher is better)", feasible, None),
+            (f"P99 {slo_metric} latency (lower is better)", with_p99, lambda t: num(t.user_attrs, key))]
+    out = []
+    for label, group, target in jobs:
+        varied = {p for p in {k for t in group for k in t.params}
+                  if len({json.dumps(t.params.get(p), default=str) for t in group}) > 1}
+        if len(group) < _MIN_IMPORTANCE_TRIALS or not varied:
+            why = (f"{len(group)} feasible trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
+                   if len(group) < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the feasible trials")
+            out.append(ImportanceInfo(label, {}, len(group), why))
+            continue
+        tmp = optuna.create_study(direction="maximize")
+        tmp.add_trials(group)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                values = optuna.importance.get_param_importances(tmp, target=target, normalize=True)
+            except (ValueError, RuntimeError) as exc:  # e.g. a search space that changed within the study
+                out.append(ImportanceInfo(label, {}, len(group), f"{type(exc).__name__}: {exc}"))
+                continue
+        if any("will be equal" in str(w.message) for w in caught):
+            out.append(ImportanceInfo(label, {}, len(group), "too few feasible trials to tell parameters apart"))
+        else:
+            out.append(ImportanceInfo(label, dict(values), len(group), ""))
+    return out
+
+
+def _cdf(samples: Sequence[Any]) -> tuple[list[float], list[float]]:
+    xs = sorted(float(x) for x in samples if isinstance(x, (int, float)) and math.isfinite(x))
+    n = len(xs)
+    if n == 0:
+        return [], []
+    idx = range(n) if n <= _CDF_POINTS else sorted({round(k * (n - 1) / (_CDF_POINTS - 1)) for k in range(_CDF_POINTS)})
+    return [xs[i] for i in idx], [(i + 1) / n for i in idx]
+
+
+def _highlighted(infos: list[TrialInfo], best: Optional[int], baseline: Optional[int], k: int = 5) -> list[int]:
+    """Baseline, best, the next feasible ones by throughput, the fastest infeasible one."""
+    chosen = list(dict.fromkeys(n for n in (baseline, best) if n is not None))
+    by_thr = sorted((i for i in infos if i.measured), key=lambda i: -i.throughput)
+    extra = [i.number for i in by_thr if i.status == Status.FEASIBLE][:2]
+    extra += [i.number for i in by_thr if i.status == Status.INFEASIBLE][:1]
+    for n in extra:
+        if n not in chosen and len(chosen) < k:
+            chosen.append(n)
+    return chosen
+
+
+def _label(i: TrialInfo, best: Optional[int]) -> str:
+    role = "baseline" if i.baseline else "best" if i.number == best else i.status.value
+    if i.baseline and i.number == best:
+        role = "baseline = best"
+    return f"#{i.number} {role}"
+
+
+def _gauge(rows: list[Any], key: str, factor: float = 1.0) -> list[float]:
+    return [float(g[key]) * factor if isinstance(g.get(key), (int, float)) else math.nan for _, g in rows]
+
+
+def _timeline(t: FrozenTrial, label: str) -> Optional[Timeline]:
+    raw = _json(t.user_attrs.get("kv_timeline"), [])
+    rows = [r for r in raw if isinstance(r, list) and len(r) == 2 and isinstance(r[1], dict)]
+    if not rows:
+        return None
+    return Timeline(t.number, label, [float(r[0]) for r in rows],
+                    {"kv": _gauge(rows, "vllm:kv_cache_usage_perc", 100.0),  # vLLM reports a fraction
+                     "running": _gauge(rows, "vllm:num_requests_running"),
+                     "waiting": _gauge(rows, "vllm:num_requests_waiting")})
+
+
+def _summary(name: str, trials: Sequence[FrozenTrial], infos: list[TrialInfo], cfg: dict[str, Any]) -> SummaryInfo:
+    slo = cfg.get("slo") or {}
+    metric, slo_ms = str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan)
+    max_err = float(slo.get("max_error_rate") or 0.0)
+    res = study_result(trials)
+    by_num = {i.number: i for i in infos}
+    best = by_num.get(res.best.number) if res.best else None
+    base = by_num.get(res.baseline.number) if res.baseline else None
+    counts = {"trials": len(infos)} | {s.value: sum(1 for i in infos if i.status == s) for s in Status}
+    notes = []
+    if not infos:
+        notes.append(f"This study has no trials yet. Run `python -m optimizer.run study.name={name}` to start it.")
+    elif best is None:
+        notes.append(f"No trial met the SLO (P99 {metric} ≤ {slo_ms:g} ms, error rate ≤ {max_err:.1%}). There is "
+                     f"no config to recommend: raise slo.p99_ms, lower the load, or run more trials.")
+    if len(infos) == 1:
+        notes.append("Only one trial so far: there is nothing to compare it with yet.")
+    if base is None and infos:
+        notes.append("No baseline trial (vLLM defaults) was recorded, so there is no gain to report.")
+    elif base is not None and base.status != Status.FEASIBLE:
+        notes.append(f"The baseline (vLLM defaults, trial {base.number}) did not meet the SLO "
+                     f"({base.status.value}), so the gain over it is not defined.")
+    failed = counts[Status.FAILED.value]
+    if failed:
+        notes.append(f"{failed} trial(s) failed without a measurement; the table at the bottom says why.")
+    if counts[Status.RUNNING.value]:
+        notes.append(f"{counts[Status.RUNNING.value]} trial(s) are unfinished (running, or left by a killed run).")
+    attrs = res.best.user_attrs if res.best else {}
+    server = cfg.get("server") or {}
+    hw = cfg.get("hardware") or {}
+    versions = sorted({str(t.user_attrs["vllm_version"]) for t in trials if t.user_attrs.get("vllm_version")})
+    return SummaryInfo(
+        study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
+        use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
+        margin=_margin(best, slo_ms),
+        serve_config=_json(attrs.get("serve_config"), {}), trial_command=str(attrs.get("server_command") or ""),
+        extra_args=[str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
+        vllm_version=", ".join(versions), notes=notes)
+
+
+def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:
+    if best is None:
+        return math.nan
+    if "slo" in best.constraints:  # what feasibility was judged on (the upper bound, if so configured)
+        return -best.constraints["slo"]
+    return 1.0 - best.p99 / slo_ms if slo_ms > 0 else math.nan
+
+
+def _json(raw: Any, default: Any) -> Any:
+    """A JSON user attr, ``default`` when absent, unreadable or of another type."""
+    try:
+        v = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return default
+    return v if isinstance(v, type(default)) else default
+
+
+def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dict[str, Any],
+                      fallback_config: Optional[dict[str, Any]] = None) -> ReportData:
+    """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
+    over ``fallback_config`` (the config of this invocation)."""
+    cfg = study_attrs.get("config") or fallback_config or {}
+    metric = str((cfg.get("slo") or {}).get("metric", "e2e"))
+    trials = sorted(trials, key=lambda t: t.number)
+    infos = [trial_info(t, metric) for t in trials]
+    summary = _summary(name, trials, infos, cfg)
+    best_n = summary.best.number if summary.best else None
+    picks = _highlighted(infos, best_n, summary.baseline.number if summary.baseline else None)
+    by_num = {t.number: t for t in trials}
+    info_by = {i.number: i for i in infos}
+    cdfs = []
+    timelines = []
+    for n in picks:
+        label = _label(info_by[n], best_n)
+        samples = _json(by_num[n].user_attrs.get("latency_samples"), {})
+        curves = {m: _cdf(v) for m, v in samples.items() if m in METRICS and isinstance(v, list)}
+        if any(xs for xs, _ in curves.values()):
+            cdfs.append(CdfSeries(n, label, curves))
+        tl = _timeline(by_num[n], label)
+        if tl is not None:
+            timelines.append(tl)
+    telemetry = [TelemetryRow(i.number, i.status, num(t.user_attrs, "srv_kv_usage_peak") * 100,
+                              num(t.user_attrs, "srv_preemptions"), num(t.user_attrs, "srv_running_peak"),
+                              num(t.user_attrs, "srv_waiting_peak"), num(t.user_attrs, "srv_kv_cache_tokens"),
+                              num(t.user_attrs, "pred_kv_tokens"))
+                 for t, i in zip(trials, infos) if math.isfinite(num(t.user_attrs, "srv_kv_usage_peak"))]
+    phases = []
+    for t, i in zip(trials, infos):
+        secs = {label: max(0.0, num(t.user_attrs, key)) if math.isfinite(num(t.user_attrs, key)) else 0.0
+                for key, label in PHASES}
+        wall = i.wall_s if math.isfinite(i.wall_s) else sum(secs.values())
+        secs["other"] = max(0.0, wall - sum(secs.values()))
+        phases.append(PhaseRow(i.number, i.status, secs, wall))
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    return ReportData(summary=summary, trials=infos, pareto=pareto_front(infos),
+                      importances=importance_info(trials, metric), cdfs=cdfs, telemetry=telemetry,
+                      timelines=timelines, phases=phases, total_s=sum(p.wall_s for p in phases), span_s=span)

@@ -1,0 +1,229 @@
+"""The report page: one self-contained HTML file (plotly.js embedded once, nothing fetched).
+
+Sections, top to bottom: summary, throughput against P99, history, importances, parallel
+coordinates and slices, latency CDFs, server telemetry, time per phase, every trial. Each
+figure is a ``<div class="plotly-graph-div">``; a figure that would be empty is replaced by a
+sentence saying why. Every user-controlled string is escaped here with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Optional
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from optimizer.reporting.data import ReportData, Status, SummaryInfo, TrialInfo
+
+__all__ = ["render_page"]
+
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png"}}
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;margin:0;background:#f8f9fa}
+main{max-width:1320px;margin:0 auto;padding:18px 28px 60px}
+h1{font-size:24px;margin:8px 0 2px} h2{font-size:19px;margin:34px 0 6px;border-bottom:1px solid #dee2e6}
+h3{font-size:15px;margin:14px 0 4px} .sub{color:#6c757d;margin:0 0 10px}
+nav a{margin-right:14px;color:#1c7ed6;text-decoration:none}
+.note{background:#fff3bf;border-left:4px solid #f08c00;padding:8px 12px;margin:8px 0}
+.headline{font-size:16px;background:#fff;border-left:4px solid #2a9d3f;padding:10px 14px;margin:10px 0}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:10px 16px;min-width:170px}
+.card b{display:block;font-size:22px} .card span{color:#6c757d;font-size:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:12px}
+.box{background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:8px 12px}
+.box table td{padding:1px 8px 1px 0;vertical-align:top} .box table td:first-child{color:#6c757d}
+pre{background:#212529;color:#f8f9fa;padding:10px 12px;border-radius:6px;overflow-x:auto;white-space:pre-wrap;
+word-break:break-all;font-size:12.5px}
+.fig{background:#fff;border:1px solid #dee2e6;border-radius:6px;margin:10px 0;padding:4px}
+.empty{color:#6c757d;font-style:italic;background:#fff;border:1px dashed #ced4da;padding:14px;border-radius:6px}
+table.trials{border-collapse:collapse;width:100%;background:#fff;font-size:12.5px}
+table.trials th,table.trials td{border-bottom:1px solid #e9ecef;padding:4px 6px;text-align:left;vertical-align:top}
+table.trials th{background:#f1f3f5;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.st{display:inline-block;padding:0 6px;border-radius:8px;color:#fff;font-size:11.5px;white-space:nowrap}
+tr.best td{background:#fff9db} .params{color:#495057;display:block;max-width:330px}
+.fail{display:block;max-width:150px;word-break:break-word}
+.detail{min-width:260px;max-width:440px;word-break:break-word}
+"""
+_STATUS_BG = {Status.FEASIBLE: "#2a9d3f", Status.INFEASIBLE: "#f08c00", Status.FAILED: "#868e96",
+              Status.RULED_OUT: "#9775fa", Status.RUNNING: "#1c7ed6"}
+SECTIONS = (("summary", "Summary"), ("scatter", "Throughput vs P99"), ("history", "History"),
+            ("importance", "Importance"), ("params", "Parameters"), ("latency", "Latency CDFs"),
+            ("telemetry", "Telemetry"), ("time", "Time"), ("trials", "All trials"))
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _n(v: float, fmt: str = ".1f", unit: str = "") -> str:
+    return format(v, fmt) + unit if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def _pct(v: float) -> str:
+    return f"{v * 100:+.1f}%" if math.isfinite(v) else "n/a"
+
+
+def _fig(key: str, fig: Optional[go.Figure], why: str) -> str:
+    if fig is None:
+        return f'<p class="empty" id="fig-{key}-empty">{_e(why)}</p>'
+    div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}", config=_PLOT_CONFIG)
+    return f'<div class="fig">{div}</div>'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "" if v is None else str(v)
+
+
+def _setup(cfg: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    hw, model, wl, load = (cfg.get(k) or {} for k in ("hardware", "model", "workload", "load"))
+    if hw.get("device") == "cpu":
+        accel = f"CPU build (KV cache budget {_fmt(hw.get('cpu_kvcache_gib'))} GiB)"
+    else:
+        accel = f"{hw.get('gpu_count', 1)} × {hw.get('gpu_name', '?')} ({_fmt(hw.get('gpu_mem_gib'))} GiB each)"
+    spread = float(wl.get("prompt_tokens_spread") or 0)
+    prompt = _fmt(wl.get("prompt_tokens")) + (f" ± {spread:.0%}" if spread else "")
+    if load.get("mode") == "rate":
+        shape = f"open loop, {_fmt(load.get('request_rate'))} requests/s ({load.get('arrival', 'poisson')})"
+    else:
+        shape = f"closed loop, {_fmt(load.get('concurrency'))} concurrent requests"
+    dur = float(load.get("duration_s") or 0)
+    amount = f"{_fmt(dur)} s" if dur > 0 else f"{_fmt(load.get('num_requests'))} requests"
+    out = {
+        "Hardware": [("preset", _fmt(hw.get("name"))), ("accelerator", accel)],
+        "Model": [("name", _fmt(model.get("name"))), ("path", _fmt(model.get("path")) or "(generated)"),
+                  ("dtype", _fmt(model.get("dtype"))), ("max_model_len", _fmt(model.get("max_model_len")))],
+        "Workload": [("name", _fmt(wl.get("name"))), ("endpoint", _fmt(wl.get("endpoint"))),
+                     ("prompt tokens", prompt), ("output tokens", _fmt(wl.get("output_tokens")))]
+        + ([("shared prefix tokens", _fmt(wl.get("shared_prefix_tokens")))] if wl.get("shared_prefix_tokens") else [])
+        + ([("dataset", _fmt(wl.get("dataset")))] if wl.get("dataset") else []),
+        "Load": [("shape", shape), ("per trial", f"{amount} after {_fmt(load.get('warmup_requests', 0))} warm-up")],
+    }
+    return {k: [(lbl, v) for lbl, v in rows if v] for k, rows in out.items() if cfg.get(k.lower())}
+
+
+def _kv_table(rows: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _headline(s: SummaryInfo) -> str:
+    if s.best is None:
+        return ""
+    b, base = s.best, s.baseline
+    text = (f"Best feasible config: <b>trial {b.number}</b>, <b>{_n(b.throughput)} output tokens/s</b> at P99 "
+            f"{_e(s.slo_metric)} {_n(b.p99, '.0f')} ms (SLO {_n(s.slo_ms, 'g')} ms, "
+            f"margin {_n(s.margin * 100, '.0f')}%).")
+    if base is not None and base.number == b.number:
+        text += " That is the baseline (vLLM defaults): no tuned config beat it so far."
+    elif base is not None and math.isfinite(s.gain):
+        text += (f" That is <b>{_pct(s.gain)}</b> over the baseline (vLLM defaults, trial {base.number}: "
+                 f"{_n(base.throughput)} tokens/s, P99 {_n(base.p99, '.0f')} ms).")
+    return f'<p class="headline">{text}</p>'
+
+
+def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str) -> str:
+    out = [_headline(s)] + [f'<p class="note">{_e(n)}</p>' for n in s.notes]
+    b, base = s.best, s.baseline
+    none = "none feasible" if s.counts.get("trials") else "no trials"
+    cards = [("best output tokens/s", _n(b.throughput) if b else none),
+             (f"best P99 {s.slo_metric} (ms)", _n(b.p99, ".0f") if b else "n/a"),
+             ("gain over baseline", _pct(s.gain)), ("margin to the SLO", _n(s.margin * 100, ".0f", "%")),
+             ("baseline output tokens/s", _n(base.throughput) if base else "n/a"),
+             ("trials (feasible / total)", f"{s.counts.get('feasible', 0)} / {s.counts.get('trials', 0)}")]
+    out.append('<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
+                                              for k, v in cards) + "</div>")
+    boxes = _setup(s.config)
+    boxes["SLO"] = [("P99 " + s.slo_metric, f"≤ {_n(s.slo_ms, 'g')} ms"),
+                    ("error rate", f"≤ {s.max_error_rate:.1%}")]
+    if s.use_upper_bound:
+        boxes["SLO"].append(("judged on", "the P99's upper confidence bound"))
+    boxes["Trials"] = [(k, str(v)) for k, v in s.counts.items()]
+    if s.vllm_version:
+        boxes["Trials"].append(("vLLM", s.vllm_version))
+    out.append('<div class="grid">' + "".join(f'<div class="box"><h3>{_e(k)}</h3>{_kv_table(v)}</div>'
+                                             for k, v in boxes.items()) + "</div>")
+    if b is not None:
+        params = [(k, str(v)) for k, v in sorted(b.params.items())]
+        extra = (" " + " ".join(s.extra_args)) if s.extra_args else ""
+        out.append(f"<h3>The best config (trial {b.number})</h3>" + f'<div class="grid"><div class="box">'
+                   f"{_kv_table(params)}</div></div>")
+        out.append(f"<h3>Serve it</h3><p class=sub>{_e(yaml_name)} is written beside this page "
+                   f"(vLLM reads it with <code>--config</code>; flags given on the command line win).</p>")
+        out.append(f"<pre>vllm serve --config {_e(yaml_name)}{_e(extra)}\n# or, where the `vllm` script does not work "
+                   f"(vLLM's CPU build):\npython -m vllm.entrypoints.openai.api_server --config {_e(yaml_name)}"
+                   f"{_e(extra)}</pre>")
+        out.append(f"<h3>{_e(yaml_name)}</h3><pre>{_e(yaml_text)}</pre>")
+        if s.trial_command:
+            out.append(f"<h3>The exact command the trial ran</h3><pre>{_e(s.trial_command)}</pre>")
+    return "\n".join(out)
+
+
+def _status(st: Status) -> str:
+    return f'<span class="st" style="background:{_STATUS_BG[st]}">{_e(st.value)}</span>'
+
+
+def _row(i: TrialInfo, best: Optional[int]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(i.params.items()))
+    kind = "baseline" if i.baseline else ("retry of #%d" % i.retry_of if i.retry_of is not None else "")
+    cells = [str(i.number), _status(i.status), _e(kind), _n(i.throughput), *(_n(i.p99s[m], ".0f") for m in i.p99s),
+             _n(i.error_rate * 100 if math.isfinite(i.error_rate) else math.nan, ".1f"), _n(i.wall_s, ".0f"),
+             f'<span class="params">{_e(params)}</span>', f'<span class="fail">{_e(i.failure[:120])}</span>',
+             f'<div class="detail">{_e(i.detail[:600])}</div>']
+    num_cols = {0, 3, 4, 5, 6, 7, 8}
+    tds = "".join(f'<td class="num">{c}</td>' if k in num_cols else f"<td>{c}</td>" for k, c in enumerate(cells))
+    return f'<tr class="{"best" if i.number == best else ""}">{tds}</tr>'
+
+
+def _table(d: ReportData) -> str:
+    if not d.trials:
+        return '<p class="empty">No trials.</p>'
+    best = d.summary.best.number if d.summary.best else None
+    head = ["#", "status", "kind", "output tok/s", "P99 TTFT ms", "P99 ITL ms", "P99 E2E ms", "errors %",
+            "wall s", "parameters", "failure", "detail"]
+    return ('<table class="trials"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(_row(i, best) for i in d.trials) + "</tbody></table>")
+
+
+def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
+                yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "") -> str:
+    """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
+    cdf, telemetry, timeline, phases) to figures or ``None``."""
+    s = d.summary
+    why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"
+    few = "Needs at least two completed trials."
+    body = [
+        f"<h1>vLLM serving-config study: {_e(s.study_name)}</h1>",
+        f'<p class="sub">{_e(generated)}</p>',
+        "<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS) + "</nav>",
+        '<section id="summary"><h2>1. Summary</h2>' + _summary(s, yaml_text, yaml_name) + "</section>",
+        '<section id="scatter"><h2>2. Throughput against P99 latency</h2><p class=sub>Every trial. Up and to the '
+        "left is better; right of the red line breaks the SLO. The dotted line joins the trials that no other "
+        "beats on both axes. Hover a point for its parameters.</p>"
+        + _fig("scatter", figs.get("scatter"), "No trials to plot.") + "</section>",
+        '<section id="history"><h2>3. Optimization history</h2>'
+        + _fig("history", figs.get("history"), "No completed trials yet.") + "</section>",
+        '<section id="importance"><h2>4. Parameter importance</h2><p class=sub>PED-ANOVA over the feasible trials '
+        "only: which parameters separate the best configs from the rest, for throughput and for P99.</p>"
+        + _fig("importance", figs.get("importance"), f"Not computed: {why_imp}.") + "</section>",
+        '<section id="params"><h2>5. Parameters</h2>'
+        + _fig("parallel", figs.get("parallel"), few) + _fig("slice", figs.get("slice"), few) + "</section>",
+        '<section id="latency"><h2>6. Latency distributions</h2><p class=sub>Cumulative distributions of time to '
+        "first token, inter-token latency and end-to-end latency, for the baseline, the best and a few others.</p>"
+        + _fig("cdf", figs.get("cdf"), "No latency samples recorded (no trial was measured).") + "</section>",
+        '<section id="telemetry"><h2>7. Server telemetry</h2>'
+        + _fig("telemetry", figs.get("telemetry"), "No server telemetry recorded (no trial was measured).")
+        + _fig("timeline", figs.get("timeline"), "No gauge timeline recorded.") + "</section>",
+        '<section id="time"><h2>8. Where the time went</h2>'
+        + _fig("phases", figs.get("phases"), "No trials.") + "</section>",
+        f'<section id="trials"><h2>9. All trials</h2><p class=sub>Also in {_e(csv_name)} beside this page, with '
+        f"every recorded attribute.</p>" + _table(d) + "</section>",
+    ]
+    js = f'<script type="text/javascript">{get_plotlyjs()}</script>' if any(figs.values()) else ""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>vLLM study report: {_e(s.study_name)}</title><style>{_CSS}</style>{js}</head>\n"
+            f"<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")

@@ -1,0 +1,142 @@
+"""Write a study's report folder: ``index.html``, ``best.yaml`` and ``trials.csv``.
+
+``reports/<study>/best.yaml`` is the best feasible trial's ``serve_config`` in the form vLLM's
+``--config`` reads (``vllm/utils/argparse_utils.py::load_config_file``, 0.32):
+
+- keys are written with dashes. The loader turns ``key: false`` into ``--no-key`` only when that
+  exact option string exists, and the parser registers the dashed spelling, so an underscored
+  ``enable_prefix_caching: false`` would be dropped without a word;
+- ``false`` is written as ``no-<key>: true``: under ``vllm serve`` the loader looks the
+  ``--no-`` option up on the top-level parser, which does not have it, and drops it too;
+- ``model`` stays in the file: both ``vllm serve --config best.yaml`` (the loader sees
+  ``--model`` in the file) and ``python -m vllm.entrypoints.openai.api_server --config best.yaml``
+  accept it;
+- nested dicts (``speculative_config``) stay mappings; the loader JSON-encodes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import optuna
+import pandas as pd
+import yaml
+from optuna.trial import FrozenTrial
+
+from optimizer.config import Config
+from optimizer.errors import StudyError
+from optimizer.reporting import figures as F
+from optimizer.reporting.data import ReportData, build_report_data, classify
+from optimizer.reporting.html import render_page
+
+__all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
+
+
+_BLOBS = ("latency_samples", "kv_timeline", "server_argv")  # too big for a table; in the database
+
+
+def serve_yaml_dict(serve_config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in serve_config.items():
+        flag = str(key).replace("_", "-")
+        if value is False:
+            out[f"no-{flag}"] = True
+        elif value is not None:
+            out[flag] = value
+    return out
+
+
+def best_yaml(d: ReportData) -> str:
+    """The text of best.yaml ('' without a feasible trial)."""
+    s = d.summary
+    if s.best is None or not s.serve_config:
+        return ""
+    name = " ".join(s.study_name.split())  # a comment line must stay one line
+    head = (f"# vLLM server config found by study {name}: trial {s.best.number}, "
+            f"{s.best.throughput:.1f} output tokens/s at P99 {s.slo_metric} {s.best.p99:.0f} ms "
+            f"(SLO {s.slo_ms:g} ms)\n# run: vllm serve --config best.yaml   "
+            f"(or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n")
+    if s.extra_args:
+        head += f"# every trial's server also got: {' '.join(s.extra_args)}\n"
+    return head + yaml.safe_dump(serve_yaml_dict(s.serve_config), sort_keys=False, default_flow_style=False)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+    """One row per trial: state, status, value, params_*, constraint_*, then every user attr
+    except the large JSON blobs."""
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        row: dict[str, Any] = {
+            "number": t.number, "state": t.state.name, "status": classify(t).value, "value": t.value,
+            "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
+            "duration_s": t.duration.total_seconds() if t.duration else None}
+        row |= {f"params_{k}": _cell(v) for k, v in sorted(t.params.items())}
+        row |= {f"constraint_{k}": v for k, v in sorted((t.constraints or {}).items())}
+        row |= {k: _cell(v) for k, v in sorted(t.user_attrs.items()) if k not in _BLOBS}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Optional[dict[str, Any]] = None) -> Path:
+    """Write the report of ``study`` into ``out_dir``; returns the path of ``index.html``."""
+    trials = study.get_trials(deepcopy=False)
+    d = build_report_data(study.study_name, trials, study.user_attrs, fallback_config)
+    figs = {
+        "scatter": F.scatter_figure(d), "history": F.history_figure(study, d),
+        "importance": F.importance_figure(d), "parallel": F.parallel_figure(study, d),
+        "slice": F.slice_figure(study, d), "cdf": F.cdf_figure(d), "telemetry": F.telemetry_figure(d),
+        "timeline": F.timeline_figure(d), "phases": F.phases_figure(d),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    yaml_text = best_yaml(d)
+    best_path = out_dir / "best.yaml"
+    if yaml_text:
+        best_path.write_text(yaml_text)
+    elif best_path.exists():
+        best_path.unlink()  # a stale recommendation would outlive the study that made it
+    trials_frame(trials).to_csv(out_dir / "trials.csv", index=False)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
+                       f"{len(trials)} trial(s) in the study.")
+    index = out_dir / "index.html"
+    tmp = index.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(index)
+    return index
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    """Open an existing study read-only in spirit: a missing SQLite file is not created."""
+    from optimizer.study.storage import make_storage, sqlite_path
+
+    db = sqlite_path(storage_url)
+    if db is not None and not db.exists():
+        raise StudyError(f"no study database at {db}: run `python -m optimizer.run study.name={name}` first, "
+                         f"or point study.storage at the database.")
+    storage = make_storage(storage_url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise StudyError(f"no study named {name!r} in {storage_url}; it holds: "
+                         f"{', '.join(names) or 'no studies'}. Pass study.name=<one of them>.") from None
+
+
+def write_report(cfg: Config) -> Path:
+    """Write ``<cfg.reports_dir>/<study.name>/index.html`` (and best.yaml, trials.csv)."""
+    study = load_study(cfg.study.storage, cfg.study.name)
+    fallback = json.loads(json.dumps(asdict(cfg), default=str))
+    return write_study_report(study, Path(cfg.reports_dir) / cfg.study.name, fallback)

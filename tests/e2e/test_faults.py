@@ -1,0 +1,163 @@
+"""Faults against the real vLLM (CPU build) server: kills, signals, start failures, a dying server.
+
+Each test records what it injected in the fault ledger, printed at the end of the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.support.study_runner import StudyDir, group_members, server_groups
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def live_groups(root: Path) -> list[int]:
+    return [g for g in server_groups(root) if group_members(g)]
+
+
+def orphans_after(root: Path, timeout: float = 40.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and live_groups(root):
+        time.sleep(0.2)
+    return sum(len(group_members(g)) for g in server_groups(root))
+
+
+def engine_started(root: Path) -> bool:
+    """A server of this study is up to its EngineCore (well into its start)."""
+    for g in server_groups(root):
+        for pid in group_members(g):
+            try:
+                if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def test_sigkill_then_sigterm_mid_trial_lose_nothing_and_resume(tmp_path, fault_ledger):
+    sd = StudyDir(tmp_path)
+    r = sd.run("study.n_trials=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t0 = sd.study().trials[0]
+    assert t0.state == TrialState.COMPLETE
+
+    # 1. SIGKILL the optimizer while trial 1's server starts: its server group must die with it
+    p = sd.popen("study.n_trials=3")
+    wait_for(lambda: engine_started(tmp_path), 300, "trial 1's server to start its engine")
+    p.kill()
+    p.wait()
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    assert sd.study().trials[1].state == TrialState.RUNNING  # nobody could record it: the next run must
+    fault_ledger.add("SIGKILL of the optimizer mid-start", survived=True, orphans=orphans)
+
+    # 2. the next run records it as failed and retries its config; then SIGTERM during that retry
+    p = sd.popen("study.n_trials=3")
+    wait_for(lambda: "starting server" in sd.output(), 120, "the retry to start")
+    wait_for(lambda: engine_started(tmp_path), 300, "the retry's server engine")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 143
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    out = sd.output()
+    assert "terminated (SIGTERM)" in out and "Traceback" not in out
+    assert (tmp_path / "reports" / "t" / "index.html").exists()  # the report is still written
+    study = sd.study()
+    t1, t2 = study.trials[1], study.trials[2]
+    assert t1.state == TrialState.FAIL
+    assert t2.params == t1.params and t2.user_attrs["retry_of"] == 1
+    assert t2.state == TrialState.FAIL and t2.user_attrs.get("interrupted") is True
+    fault_ledger.add("SIGTERM of the optimizer mid-start", survived=True, orphans=orphans, note="exit 143")
+
+    # 3. resume: completed trials intact, the study reaches its total
+    r = sd.run("study.n_trials=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = sd.study()
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 2
+    assert study.trials[0].value == t0.value and study.trials[0].user_attrs == t0.user_attrs
+    assert orphans_after(tmp_path) == 0
+    fault_ledger.add("resume after kill + term", survived=True, trials_lost=0)
+
+
+def test_configs_that_cannot_start_are_recorded_with_the_reason_and_the_study_goes_on(tmp_path, fault_ledger):
+    sd = StudyDir(tmp_path)
+    # an invalid flag: every server refuses to start, each trial is recorded (not retried)
+    r = sd.run("study.n_trials=2", "server.extra_args=[--no-such-vllm-flag]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "No config met the SLO" in r.stderr
+    trials = sd.study().trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    for t in trials:
+        assert t.user_attrs["failure"] == "invalid_config"
+        assert "no-such-vllm-flag" in t.user_attrs["failure_detail"]
+        assert t.constraints["startup"] == 1.0 and t.value == 0.0
+    fault_ledger.add("invalid server flag (2 trials)", survived=True, orphans=orphans_after(tmp_path))
+
+    # more KV cache than the machine has: out of memory, read from the server log
+    sd2 = StudyDir(tmp_path, "oom")
+    r = sd2.run("study.n_trials=1", "hardware.cpu_kvcache_gib=4000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (t,) = sd2.study().trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["failure"] == "out_of_memory", t.user_attrs
+    assert "memory" in t.user_attrs["failure_detail"]
+    fault_ledger.add("KV cache larger than RAM (out of memory)", survived=True, orphans=orphans_after(tmp_path))
+
+
+def test_repeated_environmental_failures_stop_the_study_with_a_message(tmp_path, fault_ledger):
+    sd = StudyDir(tmp_path)
+    r = sd.run("study.n_trials=3", "server.start_timeout_s=2", "study.max_consecutive_env_failures=2")
+    assert r.returncode == 1
+    assert "2 trials in a row failed" in r.stderr and "start_timeout" in r.stderr
+    assert "Traceback" not in r.stderr
+    trials = sd.study().trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and all(t.user_attrs["failure"] == "start_timeout" for t in failed)
+    assert failed[1].params == failed[0].params and failed[1].user_attrs["retry_of"] == failed[0].number
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    fault_ledger.add("server never healthy (start timeout) x2", survived=True, orphans=orphans,
+                     note="study stopped, exit 1")
+
+
+def test_a_server_that_dies_during_the_load_test_fails_its_trial(tmp_path, fault_ledger):
+    sd = StudyDir(tmp_path)
+    p = sd.popen("study.n_trials=1", "load.num_requests=5000", "load.concurrency=2",
+                 "study.max_consecutive_env_failures=1")
+    wait_for(lambda: "warm-up and load test" in sd.output(), 400, "the load test to begin")
+    time.sleep(2)
+    engines = [pid for g in server_groups(tmp_path) for pid in group_members(g)
+               if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert engines
+    os.kill(engines[0], signal.SIGKILL)
+    rc = p.wait(timeout=300)
+    out = sd.output()
+    assert rc in (0, 1), out[-2000:]
+    (t, *rest) = sd.study().trials
+    if t.state == TrialState.FAIL:
+        assert str(t.user_attrs.get("failure", "")).startswith("server_died"), t.user_attrs
+        assert rc == 1 and "in a row failed" in out
+    else:  # the API server stayed up but every request failed: recorded as an infeasible result
+        assert t.user_attrs["error_rate"] > 0 and not t.user_attrs["feasible"]
+    assert "Traceback" not in out
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    fault_ledger.add("engine killed during the load test", survived=True, orphans=orphans,
+                     note=str(t.user_attrs.get("failure", "recorded infeasible")))
