@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimizer.config import Config, register_configs, to_config
 from optimizer.errors import ConfigError, OptimizerError, StudyError
+from optimizer.space.hardware import resolve_hardware_overrides
 
 __all__ = ["CONF_DIR", "Terminated", "compose", "main_wrapper", "setup_logging"]
 
@@ -53,7 +54,8 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConf
 
 
 def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:
-    raw = compose_raw(overrides, conf_dir)
+    raw = compose_raw(resolve_hardware_overrides(list(overrides), visible_devices=os.environ.get(
+        "CUDA_VISIBLE_DEVICES"), conf_dir=conf_dir), conf_dir)  # hardware=auto; GPU presets -> search=gpu
     try:
         return to_config(raw)
     except ConfigError:
@@ -82,7 +84,9 @@ def setup_logging(log_file: Path | None = None, debug: bool = False) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the study logs each failed trial with its reason itself; Optuna's own message repeats it with a
+    # traceback (shown with --debug)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

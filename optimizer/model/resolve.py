@@ -1,4 +1,15 @@
-"""From ``model`` config to the directory a server loads, per quantization choice."""
+"""From ``model`` config to the directory a server loads, per quantization choice.
+
+``model.generate`` (``tiny``, or ``config`` for ``--load-format dummy``) wins over ``model.path``:
+the package writes the folder under ``<cache>/models``. Otherwise ``model.path`` is a local
+folder. A quantization listed in ``model.variants`` selects that checkpoint folder; with
+``generate=config`` the package writes a dummy stand-in for it instead (the same config plus the
+method's ``quantization_config``), so a quantized study needs no download either.
+
+:func:`planned_model_dir` and :func:`planned_target` only compute paths (``dry_run``);
+:func:`resolve_model_dir` and :func:`target_for` also create or check the folders, and are used
+only when a server is about to start.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ from optimizer.errors import ConfigError
 from optimizer.model.tiny import ensure_model_dir
 from optimizer.space.engine_args import ModelTarget
 
-__all__ = ["hf_arch", "resolve_model_dir", "target_for"]
+__all__ = ["hf_arch", "planned_model_dir", "planned_target", "resolve_model_dir", "target_for"]
 
 
 def hf_arch(model: ModelConfig) -> dict[str, int]:
@@ -20,8 +31,20 @@ def hf_arch(model: ModelConfig) -> dict[str, int]:
             "max_position_embeddings": max(model.max_model_len, 2048)}
 
 
+def planned_model_dir(model: ModelConfig, cache_dir: str) -> Path:
+    """The base model folder, without creating or checking anything."""
+    if model.generate:
+        return (Path(cache_dir) / "models" / model.name).resolve()
+    if model.path:
+        return Path(model.path).expanduser()
+    raise ConfigError(f"model {model.name!r}: set model.path to a local folder (no model hub is used), "
+                      f"or model.generate=tiny|config.")
+
+
 def resolve_model_dir(model: ModelConfig, cache_dir: str) -> Path:
-    """The model's local folder: ``model.path``, or the one the package generates."""
+    """The model's local folder: the one the package generates, or ``model.path`` (checked)."""
+    if model.generate:
+        return ensure_model_dir(model.generate, cache_dir, model.name, hf_arch(model), model.dtype).resolve()
     if model.path:
         p = Path(model.path).expanduser()
         if not p.is_dir():
@@ -31,22 +54,51 @@ def resolve_model_dir(model: ModelConfig, cache_dir: str) -> Path:
         if not (p / "config.json").is_file():
             raise ConfigError(f"model.path={model.path!r} has no config.json: not a Hugging Face model folder.")
         return p.resolve()
-    if model.generate:
-        return ensure_model_dir(model.generate, cache_dir, model.name, hf_arch(model), model.dtype).resolve()
     raise ConfigError(f"model {model.name!r}: set model.path to a local folder (no model hub is used), "
                       f"or model.generate=tiny|config.")
 
 
-def target_for(model: ModelConfig, base_dir: Path, quantization: str | None) -> ModelTarget:
-    """Which folder and flags a server needs for ``quantization`` (``none`` = the base checkpoint).
+def _quant(quantization: str | None) -> str | None:
+    return None if quantization in (None, "none") else quantization
 
-    A variant listed in ``model.variants`` is a separate checkpoint carrying its own quantization
-    config; ``fp8`` without a variant is vLLM's online fp8 quantization of the base checkpoint."""
+
+def planned_target(model: ModelConfig, base_dir: Path, quantization: str | None) -> ModelTarget:
+    """Which folder and flags a server needs for ``quantization``, without touching the disk.
+
+    A quantization with a checkpoint in ``model.variants`` (or any quantization of a generated
+    config-only model) loads that folder, which names its method itself; ``fp8`` without a
+    variant is vLLM's online fp8 quantization of the base checkpoint (``--quantization fp8``)."""
     served = model.served_name or model.name
-    q = None if quantization in (None, "none") else quantization
+    q = _quant(quantization)
+    if q is not None and model.generate == "config":
+        # beside the generated base folder, as optimizer.model.tiny.generated_dir names it
+        return ModelTarget(str(base_dir.with_name(f"{base_dir.name}-{q}")), served, model.load_format,
+                           quantized_checkpoint=True)
     if q is not None and model.variants.get(q):
-        path = Path(model.variants[q]).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"model.variants.{q}={model.variants[q]!r}: no such directory")
-        return ModelTarget(str(path.resolve()), served, model.load_format, None)
-    return ModelTarget(str(base_dir), served, model.load_format, None)
+        return ModelTarget(str(Path(model.variants[q]).expanduser()), served, model.load_format,
+                           quantized_checkpoint=True)
+    return ModelTarget(str(base_dir), served, model.load_format)
+
+
+def target_for(model: ModelConfig, base_dir: Path, quantization: str | None) -> ModelTarget:
+    """:func:`planned_target`, with the variant folder written (generated models) or checked.
+
+    Raises:
+        ConfigError: a variant folder does not exist.
+    """
+    target = planned_target(model, base_dir, quantization)
+    q = _quant(quantization)
+    if q is None or not target.quantized_checkpoint:
+        return target
+    if model.generate == "config":
+        from optimizer.model.tiny import write_config_only
+
+        write_config_only(target.path, hf_arch(model), model.dtype, q)
+        return target
+    path = Path(target.path)
+    if not path.is_dir():
+        raise ConfigError(f"model.variants.{q}={model.variants[q]!r}: no such directory. Point it at the "
+                          f"{q} checkpoint folder, drop {q} from search.quantization, or tune without weights "
+                          f"(model.load_format=dummy model.generate=config).")
+    return ModelTarget(str(path.resolve()), target.served_name, target.load_format,
+                       quantized_checkpoint=True)

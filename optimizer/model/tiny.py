@@ -3,9 +3,12 @@
 No model hub is reachable, and none is needed: :func:`write_tiny_model` writes a Hugging Face
 folder (config, random weights, a byte-level BPE tokenizer trained locally on a seeded synthetic
 corpus) that vLLM serves on its CPU build. :func:`write_config_only` writes the same folder
-without weights for ``--load-format dummy`` studies of big architectures. Same inputs, same
-bytes: the folder carries a ``.complete`` stamp with its fingerprint and is rebuilt only when
-the recipe changes.
+without weights for ``--load-format dummy`` studies of big architectures; its tokenizer is a
+synthetic byte-level BPE whose vocabulary is exactly the model's (a dummy-weight model emits any
+token id below ``vocab_size``, and an id the tokenizer lacks breaks vLLM's detokenizer), and a
+quantized variant's folder carries the ``quantization_config`` vLLM needs to build AWQ/GPTQ/FP8
+layers. Same inputs, same bytes: the folder carries a ``.complete`` stamp with its fingerprint
+and is rebuilt only when the recipe changes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["TINY_ARCH", "ensure_model_dir", "write_config_only", "write_tiny_model"]
+__all__ = ["QUANT_CONFIGS", "TINY_ARCH", "ensure_model_dir", "generated_dir", "write_config_only",
+           "write_tiny_model"]
 
 RECIPE_VERSION = 2
+CONFIG_RECIPE_VERSION = 3  # config-only folders: full-vocabulary synthetic tokenizer, quantization configs
 TINY_ARCH: dict[str, Any] = {
     "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 4096, "max_position_embeddings": 4096,
@@ -56,12 +61,67 @@ def _train_tokenizer(out: Path, vocab_size: int, seed: int) -> None:
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     tok.save(str(out / "tokenizer.json"))
+    _tokenizer_files(out, TINY_ARCH["max_position_embeddings"])
+
+
+def _tokenizer_files(out: Path, max_len: int) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "model_max_length": TINY_ARCH["max_position_embeddings"],
+        "unk_token": "<unk>", "model_max_length": max_len,
         "clean_up_tokenization_spaces": False, "chat_template": _CHAT_TEMPLATE}, indent=1, sort_keys=True))
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=1, sort_keys=True))
+
+
+def _synthetic_tokens(alphabet: list[str]) -> Iterator[tuple[str, str]]:
+    """Merges in a fixed order: every pair of byte symbols, then pair + byte triples."""
+    for a in alphabet:
+        for b in alphabet:
+            yield a, b
+    for a in alphabet:
+        for b in alphabet:
+            for c in alphabet:
+                yield a + b, c
+
+
+def _synthetic_tokenizer(out: Path, vocab_size: int, max_len: int) -> None:
+    """A byte-level BPE with exactly ``vocab_size`` tokens, built without training (seconds even
+    for Llama-3's 128k): the three specials at ids 0-2 (bos 1, eos 2, as in the config), the 256
+    byte symbols, then pairs and triples of them, each with the merge that forms it."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if vocab_size < len(_SPECIALS) + len(alphabet):
+        raise ValueError(f"vocab_size={vocab_size}: a byte-level tokenizer needs at least "
+                         f"{len(_SPECIALS) + len(alphabet)} tokens")
+    vocab = {t: i for i, t in enumerate(_SPECIALS)}
+    for c in alphabet:
+        vocab[c] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for left, right in _synthetic_tokens(alphabet):
+        if len(vocab) >= vocab_size:
+            break
+        if left + right not in vocab:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIALS])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", vocab["<s>"])])
+    if tok.get_vocab_size() != vocab_size:
+        raise AssertionError(f"synthetic tokenizer has {tok.get_vocab_size()} tokens, wanted {vocab_size}")
+    tok.save(str(out / "tokenizer.json"))
+    _tokenizer_files(out, max_len)
+
+
+# quantization_config of each quantized variant, as the usual checkpoints carry it (4-bit, group 128)
+QUANT_CONFIGS: dict[str, dict[str, Any]] = {
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
+    "fp8": {"quant_method": "fp8", "activation_scheme": "dynamic"},
+}
 
 
 def _hf_config(arch: dict[str, Any], dtype: str) -> dict[str, Any]:
@@ -116,25 +176,36 @@ def _save_bf16(tensors: dict[str, np.ndarray], path: Path) -> None:
             f.write(data)
 
 
-def _fingerprint(kind: str, arch: dict[str, Any], dtype: str, seed: int) -> str:
-    blob = json.dumps({"kind": kind, "arch": arch, "dtype": dtype, "seed": seed, "v": RECIPE_VERSION},
-                      sort_keys=True)
+def _fingerprint(kind: str, arch: dict[str, Any], dtype: str, seed: int, quantization: str | None = None) -> str:
+    recipe: dict[str, Any] = {"kind": kind, "arch": arch, "dtype": dtype, "seed": seed, "v": RECIPE_VERSION}
+    if kind != "weights":
+        recipe |= {"config_v": CONFIG_RECIPE_VERSION, "quantization": quantization}
+    blob = json.dumps(recipe, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _build(out: Path, kind: str, arch: dict[str, Any], dtype: str, seed: int) -> Path:
-    stamp = _fingerprint(kind, arch, dtype, seed)
+def _build(out: Path, kind: str, arch: dict[str, Any], dtype: str, seed: int,
+           quantization: str | None = None) -> Path:
+    stamp = _fingerprint(kind, arch, dtype, seed, quantization)
     if (out / ".complete").is_file() and (out / ".complete").read_text().strip() == stamp:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(_hf_config(arch, dtype), indent=1, sort_keys=True))
+        config = _hf_config(arch, dtype)
+        if kind != "weights":
+            # without it, transformers suspects a Mistral tokenizer with the broken regex and warns
+            config["transformers_version"] = "4.57.0"
+        if quantization is not None:
+            config["quantization_config"] = QUANT_CONFIGS[quantization]
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": 1, "eos_token_id": 2, "do_sample": False}, indent=1, sort_keys=True))
-        _train_tokenizer(tmp, min(arch["vocab_size"], 4096), seed)
         if kind == "weights":
+            _train_tokenizer(tmp, min(arch["vocab_size"], 4096), seed)
             _save_bf16(_weights(arch, seed), tmp / "model.safetensors")
+        else:
+            _synthetic_tokenizer(tmp, arch["vocab_size"], arch.get("max_position_embeddings", 2048))
         (tmp / ".complete").write_text(stamp + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -149,22 +220,36 @@ def write_tiny_model(out: str | os.PathLike[str], seed: int = 0) -> Path:
     return _build(Path(out), "weights", TINY_ARCH, "bfloat16", seed)
 
 
-def write_config_only(out: str | os.PathLike[str], arch: dict[str, Any], dtype: str = "bfloat16") -> Path:
+def write_config_only(out: str | os.PathLike[str], arch: dict[str, Any], dtype: str = "bfloat16",
+                      quantization: str | None = None) -> Path:
     """Write a weightless model folder (config + tokenizer) to serve with ``--load-format dummy``.
 
-    ``arch`` uses Hugging Face config keys (hidden_size, num_hidden_layers, ...). The tokenizer is
-    the tiny one; prompts are sent as token ids, so only the vocabulary size must agree."""
-    return _build(Path(out), "config", arch, dtype, 0)
+    Args:
+        out: the folder (replaced atomically when its recipe changed, reused otherwise).
+        arch: Hugging Face config keys (hidden_size, num_hidden_layers, vocab_size, ...).
+        dtype: the checkpoint dtype written as ``torch_dtype``.
+        quantization: ``awq``, ``gptq`` or ``fp8`` to write that method's ``quantization_config``
+            (a dummy stand-in for a quantized checkpoint); None for the 16-bit model.
+
+    The tokenizer covers exactly ``arch["vocab_size"]`` tokens."""
+    if quantization is not None and quantization not in QUANT_CONFIGS:
+        raise ValueError(f"quantization={quantization!r}: valid choices are {', '.join(QUANT_CONFIGS)}")
+    return _build(Path(out), "config", arch, dtype, 0, quantization)
+
+
+def generated_dir(cache_dir: str | os.PathLike[str], name: str, quantization: str | None = None) -> Path:
+    """Where :func:`ensure_model_dir` puts model ``name`` (and its quantized stand-ins)."""
+    return Path(cache_dir) / "models" / (f"{name}-{quantization}" if quantization else name)
 
 
 def ensure_model_dir(generate: str, cache_dir: str | os.PathLike[str], name: str,
-                     arch: dict[str, Any] | None = None, dtype: str = "bfloat16") -> Path:
+                     arch: dict[str, Any] | None = None, dtype: str = "bfloat16",
+                     quantization: str | None = None) -> Path:
     """The model folder for ``model.generate``: ``tiny`` or ``config`` (for dummy weights)."""
-    root = Path(cache_dir) / "models"
     if generate == "tiny":
-        return write_tiny_model(root / name)
+        return write_tiny_model(generated_dir(cache_dir, name))
     if generate == "config":
         if not arch:
             raise ValueError("model.generate=config needs the architecture numbers in the model config")
-        return write_config_only(root / name, arch, dtype)
+        return write_config_only(generated_dir(cache_dir, name, quantization), arch, dtype, quantization)
     raise ValueError(f"model.generate={generate!r}: valid choices are tiny, config (or empty with model.path)")

@@ -57,6 +57,10 @@ class ModelTarget:
     served_name: str = ""
     load_format: str = "auto"
     quantization_flag: Optional[str] = None  # --quantization value, when the checkpoint needs one
+    # the folder is a quantized checkpoint (AWQ/GPTQ/FP8 variant) whose config.json names its method:
+    # no --quantization flag, so vLLM reads the method from the checkpoint (llm-compressor FP8 ones
+    # say compressed-tensors, and an explicit "fp8" would be refused as a mismatch)
+    quantized_checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,8 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
         value = getattr(p, key)
         if value is not None and value != "auto":
             cfg[key] = value
-    if p.quantization not in (None, "none") and not model.quantization_flag:
-        cfg["quantization"] = p.quantization
+    if p.quantization not in (None, "none") and not model.quantization_flag and not model.quantized_checkpoint:
+        cfg["quantization"] = p.quantization  # online quantization of the base checkpoint (fp8)
     for key in ("enable_chunked_prefill", "enable_prefix_caching"):
         value = getattr(p, key)
         if value is not None:

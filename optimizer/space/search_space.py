@@ -1,11 +1,14 @@
 """The search space: which engine parameters a trial may take on this hardware and model.
 
-Pure. :func:`build_space` filters the configured choices by what the hardware and model can run
-(no bf16 below compute capability 8.0, fp8 only from 8.9, quantizations only with a checkpoint)
-and :func:`suggest` draws one :class:`EngineParams` from an Optuna trial. Conditional parameters
-(speculative decoding) are drawn only when they apply; the study uses TPE with ``group=True`` so
-the sampler still models them jointly. :func:`check` lists the rules a config breaks, so a
-hopeless server is never started.
+Pure (apart from log lines saying what was dropped). :func:`build_space` filters the configured
+choices by what the hardware and model can run (no bf16 below compute capability 8.0, fp8 weights
+and fp8 KV cache only from 8.9, awq/gptq only with a checkpoint, tensor parallel sizes that fit
+the GPUs and divide the heads, max_model_len within the model's) and refuses a space in which no
+config can fit in memory (:func:`check_space_fits`). :func:`suggest` draws one
+:class:`EngineParams` from an Optuna trial; conditional parameters (speculative decoding) are
+drawn only when they apply, and the study uses TPE with ``group=True`` so the sampler still
+models them jointly. :func:`check` lists the rules a config breaks, so a hopeless server is never
+started.
 """
 
 from __future__ import annotations
@@ -19,11 +22,20 @@ from typing import Any, Protocol
 from optimizer.config import Config, FloatRange, HardwareConfig, IntRange, ModelConfig, SearchConfig
 from optimizer.errors import ConfigError
 from optimizer.space.engine_args import EngineParams
-from optimizer.space.memory import MemoryEstimate, estimate_memory
+from optimizer.space.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weights_gib
 
-__all__ = ["Space", "TrialLike", "build_space", "baseline_params", "check", "suggest"]
+__all__ = ["Space", "TrialLike", "baseline_params", "build_space", "check", "check_space_fits",
+           "memory_friendliest", "suggest"]
 
 log = logging.getLogger(__name__)
+
+# the lowest compute capability each quantization runs at in vLLM 0.32 (libraries.md 3.3): AWQ and
+# GPTQ through Marlin/Exllama; fp8 as W8A8 (below 8.9 vLLM falls back to weight-only W8A16, which
+# is a different config than the one asked for, so it is not offered)
+_QUANT_MIN_CC = {"awq": 7.5, "gptq": 6.0, "fp8": 8.9}
+_FP8_KV_MIN_CC = 8.9
+_BF16_MIN_CC = 8.0
+_warned: set[str] = set()
 
 
 class TrialLike(Protocol):
@@ -61,6 +73,12 @@ class Space:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning("%s", msg)
+
+
 def _filtered(key: str, choices: list[Any], allowed: Any, why: str) -> tuple[Any, ...]:
     kept = tuple(c for c in choices if allowed(c))
     dropped = [c for c in choices if not allowed(c)]
@@ -72,42 +90,152 @@ def _filtered(key: str, choices: list[Any], allowed: Any, why: str) -> tuple[Any
     return kept
 
 
-def _quant_ok(q: str, hw: HardwareConfig, model: ModelConfig) -> bool:
-    if q == "none":
-        return True
+def _cc(hw: HardwareConfig) -> str:
+    return f"{hw.name} has compute capability {hw.compute_capability}"
+
+
+def _quant_problem(q: str | None, hw: HardwareConfig, model: ModelConfig) -> str:
+    """Why quantization ``q`` cannot run here ('' if it can)."""
+    if q is None or q == "none":
+        return ""
     if hw.device == "cpu":
-        return False
-    if q == "fp8":
-        return hw.supports_fp8  # online fp8 from the bf16 checkpoint, or a variant
-    return q in model.variants  # awq, gptq: need their checkpoint
+        return f"quantization {q} is not offered on the CPU backend"
+    if q == "fp8" and not hw.supports_fp8:
+        return f"fp8 weights (W8A8) need compute capability >= {_QUANT_MIN_CC['fp8']} ({_cc(hw)})"
+    if hw.compute_capability and hw.compute_capability < _QUANT_MIN_CC.get(q, 0.0):
+        return f"{q} needs compute capability >= {_QUANT_MIN_CC[q]} ({_cc(hw)})"
+    if q != "fp8" and not model.variants.get(q) and model.generate != "config":
+        return (f"{q} needs its checkpoint in model.variants.{q} "
+                f"(configured: {sorted(model.variants) or 'none'})")
+    return ""
+
+
+def _tp_problem(tp: int, hw: HardwareConfig, model: ModelConfig) -> str:
+    if tp < 1 or tp > hw.gpu_count:
+        return f"more GPUs than hardware.gpu_count={hw.gpu_count}"
+    heads, kv = model.num_attention_heads, model.num_kv_heads
+    if heads and heads % tp:
+        return f"does not divide the {heads} attention heads"
+    if kv and kv % tp and tp % kv:
+        return f"neither divides nor is a multiple of the {kv} KV heads"
+    return ""
+
+
+def _resolved_dtype(choice: str, model: ModelConfig, hw: HardwareConfig) -> str:
+    d = {"half": "float16", "float": "float32"}.get(choice, choice)
+    if d == "auto":
+        d = model.dtype
+        if d == "bfloat16" and not hw.supports_bf16:
+            d = "float16"  # vLLM's own fallback on GPUs without bf16
+    return d
+
+
+def _dtypes(s: SearchConfig, hw: HardwareConfig, model: ModelConfig) -> tuple[str, ...]:
+    kept = _filtered("dtype", s.dtype, lambda d: d != "bfloat16" or hw.supports_bf16,
+                     f"bfloat16 needs compute capability >= {_BF16_MIN_CC} ({_cc(hw)}); vLLM uses float16")
+    # choices that run the same dtype are one config twice (auto is bfloat16 for a bf16 checkpoint);
+    # auto is the one kept, since it is vLLM's default and the baseline trial records it
+    seen: dict[str, str] = {}
+    for d in kept:
+        if d == "auto" or _resolved_dtype(d, model, hw) not in seen:
+            seen[_resolved_dtype(d, model, hw)] = d
+    unique = tuple(d for d in kept if d in seen.values())
+    if len(unique) < len(kept):
+        log.info("search.dtype: kept %s (the others run the same dtype here)", list(unique))
+    return unique
+
+
+def _lens(s: SearchConfig, model: ModelConfig) -> tuple[int, ...]:
+    if not s.max_model_len:
+        return (model.max_model_len,)
+    return _filtered("max_model_len", s.max_model_len, lambda n: 0 < n <= model.max_model_len,
+                     f"the model's max_model_len is {model.max_model_len}")
 
 
 def build_space(cfg: Config) -> Space:
+    """The study's space: configured choices minus what this hardware and model cannot run.
+
+    Raises:
+        ConfigError: a choice list ends up empty, ``hardware=auto`` was not resolved, or no
+            config of the space fits in memory (:func:`check_space_fits`).
+    """
     s: SearchConfig = cfg.search
     hw, model = cfg.hardware, cfg.model
+    if hw.name == "auto":
+        raise ConfigError("hardware=auto was not resolved into a preset: the entry point does that "
+                          "(optimizer.space.hardware.resolve_hardware_overrides). Name a preset instead.")
     cpu = hw.device == "cpu"
-    dtypes = _filtered("dtype", s.dtype, lambda d: d != "bfloat16" or hw.supports_bf16,
-                       f"{hw.name} (compute capability {hw.compute_capability}) has no bf16; use float16")
+    dtypes = _dtypes(s, hw, model)
     kv = _filtered("kv_cache_dtype", s.kv_cache_dtype,
                    lambda d: not str(d).startswith("fp8") or (hw.supports_fp8_kv and not cpu),
-                   f"fp8 KV cache needs compute capability >= 8.9; {hw.name} has {hw.compute_capability}")
-    quant = _filtered("quantization", s.quantization, lambda q: _quant_ok(q, hw, model),
-                      f"fp8 needs compute capability >= 8.9 ({hw.name}: {hw.compute_capability}); "
-                      f"awq/gptq need a checkpoint in model.variants ({sorted(model.variants) or 'none'})")
-    tps = _filtered("tensor_parallel_size", s.tensor_parallel_size,
-                    lambda t: 1 <= t <= hw.gpu_count and (model.num_attention_heads or t) % t == 0,
-                    f"must divide the {model.num_attention_heads} attention heads and be <= "
-                    f"hardware.gpu_count={hw.gpu_count}")
+                   f"fp8 KV cache needs compute capability >= {_FP8_KV_MIN_CC} ({_cc(hw)})")
+    quant = _filtered("quantization", s.quantization, lambda q: not _quant_problem(q, hw, model),
+                      "; ".join(sorted({p for q in s.quantization if (p := _quant_problem(q, hw, model))})))
+    tps = _filtered("tensor_parallel_size", s.tensor_parallel_size, lambda t: not _tp_problem(t, hw, model),
+                    "; ".join(sorted({p for t in s.tensor_parallel_size if (p := _tp_problem(t, hw, model))})))
     spec = _filtered("speculative", s.speculative, lambda m: m == "off" or not cpu,
                      "speculative decoding is not offered on the CPU backend")
-    lens = tuple(s.max_model_len) or (model.max_model_len,)
-    return Space(device=hw.device, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=s.max_num_batched_tokens,
-                 memory_share=s.kv_cache_gib if cpu else s.gpu_memory_utilization,
-                 enable_chunked_prefill=tuple(s.enable_chunked_prefill),
-                 enable_prefix_caching=tuple(s.enable_prefix_caching), quantization=quant, dtype=dtypes,
-                 kv_cache_dtype=kv, max_model_len=lens, tensor_parallel_size=tps, speculative=spec,
-                 num_speculative_tokens=s.num_speculative_tokens, ngram_lookup_max=s.ngram_lookup_max,
-                 draft_model=s.draft_model)
+    if model.load_format == "dummy" and any(m != "off" for m in spec):
+        _warn_once("speculative decoding is in the search space but model.load_format=dummy: with random "
+                   "weights the draft acceptance rate (srv_spec_acceptance) is meaningless, and so is any "
+                   "speed-up it buys. Tune speculation with real weights, or set search.speculative=[off].")
+    space = Space(device=hw.device, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=s.max_num_batched_tokens,
+                  memory_share=s.kv_cache_gib if cpu else s.gpu_memory_utilization,
+                  enable_chunked_prefill=tuple(s.enable_chunked_prefill),
+                  enable_prefix_caching=tuple(s.enable_prefix_caching), quantization=quant, dtype=dtypes,
+                  kv_cache_dtype=kv, max_model_len=_lens(s, model), tensor_parallel_size=tps, speculative=spec,
+                  num_speculative_tokens=s.num_speculative_tokens, ngram_lookup_max=s.ngram_lookup_max,
+                  draft_model=s.draft_model)
+    check_space_fits(space, cfg)
+    return space
+
+
+def memory_friendliest(space: Space, cfg: Config) -> EngineParams:
+    """The config of ``space`` that leaves the most room for the KV cache per device: the
+    smallest weights, the most tensor parallelism, the smallest KV dtype, the shortest
+    max_model_len, the fewest sequences and batched tokens, the largest memory share."""
+    hw, model = cfg.hardware, cfg.model
+    tp = max(space.tensor_parallel_size)
+    quant = min(space.quantization, key=lambda q: weights_gib(EngineParams(quantization=q), model, hw, tp))
+    kv = min(space.kv_cache_dtype, key=lambda d: kv_bytes_per_token(EngineParams(kv_cache_dtype=d), model, hw))
+    max_len = min(space.max_model_len)
+    chunked = True if True in space.enable_chunked_prefill else space.enable_chunked_prefill[0]
+    seqs = space.max_num_seqs.low
+    mnbt = max(space.max_num_batched_tokens.low, seqs if chunked else max(seqs, max_len))
+    mnbt = min(mnbt, space.max_num_batched_tokens.high)
+    share = space.memory_share.high
+    return EngineParams(max_num_seqs=seqs, max_num_batched_tokens=mnbt,
+                        gpu_memory_utilization=None if space.device == "cpu" else share,
+                        kv_cache_gib=share if space.device == "cpu" else None, enable_chunked_prefill=chunked,
+                        quantization=quant, dtype=space.dtype[0], kv_cache_dtype=kv, max_model_len=max_len,
+                        tensor_parallel_size=tp, speculative="off" if "off" in space.speculative else None)
+
+
+def check_space_fits(space: Space, cfg: Config) -> None:
+    """Refuse a study in which not a single config fits in memory (a 70B model on one T4).
+
+    Raises:
+        ConfigError: even :func:`memory_friendliest` leaves no room for one request of
+            max_model_len tokens; the message says what would help.
+    """
+    p = memory_friendliest(space, cfg)
+    hw, model = cfg.hardware, cfg.model
+    est = estimate_memory(p, model, hw, defaults_as_params(cfg))
+    weights_fit = est.weights_fit or hw.device == "cpu"  # CPU weights live outside the KV space
+    if weights_fit and est.fits:
+        return
+    if not weights_fit:
+        why = f"the weights alone take {est.weights_gib:.1f} GiB per GPU of {est.budget_gib:.1f} GiB usable"
+    else:
+        why = (f"after {est.weights_gib:.1f} GiB of weights and {est.activation_gib:.1f} GiB of activations, "
+               f"the KV cache holds {est.kv_tokens} tokens, fewer than max_model_len={est.max_model_len}")
+    raise ConfigError(
+        f"model={model.name} cannot run on hardware={hw.name} ({hw.gpu_count} x {hw.gpu_mem_gib:g} GiB) with any "
+        f"config of this search space: even the most memory-friendly one (quantization={p.quantization}, "
+        f"tensor_parallel_size={p.tensor_parallel_size}, kv_cache_dtype={p.kv_cache_dtype}, "
+        f"max_model_len={p.max_model_len}, gpu_memory_utilization={p.gpu_memory_utilization}) fails: {why}. "
+        f"Use a quantized checkpoint (model.variants + search.quantization), more GPUs (hardware.gpu_count=N "
+        f"with search.tensor_parallel_size), a shorter search.max_model_len, or a bigger GPU.")
 
 
 def _int(trial: TrialLike, name: str, r: IntRange) -> int:
@@ -121,7 +249,14 @@ def _cat(trial: TrialLike, name: str, choices: tuple[Any, ...]) -> Any:
 
 
 def suggest(trial: TrialLike, space: Space) -> EngineParams:
-    """Draw one config. Fixed (single-choice) parameters are set without asking the sampler."""
+    """Draw one config. Fixed (single-choice) parameters are set without asking the sampler.
+
+    ``max_num_batched_tokens`` is raised to what vLLM requires of the drawn config (at least
+    ``max_num_seqs``, and at least ``max_model_len`` with chunked prefill off), as vLLM does for
+    its own default: the space never proposes a config vLLM refuses on these rules, and every
+    drawn value below the floor means the same config, a flat region the sampler learns quickly.
+    The recorded trial param keeps the drawn value; the server gets the raised one.
+    """
     share = space.memory_share
     if share.low == share.high:
         mem = share.low
@@ -134,17 +269,22 @@ def suggest(trial: TrialLike, space: Space) -> EngineParams:
         n_spec = _int(trial, "num_speculative_tokens", space.num_speculative_tokens)
         if spec == "ngram":
             lookup = _int(trial, "ngram_lookup_max", space.ngram_lookup_max)
+    seqs = _int(trial, "max_num_seqs", space.max_num_seqs)
+    mnbt = _int(trial, "max_num_batched_tokens", space.max_num_batched_tokens)
+    chunked = _cat(trial, "enable_chunked_prefill", space.enable_chunked_prefill)
+    max_len = _cat(trial, "max_model_len", space.max_model_len)
+    mnbt = max(mnbt, seqs, 0 if chunked else max_len)
     return EngineParams(
-        max_num_seqs=_int(trial, "max_num_seqs", space.max_num_seqs),
-        max_num_batched_tokens=_int(trial, "max_num_batched_tokens", space.max_num_batched_tokens),
+        max_num_seqs=seqs,
+        max_num_batched_tokens=mnbt,
         gpu_memory_utilization=None if space.device == "cpu" else round(mem, 4),
         kv_cache_gib=mem if space.device == "cpu" else None,
-        enable_chunked_prefill=_cat(trial, "enable_chunked_prefill", space.enable_chunked_prefill),
+        enable_chunked_prefill=chunked,
         enable_prefix_caching=_cat(trial, "enable_prefix_caching", space.enable_prefix_caching),
         quantization=_cat(trial, "quantization", space.quantization),
         dtype=_cat(trial, "dtype", space.dtype),
         kv_cache_dtype=_cat(trial, "kv_cache_dtype", space.kv_cache_dtype),
-        max_model_len=_cat(trial, "max_model_len", space.max_model_len),
+        max_model_len=max_len,
         tensor_parallel_size=_cat(trial, "tensor_parallel_size", space.tensor_parallel_size),
         speculative=spec,
         num_speculative_tokens=n_spec,
@@ -158,12 +298,18 @@ def baseline_params(cfg: Config) -> dict[str, Any]:
     """vLLM's defaults on this hardware as Optuna params: what the baseline trial records.
 
     The baseline server itself gets no tuning flag; these values only place it in the space so
-    the sampler and the plots can use it. Unknown keys and parameters fixed by the space are
-    dropped."""
+    the sampler and the plots can use it. A categorical default is included only where the
+    configured choices hold it (Optuna fails an enqueued trial whose value is not a choice), and
+    keys the space does not sample are ignored by Optuna."""
+    s = cfg.search
     d = dict(cfg.hardware.vllm_defaults)
     if cfg.hardware.device == "cpu":
         d.setdefault("kv_cache_gib", cfg.hardware.cpu_kvcache_gib)
-    d.setdefault("speculative", "off")
+    for key, default in (("speculative", "off"), ("quantization", "none"), ("dtype", "auto"),
+                         ("kv_cache_dtype", "auto"), ("tensor_parallel_size", 1),
+                         ("max_model_len", cfg.model.max_model_len)):
+        if default in getattr(s, key):
+            d.setdefault(key, default)
     return d
 
 
@@ -180,23 +326,25 @@ def check(params: EngineParams, cfg: Config) -> tuple[list[str], MemoryEstimate]
     broken: list[str] = []
     dtype = params.dtype if params.dtype not in (None, "auto") else None
     if dtype == "bfloat16" and not hw.supports_bf16:
-        broken.append(f"dtype bfloat16 needs compute capability >= 8.0 ({hw.name}: {hw.compute_capability})")
-    if params.quantization == "fp8" and not hw.supports_fp8:
-        broken.append(f"fp8 weights need compute capability >= 8.9 ({hw.name}: {hw.compute_capability})")
-    if str(params.kv_cache_dtype or "").startswith("fp8") and not hw.supports_fp8_kv:
-        broken.append(f"fp8 KV cache needs compute capability >= 8.9 ({hw.name}: {hw.compute_capability})")
+        broken.append(f"dtype bfloat16 needs compute capability >= {_BF16_MIN_CC} ({_cc(hw)})")
+    if params.quantization not in (None, "none") and (why := _quant_problem(params.quantization, hw, model)):
+        broken.append(why)
+    if str(params.kv_cache_dtype or "").startswith("fp8") and (not hw.supports_fp8_kv or hw.device == "cpu"):
+        broken.append(f"fp8 KV cache needs compute capability >= {_FP8_KV_MIN_CC} ({_cc(hw)})")
     seqs = params.max_num_seqs or defaults.max_num_seqs
     mnbt = params.max_num_batched_tokens or defaults.max_num_batched_tokens
     max_len = params.max_model_len or model.max_model_len
+    if max_len > model.max_model_len:
+        broken.append(f"max_model_len={max_len} exceeds the model's {model.max_model_len} (vLLM refuses this)")
+    # the two scheduler rules of vLLM 0.32 (config/scheduler.py::verify_max_model_len)
     if seqs and mnbt and mnbt < seqs:
         broken.append(f"max_num_batched_tokens={mnbt} < max_num_seqs={seqs} (vLLM refuses this)")
     if params.enable_chunked_prefill is False and mnbt and mnbt < max_len:
         broken.append(f"chunked prefill off needs max_num_batched_tokens >= max_model_len "
-                      f"({mnbt} < {max_len})")
-    tp = params.tensor_parallel_size or 1
-    if tp > hw.gpu_count:
-        broken.append(f"tensor_parallel_size={tp} > {hw.gpu_count} GPUs")
-    if est.weights_gib >= est.budget_gib and hw.device != "cpu":
+                      f"({mnbt} < {max_len}; vLLM refuses this)")
+    if params.tensor_parallel_size and (why := _tp_problem(params.tensor_parallel_size, hw, model)):
+        broken.append(f"tensor_parallel_size={params.tensor_parallel_size}: {why}")
+    if hw.device != "cpu" and not est.weights_fit:
         broken.append(f"weights {est.weights_gib:.1f} GiB do not fit the memory share "
                       f"{est.budget_gib:.1f} GiB per GPU")
     elif not est.fits:
