@@ -40,6 +40,8 @@ class IntRange:
     low: int = 1
     high: int = 1
     log: bool = True
+    step: int = 1  # > 1: only low, low + step, ... (no log scale); fewer distinct values, e.g.
+    # fewer torch.compile cache keys: vLLM compiles anew for each max_num_batched_tokens
 
 
 @dataclass
@@ -109,8 +111,11 @@ class WorkloadConfig:
     output_tokens_spread: float = 0.0
     shared_prefix_tokens: int = 0  # tokens every prompt starts with (prefix caching)
     num_prefixes: int = 1
-    dataset: str = ""  # JSONL file: {"prompt": ..., "max_tokens": ...} per line
+    dataset: str = ""  # JSONL file: {"prompt": ..., "max_tokens": ...} per line, or ShareGPT JSON
     seed: int = 0
+    # tokenizer.json (or a folder holding one) for exact-length chat prompts and ShareGPT reply
+    # lengths; empty: model.path's, if it has one; none: chat prompt lengths are approximate
+    tokenizer: str = ""
 
 
 @dataclass
@@ -128,6 +133,12 @@ class LoadConfig:
     stall_timeout_s: float = 60.0  # no byte for this long in a stream: the request fails
     max_inflight: int = 512  # open loop: cap on concurrently open requests
     p99_confidence: float = 0.95
+    # too few requests to bound the P99 from above at p99_confidence: warn (and report the CI),
+    # auto (raise num_requests to the minimum), or off
+    p99_sizing: str = "warn"
+    # stop issuing after this many consecutive connect/stall/timeout failures (the server is gone);
+    # unsent requests are recorded as `aborted`. 0: max(8, 2 x concurrency)
+    abort_after_failures: int = 0
 
 
 @dataclass
@@ -266,6 +277,8 @@ def validate(cfg: Config) -> None:
             _fail(f"search.{key}.low", r.low, "must be >= 1")
         if r.low > r.high:
             _fail(f"search.{key}", f"[{r.low}, {r.high}]", "inverted range: low must be <= high")
+        if r.step < 1 or (r.step > 1 and r.log):
+            _fail(f"search.{key}.step", r.step, "must be >= 1, and 1 with log: true (Optuna cannot combine them)")
     g = s.gpu_memory_utilization
     if not (0 < g.low <= 1 and 0 < g.high <= 1):
         _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "the memory share must be in (0, 1]")
@@ -307,5 +320,11 @@ def validate(cfg: Config) -> None:
         _fail("load.request_timeout_s", ld.request_timeout_s, "timeouts must be > 0 s")
     if not 0 < ld.p99_confidence < 1:
         _fail("load.p99_confidence", ld.p99_confidence, "must be in (0, 1)")
+    if ld.p99_sizing not in ("warn", "auto", "off"):
+        _fail("load.p99_sizing", ld.p99_sizing, "valid choices: warn, auto, off")
+    if ld.abort_after_failures < 0:
+        _fail("load.abort_after_failures", ld.abort_after_failures, "must be >= 0 (0: automatic)")
+    if ld.max_inflight < 1:
+        _fail("load.max_inflight", ld.max_inflight, "must be >= 1")
     if cfg.server.start_timeout_s <= 0:
         _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")

@@ -74,6 +74,7 @@ class VllmServer:
         self._pgid: Optional[int] = None
         self._pidfile: Optional[Path] = None
         self._stopped = False
+        self.stop_seconds = 0.0
 
     @property
     def url(self) -> str:
@@ -145,9 +146,12 @@ class VllmServer:
                 time.sleep(0.5)
 
     def stop(self) -> float:
-        """Terminate the whole group: SIGTERM, up to stop_timeout_s, SIGKILL. Idempotent."""
-        if self._proc is None or self._stopped:
+        """Terminate the whole group: SIGTERM, up to stop_timeout_s, SIGKILL. Idempotent: later
+        calls return the seconds the first one took."""
+        if self._proc is None:
             return 0.0
+        if self._stopped:
+            return self.stop_seconds
         t0 = time.monotonic()
         pgid = self._pgid
         assert pgid is not None
@@ -178,7 +182,8 @@ class VllmServer:
         self._stopped = True
         if self._pidfile is not None:
             pidfile.remove(self._pidfile)
-        return time.monotonic() - t0
+        self.stop_seconds = time.monotonic() - t0
+        return self.stop_seconds
 
     def __enter__(self) -> "VllmServer":
         return self.start()

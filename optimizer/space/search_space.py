@@ -241,6 +241,8 @@ def check_space_fits(space: Space, cfg: Config) -> None:
 def _int(trial: TrialLike, name: str, r: IntRange) -> int:
     if r.low == r.high:
         return r.low
+    if r.step > 1:
+        return trial.suggest_int(name, r.low, r.high, step=r.step)
     return trial.suggest_int(name, r.low, r.high, log=r.log)
 
 

@@ -24,8 +24,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from optimizer.config import Config
-from optimizer.errors import StudyError, TrialError
-from optimizer.model.resolve import resolve_model_dir
+from optimizer.errors import ConfigError, StudyError, TrialError
+from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
@@ -58,9 +58,13 @@ def make_sampler(cfg: Config, n_existing: int) -> optuna.samplers.BaseSampler:
                                       n_startup_trials=cfg.search.n_startup_trials, constant_liar=True)
 
 
-def make_context(cfg: Config, rt: Runtime) -> TrialContext:
+def make_context(cfg: Config, rt: Runtime, space: Space) -> TrialContext:
+    """Check the model folders of every quantization the space may choose (a missing one is refused
+    now, not hours into the study) and build what every trial shares."""
     cache = Path(cfg.server.cache_dir).resolve()
     model_dir = resolve_model_dir(cfg.model, str(cache))
+    for q in space.quantization:
+        target_for(cfg.model, model_dir, q)
     env = dict(rt.environ)
     env.update({"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"), "PYTHONUNBUFFERED": "1",
                 "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
@@ -68,8 +72,6 @@ def make_context(cfg: Config, rt: Runtime) -> TrialContext:
     if cfg.server.api_key_env:
         api_key = rt.environ.get(cfg.server.api_key_env)
         if not api_key:
-            from optimizer.errors import ConfigError
-
             raise ConfigError(f"server.api_key_env={cfg.server.api_key_env!r}: that environment variable is not "
                               f"set. Export it, or leave server.api_key_env empty.")
         env["VLLM_API_KEY"] = api_key  # the server reads it from its environment: never on argv
@@ -183,7 +185,7 @@ def _baseline_engine_params(cfg: Config) -> EngineParams:
 def run_study(cfg: Config, rt: Runtime) -> StudyResult:
     """Open (or resume) the study and run trials until it holds ``study.n_trials`` finished ones."""
     space = build_space(cfg)
-    ctx = make_context(cfg, rt)
+    ctx = make_context(cfg, rt, space)
     killed = pidfile.sweep(ctx.pid_dir)
     if killed:
         log.warning("stopped %d server group(s) left behind by a killed run", len(killed))

@@ -66,21 +66,26 @@ _DEFAULTS = {"workload": _normal(asdict(WorkloadConfig(name=""))), "load": _norm
 
 def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ. A key the stored study lacks (a setting added in a later version
-    of this tool) differs only if its current value is not the setting's default."""
-    changed = []
+    of this tool) differs only if its current value is that setting's default."""
+    changed: list[str] = []
     for section, now in current.items():
-        before = stored.get(section)
-        if isinstance(now, dict) and isinstance(before, dict):
-            defaults = _DEFAULTS.get(section, {})
-            for key, value in now.items():
-                if key in before:
-                    if before[key] != value:
-                        changed.append(f"{section}.{key} ({before[key]!r} -> {value!r})")
-                elif key not in defaults or defaults[key] != value:
-                    changed.append(f"{section}.{key} (new: {value!r})")
-        elif before != now:
-            changed.append(section if isinstance(now, dict) else f"{section} ({before!r} -> {now!r})")
+        _diff(section, stored.get(section), now, _DEFAULTS.get(section, {}), changed)
     return changed
+
+
+# settings added inside the search space's ranges after studies already existed
+_RANGE_DEFAULTS = {"step": (1, None)}
+
+
+def _diff(path: str, before: Any, now: Any, defaults: dict[str, Any], out: list[str]) -> None:
+    if isinstance(now, dict) and isinstance(before, dict):
+        for key, value in now.items():
+            if key in before:
+                _diff(f"{path}.{key}", before[key], value, {}, out)
+            elif not (key in defaults and defaults[key] == value) and value not in _RANGE_DEFAULTS.get(key, ()):
+                out.append(f"{path}.{key} (new: {value!r})")
+    elif before != now:
+        out.append(f"{path} ({before!r} -> {now!r})")
 
 
 class StudyLock:

@@ -28,6 +28,7 @@ from optimizer.metrics import summarize
 from optimizer.model.resolve import target_for
 from optimizer.objective import Outcome, infeasible, score
 from optimizer.server.failures import classify
+from optimizer.server.startlog import parse_start_log
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import TelemetrySampler
@@ -203,11 +204,5 @@ def _version(server: VllmServer) -> str:
 
 
 def _kv_from_log(server: VllmServer, attrs: dict[str, Any]) -> None:
-    """vLLM's own KV capacity line, to set beside the estimate."""
-    import re
-
-    m = re.search(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
-                  r"([\d.]+)x", server.log_text())
-    if m:
-        attrs["log_kv_tokens"] = int(m.group(1).replace(",", ""))
-        attrs["log_max_concurrency"] = float(m.group(3))
+    """vLLM's own account of its start (KV capacity beside the estimate, where the time went)."""
+    attrs.update(parse_start_log(server.log_text()))
