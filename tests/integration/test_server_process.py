@@ -148,3 +148,13 @@ def test_sweep_leaves_groups_of_live_owners_alone(tmp_path):
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_stop_keeps_its_duration_for_later_calls(tmp_path):
+    """Found on the H100: the context manager's exit stopped the server, and the trial's own call
+    to stop() then recorded 0 s."""
+    srv = _server(tmp_path)
+    with srv:
+        srv.wait_ready(20)
+    first = srv.stop_seconds
+    assert first > 0 and srv.stop() == first
