@@ -67,6 +67,9 @@ class HardwareConfig:
     supports_fp8_kv: bool = False
     # CPU only: memory that vLLM's CPU backend may use for the KV cache (VLLM_CPU_KVCACHE_SPACE)
     cpu_kvcache_gib: float = 0.0
+    # The GPUs of this host the study may use (nvidia-smi indexes). Empty: the ones nvidia-smi lists
+    # (within CUDA_VISIBLE_DEVICES when that is set). Parallel workers split them (study.workers).
+    gpu_ids: list[int] = field(default_factory=list)
     # Flags every server on this hardware gets (not searched), e.g. --enforce-eager on the CPU.
     fixed_args: list[str] = field(default_factory=list)
     # vLLM's own defaults on this hardware, used as the recorded params of the baseline trial.
@@ -184,13 +187,20 @@ class StudyConfig:
     enqueue_baseline: bool = True
     max_consecutive_env_failures: int = 3
     max_retries: int = 1  # retries of a trial interrupted by an environmental fault
-    workers: int = 1  # parallel trials on this host (each on its own GPUs)
+    # parallel trials on this host, each on its own GPUs (as many as the largest tensor_parallel_size
+    # choice); 0: as many as the GPUs allow. More than one needs a server database (PostgreSQL).
+    workers: int = 1
+    host: str = ""  # this host's name in the trial records (user attr `worker` = <host>/w<i>); empty: hostname
+    # a trial whose worker stops beating for heartbeat_grace_s is failed and retried by another worker
+    heartbeat_interval_s: int = 30
+    heartbeat_grace_s: int = 180
     runs_dir: str = "runs"  # trial folders (server logs) go to runs/<study>/trial-NNNN
 
 
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
+    module: str = "vllm.entrypoints.openai.api_server"  # run as `python -m <module> <vLLM flags>`
     python: str = ""  # interpreter that runs vLLM; empty: this one
     start_timeout_s: float = 600.0
     stop_timeout_s: float = 30.0
@@ -259,8 +269,20 @@ def validate(cfg: Config) -> None:
         _fail("study.name", st.name, "use letters, digits, '.', '_' and '-' only (no path separators or '..')")
     if st.n_trials < 0:
         _fail("study.n_trials", st.n_trials, "must be >= 0")
-    if st.workers < 1:
-        _fail("study.workers", st.workers, "must be >= 1")
+    if st.workers < 0:
+        _fail("study.workers", st.workers, "must be >= 1 (parallel trials on this host), or 0 for as many as the "
+              "GPUs allow")
+    if "/" in st.host:
+        _fail("study.host", st.host, "a host name without '/' (the worker records read <host>/w<index>)")
+    if st.heartbeat_interval_s < 1:
+        _fail("study.heartbeat_interval_s", st.heartbeat_interval_s, "must be >= 1 s")
+    if st.heartbeat_grace_s <= st.heartbeat_interval_s:
+        _fail("study.heartbeat_grace_s", st.heartbeat_grace_s,
+              f"must be longer than study.heartbeat_interval_s={st.heartbeat_interval_s} (a few beats; default 180)")
+    if len(set(hw.gpu_ids)) != len(hw.gpu_ids) or any(g < 0 for g in hw.gpu_ids):
+        _fail("hardware.gpu_ids", hw.gpu_ids, "GPU indexes must be >= 0 and distinct, e.g. [0,1,2,3]")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", cfg.server.module):
+        _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
     if slo.metric not in ("e2e", "ttft", "itl"):
         _fail("slo.metric", slo.metric, "valid choices: e2e, ttft, itl")
     if not slo.p99_ms > 0:

@@ -65,7 +65,7 @@ class ModelTarget:
 
 @dataclass(frozen=True)
 class Launch:
-    argv: list[str]  # after the interpreter: ["-m", SERVER_MODULE, ...]
+    argv: list[str]  # after the interpreter: ["-m", module, ...] (SERVER_MODULE unless configured)
     env: dict[str, str] = field(default_factory=dict)
     serve_config: dict[str, Any] = field(default_factory=dict)  # `vllm serve --config` YAML content
 
@@ -80,8 +80,10 @@ def _flag(name: str) -> str:
 
 
 def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
-           fixed_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> Launch:
-    """The one place where engine parameters become flags (and env for the CPU backend)."""
+           fixed_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = (),
+           module: str = SERVER_MODULE) -> Launch:
+    """The one place where engine parameters become flags (and env for the CPU backend).
+    ``module`` is what ``python -m`` runs: vLLM's OpenAI server, or a stand-in that takes its flags."""
     cfg: dict[str, Any] = {"model": model.path, "host": host, "port": port}
     if model.served_name:
         cfg["served_model_name"] = model.served_name
@@ -112,7 +114,7 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
     if spec:
         cfg["speculative_config"] = spec
 
-    argv = ["-m", SERVER_MODULE]
+    argv = ["-m", module]
     for key, value in cfg.items():
         if isinstance(value, bool):
             argv.append(_flag(key) if value else "--no-" + key.replace("_", "-"))

@@ -65,7 +65,8 @@ class TrialRecord:
 def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
     target = target_for(ctx.cfg.model, ctx.model_dir, params.quantization)
     return render(params, target, host=ctx.cfg.server.host, port=port,
-                  fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args))
+                  fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args),
+                  module=ctx.cfg.server.module)
 
 
 def _progress(tag: str) -> Callable[[str, int], None]:
