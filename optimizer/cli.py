@@ -21,7 +21,7 @@ from optimizer.config import Config, register_configs, to_config
 from optimizer.errors import ConfigError, OptimizerError, StudyError
 from optimizer.space.hardware import resolve_hardware_overrides
 
-__all__ = ["CONF_DIR", "Terminated", "compose", "main_wrapper", "setup_logging"]
+__all__ = ["CONF_DIR", "Terminated", "compose", "main_wrapper", "run_guarded", "setup_logging"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG, EXIT_STUDY, EXIT_INT, EXIT_TERM = 2, 1, 130, 143
@@ -64,18 +64,20 @@ def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:
         raise ConfigError(f"invalid configuration: {exc}") from None
 
 
-def setup_logging(log_file: Path | None = None, debug: bool = False) -> None:
+def setup_logging(log_file: Path | None = None, debug: bool = False, tag: str = "") -> None:
+    """Log to stderr (and ``log_file``); ``tag`` (a worker's name) starts every line."""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    prefix = f"[{tag}] " if tag else ""
+    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S")
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(fmt)
     root.addHandler(h)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
         root.addHandler(fh)
     import warnings
 
@@ -104,9 +106,15 @@ def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Seque
     if want_help:
         print(usage)
         return 0
+    return run_guarded(lambda: body(overrides, debug), debug)
+
+
+def run_guarded(call: Callable[[], int], debug: bool) -> int:
+    """Run ``call()`` with SIGTERM raising :class:`Terminated`, and map errors to exit codes
+    (2 bad input, 1 study stopped, 130 Ctrl-C, 143 SIGTERM) with a one-line message."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return body(overrides, debug)
+        return call()
     except ConfigError as exc:
         if debug:
             raise

@@ -6,12 +6,15 @@ Examples::
     python -m optimizer.run hardware=h100 model=llama-3-8b-instruct slo.p99_ms=2500
     python -m optimizer.run study.n_trials=12                 # the same study, continued
     python -m optimizer.run hardware=t4 model=mistral-7b-instruct dry_run=true study.n_trials=50
+    python -m optimizer.run hardware=auto study.workers=0 study.storage=postgresql://opt:pw@db/studies
+                                                              # parallel trials on all GPUs (docs/fleet.md)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,8 @@ log = logging.getLogger("optimizer")
 
 USAGE = __doc__ + """
 Config groups (conf/<group>/<option>.yaml): hardware, model, workload, search.
-Keys: study.{name,storage,n_trials,seed,workers}, slo.{metric,p99_ms,max_error_rate,use_upper_bound},
+Keys: study.{name,storage,n_trials,seed,workers,host,heartbeat_interval_s,heartbeat_grace_s},
+slo.{metric,p99_ms,max_error_rate,use_upper_bound},
 load.{mode,concurrency,request_rate,num_requests,duration_s,warmup_requests}, server.{start_timeout_s,...},
 dry_run, report. See conf/config.yaml and optimizer/config.py. --debug shows tracebacks.
 Exit codes: 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
@@ -40,12 +44,18 @@ def _body(overrides: list[str], debug: bool) -> int:
 
         dry_run(cfg, sys.stdout)
         return 0
+    from optimizer.server.gpu import list_gpus
+    from optimizer.study.loop import Runtime
+    from optimizer.study.workers import host_plan, run_workers
+
+    # the entry point is the one place that reads the environment and asks for the GPUs
+    plan = host_plan(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), lambda: [g.index for g in list_gpus()])
     runs.mkdir(parents=True, exist_ok=True)
     (runs / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump_config(cfg))
-    from optimizer.study.loop import Runtime, run_study
-
+    host = cfg.study.host or socket.gethostname()
     try:
-        run_study(cfg, Runtime(environ=dict(os.environ), python=sys.executable))
+        run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,
+                    log_file=runs / "optimizer.log", debug=debug)
     finally:
         if cfg.report:
             _report(cfg)

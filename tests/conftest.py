@@ -80,3 +80,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     if table:
         terminalreporter.section("fault suite summary")
         terminalreporter.write_line(table)
+
+
+# a throw-away PostgreSQL server (session) and a fresh database per test: `postgres`, `pg_url`
+from tests.support.postgres import pg_url, postgres  # noqa: E402,F401

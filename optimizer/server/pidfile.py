@@ -1,8 +1,9 @@
 """Pid files of running servers, so that a run after a SIGKILL can sweep what was left.
 
 Each started server group gets ``<dir>/server-<pgid>.json`` with its owner (the optimizer's pid
-and start time). :func:`sweep` kills the groups whose owner is gone; process start times guard
-against a recycled pid being mistaken for an old server.
+and start time, and the host). :func:`sweep` kills the groups whose owner is gone; process start
+times guard against a recycled pid being mistaken for an old server, and the host name against
+acting on another host's servers where the directory is on a shared disk.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +36,8 @@ def record(directory: Path, pgid: int, **extra: Any) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"server-{pgid}.json"
     data = {"pgid": pgid, "leader_start": process_start_time(pgid), "owner_pid": os.getpid(),
-            "owner_start": process_start_time(os.getpid()), "time": time.time(), **extra}
+            "owner_start": process_start_time(os.getpid()), "host": socket.gethostname(), "time": time.time(),
+            **extra}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -80,6 +83,8 @@ def sweep(directory: Path) -> list[int]:
         except (OSError, ValueError):
             remove(path)
             continue
+        if data.get("host", socket.gethostname()) != socket.gethostname():
+            continue  # another host's server (a shared cache directory): not ours to judge
         if _alive(int(data["owner_pid"]), data.get("owner_start")):
             continue  # another live optimizer owns it
         pgid = int(data["pgid"])

@@ -11,11 +11,13 @@ Trial-level failure handling lives here, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import socket
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,9 +31,11 @@ from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
+from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
+from optimizer.study.gpus import trial_gpus
 from optimizer.study.results import StudyResult, describe, study_result
-from optimizer.study.storage import (StudyLock, finished_count, open_study, reap_interrupted, retry_trial,
-                                     sqlite_path)
+from optimizer.study.storage import (StudyLock, finished_count, open_study, reap_interrupted, redact_url,
+                                     retry_trial, sqlite_path)
 from optimizer.study.trial import TrialContext, TrialRecord, run_trial
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
@@ -41,17 +45,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Runtime:
-    """What the entry point read from the process environment, passed down explicitly."""
+    """What the entry point read from the process environment, passed down explicitly.
+
+    ``gpu_ids`` are the GPUs this worker owns (empty: none pinned); ``worker`` names it in the
+    trial records, ``<host>/w<index>`` (empty: ``<hostname>/w0``)."""
 
     environ: dict[str, str]
     python: str = sys.executable
     gpu_ids: tuple[int, ...] = ()
     worker: str = ""
+    summary: bool = True  # log the study's closing lines (a worker of several leaves it to its parent)
 
 
-def make_sampler(cfg: Config, n_existing: int) -> optuna.samplers.BaseSampler:
-    # a fresh seed per resume: the same seed would repeat the random start-up configs
-    seed = cfg.study.seed + n_existing
+def make_sampler(cfg: Config, n_existing: int, worker: str = "") -> optuna.samplers.BaseSampler:
+    # a fresh seed per resume: the same seed would repeat the random start-up configs; and one per
+    # worker, or workers started together would propose the same configs
+    seed = (cfg.study.seed + n_existing + (zlib.crc32(worker.encode()) if worker else 0)) % 2**31
     if cfg.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
@@ -78,11 +87,17 @@ def make_context(cfg: Config, rt: Runtime, space: Space) -> TrialContext:
     env.update(cfg.server.env)
     return TrialContext(cfg=cfg, model_dir=model_dir, python=cfg.server.python or rt.python, server_env=env,
                         api_key=api_key, trial_root=Path(cfg.study.runs_dir).resolve() / cfg.study.name,
-                        pid_dir=cache / "pids", gpu_ids=rt.gpu_ids, worker=rt.worker or socket.gethostname())
+                        pid_dir=cache / "pids", gpu_ids=rt.gpu_ids,
+                        worker=rt.worker or f"{cfg.study.host or socket.gethostname()}/w0")
 
 
 class _Budget:
-    """Stops the study at n_trials finished trials or too many environmental failures."""
+    """Stops the study at n_trials finished trials or too many environmental failures.
+
+    With parallel workers (this host's, or other hosts'), a worker stops once the finished trials
+    plus those still running elsewhere reach n_trials; the last one running stops last. Workers
+    that decide at the same moment may each start one more: the study can end up to (workers - 1)
+    trials over the budget, never under it while a worker is alive."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -108,8 +123,10 @@ class _Budget:
             self.abort = ("50 proposals in a row were ruled out by the memory estimate: the search space is "
                           "almost all infeasible on this hardware. Narrow the ranges in conf/search.")
             study.stop()
-        elif finished_count(study) >= self.cfg.study.n_trials:
-            study.stop()
+        else:
+            fail_stale(study)  # a dead worker's trial is not in flight
+            if finished_count(study) + in_flight(study) >= self.cfg.study.n_trials:
+                study.stop()
 
 
 def _log_done(tag: str, rec: TrialRecord, best: Optional[FrozenTrial], cfg: Config) -> None:
@@ -132,6 +149,12 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space):  # type: ignore[no
         params = _baseline_engine_params(cfg) if baseline else suggested
         log.info("%s %s: %s", tag, "baseline (vLLM defaults)" if baseline else "proposed",
                  json.dumps(params.as_dict(), sort_keys=True))
+        # who runs it, recorded now: a trial whose host dies still says where it ran
+        trial.set_user_attr("worker", ctx.worker)
+        with contextlib.suppress(ValueError):  # run_trial reports a too-small GPU group
+            gpus = trial_gpus(ctx.gpu_ids, params.tensor_parallel_size)
+            if gpus:
+                trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
         attrs: dict[str, Any] = {}
         try:
             rec = run_trial(ctx, trial.number, params, attrs, tag=tag, rule_check=not baseline)
@@ -190,32 +213,39 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
     if killed:
         log.warning("stopped %d server group(s) left behind by a killed run", len(killed))
     db = sqlite_path(cfg.study.storage)
-    lock = StudyLock(db.resolve()).acquire() if db is not None else None
+    # SQLite: this process holds the whole study; a server database: this worker name on this host
+    lock = StudyLock(db.resolve()).acquire() if db is not None else WorkerLock(ctx.pid_dir, cfg.study.name,
+                                                                                ctx.worker).acquire()
     try:
         probe = optuna.samplers.RandomSampler()
         study = open_study(cfg, space, probe)
-        study.sampler = make_sampler(cfg, len(study.trials))
-        if lock is not None:
-            n = reap_interrupted(study, cfg.study.max_retries)
-            if n:
-                log.warning("%d trial(s) were interrupted by a killed run: recorded as failed and retried", n)
-        if cfg.study.enqueue_baseline and not study.user_attrs.get("baseline_enqueued"):
-            study.enqueue_trial(baseline_params(cfg), user_attrs={"kind": "baseline"}, skip_if_exists=True)
-            study.set_user_attr("baseline_enqueued", True)
+        study.sampler = make_sampler(cfg, len(study.trials), ctx.worker)
+        # trials a killed run left RUNNING: all of them on SQLite; on a shared database those of this
+        # worker name now, and other workers' once their heartbeat is older than the grace period
+        n = reap_interrupted(study, cfg.study.max_retries, None if db is not None else ctx.worker)
+        if n:
+            log.warning("%d trial(s) were interrupted by a killed run: recorded as failed and retried", n)
+        if db is None:
+            fail_stale(study)
+        if cfg.study.enqueue_baseline:
+            enqueue_baseline_once(study, cfg.study.storage, baseline_params(cfg))
         done = finished_count(study)
-        log.info("study %s: %d of %d trials finished; storage %s", cfg.study.name, done, cfg.study.n_trials,
-                 cfg.study.storage)
+        running = in_flight(study)
+        log.info("study %s: %d of %d trials finished%s; storage %s; worker %s%s", cfg.study.name, done,
+                 cfg.study.n_trials, f", {running} running elsewhere" if running else "",
+                 redact_url(cfg.study.storage), ctx.worker,
+                 f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
         budget = _Budget(cfg)
-        if done < cfg.study.n_trials:
+        if done + running < cfg.study.n_trials:
             study.optimize(_objective(cfg, ctx, space), n_trials=None, callbacks=[budget], catch=(TrialError,),
                            gc_after_trial=False)
         result = study_result(study.get_trials(deepcopy=False))
-        log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+        if rt.summary:
+            log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
         if budget.abort:
             raise StudyError(budget.abort)
         return result
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 

@@ -4,15 +4,20 @@ A study is identified by its name; its fingerprint (search space, objective, wor
 hardware) is stored in ``study.user_attrs`` when it is created, and a later run with a different
 fingerprint is refused rather than mixed into it. SQLite studies are held with an exclusive lock
 for the run, so a second optimizer on the same file refuses at once instead of crashing on
-"database is locked"; several workers need PostgreSQL (or Optuna's journal file storage).
+"database is locked"; several workers need PostgreSQL (:mod:`optimizer.study.coordination`).
+Every storage beats a heartbeat during a trial: a trial whose worker stops beating for
+``study.heartbeat_grace_s`` is failed by the next worker to look and retried (:class:`RetryStaleTrial`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import fcntl
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -23,8 +28,10 @@ from optuna.trial import TrialState
 
 from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
+from optimizer.study.coordination import advisory_lock
 
-__all__ = ["StudyLock", "fingerprint", "open_study", "sqlite_path"]
+__all__ = ["RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "make_storage", "open_study",
+           "reap_interrupted", "redact_url", "retry_trial", "sqlite_path"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +138,35 @@ def _check_sqlite_file(db: Path) -> None:
                           f"at a study database, or at a new file name to start a new study.")
 
 
-def make_storage(url: str, *, heartbeat: bool) -> RDBStorage:
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's heartbeat retry (system attrs ``failed_trial`` and ``retry_history``), plus this
+    tool's retry user attrs (``attempt``, ``retry_of``, ``retry_reason``) and its retry limit
+    (``study.max_retries``, counted in ``attempt`` like every other retry)."""
+
+    def __init__(self, max_retries: int) -> None:
+        super().__init__(max_retry=None)
+        self.max_retries = max_retries
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        who = trial.user_attrs.get("worker", "its worker")
+        tries = int(trial.user_attrs.get("attempt", 0))
+        if tries >= self.max_retries:
+            log.warning("trial %d: %s stopped beating; failed, not retried (%d retries done, study.max_retries=%d)",
+                        trial.number, who, tries, self.max_retries)
+            return
+        retry = copy.deepcopy(trial)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == "kind"}
+        attrs.update({"attempt": tries + 1, "retry_of": trial.number,
+                      "retry_reason": f"heartbeat: {who} stopped beating (host or worker died)"})
+        retry.user_attrs = attrs
+        super().__call__(study, retry)
+        log.warning("trial %d: %s stopped beating; failed and enqueued again", trial.number, who)
+
+
+def make_storage(url: str, *, heartbeat: bool, interval_s: int = 30, grace_s: int = 180,
+                 max_retries: int = 1) -> RDBStorage:
+    """The RDB storage of ``url``; with ``heartbeat``, trials beat every ``interval_s`` and one
+    silent for ``grace_s`` is failed and retried up to ``max_retries`` times."""
     url = _absolute_url(url)
     db = sqlite_path(url)
     if db is not None:
@@ -141,25 +176,53 @@ def make_storage(url: str, *, heartbeat: bool) -> RDBStorage:
     if heartbeat:
         # trial start can take minutes; the heartbeat thread beats during it, so the grace only has
         # to cover a stalled host
-        kwargs.update(heartbeat_interval=30, grace_period=180,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        kwargs.update(heartbeat_interval=interval_s, grace_period=grace_s,
+                      heartbeat_stale_trial_callback=RetryStaleTrial(max_retries))
     try:
         return RDBStorage(url, **kwargs)
     except Exception as exc:  # sqlalchemy/alembic raise many types; the user needs one message
-        raise ConfigError(f"study.storage={url!r} cannot be opened: {type(exc).__name__}: {exc}. "
+        raise ConfigError(f"study.storage={redact_url(url)!r} cannot be opened: {type(exc).__name__}: {exc}. "
                           f"Use sqlite:///path/to/file.db or postgresql://user:pass@host/db.") from exc
 
 
 def open_study(cfg: Config, space: Any, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create or load the study and refuse one whose identity differs from ``cfg``."""
-    storage = make_storage(cfg.study.storage, heartbeat=True)
+    st = cfg.study
     fp = fingerprint(cfg, space)
+    # one process at a time creates the tables of a fresh database and the study's identity
+    with _lock_or_config_error(st.storage, "vllm-optimizer:open-study"):
+        storage = make_storage(st.storage, heartbeat=True, interval_s=st.heartbeat_interval_s,
+                               grace_s=st.heartbeat_grace_s, max_retries=st.max_retries)
+        try:
+            study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction="maximize",
+                                        sampler=sampler, load_if_exists=True)
+        except Exception as exc:
+            raise ConfigError(f"study.storage={cfg.study.storage!r}: cannot open study {cfg.study.name!r}: "
+                              f"{type(exc).__name__}: {exc}. Is it a study database of this tool?") from exc
+        _check_identity(study, cfg, fp)
+    return study
+
+
+def _lock_or_config_error(url: str, name: str) -> contextlib.ExitStack:
+    """:func:`advisory_lock`, entered; a database that cannot be reached is a ConfigError."""
+    import sqlalchemy.exc
+
+    stack = contextlib.ExitStack()
     try:
-        study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction="maximize",
-                                    sampler=sampler, load_if_exists=True)
-    except Exception as exc:
-        raise ConfigError(f"study.storage={cfg.study.storage!r}: cannot open study {cfg.study.name!r}: "
-                          f"{type(exc).__name__}: {exc}. Is it a study database of this tool?") from exc
+        stack.enter_context(advisory_lock(_absolute_url(url), name))
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        raise ConfigError(f"study.storage={redact_url(url)!r} cannot be opened: {type(exc).__name__}: {exc}. Check the "
+                          f"host, port, user and database of the URL (postgresql://user:password@host:5432/db) "
+                          f"and that the database server runs, or use sqlite:///path/to/file.db.") from exc
+    return stack
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> None:
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise StudyError(f"study {cfg.study.name!r} minimizes; this tool maximizes throughput. Use another study.name.")
     stored = study.user_attrs.get("fingerprint")
@@ -176,7 +239,6 @@ def open_study(cfg: Config, space: Any, sampler: optuna.samplers.BaseSampler) ->
                 f"study {cfg.study.name!r} was run with other settings: {'; '.join(changed)[:800]}. Mixing them "
                 f"would compare unlike trials. Start a new version with study.name={cfg.study.name}-v2, or "
                 f"restore the old settings.")
-    return study
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -185,11 +247,20 @@ def finished_count(study: optuna.Study) -> int:
                if t.user_attrs.get("counted", True))
 
 
-def reap_interrupted(study: optuna.Study, max_retries: int) -> int:
-    """Fail trials left RUNNING by a killed run (we hold the study alone) and retry each once."""
+def reap_interrupted(study: optuna.Study, max_retries: int, worker: Optional[str] = None) -> int:
+    """Fail trials left RUNNING by a killed run and retry each once.
+
+    Without ``worker``, every RUNNING trial (the caller holds the study alone: SQLite). With it,
+    only the trials that worker started (the caller holds that worker's lock, so they are
+    leftovers of a killed process); other workers' trials are left to the heartbeat."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
+        if worker is not None and t.user_attrs.get("worker") != worker:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):
+            continue  # finished meanwhile (another worker's heartbeat check failed it first)
         _retry(study, t, "interrupted: the optimizer died during this trial", max_retries)
         n += 1
     return n

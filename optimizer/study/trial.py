@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import httpx
 
 from optimizer.config import Config
-from optimizer.errors import ServerDied, TrialError
+from optimizer.errors import EnvironmentBusy, ServerDied, TrialError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
@@ -34,6 +34,7 @@ from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
+from optimizer.study.gpus import trial_gpus
 
 __all__ = ["TrialContext", "TrialRecord", "run_trial", "launch_for"]
 
@@ -51,8 +52,8 @@ class TrialContext:
     api_key: Optional[str]
     trial_root: Path  # runs/<study>
     pid_dir: Path
-    gpu_ids: tuple[int, ...] = ()  # the GPUs this worker may use (empty: all / CPU)
-    worker: str = ""
+    gpu_ids: tuple[int, ...] = ()  # the GPUs this worker owns; a trial uses its first tensor_parallel_size
+    worker: str = ""  # <host>/w<index>
 
 
 @dataclass
@@ -106,9 +107,15 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
 
     trial_dir = ctx.trial_root / f"trial-{number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        gpus = trial_gpus(ctx.gpu_ids, params.tensor_parallel_size)
+    except ValueError as exc:  # a worker of another host with a smaller GPU group proposed it
+        raise EnvironmentBusy(f"{exc}: study.workers splits this host's GPUs by the largest "
+                              f"search.tensor_parallel_size; give this host's workers more GPUs each",
+                              reason="too_few_gpus") from None
     t_wait = time.monotonic()
     if cfg.hardware.device == "cuda":
-        wait_for_free_gpus(ctx.gpu_ids, cfg.server.free_wait_s)
+        wait_for_free_gpus(gpus, cfg.server.free_wait_s)
     port = free_port(cfg.server.host)
     launch = launch_for(ctx, params, port)
     command = launch.command(ctx.python)
@@ -118,8 +125,9 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
     (trial_dir / "command.txt").write_text(command + "\n")
     env = dict(ctx.server_env)
     env.update(launch.env)
-    if ctx.gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpu_ids)
+    if gpus:  # nvidia-smi's indexes, which are PCI bus order; CUDA's default order may differ
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         attrs["gpus"] = env["CUDA_VISIBLE_DEVICES"]
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port,
                         log_path=trial_dir / "server.log", env=env, pid_dir=ctx.pid_dir,

@@ -1,0 +1,173 @@
+"""Parallel workers on one host: one study loop per GPU group, all on the same study storage.
+
+The entry point plans the workers (:func:`host_plan`: the GPU inventory split by the largest
+tensor-parallel size) and calls :func:`run_workers`. One worker runs in the entry process, as
+before. Several run as processes, not threads: a server's guard dies with the thread that
+started it (``PR_SET_PDEATHSIG``) and signal handling belongs to a main thread. Each worker runs
+:func:`~optimizer.study.loop.run_study` with its own GPUs and name (``<host>/w<i>``); the storage
+gives each trial to one worker (:mod:`optimizer.study.coordination`). There is no scheduler
+here: another host running the same command joins the same study the same way.
+
+The entry process forwards SIGINT and SIGTERM to the workers (they run in their own process
+group, so a Ctrl-C reaches each of them once, through the parent), waits for all of them, and
+reports. A worker that dies does not stop the others: its trial is failed by the heartbeat and
+retried by one of them. Workers get SIGTERM when the entry process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from optimizer.config import Config
+from optimizer.errors import StudyError
+from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
+from optimizer.study.loop import Runtime, run_study
+from optimizer.study.results import StudyResult, describe, study_result
+from optimizer.study.storage import finished_count, sqlite_path
+
+__all__ = ["host_plan", "run_workers", "worker_runtimes"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def host_plan(cfg: Config, visible_devices: Optional[str], detect: Callable[[], Sequence[int]]) -> WorkerPlan:
+    """The workers of this host. ``visible_devices`` is ``CUDA_VISIBLE_DEVICES`` as the entry
+    point found it; ``detect`` lists GPU indexes (``nvidia-smi``) and is called only when neither
+    ``hardware.gpu_ids`` nor ``CUDA_VISIBLE_DEVICES`` names the GPUs."""
+    from optimizer.space.search_space import build_space
+
+    hw = cfg.hardware
+    detected: Sequence[int] = ()
+    if hw.device == "cuda" and not hw.gpu_ids and visible_devices is None:
+        detected = detect()
+    inventory = gpu_inventory(hw.gpu_ids, visible_devices, detected) if hw.device == "cuda" else ()
+    return plan_workers(device=hw.device, workers=cfg.study.workers, gpu_ids=inventory,
+                        tp_choices=build_space(cfg).tensor_parallel_size,
+                        single_writer=sqlite_path(cfg.study.storage) is not None, storage=cfg.study.storage)
+
+
+def worker_runtimes(rt: Runtime, host: str, plan: WorkerPlan) -> list[Runtime]:
+    """One runtime per worker: its GPU group and its name, ``<host>/w<index>``."""
+    several = plan.workers > 1
+    return [dataclasses.replace(rt, gpu_ids=group, worker=f"{host}/w{i}", summary=not several)
+            for i, group in enumerate(plan.groups)]
+
+
+def run_workers(cfg: Config, rt: Runtime, plan: WorkerPlan, *, host: str, log_file: Optional[Path] = None,
+                debug: bool = False) -> Optional[StudyResult]:
+    """Run the study with ``plan``'s workers; returns the study's result.
+
+    Raises:
+        StudyError: a worker stopped with an error and the study is short of ``study.n_trials``.
+        KeyboardInterrupt / Terminated: SIGINT / SIGTERM reached the entry process (forwarded to
+            every worker, which stopped its server and recorded its trial as interrupted).
+    """
+    runtimes = worker_runtimes(rt, host, plan)
+    log.info("this host runs %s%s", plan.note,
+             f"; idle GPU(s): {','.join(map(str, plan.idle))}" if plan.idle else "")
+    if len(runtimes) == 1:
+        return run_study(cfg, runtimes[0])
+    codes = _spawn_and_wait(cfg, runtimes, log_file, debug)
+    return _closing(cfg, codes)
+
+
+def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Path], debug: bool) -> dict[str, int]:
+    mp = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    signals: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        signals.append(signum)
+        log.warning("%s: stopping %d worker(s); each stops its server and records its trial as interrupted",
+                    signal.Signals(signum).name, sum(p.is_alive() for p in procs))
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    codes: dict[str, int] = {}
+    try:
+        for r in runtimes:
+            if signals:
+                break
+            p = mp.Process(target=_worker_main, args=(cfg, r, log_file, debug, os.getpid()), name=r.worker)
+            p.start()
+            procs.append(p)
+            log.info("worker %s: pid %d, GPU(s) %s", r.worker, p.pid, ",".join(map(str, r.gpu_ids)) or "-")
+        while len(codes) < len(procs):
+            for p in procs:
+                if p.name in codes:
+                    continue
+                p.join(0.2)
+                if p.exitcode is not None:
+                    codes[p.name] = p.exitcode
+                    if p.exitcode < 0 and not signals:
+                        log.warning("worker %s %s; the others go on, and retry its trial once the heartbeat "
+                                    "fails it (study.heartbeat_grace_s)", p.name, _exit_text(p.exitcode))
+                    elif p.exitcode > 0 and not signals:
+                        log.warning("worker %s %s; the others go on", p.name, _exit_text(p.exitcode))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signals:
+        from optimizer.cli import Terminated
+
+        raise Terminated() if signal.SIGTERM in signals else KeyboardInterrupt()
+    return codes
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return {1: "stopped with a study error (its error line is above)",
+            2: "refused its configuration (its error line is above)"}.get(code, f"exited with code {code}")
+
+
+def _closing(cfg: Config, codes: dict[str, int]) -> StudyResult:
+    import optuna
+
+    from optimizer.study.storage import make_storage
+
+    study = optuna.load_study(study_name=cfg.study.name, storage=make_storage(cfg.study.storage, heartbeat=False))
+    result = study_result(study.get_trials(deepcopy=False))
+    log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if not failed:
+        return result
+    done = finished_count(study)
+    what = "; ".join(f"{name} {_exit_text(code)}" for name, code in sorted(failed.items()))
+    if done >= cfg.study.n_trials:
+        log.warning("%s; the study holds its %d trials all the same", what, cfg.study.n_trials)
+        return result
+    raise StudyError(f"{what}; the study holds {done} of {cfg.study.n_trials} finished trials. Fix what the worker "
+                     f"log says (runs/{cfg.study.name}/optimizer.log) and run the same command to resume.")
+
+
+def _worker_main(cfg: Config, rt: Runtime, log_file: Optional[Path], debug: bool, parent: int) -> None:
+    """A worker process: its own process group, SIGTERM when the parent dies, the study loop."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the parent only, which forwards it once
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(143)
+    from optimizer.cli import run_guarded, setup_logging
+
+    setup_logging(log_file, debug, tag=rt.worker)
+
+    def body() -> int:
+        run_study(cfg, rt)
+        return 0
+
+    sys.exit(run_guarded(body, debug))
