@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from optimizer.config import Config
-from optimizer.errors import StudyError
+from optimizer.errors import ConfigError, OptimizerError, StudyError
+from optimizer.model.resolve import resolve_model_dir
 from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import StudyResult, describe, study_result
@@ -77,6 +78,10 @@ def run_workers(cfg: Config, rt: Runtime, plan: WorkerPlan, *, host: str, log_fi
              f"; idle GPU(s): {','.join(map(str, plan.idle))}" if plan.idle else "")
     if len(runtimes) == 1:
         return run_study(cfg, runtimes[0])
+    # what every worker would do first is done once here: write a generated model (not all at the
+    # same moment), and open the study, so that a bad storage URL or a changed config is one error
+    resolve_model_dir(cfg.model, str(Path(cfg.server.cache_dir).resolve()))
+    _open_once(cfg)
     codes = _spawn_and_wait(cfg, runtimes, log_file, debug)
     return _closing(cfg, codes)
 
@@ -126,6 +131,15 @@ def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Pat
     return codes
 
 
+def _open_once(cfg: Config) -> None:
+    import optuna
+
+    from optimizer.space.search_space import build_space
+    from optimizer.study.storage import open_study
+
+    open_study(cfg, build_space(cfg), optuna.samplers.RandomSampler())
+
+
 def _exit_text(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
@@ -133,19 +147,25 @@ def _exit_text(code: int) -> str:
             2: "refused its configuration (its error line is above)"}.get(code, f"exited with code {code}")
 
 
-def _closing(cfg: Config, codes: dict[str, int]) -> StudyResult:
+def _closing(cfg: Config, codes: dict[str, int]) -> Optional[StudyResult]:
     import optuna
 
     from optimizer.study.storage import make_storage
 
-    study = optuna.load_study(study_name=cfg.study.name, storage=make_storage(cfg.study.storage, heartbeat=False))
+    failed = {name: code for name, code in codes.items() if code != 0}
+    what = "; ".join(f"{name} {_exit_text(code)}" for name, code in sorted(failed.items()))
+    if failed and set(failed.values()) == {2} and len(failed) == len(codes):
+        raise ConfigError(f"every worker refused the configuration ({what})")
+    try:
+        study = optuna.load_study(study_name=cfg.study.name,
+                                  storage=make_storage(cfg.study.storage, heartbeat=False))
+    except (KeyError, OptimizerError) as exc:  # no study: every worker stopped before creating it
+        raise StudyError(f"{what or 'the workers stopped'}; the study could not be read: {exc}") from None
     result = study_result(study.get_trials(deepcopy=False))
     log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
-    failed = {name: code for name, code in codes.items() if code != 0}
     if not failed:
         return result
     done = finished_count(study)
-    what = "; ".join(f"{name} {_exit_text(code)}" for name, code in sorted(failed.items()))
     if done >= cfg.study.n_trials:
         log.warning("%s; the study holds its %d trials all the same", what, cfg.study.n_trials)
         return result
