@@ -53,6 +53,8 @@ class TrialInfo(NamedTuple):
     attempt: int
     retry_of: Optional[int]
     wall_s: float
+    worker: str = ""  # <host>/w<index> that ran it ("" in studies from before parallel workers)
+    gpus: str = ""  # the CUDA_VISIBLE_DEVICES its server got ("" where none were pinned)
 
     @property
     def measured(self) -> bool:
@@ -171,7 +173,7 @@ def trial_info(t: FrozenTrial, slo_metric: str) -> TrialInfo:
         detail=str(a.get("failure_detail") or a.get("first_error") or a.get("retry_reason") or "")
         or _violations(t, slo_metric, p99s.get(slo_metric, math.nan)),
         attempt=int(a.get("attempt") or 0), retry_of=int(retry_of) if isinstance(retry_of, int) else None,
-        wall_s=wall)
+        wall_s=wall, worker=str(a.get("worker") or ""), gpus=str(a.get("gpus") or ""))
 
 
 def _violations(t: FrozenTrial, metric: str, p99: float) -> str:

@@ -46,6 +46,8 @@ def _hover(i: TrialInfo, metric: str) -> str:
              f"error rate {_n(i.error_rate * 100 if math.isfinite(i.error_rate) else math.nan)}%"]
     if i.failure:
         lines.append(f"failure: {_e(i.failure)}")
+    if i.worker:
+        lines.append(f"ran on {_e(i.worker)}" + (f", GPU {_e(i.gpus)}" if i.gpus else ""))
     lines += [f"{_e(k)} = {_e(v)}" for k, v in sorted(i.params.items())]
     return "<br>".join(lines)
 

@@ -172,7 +172,8 @@ def _row(i: TrialInfo, best: Optional[int]) -> str:
     cells = [str(i.number), _status(i.status), _e(kind), _n(i.throughput), *(_n(i.p99s[m], ".0f") for m in i.p99s),
              _n(i.error_rate * 100 if math.isfinite(i.error_rate) else math.nan, ".1f"), _n(i.wall_s, ".0f"),
              f'<span class="params">{_e(params)}</span>', f'<span class="fail">{_e(i.failure[:120])}</span>',
-             f'<div class="detail">{_e(i.detail[:600])}</div>']
+             f'<div class="detail">{_e(i.detail[:600])}</div>',
+             _e(i.worker) + (f'<br><span class="params">GPU {_e(i.gpus)}</span>' if i.gpus else "")]
     num_cols = {0, 3, 4, 5, 6, 7, 8}
     tds = "".join(f'<td class="num">{c}</td>' if k in num_cols else f"<td>{c}</td>" for k, c in enumerate(cells))
     return f'<tr class="{"best" if i.number == best else ""}">{tds}</tr>'
@@ -183,7 +184,7 @@ def _table(d: ReportData) -> str:
         return '<p class="empty">No trials.</p>'
     best = d.summary.best.number if d.summary.best else None
     head = ["#", "status", "kind", "output tok/s", "P99 TTFT ms", "P99 ITL ms", "P99 E2E ms", "errors %",
-            "wall s", "parameters", "failure", "detail"]
+            "wall s", "parameters", "failure", "detail", "host / GPUs"]
     return ('<table class="trials"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(_row(i, best) for i in d.trials) + "</tbody></table>")
 

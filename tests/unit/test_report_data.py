@@ -220,3 +220,27 @@ def test_write_study_report_writes_page_yaml_and_csv(tmp_path):
     assert {"status", "value", "params_max_num_seqs", "constraint_slo", "failure", "e2e_p99"} <= set(df.columns)
     assert "latency_samples" not in df.columns and "kv_timeline" not in df.columns
     assert set(df["status"]) == {"feasible", "infeasible", "failed", "ruled out"}
+
+
+def test_the_host_and_gpus_that_ran_a_trial_are_in_the_table_hover_and_csv(tmp_path):
+    a = make_trial(0, P, throughput=2000, e2e_center=500, extra={"worker": "gpu-host-3/w1", "gpus": "2,3"})
+    b = make_trial(1, P, outcome="env", state=TrialState.FAIL, extra={"worker": "gpu-host-7/w0", "gpus": "0"})
+    d = _data([a, b])
+    assert [(i.worker, i.gpus) for i in d.trials] == [("gpu-host-3/w1", "2,3"), ("gpu-host-7/w0", "0")]
+    page = _page(d)
+    assert "host / GPUs" in page and "gpu-host-3/w1" in page and "GPU 2,3" in page
+    hover = json.dumps(F.scatter_figure(d).to_plotly_json()["data"])
+    assert "ran on gpu-host-3/w1, GPU 2,3" in hover
+    write_study_report(make_study([a, b], name="hosts"), tmp_path / "hosts")
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "hosts" / "trials.csv")
+    assert list(df["worker"]) == ["gpu-host-3/w1", "gpu-host-7/w0"]
+
+
+def test_trials_from_before_parallel_workers_show_no_host():
+    t = make_trial(0, P, throughput=2000, e2e_center=500)
+    t.user_attrs.pop("worker")
+    info = trial_info(t, "e2e")
+    assert info.worker == "" and info.gpus == ""
+    assert "ran on" not in json.dumps(F.scatter_figure(_data([t])).to_plotly_json()["data"])
