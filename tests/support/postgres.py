@@ -125,6 +125,12 @@ def postgres() -> Iterator[PostgresServer]:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed (pip install 'psycopg[binary]'; a dependency in pyproject.toml)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no `postgres` user to run the server as (initdb refuses "
+                        "root; the Debian package postgresql creates that user)")
     server = PostgresServer(bin_dir).start()
     try:
         yield server
