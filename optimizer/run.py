@@ -12,6 +12,7 @@ Examples::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -46,12 +47,14 @@ def _body(overrides: list[str], debug: bool) -> int:
         return 0
     from optimizer.server.gpu import list_gpus
     from optimizer.study.loop import Runtime
+    from optimizer.study.storage import redact_url
     from optimizer.study.workers import host_plan, run_workers
 
     # the entry point is the one place that reads the environment and asks for the GPUs
     plan = host_plan(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), lambda: [g.index for g in list_gpus()])
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump_config(cfg))
+    shown = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, storage=redact_url(cfg.study.storage)))
+    (runs / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump_config(shown))
     host = cfg.study.host or socket.gethostname()
     try:
         run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,

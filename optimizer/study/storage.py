@@ -231,7 +231,9 @@ def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> Non
             raise StudyError(f"study {cfg.study.name!r} in {cfg.study.storage} was not made by this tool "
                              f"(no fingerprint). Use another study.name.")
         study.set_user_attr("fingerprint", fp)
-        study.set_user_attr("config", _normal(asdict(cfg)))
+        snapshot = _normal(asdict(cfg))
+        snapshot["study"]["storage"] = redact_url(cfg.study.storage)  # no database password in the record
+        study.set_user_attr("config", snapshot)
     else:
         changed = fingerprint_diff(stored, fp)
         if changed:
