@@ -16,6 +16,7 @@ retried by one of them. Workers get SIGTERM when the entry process dies, even by
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -176,10 +177,8 @@ def _closing(cfg: Config, codes: dict[str, int]) -> Optional[StudyResult]:
 def _worker_main(cfg: Config, rt: Runtime, log_file: Optional[Path], debug: bool, parent: int) -> None:
     """A worker process: its own process group, SIGTERM when the parent dies, the study loop."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the parent only, which forwards it once
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's forwarding still works
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         sys.exit(143)
     from optimizer.cli import run_guarded, setup_logging

@@ -50,9 +50,9 @@ class Fleet:
         return dict(os.environ, PYTHONPATH=str(REPO), FAKE_VLLM_START_DELAY_S=str(start_delay_s))
 
     def popen(self, tag: str, *extra: str, start_delay_s: float = 0.3) -> subprocess.Popen[str]:
-        out = open(self.root / f"{tag}.out", "w")
-        return subprocess.Popen(self.argv(*extra), cwd=self.root, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env=self.env(start_delay_s))
+        with open(self.root / f"{tag}.out", "w") as out:
+            return subprocess.Popen(self.argv(*extra), cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
+                                    text=True, env=self.env(start_delay_s))
 
     def output(self, tag: str) -> str:
         return (self.root / f"{tag}.out").read_text()

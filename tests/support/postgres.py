@@ -67,13 +67,13 @@ class PostgresServer:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, cwd=self.root, **self._popen_kw())
-        log = open(self.root / "postgres.log", "wb")
-        self._proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.root), "-p", str(self.port),
-             "-h", "127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
-            preexec_fn=_die_with_parent, **self._popen_kw())
+        with open(self.root / "postgres.log", "wb") as log:
+            self._proc = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.root), "-p", str(self.port),
+                 "-h", "127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "max_connections=200"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+                preexec_fn=_die_with_parent, **self._popen_kw())
         deadline = time.monotonic() + timeout_s
         import psycopg
 
