@@ -139,7 +139,11 @@ def _log_done(tag: str, rec: TrialRecord, best: Optional[FrozenTrial], cfg: Conf
              "feasible" if o.feasible else "infeasible", best_txt)
 
 
-def _objective(cfg: Config, ctx: TrialContext, space: Space):  # type: ignore[no-untyped-def]
+def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-untyped-def]
+               taken_over: list[int]):
+    """The trial function. A trial another worker failed meanwhile (see :func:`_optimize`) is
+    appended to ``taken_over``."""
+
     def objective(trial: Trial) -> float:
         study = trial.study
         n_done = finished_count(study)
@@ -187,7 +191,17 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space):  # type: ignore[no
         _log_done(tag, rec, best, cfg)
         return rec.outcome.value
 
-    return objective
+    def guarded(trial: Trial) -> float:
+        try:
+            return objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            # another worker failed this trial: our heartbeat was silent past the grace period
+            taken_over.append(trial.number)
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise exc.__context__ from None
+            raise
+
+    return guarded
 
 
 def _set_attrs(trial: Trial, attrs: dict[str, Any]) -> None:
@@ -203,6 +217,32 @@ def _baseline_engine_params(cfg: Config) -> EngineParams:
     if cfg.hardware.device == "cpu":
         return EngineParams(kv_cache_gib=cfg.hardware.cpu_kvcache_gib)
     return EngineParams()
+
+
+def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space, budget: _Budget) -> None:
+    """``study.optimize`` until the budget stops it, surviving a trial taken over by another worker.
+
+    When this worker's heartbeat was silent longer than ``study.heartbeat_grace_s`` (a stalled host,
+    a network cut), another worker fails its running trial and retries it. Writing the result then
+    fails, and Optuna raises out of ``optimize``. The result is dropped, since the retry measures the
+    config again, and the loop goes on."""
+    taken_over: list[int] = []
+    objective = _objective(cfg, ctx, space, taken_over)
+    while True:
+        try:
+            study.optimize(objective, n_trials=None, callbacks=[budget], catch=(TrialError,), gc_after_trial=False)
+            return
+        except Exception:
+            if not taken_over:
+                raise
+            log.warning("trial %d was failed by another worker while this one ran it: this worker's heartbeat was "
+                        "silent longer than study.heartbeat_grace_s=%d s (a stalled host or network). Its result "
+                        "is dropped; the retry measures the config again.", taken_over[-1],
+                        cfg.study.heartbeat_grace_s)
+            taken_over.clear()
+            fail_stale(study)
+            if budget.abort or finished_count(study) + in_flight(study) >= cfg.study.n_trials:
+                return
 
 
 def run_study(cfg: Config, rt: Runtime) -> StudyResult:
@@ -237,8 +277,7 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
                  f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
-            study.optimize(_objective(cfg, ctx, space), n_trials=None, callbacks=[budget], catch=(TrialError,),
-                           gc_after_trial=False)
+            _optimize(study, cfg, ctx, space, budget)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
             log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))

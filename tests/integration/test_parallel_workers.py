@@ -135,7 +135,8 @@ def test_a_host_killed_mid_trial_has_its_trial_failed_by_heartbeat_and_retried_b
         tmp_path, pg_url, tiny_model):
     fleet = Fleet(tmp_path, pg_url)
     n = 8
-    common = [f"study.n_trials={n}", "study.heartbeat_interval_s=1", "study.heartbeat_grace_s=3"]
+    # a short grace so the test is quick; 4 s leaves room for a slow heartbeat on a busy 2-core machine
+    common = [f"study.n_trials={n}", "study.heartbeat_interval_s=1", "study.heartbeat_grace_s=4"]
     a = fleet.popen("a", "study.host=a", *common, start_delay_s=1.0)
     b = fleet.popen("b", "study.host=b", *common, start_delay_s=1.0)
     victim: Optional[int] = None
@@ -166,6 +167,46 @@ def test_a_host_killed_mid_trial_has_its_trial_failed_by_heartbeat_and_retried_b
     _check_no_trial_ran_twice(fleet, study)
     # b's server went down with b (its guard is signalled when the optimizer dies)
     assert not _alive(server_pid)
+
+
+def _running_trial_of(fleet: Fleet, worker: str, proc: subprocess.Popen[str], tag: str) -> int:
+    """The number of a trial ``worker`` runs whose server is up (it is mid-trial)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, fleet.output(tag)[-2000:]
+        for t in fleet.running():
+            if t.user_attrs.get("worker") == worker and "listening" in fleet.server_log(t.number):
+                return t.number
+        time.sleep(0.2)
+    pytest.fail(f"{worker} never had a trial with a running server:\n{fleet.output(tag)[-2000:]}")
+
+
+@pytest.mark.timeout(240)
+def test_a_host_stalled_past_the_grace_period_drops_its_result_and_goes_on(tmp_path, pg_url, tiny_model):
+    fleet = Fleet(tmp_path, pg_url)
+    n = 8
+    common = [f"study.n_trials={n}", "study.heartbeat_interval_s=1", "study.heartbeat_grace_s=4"]
+    a = fleet.popen("a", "study.host=a", *common, start_delay_s=1.0)
+    b = fleet.popen("b", "study.host=b", *common, start_delay_s=1.0)
+    victim = _running_trial_of(fleet, "b/w0", b, "b")
+    b.send_signal(signal.SIGSTOP)  # a frozen host: no heartbeat, but it comes back
+    try:
+        deadline = time.monotonic() + 60
+        while fleet.study().trials[victim].state == TrialState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        b.send_signal(signal.SIGCONT)
+    assert fleet.study().trials[victim].state == TrialState.FAIL
+    assert _wait(a, fleet, "a") == 0 and _wait(b, fleet, "b") == 0, (fleet.output("a")[-2000:],
+                                                                    fleet.output("b")[-2000:])
+    assert f"trial {victim} was failed by another worker while this one ran it" in fleet.output("b")
+    study = fleet.study()
+    assert study.trials[victim].state == TrialState.FAIL  # b's late result did not overwrite it
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert retry.state == TrialState.COMPLETE and retry.params == study.trials[victim].params
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= n
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    _check_no_trial_ran_twice(fleet, study)
 
 
 @pytest.mark.timeout(240)
@@ -216,6 +257,34 @@ def test_sigterm_to_the_entry_process_stops_every_worker_and_records_interrupted
     assert all(t.state == TrialState.FAIL for t in interrupted)
     time.sleep(0.5)
     assert not [pid for pid in fleet.server_pids() if _alive(pid)]
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_process_killed_on_one_host_leaves_the_others_running(tmp_path, pg_url, tiny_model):
+    fleet = Fleet(tmp_path, pg_url)
+    n = 6
+    p = fleet.popen("host", "study.host=h", "study.workers=2", f"study.n_trials={n}", *GPUS[:4],
+                    "search.tensor_parallel_size=[1]", "study.heartbeat_interval_s=1", "study.heartbeat_grace_s=4",
+                    start_delay_s=1.0)
+    victim = None
+    deadline = time.monotonic() + 90
+    while victim is None and time.monotonic() < deadline:
+        for t in fleet.running():
+            if t.user_attrs.get("worker") == "h/w1" and "listening" in fleet.server_log(t.number):
+                victim = t.number
+        time.sleep(0.2)
+    assert victim is not None, fleet.output("host")[-3000:]
+    pid = int(re.search(r"worker h/w1: pid (\d+)", fleet.output("host")).group(1))
+    os.kill(pid, signal.SIGKILL)
+    assert _wait(p, fleet, "host") == 0, fleet.output("host")[-3000:]  # the budget was met all the same
+    out = fleet.output("host")
+    assert "worker h/w1 was killed by SIGKILL; the others go on" in out
+    study = fleet.study()
+    assert study.trials[victim].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == victim]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "h/w0"
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= n
+    assert not [q for q in fleet.server_pids() if _alive(q)]
 
 
 def _enqueue_in_a_process(url: str, name: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
