@@ -139,7 +139,7 @@ class LoadConfig:
     # too few requests to bound the P99 from above at p99_confidence: warn (and report the CI),
     # auto (raise num_requests to the minimum), or off
     p99_sizing: str = "warn"
-    # stop issuing after this many consecutive connect/stall/timeout failures (the server is gone);
+    # stop issuing after this many consecutive connect/stall failures (the server is gone or hung);
     # unsent requests are recorded as `aborted`. 0: max(8, 2 x concurrency)
     abort_after_failures: int = 0
 

@@ -3,12 +3,22 @@
 Each concurrent worker owns one ``httpx.AsyncClient`` with a pool of one connection: a single
 client whose pool is as large as the concurrency spends its time in pool bookkeeping and adds
 seconds to the P99 it is meant to measure (shared/reference/client_capacity.md).
+
+What is measured, from ``t_start`` (when the request was sent, or due in an open loop):
+TTFT to the first token event, one ITL per further token event, E2E to the end of the stream
+(``data: [DONE]``). A token event is any SSE event with a choice, even one whose text is empty
+(vLLM streams a token whose bytes do not yet form a character as an empty string), except the
+chat stream's opening role announcement; this is the rule ``vllm bench serve`` applies, so the
+two agree on TTFT and ITL. Events of one network read share one timestamp: they arrived
+together. Token counts come from the usage of the last event (``stream_options.include_usage``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,19 +47,30 @@ class Endpoint:
     def body(self, spec: RequestSpec) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": spec.max_tokens, "stream": True,
                                 "stream_options": {"include_usage": True}, "temperature": 0.0}
-        if self.ignore_eos:
+        if self.ignore_eos:  # exact output lengths; not min_tokens too: it adds a logits processor
             body["ignore_eos"] = True
-            body["min_tokens"] = spec.max_tokens
         if self.kind == "chat":
             body["messages"] = spec.prompt
         else:
             body["prompt"] = spec.prompt
         return body
 
+    def encode(self, spec: RequestSpec) -> bytes:
+        """The request body as sent; encode ahead of a run to keep JSON encoding out of the timing."""
+        return json.dumps(self.body(spec), separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
 
 def new_client(ep: Endpoint) -> httpx.AsyncClient:
+    """A client with a pool of one connection, for one worker. All share one SSL context: building
+    one per client (httpx's default) costs ~30 ms of CPU, which at C = 64 blocks the event loop
+    for two seconds while other requests are being timed."""
     headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
-    return httpx.AsyncClient(base_url=ep.base_url, headers=headers,
+    return httpx.AsyncClient(base_url=ep.base_url, headers=headers, verify=_ssl_context(),
                              limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                              timeout=httpx.Timeout(connect=10.0, read=ep.stall_timeout_s, write=10.0, pool=None))
 
@@ -59,60 +80,95 @@ def _fail(res: RequestResult, kind: str, error: str) -> RequestResult:
     return res
 
 
-def _text_of(event: dict[str, Any], chat: bool) -> Optional[str]:
+def _is_token_event(event: dict[str, Any], chat: bool) -> bool:
+    """Whether a stream event carries generated tokens, by vLLM's rule: every event with a choice
+    does (even with empty text: a token may decode to no text yet), except the chat stream's
+    opening ``{"role": "assistant", "content": ""}`` announcement and the final usage event
+    (``choices: []``)."""
     choices = event.get("choices")
     if not choices:
-        return None
-    c = choices[0]
+        return False
     if chat:
-        return (c.get("delta") or {}).get("content")
-    return c.get("text")
+        delta = choices[0].get("delta") or {}
+        if delta.get("role") and not delta.get("content"):
+            return False
+    return True
 
 
-async def _stream(client: httpx.AsyncClient, ep: Endpoint, spec: RequestSpec, res: RequestResult) -> None:
+class _Malformed(Exception):
+    pass
+
+
+def _event(data: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError as exc:
+        raise _Malformed(f"bad stream event {data[:120]!r}: {exc}") from None
+    if not isinstance(event, dict):
+        raise _Malformed(f"bad stream event {data[:120]!r}: not a JSON object")
+    return event
+
+
+_JSON = {"content-type": "application/json"}
+
+
+async def _stream(client: httpx.AsyncClient, ep: Endpoint, spec: RequestSpec, res: RequestResult,
+                  body: Optional[bytes]) -> None:
     chat = ep.kind == "chat"
     last: Optional[float] = None
     usage: Optional[dict[str, Any]] = None
     done = False
+    end = 0.0
+    buf = b""
     res.t_sent = time.perf_counter()
-    async with client.stream("POST", ep.path, json=ep.body(spec)) as resp:
+    async with client.stream("POST", ep.path, content=ep.encode(spec) if body is None else body,
+                             headers=_JSON) as resp:
         res.status = resp.status_code
         if resp.status_code != 200:
             body = (await resp.aread()).decode(errors="replace")
-            _fail(res, "http_status", f"HTTP {resp.status_code}: {body[:300]}")
+            _fail(res, "rate_limited" if resp.status_code == 429 else "http_status",
+                  f"HTTP {resp.status_code}: {body[:300]}")
             return
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                break
+        # SSE by hand on raw bytes: cheaper than aiter_lines' text decoding, and one timestamp per
+        # network read (the events of one read arrived together)
+        async for piece in resp.aiter_bytes():
             now = time.perf_counter()
-            try:
-                event = json.loads(data)
-                text = _text_of(event, chat)
-            except (ValueError, AttributeError, TypeError, IndexError) as exc:
-                _fail(res, "malformed", f"bad stream event {data[:120]!r}: {exc}")
-                return
-            if not isinstance(event, dict):
-                _fail(res, "malformed", f"bad stream event {data[:120]!r}")
-                return
-            if "error" in event:
-                _fail(res, "http_status", f"error event: {str(event['error'])[:300]}")
-                return
-            if event.get("usage"):
-                usage = event["usage"]
-            if text:
-                res.chunks += 1
-                if last is None:
-                    res.ttft = now - res.t_start
-                else:
-                    res.itl.append(now - last)
-                last = now
-    end = time.perf_counter()
+            if done:
+                continue  # read the body to its end, so that the connection is kept for the next request
+            buf += piece
+            if b"\n" not in piece:
+                continue
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, comments, other fields
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done, end = True, now
+                    break
+                try:
+                    event = _event(data)
+                    if "error" in event:
+                        _fail(res, "http_status", f"error event: {str(event['error'])[:300]}")
+                        return
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    token = _is_token_event(event, chat)
+                except _Malformed as exc:
+                    _fail(res, "malformed", str(exc))
+                    return
+                except (AttributeError, TypeError, IndexError) as exc:
+                    _fail(res, "malformed", f"bad stream event {data[:120]!r}: {exc!r}")
+                    return
+                if token:
+                    res.chunks += 1
+                    if last is None:
+                        res.ttft = now - res.t_start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
     if not done:
-        _fail(res, "stream_broken", "the stream ended without [DONE]")
+        _fail(res, "no_done", "the stream ended without `data: [DONE]`")
         return
     res.latency = end - res.t_start
     if usage:
@@ -128,14 +184,14 @@ async def _stream(client: httpx.AsyncClient, ep: Endpoint, spec: RequestSpec, re
 
 
 async def send(client: httpx.AsyncClient, ep: Endpoint, spec: RequestSpec, *, t_start: Optional[float] = None,
-               warmup: bool = False) -> RequestResult:
+               warmup: bool = False, body: Optional[bytes] = None) -> RequestResult:
     """Send ``spec`` and stream the answer. ``t_start`` (open loop: when it was due) anchors TTFT
-    and latency; it defaults to now."""
+    and latency; it defaults to now. ``body``: ``ep.encode(spec)``, if encoded ahead."""
     res = RequestResult(index=spec.index, t_start=time.perf_counter() if t_start is None else t_start,
                         warmup=warmup, prompt_tokens=spec.prompt_tokens or 0)
     try:
         async with asyncio.timeout(ep.request_timeout_s):
-            await _stream(client, ep, spec, res)
+            await _stream(client, ep, spec, res, body)
     except TimeoutError:
         _fail(res, "timeout", f"no complete answer within {ep.request_timeout_s:.0f} s")
     except httpx.ReadTimeout:

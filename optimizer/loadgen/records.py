@@ -12,13 +12,16 @@ from typing import Optional, Union
 __all__ = ["ERROR_KINDS", "RequestResult", "RequestSpec"]
 
 ERROR_KINDS = (
-    "http_status",  # the server answered 4xx/5xx
+    "http_status",  # the server answered 4xx/5xx (429 excepted), or sent an error event
+    "rate_limited",  # the server answered 429 Too Many Requests
     "connect",  # connection refused or reset before the response started
     "timeout",  # the whole request exceeded load.request_timeout_s
     "stalled",  # no byte for load.stall_timeout_s in an open stream
     "stream_broken",  # the connection broke mid-stream
+    "no_done",  # the stream ended cleanly but without its final `data: [DONE]`
     "malformed",  # a stream event that is not the JSON the API promises
     "incomplete",  # the stream ended without the tokens asked for
+    "aborted",  # never sent: the run stopped early because the server was unreachable
     "other",
 )
 

@@ -1,0 +1,292 @@
+"""``python -m optimizer.loadtest endpoint=URL [overrides]``: the study's load test, against a
+server that is already running.
+
+The same request set, warm-up, load and summaries as a trial of ``optimizer.run`` (same
+``workload``/``load`` config keys and groups), without starting or stopping anything. Prints a
+metrics table; ``out=FILE.json`` also writes every number, the config it ran with, the P99
+confidence intervals, the client's own CPU use and a token count cross-check against the
+server's ``/metrics`` counters.
+
+Examples::
+
+    python -m optimizer.loadtest endpoint=http://127.0.0.1:8000
+    python -m optimizer.loadtest endpoint=http://127.0.0.1:8000 workload=chat-short load.concurrency=32 out=r.json
+    python -m optimizer.loadtest endpoint=http://127.0.0.1:8000 load.mode=rate load.request_rate=20 \\
+        load.duration_s=60 load.p99_sizing=auto
+    python -m optimizer.loadtest endpoint=http://gpu-box:8000 model_name=meta-llama/Llama-3.1-8B-Instruct
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import httpx
+
+from optimizer.cli import compose, main_wrapper, setup_logging
+from optimizer.config import Config
+from optimizer.errors import ConfigError, OptimizerError
+from optimizer.loadgen.client import Endpoint
+from optimizer.loadgen.runner import LoadRun, run_load
+from optimizer.loadgen.workload import RequestSet
+from optimizer.metrics import Dist, LoadSummary, min_samples_for_upper_bound, summarize
+
+__all__ = ["main", "served_model", "summary_table"]
+
+log = logging.getLogger("optimizer")
+
+USAGE = __doc__ + """
+Keys of this command (besides the study's config):
+  endpoint=URL       the server's base URL (required), e.g. http://127.0.0.1:8000
+  out=FILE.json      write the results as JSON (default: print only)
+  model_name=NAME    the model name to send (default: the config's model if the server serves it,
+                     else the one model GET /v1/models lists)
+  records=true       also write every request's record (timings, tokens, error) into out
+  uvloop=true        run the client on uvloop (default: asyncio's loop, as the study does)
+Workload and load keys (see conf/config.yaml, conf/workload/*.yaml, optimizer/config.py):
+  workload=<file in conf/workload>, workload.{endpoint,prompt_tokens,output_tokens,*_spread,
+  shared_prefix_tokens,num_prefixes,dataset,tokenizer,seed}, load.{mode,concurrency,request_rate,
+  arrival,num_requests,duration_s,warmup_requests,request_timeout_s,stall_timeout_s,max_inflight,
+  p99_confidence,p99_sizing,abort_after_failures}. server.api_key_env names an env var holding a key.
+Exit codes: 0 measured (request errors are results, listed), 1 nothing succeeded or the endpoint
+is unreachable, 2 bad input, 130 Ctrl-C.
+"""
+
+_OWN_KEYS = ("endpoint", "out", "model_name", "records", "uvloop")
+
+
+def _split_own(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    own: dict[str, str] = {}
+    rest: list[str] = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key.lstrip("+") in _OWN_KEYS:
+            own[key.lstrip("+")] = value
+        else:
+            rest.append(o)
+    return own, rest
+
+
+def _bool(own: dict[str, str], key: str) -> bool:
+    v = own.get(key, "false").lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={own[key]!r}: use true or false")
+    return v in ("true", "1", "yes")
+
+
+def served_model(base_url: str, wanted: str, headers: Optional[dict[str, str]] = None,
+                 timeout_s: float = 10.0) -> str:
+    """The model name to send: ``wanted`` if the server lists it, else its only model.
+
+    Raises OptimizerError when the server cannot be reached, ConfigError when it serves several
+    models and none is ``wanted``."""
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/v1/models", timeout=timeout_s, headers=headers)
+        r.raise_for_status()
+        ids = [m["id"] for m in r.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise OptimizerError(f"GET {base_url}/v1/models failed: {type(exc).__name__}: {exc}. Is the server "
+                             f"running at endpoint={base_url}?") from None
+    if wanted in ids:
+        return wanted
+    if len(ids) == 1:
+        if wanted:
+            log.info("the server serves %r, not %r: sending %r", ids[0], wanted, ids[0])
+        return str(ids[0])
+    raise ConfigError(f"the server serves {ids}, none of them {wanted!r}: choose one with model_name=NAME")
+
+
+def _tokenizer_for(cfg: Config, model: str) -> Optional[Path]:
+    """A local tokenizer for exact chat prompt lengths, when the served model is the config's."""
+    if cfg.workload.tokenizer or model not in (cfg.model.served_name, cfg.model.name):
+        return None
+    from optimizer.model.tiny import generated_dir
+
+    for d in ([Path(cfg.model.path).expanduser()] if cfg.model.path else []) + (
+            [generated_dir(cfg.server.cache_dir, cfg.model.name)] if cfg.model.generate else []):
+        if (d / "tokenizer.json").is_file():
+            return d
+    return None
+
+
+def _scrape(base_url: str, headers: Optional[dict[str, str]]) -> dict[str, float]:
+    from optimizer.server.telemetry import parse_metrics
+
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/metrics", timeout=5.0, headers=headers)
+        r.raise_for_status()
+        return parse_metrics(r.text).counters
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def _reset_prefix_cache(base_url: str, headers: Optional[dict[str, str]]) -> bool:
+    """Empty the server's prefix cache, if it lets us (vLLM: only with VLLM_SERVER_DEV_MODE=1)."""
+    try:
+        return httpx.post(base_url + "/reset_prefix_cache", timeout=10.0, headers=headers).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "-" if not x == x else f"{x:,.{digits}f}"
+
+
+def summary_table(s: LoadSummary, confidence: float) -> str:
+    """The human-readable table: latency distributions, then throughput and errors."""
+    rows = [f"{'ms':<6}{'n':>8}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}   "
+            f"{'p99 ' + format(confidence, '.0%') + ' CI':<22}{'max':>10}"]
+    for name in ("ttft", "itl", "e2e"):
+        d: Dist = s.dist(name)
+        ci = f"[{_fmt(d.p99_low)}, {_fmt(d.p99_high)}]"
+        rows.append(f"{name.upper():<6}{d.n:>8}{_fmt(d.mean):>10}{_fmt(d.p50):>10}{_fmt(d.p90):>10}"
+                    f"{_fmt(d.p99):>10}   {ci:<22}{_fmt(d.max):>10}")
+    rows.append("")
+    rows.append(f"requests {s.n_ok}/{s.n_requests} ok in {_fmt(s.duration_s, 2)} s: {_fmt(s.req_s, 2)} req/s, "
+                f"{_fmt(s.output_tok_s)} output tok/s, {_fmt(s.total_tok_s)} total tok/s "
+                f"({s.prompt_tokens} prompt + {s.output_tokens} output tokens), TPOT mean {_fmt(s.tpot_mean_ms, 2)} ms")
+    if s.errors:
+        rows.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())))
+    return "\n".join(rows)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _record(r: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(r)
+    d["itl"] = [round(x * 1000.0, 3) for x in r.itl]
+    for k in ("ttft", "latency"):
+        d[k + "_ms"] = d.pop(k) * 1000.0
+    return d
+
+
+def _token_check(run: LoadRun, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    every = run.warmup + run.results
+    out: dict[str, Any] = {
+        "client_prompt_tokens": sum(r.prompt_tokens for r in every if r.ok),
+        "client_output_tokens": sum(r.output_tokens for r in every if r.ok),
+        "all_requests_ok": all(r.ok for r in every),
+    }
+    if before and after:
+        out["server_counters"] = {k.removeprefix("vllm:"): after.get(k, 0.0) - before.get(k, 0.0)
+                                  for k in sorted(set(before) | set(after))}
+        out["server_prompt_tokens"] = after.get("vllm:prompt_tokens", 0.0) - before.get("vllm:prompt_tokens", 0.0)
+        out["server_output_tokens"] = (after.get("vllm:generation_tokens", 0.0)
+                                       - before.get("vllm:generation_tokens", 0.0))
+        out["match"] = (out["server_prompt_tokens"] == out["client_prompt_tokens"]
+                        and out["server_output_tokens"] == out["client_output_tokens"])
+    return out
+
+
+def _body(overrides: list[str], debug: bool) -> int:
+    own, rest = _split_own(overrides)
+    setup_logging(None, debug)
+    if not own.get("endpoint"):
+        raise ConfigError("endpoint=URL is required, e.g. endpoint=http://127.0.0.1:8000 (see --help)")
+    cfg = compose(rest)
+    base = own["endpoint"].rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"endpoint={base!r}: give a URL such as http://127.0.0.1:8000")
+    records, use_uvloop = _bool(own, "records"), _bool(own, "uvloop")
+    api_key = os.environ.get(cfg.server.api_key_env) if cfg.server.api_key_env else None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    model = own.get("model_name") or served_model(base, cfg.model.served_name or cfg.model.name, headers)
+    ep = Endpoint(base, model, cfg.workload.endpoint, api_key, cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
+    rs = RequestSet.build(cfg.workload, cfg.model, _tokenizer_for(cfg, model))
+    log.info("load test of %s (model %s): workload %s on /v1/%s, %s", base, model, cfg.workload.name,
+             "chat/completions" if ep.kind == "chat" else "completions",
+             f"concurrency {cfg.load.concurrency}" if cfg.load.mode == "concurrency"
+             else f"{cfg.load.arrival} rate {cfg.load.request_rate:g}/s")
+    last = [time.monotonic()]
+
+    def tick(phase: str, k: int) -> None:
+        if time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            log.info("%s: %d requests done", phase, k)
+
+    cache_reset = _reset_prefix_cache(base, headers)
+    before = _scrape(base, headers)
+    t_wall = time.time()
+    runner: Any = asyncio.run
+    if use_uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    try:
+        run = runner(run_load(ep, rs, cfg.load, tick))
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    after = _scrape(base, headers)
+    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
+    print(summary_table(summary, cfg.load.p99_confidence))
+    cpu_share = run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan
+    print(f"client: {run.client_cpu_s:.2f} s CPU ({cpu_share:.0%} of one core)"
+          + ("" if not run.dispatch_lag_ms[0] == run.dispatch_lag_ms[0] else
+             f", dispatch lag p50/p99/max {run.dispatch_lag_ms[0]:.2f}/{run.dispatch_lag_ms[1]:.2f}/"
+             f"{run.dispatch_lag_ms[2]:.2f} ms"))
+    tokens = _token_check(run, before, after)
+    if "match" in tokens:
+        print(f"tokens: client {tokens['client_prompt_tokens']} prompt + {tokens['client_output_tokens']} output; "
+              f"server /metrics {tokens['server_prompt_tokens']:.0f} + {tokens['server_output_tokens']:.0f}"
+              + ("" if tokens["match"] else "  (differ" + ("" if tokens["all_requests_ok"] else
+                                                           ": failed requests carry no usage") + ")"))
+    counters = tokens.get("server_counters", {})
+    if counters.get("prefix_cache_queries") and not cfg.workload.shared_prefix_tokens and not cfg.workload.dataset:
+        hits = counters.get("prefix_cache_hits", 0.0) / counters["prefix_cache_queries"]
+        if hits > 0.05:
+            run.notes.append(f"{hits:.0%} of the prompt tokens were prefix-cache hits although this workload shares "
+                             f"no prefix: the server has seen this seeded request set before. For a cold cache "
+                             f"restart it, change workload.seed, or run vLLM with VLLM_SERVER_DEV_MODE=1 (the load "
+                             f"test then empties the cache first)")
+    if cpu_share > 0.8:
+        run.notes.append(f"the client used {cpu_share:.0%} of a core: it may be measuring itself; "
+                         f"lower the load or run several client processes")
+    for note in run.notes:
+        print("note: " + note)
+    if own.get("out"):
+        need = min_samples_for_upper_bound(0.99, cfg.load.p99_confidence)
+        doc = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_wall)),
+            "endpoint": base, "model": model,
+            "workload": dataclasses.asdict(cfg.workload), "load": dataclasses.asdict(cfg.load),
+            "num_requests": run.num_requests, "exact_prompt_lengths": rs.exact_prompt_lengths,
+            "summary": dataclasses.asdict(summary), "flat": summary.flat(),
+            "p99_upper_bound_needs": need, "notes": run.notes, "aborted": run.aborted,
+            "client": {"cpu_s": run.client_cpu_s, "cpu_share": cpu_share, "loop": "uvloop" if use_uvloop else "asyncio",
+                       "dispatch_lag_ms": dict(zip(("p50", "p99", "max"), run.dispatch_lag_ms))},
+            "warmup": {"requests": len(run.warmup), "errors": sum(1 for r in run.warmup if not r.ok),
+                       "duration_s": run.warmup_s},
+            "tokens": tokens, "prefix_cache_reset": cache_reset,
+        }
+        if records:
+            doc["records"] = [_record(r) for r in run.results]
+        path = Path(own["out"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n")
+        print(f"wrote {path}")
+    return 0 if summary.n_ok > 0 else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return main_wrapper(_body, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
