@@ -140,6 +140,7 @@ def main() -> int:
     ap.add_argument("--tries", type=int, default=3)
     ap.add_argument("--max-others", type=float, default=0.25, help="cores busy elsewhere that mark a run disturbed")
     ap.add_argument("--part", choices=["capacity", "latency", "both"], default="both")
+    ap.add_argument("--grid", default="", help="capacity points to run, e.g. 16:16,16:64 (max_tokens:C)")
     a = ap.parse_args()
     dur = 5.0 if a.quick else 8.0
     results: dict[str, Any] = {"setup": {"server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU, "prompt_tokens": 256,
@@ -150,6 +151,8 @@ def main() -> int:
             rows, data = [], []
             grid = [(16, 64), (128, 64)] if a.quick else [(16, 16), (16, 64), (16, 256), (128, 16), (128, 64),
                                                           (128, 256)]
+            if a.grid:
+                grid = [(int(x.split(":")[0]), int(x.split(":")[1])) for x in a.grid.split(",")]
             for max_tokens, conc in grid:
                 for client in ("ours-asyncio", "ours-uvloop", "vllm-bench"):
                     print(f"capacity: {client} max_tokens={max_tokens} C={conc}", flush=True)
