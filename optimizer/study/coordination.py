@@ -20,19 +20,17 @@ What this module adds on top, each race-free:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
-import os
 import re
 import warnings
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import TrialState
 
-from optimizer.errors import StudyError
+from optimizer.study.filelock import ExclusiveFileLock
 
 __all__ = ["WorkerLock", "advisory_lock", "enqueue_baseline_once", "fail_stale", "in_flight"]
 
@@ -100,7 +98,7 @@ def in_flight(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-class WorkerLock:
+class WorkerLock(ExclusiveFileLock):
     """An exclusive lock that one process holds while it runs as worker ``worker`` of a study.
 
     The file lives in this host's pid directory; the kernel releases the lock when the holder
@@ -109,37 +107,10 @@ class WorkerLock:
 
     def __init__(self, directory: Path, study_name: str, worker: str) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study_name}--{worker}")
-        self.path = Path(directory) / f"worker-{safe}.lock"
+        super().__init__(Path(directory) / f"worker-{safe}.lock")
         self.worker = worker
-        self._f: Optional[IO[str]] = None
 
-    def acquire(self) -> "WorkerLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StudyError(f"worker {self.worker} of this study is already running on this host ({holder}, lock "
-                             f"{self.path}). Wait for it, or start this one under another name "
-                             f"(study.host=<name>).") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._f = f
-        return self
+    def busy_message(self, holder: str) -> str:
+        return (f"worker {self.worker} of this study is already running on this host ({holder}, lock "
+                f"{self.path}). Wait for it, or start this one under another name (study.host=<name>).")
 
-    def release(self) -> None:
-        if self._f is not None:
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-            self._f.close()
-            self._f = None
-
-    def __enter__(self) -> "WorkerLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

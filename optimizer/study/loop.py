@@ -34,8 +34,15 @@ from optimizer.space.search_space import Space, baseline_params, build_space, su
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.results import StudyResult, describe, study_result
-from optimizer.study.storage import (StudyLock, finished_count, open_study, reap_interrupted, redact_url,
-                                     retry_trial, sqlite_path)
+from optimizer.study.storage import (
+    StudyLock,
+    finished_count,
+    open_study,
+    reap_interrupted,
+    redact_url,
+    retry_trial,
+    sqlite_path,
+)
 from optimizer.study.trial import TrialContext, TrialRecord, run_trial
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]

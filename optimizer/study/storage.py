@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -29,6 +27,7 @@ from optuna.trial import TrialState
 from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
 from optimizer.study.coordination import advisory_lock
+from optimizer.study.filelock import ExclusiveFileLock
 
 __all__ = ["RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "make_storage", "open_study",
            "reap_interrupted", "redact_url", "retry_trial", "sqlite_path"]
@@ -95,37 +94,16 @@ def _diff(path: str, before: Any, now: Any, defaults: dict[str, Any], out: list[
         out.append(f"{path} ({before!r} -> {now!r})")
 
 
-class StudyLock:
+class StudyLock(ExclusiveFileLock):
     """An exclusive, non-blocking lock beside a SQLite study file, held for the run."""
 
     def __init__(self, db: Path) -> None:
-        self.path = db.with_name(db.name + ".lock")
-        self._f: Optional[IO[str]] = None
+        super().__init__(db.with_name(db.name + ".lock"))
 
-    def acquire(self) -> "StudyLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StudyError(f"the study file {self.path.with_suffix('')} is in use by {holder}. SQLite holds one "
-                             f"optimizer at a time: wait for it to finish, or run parallel workers on PostgreSQL "
-                             f"(study.storage=postgresql://...).") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._f = f
-        return self
-
-    def release(self) -> None:
-        if self._f is not None:
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-            self._f.close()
-            self._f = None
+    def busy_message(self, holder: str) -> str:
+        return (f"the study file {self.path.with_suffix('')} is in use by {holder}. SQLite holds one "
+                f"optimizer at a time: wait for it to finish, or run parallel workers on PostgreSQL "
+                f"(study.storage=postgresql://...).")
 
 
 def _check_sqlite_file(db: Path) -> None:

@@ -28,9 +28,9 @@ from optimizer.metrics import summarize
 from optimizer.model.resolve import target_for
 from optimizer.objective import Outcome, infeasible, score
 from optimizer.server.failures import classify
-from optimizer.server.startlog import parse_start_log
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
+from optimizer.server.startlog import parse_start_log
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
