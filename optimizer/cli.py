@@ -1,40 +1,26 @@
-"""Shared command-line plumbing: compose the Hydra config, logging, signals, exit codes.
+"""Compose the typed config from ``conf/`` and the command line's Hydra overrides.
 
 The entry points (``optimizer.run``, ``optimizer.report``, ``optimizer.loadtest``) compose
 ``conf/`` with Hydra's compose API and Hydra override syntax (``key=value``, ``group=option``),
 so a bad override is reported in one line with exit code 2 before anything starts, instead of a
-traceback. ``--debug`` shows tracebacks.
+traceback. Logging, signals and exit codes are :mod:`optimizer.entry`'s.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from optimizer.config import Config, register_configs, to_config
-from optimizer.errors import ConfigError, OptimizerError, StudyError
-from optimizer.space.hardware import resolve_hardware_overrides
+from optimizer.errors import ConfigError
+from optimizer.hardware_auto import resolve_hardware_overrides
 
-__all__ = ["CONF_DIR", "Terminated", "compose", "main_wrapper", "run_guarded", "setup_logging"]
+__all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-EXIT_CONFIG, EXIT_STUDY, EXIT_INT, EXIT_TERM = 2, 1, 130, 143
-
-log = logging.getLogger("optimizer")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that every ``finally`` (server stop) runs."""
-
-
-def _on_sigterm(signum: int, frame: object) -> NoReturn:
-    raise Terminated()
 
 
 def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConfig:
@@ -62,82 +48,6 @@ def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:
         raise
     except Exception as exc:  # OmegaConf interpolation or conversion errors
         raise ConfigError(f"invalid configuration: {exc}") from None
-
-
-def setup_logging(log_file: Path | None = None, debug: bool = False, tag: str = "") -> None:
-    """Log to stderr (and ``log_file``); ``tag`` (a worker's name) starts every line."""
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    prefix = f"[{tag}] " if tag else ""
-    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(fmt)
-    root.addHandler(h)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
-        root.addHandler(fh)
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    # the study logs each failed trial with its reason itself; Optuna's own message repeats it with a
-    # traceback (shown with --debug)
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def split_args(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
-    """(overrides, --debug, --help)."""
-    debug = "--debug" in argv or os.environ.get("OPTIMIZER_DEBUG") == "1"
-    want_help = any(a in ("-h", "--help") for a in argv)
-    return [a for a in argv if a not in ("--debug", "-h", "--help")], debug, want_help
-
-
-def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Sequence[str] | None = None) -> int:
-    """Run ``body(overrides, debug)`` with signal handling and the exit-code policy."""
-    overrides, debug, want_help = split_args(list(sys.argv[1:] if argv is None else argv))
-    if want_help:
-        print(usage)
-        return 0
-    return run_guarded(lambda: body(overrides, debug), debug)
-
-
-def run_guarded(call: Callable[[], int], debug: bool) -> int:
-    """Run ``call()`` with SIGTERM raising :class:`Terminated`, and map errors to exit codes
-    (2 bad input, 1 study stopped, 130 Ctrl-C, 143 SIGTERM) with a one-line message."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return call()
-    except ConfigError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StudyError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_STUDY
-    except Terminated:
-        print("terminated (SIGTERM): the server was stopped and the trial recorded as interrupted; "
-              "run the same command to resume", file=sys.stderr)
-        return EXIT_TERM
-    except KeyboardInterrupt:
-        print("interrupted: the server was stopped and the trial recorded as interrupted; "
-              "run the same command to resume", file=sys.stderr)
-        return EXIT_INT
-    except OptimizerError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_STUDY
 
 
 def dump_config(cfg: Config) -> str:

@@ -10,25 +10,64 @@
         ├── ServerDied             it exited while the load test ran
         └── EnvironmentBusy        GPU memory or the port stayed held by something else
 
-Each ``TrialError`` carries ``reason`` (a short category from :mod:`optimizer.server.failures`)
-and ``deterministic``: True when the config itself is to blame (out of memory, invalid flags),
+    KeyboardInterrupt
+    ├── Terminated                 SIGTERM, raised in the main thread so that every ``finally`` runs
+    └── TrialInterrupted           Ctrl-C or SIGTERM during a trial, with the trial's partial record
+
+Each ``TrialError`` carries ``reason`` (a :class:`FailureReason`), the partial
+:class:`~optimizer.record.TrialRecord` of what the trial got to (``record``, set by the trial
+runner) and ``deterministic``: True when the config itself is to blame (out of memory, invalid flags),
 so the trial is recorded for the sampler to learn from; False when the environment is (a busy
 GPU, a timeout), so the trial is failed and retried.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from optimizer.record import TrialRecord
+
 __all__ = [
     "ConfigError",
     "EnvironmentBusy",
+    "FailureReason",
     "OptimizerError",
     "ServerCrashed",
     "ServerDied",
     "ServerStartError",
     "ServerStartTimeout",
     "StudyError",
+    "Terminated",
     "TrialError",
+    "TrialInterrupted",
 ]
+
+
+class FailureReason(StrEnum):
+    """Why a trial has no measurement. The value is what the study database stores."""
+
+    RULED_OUT = "ruled_out"  # the memory estimate refused the config; no server was started
+    OUT_OF_MEMORY = "out_of_memory"
+    KV_CACHE_TOO_SMALL = "kv_cache_too_small"
+    INVALID_CONFIG = "invalid_config"  # vLLM refused the flags
+    MODEL_MISSING = "model_missing"
+    GPU_BUSY = "gpu_busy"  # another process held the GPU memory
+    PORT_IN_USE = "port_in_use"
+    TOO_FEW_GPUS = "too_few_gpus"  # this worker's GPU group is smaller than the trial's tensor parallelism
+    START_TIMEOUT = "start_timeout"
+    KILLED = "killed"  # the server was killed by a signal
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM stopped the optimizer during the trial
+    OTHER = "other"
+
+    @classmethod
+    def parse(cls, value: str) -> FailureReason:
+        """The reason named ``value``; OTHER for a name this version does not know."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.OTHER
 
 
 class OptimizerError(Exception):
@@ -46,12 +85,13 @@ class StudyError(OptimizerError, RuntimeError):
 class TrialError(OptimizerError, RuntimeError):
     """A trial could not be measured."""
 
-    def __init__(self, message: str, *, reason: str = "other", deterministic: bool = False,
-                 log_tail: str = "") -> None:
+    def __init__(self, message: str, *, reason: FailureReason | str = FailureReason.OTHER,
+                 deterministic: bool = False, log_tail: str = "") -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = reason if isinstance(reason, FailureReason) else FailureReason.parse(reason)
         self.deterministic = deterministic
         self.log_tail = log_tail
+        self.record: Optional[TrialRecord] = None  # what the trial got to, set by the trial runner
 
 
 class ServerStartError(TrialError):
@@ -72,3 +112,17 @@ class ServerDied(TrialError):
 
 class EnvironmentBusy(TrialError):
     """GPU memory or the port stayed in use by something else past the wait limit."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every ``finally`` (server stop) runs."""
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived during a trial: ``record`` is what the trial got to,
+    ``original`` the interrupt itself (the study loop records the trial, then re-raises it)."""
+
+    def __init__(self, record: TrialRecord, original: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.record = record
+        self.original = original

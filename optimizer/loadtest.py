@@ -31,13 +31,16 @@ from typing import Any, Optional
 
 import httpx
 
-from optimizer.cli import compose, main_wrapper, setup_logging
+from optimizer.cli import compose
+from optimizer.entry import main_wrapper, setup_logging
 from optimizer.config import Config
 from optimizer.errors import ConfigError, OptimizerError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import Dist, LoadSummary, min_samples_for_upper_bound, summarize
+from optimizer.metrics import Dist, LoadSummary, summarize
+from optimizer.record import summary_to_attrs
+from optimizer.stats import min_samples_for_upper_bound
 
 __all__ = ["main", "served_model", "summary_table"]
 
@@ -267,7 +270,7 @@ def _body(overrides: list[str], debug: bool) -> int:
             "endpoint": base, "model": model,
             "workload": dataclasses.asdict(cfg.workload), "load": dataclasses.asdict(cfg.load),
             "num_requests": run.num_requests, "exact_prompt_lengths": rs.exact_prompt_lengths,
-            "summary": dataclasses.asdict(summary), "flat": summary.flat(),
+            "summary": dataclasses.asdict(summary), "flat": summary_to_attrs(summary),
             "p99_upper_bound_needs": need, "notes": run.notes, "aborted": run.aborted,
             "client": {"cpu_s": run.client_cpu_s, "cpu_share": cpu_share, "loop": "uvloop" if use_uvloop else "asyncio",
                        "dispatch_lag_ms": dict(zip(("p50", "p99", "max"), run.dispatch_lag_ms))},

@@ -28,7 +28,6 @@ _BROKEN = 1.0  # violation recorded when a measure could not be taken at all
 class Outcome:
     value: float  # output tokens/s to maximize (0.0 when nothing was served)
     constraints: dict[str, float]
-    p99_ms: float  # of the SLO metric (NaN when not measured)
     feasible: bool
 
 
@@ -42,10 +41,10 @@ def score(summary: LoadSummary, slo: SloConfig) -> Outcome:
     constraints = {"slo": slo_violation, "errors": err - slo.max_error_rate, "startup": 0.0, "memory": 0.0}
     value = summary.output_tok_s if summary.output_tok_s == summary.output_tok_s else 0.0
     feasible = all(v <= 0 for v in constraints.values())
-    return Outcome(value=value, constraints=constraints, p99_ms=d.p99, feasible=feasible)
+    return Outcome(value=value, constraints=constraints, feasible=feasible)
 
 
 def infeasible(*, startup: bool = False, memory: bool = False) -> Outcome:
     """A config that served nothing: it could not start (``startup``) or was ruled out (``memory``)."""
     return Outcome(value=0.0, constraints={"slo": _BROKEN, "errors": _BROKEN, "startup": float(startup),
-                                           "memory": float(memory)}, p99_ms=math.nan, feasible=False)
+                                           "memory": float(memory)}, feasible=False)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from optimizer.cli import compose, main_wrapper, setup_logging
+from optimizer.cli import compose
+from optimizer.entry import main_wrapper, setup_logging
 
 __all__ = ["main"]
 

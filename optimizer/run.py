@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from optimizer.cli import compose, dump_config, main_wrapper, setup_logging
+from optimizer.cli import compose, dump_config
+from optimizer.entry import main_wrapper, setup_logging
 
 __all__ = ["main"]
 

@@ -1,8 +1,9 @@
 """The report's data step: FrozenTrials in, small immutable tuples out. No plotting here.
 
 Every figure and table of the report is drawn from :class:`ReportData` alone, so what the page
-says can be tested without a browser. User attrs store ``None`` where a value was NaN, and
-trials that failed early lack most attrs: every number read here goes through :func:`num`.
+says can be tested without a browser. Each trial is read through its
+:class:`~optimizer.record.TrialRecord` (absent parts: that stage was not reached; NaN: not
+measured); nothing here reads a user attr by its key.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any, NamedTuple, Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.errors import FailureReason
+from optimizer.record import Timings, TrialRecord, summary_from_attrs
 from optimizer.study.results import is_feasible, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
-           "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info", "num",
+           "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
            "pareto_front", "trial_info"]
 
 METRICS = ("ttft", "itl", "e2e")
-PHASES = (("t_wait_s", "wait for GPU"), ("t_start_s", "server start"), ("t_warmup_s", "warm-up"),
-          ("t_load_s", "load test"), ("t_stop_s", "server stop"))
+PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
+          ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
 _CDF_POINTS = 400
 _MIN_IMPORTANCE_TRIALS = 4
 
@@ -131,24 +134,14 @@ class ReportData(NamedTuple):
     span_s: float  # first start to last finish
 
 
-def num(attrs: dict[str, Any], key: str) -> float:
-    """A numeric user attr, NaN when absent, None or not a number."""
-    v = attrs.get(key)
-    if isinstance(v, bool) or v is None:
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def classify(t: FrozenTrial) -> Status:
+def classify(t: FrozenTrial, rec: Optional[TrialRecord] = None) -> Status:
+    rec = rec or TrialRecord.from_trial(t)
     if t.state == TrialState.COMPLETE:
         if is_feasible(t):
             return Status.FEASIBLE
-        if t.user_attrs.get("failure") == "ruled_out":
+        if rec.ruled_out:
             return Status.RULED_OUT
-        if t.user_attrs.get("failure") or not math.isfinite(num(t.user_attrs, "output_tok_s")):
+        if rec.failure is not None or not rec.measured:
             return Status.FAILED
         return Status.INFEASIBLE
     if t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -156,34 +149,36 @@ def classify(t: FrozenTrial) -> Status:
     return Status.FAILED
 
 
-def trial_info(t: FrozenTrial, slo_metric: str) -> TrialInfo:
-    a = t.user_attrs
-    thr = num(a, "output_tok_s")
-    if t.state == TrialState.COMPLETE and t.value is not None and not a.get("failure"):
+def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = None) -> TrialInfo:
+    rec = rec or TrialRecord.from_trial(t)
+    m = rec.measurement
+    thr = m.summary.output_tok_s if m is not None else math.nan
+    if t.state == TrialState.COMPLETE and t.value is not None and rec.failure is None:
         thr = float(t.value)
     wall = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
-        else num(a, "t_total_s")
-    retry_of = a.get("retry_of")
-    p99s = {m: num(a, f"{m}_p99") for m in METRICS}
+        else rec.timings.total_s if rec.timings is not None else math.nan
+    p99s = {metric: rec.p99(metric) for metric in METRICS}
+    failure = rec.failure.label if rec.failure else FailureReason.INTERRUPTED.value if rec.interrupted else ""
+    detail = (rec.failure.detail if rec.failure else "") or (m.first_error if m is not None else "") \
+        or rec.lineage.retry_reason
+    error_rate = m.summary.error_rate if m is not None else math.nan
     return TrialInfo(
-        number=t.number, status=classify(t), state=t.state.name, baseline=a.get("kind") == "baseline",
-        throughput=thr, p99=p99s.get(slo_metric, num(a, f"{slo_metric}_p99")), p99s=p99s,
-        error_rate=num(a, "error_rate"), params=dict(t.params), constraints=dict(t.constraints or {}),
-        failure=str(a.get("failure") or ("interrupted" if a.get("interrupted") else "")),
-        detail=str(a.get("failure_detail") or a.get("first_error") or a.get("retry_reason") or "")
-        or _violations(t, slo_metric, p99s.get(slo_metric, math.nan)),
-        attempt=int(a.get("attempt") or 0), retry_of=int(retry_of) if isinstance(retry_of, int) else None,
-        wall_s=wall, worker=str(a.get("worker") or ""), gpus=str(a.get("gpus") or ""))
+        number=t.number, status=classify(t, rec), state=t.state.name, baseline=rec.lineage.baseline,
+        throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=dict(t.params),
+        constraints=dict(t.constraints or {}), failure=failure,
+        detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
+        attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
+        gpus=rec.setup.gpus)
 
 
-def _violations(t: FrozenTrial, metric: str, p99: float) -> str:
+def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:
     """Why a measured trial is infeasible, in words ('' when it is not)."""
     c = t.constraints or {}
     out = []
     if c.get("slo", 0.0) > 0 and math.isfinite(p99):
         out.append(f"P99 {metric} {p99:.0f} ms is {c['slo']:.0%} over the SLO")
-    if c.get("errors", 0.0) > 0 and math.isfinite(num(t.user_attrs, "error_rate")):
-        out.append(f"error rate {num(t.user_attrs, 'error_rate'):.1%} is over the allowed rate")
+    if c.get("errors", 0.0) > 0 and math.isfinite(error_rate):
+        out.append(f"error rate {error_rate:.1%} is over the allowed rate")
     return "; ".join(out)
 
 
@@ -205,10 +200,13 @@ def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[Impo
     only the feasible ones makes the question "among configs that meet the SLO, what matters".
     """
     feasible = [t for t in trials if is_feasible(t)]
-    key = f"{slo_metric}_p99"
-    with_p99 = [t for t in feasible if math.isfinite(num(t.user_attrs, key))]
+
+    def p99(t: FrozenTrial) -> float:  # trials are renumbered in the temporary study: read it from the trial
+        return summary_from_attrs(t.user_attrs).dist(slo_metric).p99
+
+    with_p99 = [t for t in feasible if math.isfinite(p99(t))]
     jobs = [("output tokens/s (higher is better)", feasible, None),
-            (f"P99 {slo_metric} latency (lower is better)", with_p99, lambda t: num(t.user_attrs, key))]
+            (f"P99 {slo_metric} latency (lower is better)", with_p99, p99)]
     out = []
     for label, group, target in jobs:
         varied = {p for p in {k for t in group for k in t.params}
@@ -262,22 +260,22 @@ def _label(i: TrialInfo, best: Optional[int]) -> str:
     return f"#{i.number} {role}"
 
 
-def _gauge(rows: list[Any], key: str, factor: float = 1.0) -> list[float]:
-    return [float(g[key]) * factor if isinstance(g.get(key), (int, float)) else math.nan for _, g in rows]
+def _gauge(rows: list[tuple[float, dict[str, float]]], key: str, factor: float = 1.0) -> list[float]:
+    return [g[key] * factor if key in g else math.nan for _, g in rows]
 
 
-def _timeline(t: FrozenTrial, label: str) -> Optional[Timeline]:
-    raw = _json(t.user_attrs.get("kv_timeline"), [])
-    rows = [r for r in raw if isinstance(r, list) and len(r) == 2 and isinstance(r[1], dict)]
+def _timeline(rec: TrialRecord, number: int, label: str) -> Optional[Timeline]:
+    rows = rec.measurement.kv_timeline if rec.measurement is not None else []
     if not rows:
         return None
-    return Timeline(t.number, label, [float(r[0]) for r in rows],
+    return Timeline(number, label, [r[0] for r in rows],
                     {"kv": _gauge(rows, "vllm:kv_cache_usage_perc", 100.0),  # vLLM reports a fraction
                      "running": _gauge(rows, "vllm:num_requests_running"),
                      "waiting": _gauge(rows, "vllm:num_requests_waiting")})
 
 
-def _summary(name: str, trials: Sequence[FrozenTrial], infos: list[TrialInfo], cfg: dict[str, Any]) -> SummaryInfo:
+def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialRecord], infos: list[TrialInfo],
+             cfg: dict[str, Any]) -> SummaryInfo:
     slo = cfg.get("slo") or {}
     metric, slo_ms = str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan)
     max_err = float(slo.get("max_error_rate") or 0.0)
@@ -304,15 +302,15 @@ def _summary(name: str, trials: Sequence[FrozenTrial], infos: list[TrialInfo], c
         notes.append(f"{failed} trial(s) failed without a measurement; the table at the bottom says why.")
     if counts[Status.RUNNING.value]:
         notes.append(f"{counts[Status.RUNNING.value]} trial(s) are unfinished (running, or left by a killed run).")
-    attrs = res.best.user_attrs if res.best else {}
+    launch = records[res.best.number].launch if res.best else None
     server = cfg.get("server") or {}
     hw = cfg.get("hardware") or {}
-    versions = sorted({str(t.user_attrs["vllm_version"]) for t in trials if t.user_attrs.get("vllm_version")})
+    versions = sorted({r.launch.vllm_version for r in records.values() if r.launch and r.launch.vllm_version})
     return SummaryInfo(
         study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
         use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
         margin=_margin(best, slo_ms),
-        serve_config=_json(attrs.get("serve_config"), {}), trial_command=str(attrs.get("server_command") or ""),
+        serve_config=dict(launch.serve_config) if launch else {}, trial_command=launch.command if launch else "",
         extra_args=[str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
         vllm_version=", ".join(versions), notes=notes)
 
@@ -325,15 +323,6 @@ def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:
     return 1.0 - best.p99 / slo_ms if slo_ms > 0 else math.nan
 
 
-def _json(raw: Any, default: Any) -> Any:
-    """A JSON user attr, ``default`` when absent, unreadable or of another type."""
-    try:
-        v = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        return default
-    return v if isinstance(v, type(default)) else default
-
-
 def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dict[str, Any],
                       fallback_config: Optional[dict[str, Any]] = None) -> ReportData:
     """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
@@ -341,32 +330,38 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     cfg = study_attrs.get("config") or fallback_config or {}
     metric = str((cfg.get("slo") or {}).get("metric", "e2e"))
     trials = sorted(trials, key=lambda t: t.number)
-    infos = [trial_info(t, metric) for t in trials]
-    summary = _summary(name, trials, infos, cfg)
+    records = {t.number: TrialRecord.from_trial(t) for t in trials}
+    infos = [trial_info(t, metric, records[t.number]) for t in trials]
+    summary = _summary(name, trials, records, infos, cfg)
     best_n = summary.best.number if summary.best else None
     picks = _highlighted(infos, best_n, summary.baseline.number if summary.baseline else None)
-    by_num = {t.number: t for t in trials}
     info_by = {i.number: i for i in infos}
     cdfs = []
     timelines = []
     for n in picks:
         label = _label(info_by[n], best_n)
-        samples = _json(by_num[n].user_attrs.get("latency_samples"), {})
-        curves = {m: _cdf(v) for m, v in samples.items() if m in METRICS and isinstance(v, list)}
+        m = records[n].measurement
+        samples = m.latency_samples if m is not None else {}
+        curves = {metric: _cdf(v) for metric, v in samples.items() if metric in METRICS}
         if any(xs for xs, _ in curves.values()):
             cdfs.append(CdfSeries(n, label, curves))
-        tl = _timeline(by_num[n], label)
+        tl = _timeline(records[n], n, label)
         if tl is not None:
             timelines.append(tl)
-    telemetry = [TelemetryRow(i.number, i.status, num(t.user_attrs, "srv_kv_usage_peak") * 100,
-                              num(t.user_attrs, "srv_preemptions"), num(t.user_attrs, "srv_running_peak"),
-                              num(t.user_attrs, "srv_waiting_peak"), num(t.user_attrs, "srv_kv_cache_tokens"),
-                              num(t.user_attrs, "pred_kv_tokens"))
-                 for t, i in zip(trials, infos) if math.isfinite(num(t.user_attrs, "srv_kv_usage_peak"))]
+    telemetry = []
+    for i in infos:
+        rec = records[i.number]
+        if rec.measurement is None or not math.isfinite(rec.measurement.telemetry.kv_usage_peak):
+            continue
+        srv = rec.measurement.telemetry
+        telemetry.append(TelemetryRow(i.number, i.status, srv.kv_usage_peak * 100, srv.preemptions, srv.running_peak,
+                                      srv.waiting_peak, srv.kv_cache_tokens,
+                                      float(rec.memory.kv_tokens) if rec.memory else math.nan))
     phases = []
-    for t, i in zip(trials, infos):
-        secs = {label: max(0.0, num(t.user_attrs, key)) if math.isfinite(num(t.user_attrs, key)) else 0.0
-                for key, label in PHASES}
+    for i in infos:
+        timings = records[i.number].timings or Timings()
+        secs = {label: max(0.0, v) if math.isfinite(v := getattr(timings, field)) else 0.0
+                for field, label in PHASES}
         wall = i.wall_s if math.isfinite(i.wall_s) else sum(secs.values())
         secs["other"] = max(0.0, wall - sum(secs.values()))
         phases.append(PhaseRow(i.number, i.status, secs, wall))

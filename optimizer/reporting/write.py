@@ -30,14 +30,12 @@ from optuna.trial import FrozenTrial
 
 from optimizer.config import Config
 from optimizer.errors import StudyError
+from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
 from optimizer.reporting.data import ReportData, build_report_data, classify
 from optimizer.reporting.html import render_page
 
 __all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
-
-
-_BLOBS = ("latency_samples", "kv_timeline", "server_argv")  # too big for a table; in the database
 
 
 def serve_yaml_dict(serve_config: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +83,7 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
             "duration_s": t.duration.total_seconds() if t.duration else None}
         row |= {f"params_{k}": _cell(v) for k, v in sorted(t.params.items())}
         row |= {f"constraint_{k}": v for k, v in sorted((t.constraints or {}).items())}
-        row |= {k: _cell(v) for k, v in sorted(t.user_attrs.items()) if k not in _BLOBS}
+        row |= {k: _cell(v) for k, v in sorted(t.user_attrs.items()) if k not in BLOB_KEYS}
         rows.append(row)
     return pd.DataFrame(rows)
 

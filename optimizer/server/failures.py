@@ -10,32 +10,34 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from optimizer.errors import FailureReason as R
+
 __all__ = ["Diagnosis", "classify", "tail"]
 
 
 @dataclass(frozen=True)
 class Diagnosis:
-    reason: str  # out_of_memory | kv_cache_too_small | invalid_config | model_missing | gpu_busy | port_in_use | other
+    reason: R
     deterministic: bool
     evidence: str  # the log line that decided it
 
 
 # first match wins; order from most to least specific
-_RULES: list[tuple[str, bool, re.Pattern[str]]] = [
-    ("gpu_busy", False, re.compile(r"Free memory on device .* is less than desired GPU memory utilization"
+_RULES: list[tuple[R, bool, re.Pattern[str]]] = [
+    (R.GPU_BUSY, False, re.compile(r"Free memory on device .* is less than desired GPU memory utilization"
                                    r"|less than desired CPU memory utilization", re.I)),
-    ("port_in_use", False, re.compile(r"Address already in use|\[Errno 98\]", re.I)),
-    ("kv_cache_too_small", True, re.compile(
+    (R.PORT_IN_USE, False, re.compile(r"Address already in use|\[Errno 98\]", re.I)),
+    (R.KV_CACHE_TOO_SMALL, True, re.compile(
         r"No available memory for the cache blocks|To serve at least one request with the model's max seq len"
         r"|is larger than the available KV cache memory|KV cache is needed, which is larger than", re.I)),
-    ("out_of_memory", True, re.compile(
+    (R.OUT_OF_MEMORY, True, re.compile(
         r"CUDA out of memory|OutOfMemoryError|out of memory occurred|Cannot allocate memory"
         r"|on kv cache allocation is less than requested memory", re.I)),
-    ("model_missing", True, re.compile(
+    (R.MODEL_MISSING, True, re.compile(
         r"Repository Not Found|does not appear to have a file named|Can't load the configuration"
         r"|No such file or directory: .*config\.json|is not a local folder and is not a valid model identifier"
         r"|We couldn't connect to|LocalEntryNotFoundError|Invalid repository ID or local directory", re.I)),
-    ("invalid_config", True, re.compile(
+    (R.INVALID_CONFIG, True, re.compile(
         r"ValidationError|validation error|unrecognized arguments|error: argument|invalid choice"
         r"|must be greater than or equal to|is not supported|Unknown quantization|ValueError: ", re.I)),
 ]
@@ -56,6 +58,6 @@ def classify(log_text: str, returncode: int | None = None) -> Diagnosis:
             if pattern.search(line):
                 return Diagnosis(reason, deterministic, line.strip()[-400:])
     if returncode is not None and returncode < 0:
-        return Diagnosis("killed", False, f"the server was killed by signal {-returncode}")
+        return Diagnosis(R.KILLED, False, f"the server was killed by signal {-returncode}")
     last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-    return Diagnosis("other", False, last[-400:])
+    return Diagnosis(R.OTHER, False, last[-400:])

@@ -8,33 +8,56 @@ backend on one); each pattern is searched on its own.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["parse_start_log"]
+__all__ = ["StartLog", "parse_start_log"]
 
 _NUM = r"([\d,]+(?:\.\d+)?)"
 _PATTERNS: dict[str, re.Pattern[str]] = {
-    "log_kv_tokens": re.compile(r"KV cache size: " + _NUM + r" tokens"),
-    "log_max_concurrency": re.compile(r"Maximum concurrency for [\d,]+ tokens per request: " + _NUM + r"x"),
-    "log_kv_gib": re.compile(r"Available KV cache memory: " + _NUM + r" GiB"),
-    "log_weights_gib": re.compile(r"Model loading took " + _NUM + r" GiB"),
-    "log_model_load_s": re.compile(r"Model loading took [\d.]+ GiB and " + _NUM + r" seconds"),
-    "log_compile_s": re.compile(r"torch\.compile took " + _NUM + r" s in total"),
-    "log_graph_capture_s": re.compile(r"Graph capturing finished in " + _NUM + r" secs"),
-    "log_engine_init_s": re.compile(r"init engine \(profile, create kv cache, warmup model\) took " + _NUM + r" s"),
+    "kv_tokens": re.compile(r"KV cache size: " + _NUM + r" tokens"),
+    "max_concurrency": re.compile(r"Maximum concurrency for [\d,]+ tokens per request: " + _NUM + r"x"),
+    "kv_gib": re.compile(r"Available KV cache memory: " + _NUM + r" GiB"),
+    "weights_gib": re.compile(r"Model loading took " + _NUM + r" GiB"),
+    "model_load_s": re.compile(r"Model loading took [\d.]+ GiB and " + _NUM + r" seconds"),
+    "compile_s": re.compile(r"torch\.compile took " + _NUM + r" s in total"),
+    "graph_capture_s": re.compile(r"Graph capturing finished in " + _NUM + r" secs"),
+    "engine_init_s": re.compile(r"init engine \(profile, create kv cache, warmup model\) took " + _NUM + r" s"),
 }
 
 
-def parse_start_log(text: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StartLog:
+    """vLLM's own account of its start; NaN (None for the count and the flag) where the log did
+    not say."""
+
+    kv_tokens: int | None = None
+    max_concurrency: float = math.nan
+    kv_gib: float = math.nan
+    weights_gib: float = math.nan
+    model_load_s: float = math.nan
+    compile_s: float = math.nan
+    graph_capture_s: float = math.nan
+    engine_init_s: float = math.nan
+    compile_cache_hit: bool | None = None  # known only where torch.compile ran
+
+    @property
+    def empty(self) -> bool:
+        """The log said none of these things."""
+        return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in vars(self).values())
+
+
+def parse_start_log(text: str) -> StartLog:
     """The last value of each pattern in ``text`` (a restarted engine logs again)."""
-    out: dict[str, Any] = {}
+    found: dict[str, float] = {}
     for key, pattern in _PATTERNS.items():
-        found = pattern.findall(text)
-        if found:
-            value = float(found[-1].replace(",", ""))
-            out[key] = int(value) if key == "log_kv_tokens" else value
-    if "log_compile_s" in out:
+        hits = pattern.findall(text)
+        if hits:
+            found[key] = float(hits[-1].replace(",", ""))
+    cache_hit = None
+    if "compile_s" in found:
         hits = text.count("Directly load the compiled graph") + text.count("loaded AOT compiled function")
-        out["log_compile_cache_hit"] = hits > 0
-    return out
+        cache_hit = hits > 0
+    kv = found.pop("kv_tokens", None)
+    return StartLog(kv_tokens=int(kv) if kv is not None else None, compile_cache_hit=cache_hit, **found)

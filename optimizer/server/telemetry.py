@@ -15,7 +15,7 @@ from typing import Optional
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Snapshot", "TelemetrySampler", "parse_metrics", "server_stats"]
+__all__ = ["ServerStats", "Snapshot", "TelemetrySampler", "parse_metrics", "server_stats"]
 
 _COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions", "vllm:request_success",
              "vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:spec_decode_num_drafts",
@@ -52,27 +52,49 @@ def _num(info: dict[str, str], key: str) -> float:
         return math.nan
 
 
-def server_stats(before: Snapshot, after: Snapshot, peaks: dict[str, float]) -> dict[str, float]:
-    """The per-trial telemetry attributes: counter deltas, gauge peaks, KV capacity."""
+@dataclass(frozen=True)
+class ServerStats:
+    """What the server says about one load test: counter deltas, gauge peaks, its KV capacity.
+
+    NaN where the server did not report it (no prefix-cache queries, no speculative drafts, no
+    ``cache_config_info``)."""
+
+    prompt_tokens: float
+    generation_tokens: float
+    requests_ok: float
+    preemptions: float
+    prefix_cache_hit_rate: float
+    spec_acceptance: float
+    spec_drafts: float
+    kv_usage_peak: float  # a fraction, as vLLM reports it
+    running_peak: float
+    waiting_peak: float
+    kv_cache_tokens: float
+    num_gpu_blocks: float
+    block_size: float
+
+
+def server_stats(before: Snapshot, after: Snapshot, peaks: dict[str, float]) -> ServerStats:
+    """The per-trial telemetry: counter deltas, gauge peaks, KV capacity."""
     d = {k: after.counters.get(k, 0.0) - before.counters.get(k, 0.0) for k in _COUNTERS}
     queries = d["vllm:prefix_cache_queries"]
     drafts = d["vllm:spec_decode_num_draft_tokens"]
     info = after.cache_info or before.cache_info
-    return {
-        "srv_prompt_tokens": d["vllm:prompt_tokens"],
-        "srv_generation_tokens": d["vllm:generation_tokens"],
-        "srv_requests_ok": d["vllm:request_success"],
-        "srv_preemptions": d["vllm:num_preemptions"],
-        "srv_prefix_cache_hit_rate": d["vllm:prefix_cache_hits"] / queries if queries > 0 else math.nan,
-        "srv_spec_acceptance": d["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts > 0 else math.nan,
-        "srv_spec_drafts": d["vllm:spec_decode_num_drafts"],
-        "srv_kv_usage_peak": peaks.get("vllm:kv_cache_usage_perc", math.nan),
-        "srv_running_peak": peaks.get("vllm:num_requests_running", math.nan),
-        "srv_waiting_peak": peaks.get("vllm:num_requests_waiting", math.nan),
-        "srv_kv_cache_tokens": _num(info, "kv_cache_size_tokens"),
-        "srv_num_gpu_blocks": _num(info, "num_gpu_blocks"),
-        "srv_block_size": _num(info, "block_size"),
-    }
+    return ServerStats(
+        prompt_tokens=d["vllm:prompt_tokens"],
+        generation_tokens=d["vllm:generation_tokens"],
+        requests_ok=d["vllm:request_success"],
+        preemptions=d["vllm:num_preemptions"],
+        prefix_cache_hit_rate=d["vllm:prefix_cache_hits"] / queries if queries > 0 else math.nan,
+        spec_acceptance=d["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts > 0 else math.nan,
+        spec_drafts=d["vllm:spec_decode_num_drafts"],
+        kv_usage_peak=peaks.get("vllm:kv_cache_usage_perc", math.nan),
+        running_peak=peaks.get("vllm:num_requests_running", math.nan),
+        waiting_peak=peaks.get("vllm:num_requests_waiting", math.nan),
+        kv_cache_tokens=_num(info, "kv_cache_size_tokens"),
+        num_gpu_blocks=_num(info, "num_gpu_blocks"),
+        block_size=_num(info, "block_size"),
+    )
 
 
 class TelemetrySampler:
@@ -128,5 +150,5 @@ class TelemetrySampler:
         assert self._client is not None
         await self._client.aclose()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> ServerStats:
         return server_stats(self.before, self.after, self.peaks)

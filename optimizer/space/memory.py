@@ -72,11 +72,6 @@ class MemoryEstimate:
     def concurrency_for(self, tokens_per_request: int) -> float:
         return self.kv_tokens / tokens_per_request if tokens_per_request > 0 else math.nan
 
-    def as_attrs(self) -> dict[str, float]:
-        return {"mem_budget_gib": round(self.budget_gib, 3), "mem_weights_gib": round(self.weights_gib, 3),
-                "mem_activation_gib": round(self.activation_gib, 3), "mem_kv_gib": round(self.kv_gib, 3),
-                "pred_kv_tokens": self.kv_tokens, "pred_max_concurrency": round(self.max_concurrency, 2)}
-
 
 def _resolved_dtype(params: EngineParams, model: ModelConfig, hw: HardwareConfig) -> str:
     dtype = params.dtype if params.dtype not in (None, "auto") else model.dtype

@@ -163,7 +163,7 @@ def build_space(cfg: Config) -> Space:
     hw, model = cfg.hardware, cfg.model
     if hw.name == "auto":
         raise ConfigError("hardware=auto was not resolved into a preset: the entry point does that "
-                          "(optimizer.space.hardware.resolve_hardware_overrides). Name a preset instead.")
+                          "(optimizer.hardware_auto.resolve_hardware_overrides). Name a preset instead.")
     cpu = hw.device == "cpu"
     dtypes = _dtypes(s, hw, model)
     kv = _filtered("kv_cache_dtype", s.kv_cache_dtype,

@@ -14,20 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import socket
 import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from optimizer.config import Config
-from optimizer.errors import ConfigError, StudyError, TrialError
+from optimizer.errors import ConfigError, FailureReason, StudyError, TrialError, TrialInterrupted
 from optimizer.model.resolve import resolve_model_dir, target_for
+from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
@@ -43,7 +43,7 @@ from optimizer.study.storage import (
     retry_trial,
     sqlite_path,
 )
-from optimizer.study.trial import TrialContext, TrialRecord, run_trial
+from optimizer.study.trial import TrialContext, TrialRunner, run_trial
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
 
@@ -113,16 +113,17 @@ class _Budget:
         self.abort: Optional[str] = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
+        rec = TrialRecord.from_attrs(trial.user_attrs)
+        if trial.state == TrialState.FAIL and not rec.interrupted:
             self.consecutive_env += 1
         elif trial.state == TrialState.COMPLETE:
             self.consecutive_env = 0
-        self.ruled_out_streak = self.ruled_out_streak + 1 if trial.user_attrs.get("failure") == "ruled_out" else 0
+        self.ruled_out_streak = self.ruled_out_streak + 1 if rec.ruled_out else 0
         limit = self.cfg.study.max_consecutive_env_failures
         if self.consecutive_env >= limit:
+            last = f"{rec.failure.label}: {rec.failure.detail[:300]}" if rec.failure else "?"
             self.abort = (f"{self.consecutive_env} trials in a row failed for reasons outside their config "
-                          f"(last: {trial.user_attrs.get('failure', '?')}: "
-                          f"{str(trial.user_attrs.get('failure_detail', ''))[:300]}). Stopping instead of burning "
+                          f"(last: {last}). Stopping instead of burning "
                           f"the budget; fix the environment and run the same command to resume "
                           f"(study.max_consecutive_env_failures={limit}).")
             study.stop()
@@ -137,19 +138,20 @@ class _Budget:
 
 
 def _log_done(tag: str, rec: TrialRecord, best: Optional[FrozenTrial], cfg: Config) -> None:
-    a, o = rec.attrs, rec.outcome
-    if a.get("failure"):
+    o = rec.outcome
+    if rec.failure is not None or o is None or rec.measurement is None:
         return
     best_txt = f"; best so far {best.value:.1f} tok/s (trial {best.number})" if best is not None else ""
+    err = rec.measurement.summary.error_rate
     log.info("%s %.1f output tok/s, P99 %s %.0f ms (SLO %.0f ms), errors %.1f%%: %s%s", tag, o.value,
-             cfg.slo.metric, o.p99_ms, cfg.slo.p99_ms, 100 * (a.get("error_rate") or 0.0),
+             cfg.slo.metric, rec.p99(cfg.slo.metric), cfg.slo.p99_ms, 100 * (err if err == err else 0.0),
              "feasible" if o.feasible else "infeasible", best_txt)
 
 
 def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-untyped-def]
-               taken_over: list[int]):
-    """The trial function. A trial another worker failed meanwhile (see :func:`_optimize`) is
-    appended to ``taken_over``."""
+               taken_over: list[int], runner: TrialRunner = run_trial):
+    """The trial function, running each trial with ``runner``. A trial another worker failed
+    meanwhile (see :func:`_optimize`) is appended to ``taken_over``."""
 
     def objective(trial: Trial) -> float:
         study = trial.study
@@ -166,28 +168,27 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             gpus = trial_gpus(ctx.gpu_ids, params.tensor_parallel_size)
             if gpus:
                 trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
-        attrs: dict[str, Any] = {}
+        setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
         try:
-            rec = run_trial(ctx, trial.number, params, attrs, tag=tag, rule_check=not baseline)
+            rec = runner(ctx, trial.number, params, tag, not baseline)
         except TrialError as exc:
-            attrs.setdefault("failure", exc.reason)
-            attrs.setdefault("failure_detail", str(exc)[:1000])
-            _set_attrs(trial, attrs)
+            _store(trial, exc.record or TrialRecord(setup, failure=Failure(exc.reason, str(exc))))
             log.warning("%s failed (%s): %s", tag, exc.reason, exc)
             retry_trial(study, study.get_trials(deepcopy=False)[trial.number], exc.reason, cfg.study.max_retries)
             raise
-        except KeyboardInterrupt:
-            attrs["interrupted"] = True
-            attrs.setdefault("failure", "interrupted")
-            _set_attrs(trial, attrs)
+        except KeyboardInterrupt as exc:
+            partial = exc.record if isinstance(exc, TrialInterrupted) else \
+                TrialRecord(setup, failure=Failure(FailureReason.INTERRUPTED), interrupted=True)
+            _store(trial, partial)
             retry_trial(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", cfg.study.max_retries)
+            if isinstance(exc, TrialInterrupted):
+                raise exc.original from None  # Ctrl-C or SIGTERM, as the entry point maps them to exit codes
             raise
-        _set_attrs(trial, rec.attrs)
-        if rec.latencies:
-            trial.set_user_attr("latency_samples", json.dumps(rec.latencies))
+        if rec.outcome is None:
+            raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
+        _store(trial, rec)
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
-        trial.set_user_attr("feasible", rec.outcome.feasible)
         try:
             best: Optional[FrozenTrial] = study.best_trial
         except ValueError:
@@ -211,10 +212,9 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
     return guarded
 
 
-def _set_attrs(trial: Trial, attrs: dict[str, Any]) -> None:
-    for k, v in attrs.items():
-        if isinstance(v, float) and math.isnan(v):
-            v = None  # JSON has no NaN; None reads back as "not measured"
+def _store(trial: Trial, rec: TrialRecord) -> None:
+    """The record into the trial's user attrs, through its own encoding."""
+    for k, v in rec.to_attrs().items():
         trial.set_user_attr(k, v)
 
 
@@ -226,7 +226,8 @@ def _baseline_engine_params(cfg: Config) -> EngineParams:
     return EngineParams()
 
 
-def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space, budget: _Budget) -> None:
+def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space, budget: _Budget,
+              runner: TrialRunner = run_trial) -> None:
     """``study.optimize`` until the budget stops it, surviving a trial taken over by another worker.
 
     When this worker's heartbeat was silent longer than ``study.heartbeat_grace_s`` (a stalled host,
@@ -234,7 +235,7 @@ def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space,
     fails, and Optuna raises out of ``optimize``. The result is dropped, since the retry measures the
     config again, and the loop goes on."""
     taken_over: list[int] = []
-    objective = _objective(cfg, ctx, space, taken_over)
+    objective = _objective(cfg, ctx, space, taken_over, runner)
     while True:
         try:
             study.optimize(objective, n_trials=None, callbacks=[budget], catch=(TrialError,), gc_after_trial=False)
@@ -252,8 +253,9 @@ def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space,
                 return
 
 
-def run_study(cfg: Config, rt: Runtime) -> StudyResult:
-    """Open (or resume) the study and run trials until it holds ``study.n_trials`` finished ones."""
+def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> StudyResult:
+    """Open (or resume) the study and run trials until it holds ``study.n_trials`` finished ones.
+    ``runner`` runs each trial (a test injects one that starts no server)."""
     space = build_space(cfg)
     ctx = make_context(cfg, rt, space)
     killed = pidfile.sweep(ctx.pid_dir)
@@ -284,7 +286,7 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
                  f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
-            _optimize(study, cfg, ctx, space, budget)
+            _optimize(study, cfg, ctx, space, budget, runner)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
             log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))

@@ -1,13 +1,16 @@
-"""The answer of a study: best feasible trial, the baseline, the gain. Pure over FrozenTrials."""
+"""The answer of a study: best feasible trial, the baseline, the gain. Pure over FrozenTrials,
+read through their :class:`~optimizer.record.TrialRecord`."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.record import Lineage, TrialRecord
 
 __all__ = ["StudyResult", "is_feasible", "study_result"]
 
@@ -32,26 +35,22 @@ class StudyResult:
         base = self.baseline.value or 0.0
         return (self.best.value or 0.0) / base - 1.0 if base > 0 else math.nan
 
-    def best_command(self) -> str:
-        return str(self.best.user_attrs.get("server_command", "")) if self.best else ""
+    @property
+    def best_record(self) -> Optional[TrialRecord]:
+        return TrialRecord.from_trial(self.best) if self.best is not None else None
 
-    def best_serve_config(self) -> dict[str, Any]:
-        if self.best is None:
-            return {}
-        return dict(json.loads(self.best.user_attrs.get("serve_config", "{}")))
+    def best_command(self) -> str:
+        rec = self.best_record
+        return rec.launch.command if rec is not None and rec.launch is not None else ""
 
 
 def study_result(trials: Sequence[FrozenTrial]) -> StudyResult:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if is_feasible(t)]
     best = max(feasible, key=lambda t: (t.value or 0.0, -t.number)) if feasible else None
-    baselines = [t for t in complete if t.user_attrs.get("kind") == "baseline"]
+    baselines = [t for t in complete if Lineage.from_attrs(t.user_attrs).baseline]
     return StudyResult(len(complete), len(feasible), sum(1 for t in trials if t.state == TrialState.FAIL), best,
                        baselines[-1] if baselines else None)
-
-
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
@@ -60,7 +59,7 @@ def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
     b = result.baseline
     if b is not None:
         state = "feasible" if is_feasible(b) else "infeasible"
-        p99 = _num(b.user_attrs.get(f"{slo_metric}_p99"))
+        p99 = TrialRecord.from_trial(b).p99(slo_metric)
         lines.append(f"baseline (vLLM defaults, trial {b.number}): {b.value or 0:.1f} output tok/s, "
                      f"P99 {slo_metric} {p99:.0f} ms ({state})")
     if result.best is None:
@@ -68,7 +67,7 @@ def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
                      f"Raise slo.p99_ms, lower the load (load.concurrency / load.request_rate), or run more trials.")
         return "\n".join(lines)
     t = result.best
-    p99 = _num(t.user_attrs.get(f"{slo_metric}_p99"))
+    p99 = TrialRecord.from_trial(t).p99(slo_metric)
     gain = result.gain
     gain_txt = f", {gain * 100:+.1f}% over the baseline" if gain == gain else ""
     lines.append(f"best: trial {t.number}: {t.value:.1f} output tok/s, P99 {slo_metric} {p99:.0f} ms "

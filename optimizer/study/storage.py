@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
+from optimizer.record import Failure, Lineage, Setup
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
 
@@ -126,17 +127,16 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self.max_retries = max_retries
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        who = trial.user_attrs.get("worker", "its worker")
-        tries = int(trial.user_attrs.get("attempt", 0))
+        who = Setup.from_attrs(trial.user_attrs).worker or "its worker"
+        lineage = Lineage.from_attrs(trial.user_attrs)
+        tries = lineage.attempt
         if tries >= self.max_retries:
             log.warning("trial %d: %s stopped beating; failed, not retried (%d retries done, study.max_retries=%d)",
                         trial.number, who, tries, self.max_retries)
             return
         retry = copy.deepcopy(trial)
-        attrs = {k: v for k, v in trial.user_attrs.items() if k == "kind"}
-        attrs.update({"attempt": tries + 1, "retry_of": trial.number,
-                      "retry_reason": f"heartbeat: {who} stopped beating (host or worker died)"})
-        retry.user_attrs = attrs
+        retry.user_attrs = lineage.retry(trial.number,
+                                             f"heartbeat: {who} stopped beating (host or worker died)").to_attrs()
         super().__call__(study, retry)
         log.warning("trial %d: %s stopped beating; failed and enqueued again", trial.number, who)
 
@@ -223,8 +223,8 @@ def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> Non
 
 def finished_count(study: optuna.Study) -> int:
     """Trials that count toward study.n_trials: complete ones that were measured or started."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if t.user_attrs.get("counted", True))
+    failures = (Failure.from_attrs(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return sum(1 for f in failures if f is None or not f.ruled_out)
 
 
 def reap_interrupted(study: optuna.Study, max_retries: int, worker: Optional[str] = None) -> int:
@@ -235,7 +235,7 @@ def reap_interrupted(study: optuna.Study, max_retries: int, worker: Optional[str
     leftovers of a killed process); other workers' trials are left to the heartbeat."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if worker is not None and t.user_attrs.get("worker") != worker:
+        if worker is not None and Setup.from_attrs(t.user_attrs).worker != worker:
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -247,12 +247,10 @@ def reap_interrupted(study: optuna.Study, max_retries: int, worker: Optional[str
 
 
 def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial, why: str, max_retries: int) -> bool:
-    tries = int(t.user_attrs.get("attempt", 0))
-    if tries >= max_retries:
+    lineage = Lineage.from_attrs(t.user_attrs)
+    if lineage.attempt >= max_retries:
         return False
-    attrs = {k: v for k, v in t.user_attrs.items() if k in ("kind",)}
-    attrs.update({"attempt": tries + 1, "retry_of": t.number, "retry_reason": why[:300]})
-    study.enqueue_trial(t.params, user_attrs=attrs)
+    study.enqueue_trial(t.params, user_attrs=lineage.retry(t.number, why).to_attrs())
     log.info("trial %d will be retried (%s)", t.number, why)
     return True
 

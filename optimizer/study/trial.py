@@ -1,32 +1,40 @@
 """One trial: rule check, server start, warm-up, load test, telemetry, stop.
 
-``run_trial`` returns a :class:`TrialRecord` for every config the sampler should learn from
-(measured, ruled out by the memory estimate, or unable to start for a reason of its own) and
-raises :class:`~optimizer.errors.TrialError` with ``deterministic=False`` when the environment
-was to blame, so the study fails and retries the trial.
+``run_trial`` returns the :class:`~optimizer.record.TrialRecord` of every config the sampler
+should learn from (measured, ruled out by the memory estimate, or unable to start for a reason
+of its own). It raises :class:`~optimizer.errors.TrialError` (``deterministic=False``: the
+environment was to blame, so the study fails and retries the trial) or
+:class:`~optimizer.errors.TrialInterrupted` (Ctrl-C, SIGTERM); either carries the partial record
+of what the trial got to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import httpx
 
 from optimizer.config import Config
-from optimizer.errors import EnvironmentBusy, ServerDied, TrialError
+from optimizer.errors import (
+    EnvironmentBusy,
+    FailureReason,
+    ServerDied,
+    TrialError,
+    TrialInterrupted,
+)
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.metrics import summarize
 from optimizer.model.resolve import target_for
-from optimizer.objective import Outcome, infeasible, score
+from optimizer.objective import infeasible, score
+from optimizer.record import Failure, LaunchInfo, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
@@ -36,7 +44,7 @@ from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
 from optimizer.study.gpus import trial_gpus
 
-__all__ = ["TrialContext", "TrialRecord", "run_trial", "launch_for"]
+__all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +64,8 @@ class TrialContext:
     worker: str = ""  # <host>/w<index>
 
 
-@dataclass
-class TrialRecord:
-    outcome: Outcome
-    attrs: dict[str, Any] = field(default_factory=dict)
-    latencies: dict[str, list[float]] = field(default_factory=dict)  # ms samples for the report's CDFs
+# what the study loop calls: (context, trial number, parameters, tag, rule check) -> record
+TrialRunner = Callable[[TrialContext, int, EngineParams, str, bool], TrialRecord]
 
 
 def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
@@ -90,21 +95,43 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
     return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]
 
 
-def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[str, Any], *, tag: str = "",
+def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
               rule_check: bool = True) -> TrialRecord:
-    """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises."""
+    """Run one trial and return its record (see the module docstring for what it raises)."""
     cfg = ctx.cfg
-    attrs |= {"hardware": cfg.hardware.name, "model": cfg.model.name, "workload": cfg.workload.name,
-                             "engine_params": json.dumps(params.as_dict(), sort_keys=True)}
-    if ctx.worker:
-        attrs["worker"] = ctx.worker
     broken, est = check(params, cfg)
-    attrs.update(est.as_attrs())
+    rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker),
+                      memory=MemoryPrediction.of(est))
     if broken and rule_check:
-        attrs.update({"failure": "ruled_out", "failure_detail": "; ".join(broken), "counted": False})
         log.info("%s ruled out without starting a server: %s", tag, "; ".join(broken))
-        return TrialRecord(infeasible(memory=True), attrs)
+        return replace(rec, failure=Failure(FailureReason.RULED_OUT, "; ".join(broken)),
+                       outcome=infeasible(memory=True))
+    progress = _Progress(rec)
+    try:
+        return _run_server(ctx, number, params, progress, tag)
+    except TrialError as exc:
+        exc.record = progress.rec if progress.rec.failure is not None else \
+            replace(progress.rec, failure=Failure(exc.reason, str(exc)))
+        raise
+    except KeyboardInterrupt as exc:
+        partial = replace(progress.rec, interrupted=True,
+                          failure=progress.rec.failure or Failure(FailureReason.INTERRUPTED))
+        raise TrialInterrupted(partial, exc) from exc
 
+
+class _Progress:
+    """The record so far, replaced (never mutated) as each stage completes."""
+
+    def __init__(self, rec: TrialRecord) -> None:
+        self.rec = rec
+        self.seconds: dict[str, float] = {}  # Timings field -> s
+
+    def timings(self) -> Timings:
+        return Timings(**self.seconds)
+
+
+def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progress, tag: str) -> TrialRecord:
+    cfg = ctx.cfg
     trial_dir = ctx.trial_root / f"trial-{number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -112,27 +139,27 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
     except ValueError as exc:  # a worker of another host with a smaller GPU group proposed it
         raise EnvironmentBusy(f"{exc}: study.workers splits this host's GPUs by the largest "
                               f"search.tensor_parallel_size; give this host's workers more GPUs each",
-                              reason="too_few_gpus") from None
+                              reason=FailureReason.TOO_FEW_GPUS) from None
     t_wait = time.monotonic()
     if cfg.hardware.device == "cuda":
         wait_for_free_gpus(gpus, cfg.server.free_wait_s)
+    p.seconds["wait_s"] = time.monotonic() - t_wait
     port = free_port(cfg.server.host)
     launch = launch_for(ctx, params, port)
     command = launch.command(ctx.python)
-    attrs.update({"server_argv": json.dumps(launch.argv), "server_command": command,
-                  "serve_config": json.dumps(launch.serve_config, sort_keys=True),
-                  "server_log": str(trial_dir / "server.log"), "t_wait_s": round(time.monotonic() - t_wait, 2)})
+    log_path = trial_dir / "server.log"
+    info = LaunchInfo(tuple(launch.argv), command, launch.serve_config, str(log_path))
     (trial_dir / "command.txt").write_text(command + "\n")
     env = dict(ctx.server_env)
     env.update(launch.env)
+    setup = p.rec.setup
     if gpus:  # nvidia-smi's indexes, which are PCI bus order; CUDA's default order may differ
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        attrs["gpus"] = env["CUDA_VISIBLE_DEVICES"]
-    server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port,
-                        log_path=trial_dir / "server.log", env=env, pid_dir=ctx.pid_dir,
-                        stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
-    record: Optional[TrialRecord] = None
+        setup = replace(setup, gpus=env["CUDA_VISIBLE_DEVICES"])
+    p.rec = replace(p.rec, setup=setup, launch=info, timings=p.timings())
+    server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
+                        env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
     t0 = time.monotonic()
     try:
         with server:
@@ -143,26 +170,27 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
                     log.info("%s still starting (%.0f s)", tag, elapsed)
 
             try:
-                attrs["t_start_s"] = round(server.wait_ready(cfg.server.start_timeout_s, tick), 2)
+                p.seconds["start_s"] = server.wait_ready(cfg.server.start_timeout_s, tick)
             except TrialError as exc:
-                attrs["t_start_s"] = round(time.monotonic() - t0, 2)
-                attrs.update({"failure": exc.reason, "failure_detail": str(exc)[:1000]})
+                p.seconds["start_s"] = time.monotonic() - t0
+                p.rec = replace(p.rec, failure=Failure(exc.reason, str(exc)))
                 if not exc.deterministic:
                     raise
                 log.warning("%s server failed to start: %s", tag, exc)
-                record = TrialRecord(infeasible(startup=True), attrs)
-                return record
-            attrs["vllm_version"] = _version(server)
-            log.info("%s server ready in %.0f s; warm-up and load test", tag, attrs["t_start_s"])
-            record = asyncio.run(_measure(ctx, server, attrs, tag))
-            return record
+                p.rec = replace(p.rec, outcome=infeasible(startup=True))
+                return p.rec
+            p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
+            log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
+            asyncio.run(_measure(ctx, server, p, tag))
+            return p.rec
     finally:
-        attrs["t_stop_s"] = round(server.stop(), 2)
-        attrs["t_total_s"] = round(time.monotonic() - t0, 2)
-        _kv_from_log(server, attrs)
+        p.seconds["stop_s"] = server.stop()
+        p.seconds["total_s"] = time.monotonic() - t0
+        start_log = parse_start_log(server.log_text())  # vLLM's own account of its start
+        p.rec = replace(p.rec, timings=p.timings(), start_log=None if start_log.empty else start_log)
 
 
-async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str) -> TrialRecord:
+async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str) -> None:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
@@ -170,37 +198,26 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
     async with TelemetrySampler(server.url, 1.0, headers) as tel:
         run = await run_load(ep, rs, cfg.load, _progress(tag))
-    attrs["t_warmup_s"] = round(run.warmup_s, 2)
-    attrs["t_load_s"] = round(run.duration_s, 2)
-    attrs["client_cpu_s"] = round(run.client_cpu_s, 2)
-    attrs["client_cpu_share"] = round(run.client_cpu_s / run.duration_s, 3) if run.duration_s > 0 else math.nan
+    p.seconds["warmup_s"] = run.warmup_s
+    p.seconds["load_s"] = run.duration_s
     summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
-    attrs.update({k: _clean(v) for k, v in summary.flat().items()})
-    attrs.update({k: _clean(v) for k, v in tel.stats().items()})
-    attrs["warmup_errors"] = sum(1 for r in run.warmup if not r.ok)
-    first_error = next((r.error for r in run.results if not r.ok), "")
-    if first_error:
-        attrs["first_error"] = first_error[:300]
+    ok = [r for r in run.results if r.ok]
+    measurement = Measurement(
+        summary, tel.stats(), client_cpu_s=run.client_cpu_s,
+        client_cpu_share=run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan,
+        warmup_errors=sum(1 for r in run.warmup if not r.ok),
+        first_error=next((r.error for r in run.results if not r.ok), ""),
+        latency_samples={"ttft": _sample([r.ttft * 1000 for r in ok]), "e2e": _sample([r.latency * 1000 for r in ok]),
+                         "itl": _sample([x * 1000 for r in ok for x in r.itl])},
+        kv_timeline=tel.timeline[-600:])
+    p.rec = replace(p.rec, measurement=measurement, timings=p.timings())
     code = server.poll()
     if code is not None:
         d = classify(server.log_text(), code)
-        attrs.update({"failure": "server_died:" + d.reason, "failure_detail": d.evidence})
+        p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
         raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
-    outcome = score(summary, cfg.slo)
-    latencies = {
-        "ttft": _sample([r.ttft * 1000 for r in run.results if r.ok]),
-        "e2e": _sample([r.latency * 1000 for r in run.results if r.ok]),
-        "itl": _sample([x * 1000 for r in run.results if r.ok for x in r.itl]),
-    }
-    attrs["kv_timeline"] = json.dumps(tel.timeline[-600:])
-    return TrialRecord(outcome, attrs, latencies)
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and math.isfinite(v):
-        return round(v, 4)
-    return v  # NaN stays NaN: an empty sample is not 0
+    p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
 
 
 def _version(server: VllmServer) -> str:
@@ -210,8 +227,3 @@ def _version(server: VllmServer) -> str:
         return str(r.json().get("version", "unknown"))
     except (httpx.HTTPError, ValueError):
         return "unknown"
-
-
-def _kv_from_log(server: VllmServer, attrs: dict[str, Any]) -> None:
-    """vLLM's own account of its start (KV capacity beside the estimate, where the time went)."""
-    attrs.update(parse_start_log(server.log_text()))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from optimizer.config import Config
-from optimizer.errors import ConfigError, OptimizerError, StudyError
+from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study
@@ -126,8 +126,6 @@ def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Pat
         for s, handler in previous.items():
             signal.signal(s, handler)
     if signals:
-        from optimizer.cli import Terminated
-
         raise Terminated() if signal.SIGTERM in signals else KeyboardInterrupt()
     return codes
 
@@ -181,7 +179,7 @@ def _worker_main(cfg: Config, rt: Runtime, log_file: Optional[Path], debug: bool
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl took effect
         sys.exit(143)
-    from optimizer.cli import run_guarded, setup_logging
+    from optimizer.entry import run_guarded, setup_logging
 
     setup_logging(log_file, debug, tag=rt.worker)
 

@@ -1,22 +1,31 @@
 """Synthetic studies shaped like the ones ``optimizer.study.loop`` writes, for the report's tests.
 
-Every trial carries the user_attrs contract of ``optimizer/study/trial.py`` (NaN stored as
-None, JSON strings for ``latency_samples``, ``kv_timeline``, ``serve_config``...), and the four
-constraint keys of ``optimizer/objective.py``. No server, no vLLM: numbers come from a seeded
-toy model of throughput and latency, so the tests and the screenshots are reproducible.
+Every trial is a :class:`optimizer.record.TrialRecord` encoded by its own ``to_attrs`` (the
+same code the study loop stores with), plus the four constraint keys of
+``optimizer/objective.py``; renaming a stored key therefore changes the fixtures too, and the
+committed H100 study (tests/unit/test_record.py) pins the keys themselves. No server, no vLLM:
+numbers come from a seeded toy model of throughput and latency, so the tests and the
+screenshots are reproducible.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import random
+from dataclasses import replace
 from typing import Any, Optional
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from optimizer.errors import FailureReason
+from optimizer.metrics import Dist, LoadSummary
+from optimizer.objective import Outcome
+from optimizer.record import (Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings,
+                              TrialRecord)
+from optimizer.server.telemetry import ServerStats
 
 __all__ = ["DISTRIBUTIONS", "SLO_MS", "make_study", "make_trial", "study_config", "synthetic_trials"]
 
@@ -52,27 +61,42 @@ def _dist(rng: random.Random, center: float, n: int, spread: float = 0.35) -> li
     return sorted(round(max(0.1, rng.lognormvariate(math.log(center), spread)), 3) for _ in range(n))
 
 
-def _summary(rng: random.Random, e2e_center: float, n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _dist_of(xs: list[float]) -> Dist:
+    k = len(xs)
+    return Dist(k, round(sum(xs) / k, 4), xs[k // 2], xs[int(k * 0.9)], xs[min(k - 1, int(k * 0.99))], xs[-1],
+                xs[int(k * 0.97)], math.nan)
+
+
+def _measurement(rng: random.Random, e2e_center: float, n: int, throughput: float, t_load: float,
+                 params: dict[str, Any], kv_tokens: int) -> Measurement:
     samples = {"ttft": _dist(rng, e2e_center * 0.25, n), "e2e": _dist(rng, e2e_center, n),
                "itl": _dist(rng, e2e_center / 80, n * 8, 0.6)}
-    for metric, xs in samples.items():
-        k = len(xs)
-        out.update({f"{metric}_n": k, f"{metric}_mean": round(sum(xs) / k, 4), f"{metric}_p50": xs[k // 2],
-                    f"{metric}_p90": xs[int(k * 0.9)], f"{metric}_p99": xs[min(k - 1, int(k * 0.99))],
-                    f"{metric}_max": xs[-1], f"{metric}_p99_low": xs[int(k * 0.97)], f"{metric}_p99_high": None})
-    out["latency_samples"] = json.dumps(samples)
-    return out
+    summary = LoadSummary(n_requests=n, n_ok=n, error_rate=0.0, duration_s=t_load, output_tok_s=throughput,
+                          total_tok_s=throughput * 5, req_s=throughput / 64, output_tokens=6144, prompt_tokens=24636,
+                          tpot_mean_ms=6.0, **{m: _dist_of(xs) for m, xs in samples.items()})
+    seqs = params.get("max_num_seqs", 16)
+    peak = min(1.0, seqs / 200)
+    stats = ServerStats(prompt_tokens=28814.0, generation_tokens=7168.0, requests_ok=112.0,
+                        preemptions=float(max(0, seqs - 120) // 10), prefix_cache_hit_rate=math.nan,
+                        spec_acceptance=math.nan, spec_drafts=0.0, kv_usage_peak=peak,
+                        running_peak=float(min(16, seqs)), waiting_peak=float(max(0, 16 - seqs)),
+                        kv_cache_tokens=float(kv_tokens), num_gpu_blocks=8192.0, block_size=128.0)
+    timeline = [(float(i), {"vllm:kv_cache_usage_perc": round(peak * min(1, i / 3), 4),
+                            "vllm:num_requests_running": float(min(16, i * 5)), "vllm:num_requests_waiting": 0.0})
+                for i in range(int(t_load) + 3)]
+    return Measurement(summary, stats, client_cpu_s=0.4, client_cpu_share=0.02, latency_samples=samples,
+                       kv_timeline=timeline)
 
 
 def make_trial(number: int, params: dict[str, Any], *, kind: str = "", outcome: str = "measured",
                throughput: float = 0.0, e2e_center: float = 500.0, slo_ms: float = SLO_MS,
                state: TrialState = TrialState.COMPLETE, extra: Optional[dict[str, Any]] = None,
-               seed: int = 0) -> FrozenTrial:
+               seed: int = 0, worker: str = "vm", gpus: str = "", attempt: Optional[int] = None) -> FrozenTrial:
     """One trial as the study loop records it.
 
     ``outcome``: ``measured`` (load test ran), ``startup`` (server could not start),
     ``ruled_out`` (memory estimate, no server), ``env`` (FAIL: environment fault before measuring).
+    ``extra`` overwrites stored attrs after encoding: data as an older or damaged study may hold it.
     """
     rng = random.Random(seed * 1000 + number)
     serve = {"model": "/models/tiny", "served_model_name": "tiny"}
@@ -85,66 +109,43 @@ def make_trial(number: int, params: dict[str, Any], *, kind: str = "", outcome: 
             continue
         argv += ([f"--{k.replace('_', '-')}"] if v is True else [f"--no-{k.replace('_', '-')}"] if v is False
                  else [f"--{k.replace('_', '-')}", str(v)])
-    attrs: dict[str, Any] = {"hardware": "cpu", "model": "tiny", "workload": "chat-short",
-                             "engine_params": json.dumps(params, sort_keys=True), "worker": "vm",
-                             "mem_budget_gib": params.get("kv_cache_gib", 2.0), "mem_weights_gib": 0.009,
-                             "pred_kv_tokens": int(params.get("kv_cache_gib", 2.0) * 524288)}
-    if kind:
-        attrs["kind"] = kind
+    kv_tokens = int(params.get("kv_cache_gib", 2.0) * 524288)
+    rec = TrialRecord(Setup("cpu", "tiny", "chat-short", dict(params), worker, gpus),
+                      lineage=Lineage(kind == "baseline", attempt or 0, number - 1 if attempt else None,
+                                      "interrupted" if attempt else ""),
+                      memory=MemoryPrediction(params.get("kv_cache_gib", 2.0), 0.009, 0.05, 2.0, kv_tokens, 256.0))
     constraints = {"slo": 1.0, "errors": 1.0, "startup": 0.0, "memory": 0.0}
     value: Optional[float] = 0.0
     wall = 2.0
     if outcome == "ruled_out":
-        attrs.update({"failure": "ruled_out", "counted": False,
-                      "failure_detail": "KV cache of 0.1 GiB holds fewer tokens than one request of 2048"})
+        rec = replace(rec, failure=Failure(FailureReason.RULED_OUT,
+                                           "KV cache of 0.1 GiB holds fewer tokens than one request of 2048"))
         constraints["memory"] = 1.0
     else:
-        attrs.update({"server_argv": json.dumps(argv), "server_command": "python " + " ".join(argv),
-                      "serve_config": json.dumps(serve, sort_keys=True),
-                      "server_log": f"/runs/synthetic/trial-{number:04d}/server.log", "t_wait_s": 0.0})
+        rec = replace(rec, launch=LaunchInfo(tuple(argv), "python " + " ".join(argv), serve,
+                                             f"/runs/synthetic/trial-{number:04d}/server.log"))
         t_start = round(rng.uniform(40, 60), 2)
-        attrs["t_start_s"] = t_start
         wall = t_start + 3
         if outcome == "startup":
-            attrs.update({"failure": "oom", "failure_detail": "torch.OutOfMemoryError: <CUDA> out of memory & more",
-                          "t_stop_s": 0.5})
+            rec = replace(rec, failure=Failure(FailureReason.OUT_OF_MEMORY,
+                                               "torch.OutOfMemoryError: <CUDA> out of memory & more"),
+                          timings=Timings(0.0, t_start, stop_s=0.5, total_s=wall))
             constraints["startup"] = 1.0
         elif outcome == "env":
-            attrs.update({"failure": "start_timeout", "failure_detail": "server not healthy after 600 s",
-                          "t_stop_s": 2.0})
+            rec = replace(rec, failure=Failure(FailureReason.START_TIMEOUT, "server not healthy after 600 s"),
+                          timings=Timings(0.0, t_start, stop_s=2.0, total_s=wall))
             value = None
         else:
-            attrs["vllm_version"] = "0.32.0"
-            summary = _summary(rng, e2e_center, 96)
-            attrs.update(summary)
             t_load = round(96 * 64 / max(throughput, 1.0), 2)
-            peak = min(1.0, params.get("max_num_seqs", 16) / 200)
-            attrs.update({
-                "t_warmup_s": 0.9, "t_load_s": t_load, "t_stop_s": 0.3, "n_requests": 96, "n_ok": 96,
-                "error_rate": 0.0, "duration_s": t_load, "output_tok_s": throughput,
-                "total_tok_s": throughput * 5, "req_s": throughput / 64, "output_tokens": 6144,
-                "prompt_tokens": 24636, "tpot_mean_ms": 6.0, "srv_prompt_tokens": 28814.0,
-                "srv_generation_tokens": 7168.0, "srv_requests_ok": 112.0,
-                "srv_preemptions": float(max(0, params.get("max_num_seqs", 16) - 120) // 10),
-                "srv_prefix_cache_hit_rate": None, "srv_spec_acceptance": None, "srv_spec_drafts": 0.0,
-                "srv_kv_usage_peak": peak, "srv_running_peak": float(min(16, params.get("max_num_seqs", 16))),
-                "srv_waiting_peak": float(max(0, 16 - params.get("max_num_seqs", 16))),
-                "srv_kv_cache_tokens": float(attrs["pred_kv_tokens"]), "srv_num_gpu_blocks": 8192.0,
-                "srv_block_size": 128.0, "log_kv_tokens": attrs["pred_kv_tokens"],
-                "kv_timeline": json.dumps([[float(i), {"vllm:kv_cache_usage_perc": round(peak * min(1, i / 3), 4),
-                                                       "vllm:num_requests_running": float(min(16, i * 5)),
-                                                       "vllm:num_requests_waiting": 0.0}]
-                                           for i in range(int(t_load) + 3)]),
-            })
             wall += 0.9 + t_load + 0.3
+            m = _measurement(rng, e2e_center, 96, throughput, t_load, params, kv_tokens)
+            rec = replace(rec, launch=replace(rec.launch, vllm_version="0.32.0"), measurement=m,
+                          timings=Timings(0.0, t_start, 0.9, t_load, 0.3, round(wall, 2)))
             value = throughput
-            p99 = attrs["e2e_p99"]
-            constraints.update({"slo": p99 / slo_ms - 1.0, "errors": 0.0})
-        attrs["t_total_s"] = round(wall, 2)
+            constraints.update({"slo": m.summary.e2e.p99 / slo_ms - 1.0, "errors": 0.0})
     if state == TrialState.COMPLETE:
-        attrs["feasible"] = all(v <= 0 for v in constraints.values())
-    if extra:
-        attrs.update(extra)
+        rec = replace(rec, outcome=Outcome(value or 0.0, constraints, all(v <= 0 for v in constraints.values())))
+    attrs = rec.to_attrs() | (extra or {})
     start = _T0 + dt.timedelta(seconds=number * 90)
     end = None if state == TrialState.RUNNING else start + dt.timedelta(seconds=wall)
     t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None, params=params,
@@ -191,7 +192,7 @@ def synthetic_trials(n: int = 14, seed: int = 0, slo_ms: float = SLO_MS, feasibl
             continue
         if failures and i == 7:
             out.append(make_trial(i, p, outcome="env", state=TrialState.FAIL, slo_ms=slo_ms, seed=seed,
-                                  extra={"attempt": 0}))
+                                  attempt=0))
             continue
         seqs, tokens = p["max_num_seqs"], p["max_num_batched_tokens"]
         thr = 900 + 260 * math.log2(seqs) + 80 * math.log2(tokens / 256) + rng.uniform(-120, 120)

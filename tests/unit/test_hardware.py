@@ -11,7 +11,7 @@ import pytest
 
 from optimizer.errors import ConfigError
 from optimizer.server.gpu import Gpu
-from optimizer.space.hardware import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
+from optimizer.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
 
 GPU_PRESETS = ["t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200"]
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -69,7 +69,7 @@ def test_gpu_presets_select_the_gpu_search_space_unless_one_is_given():
 
 
 def test_compose_resolves_auto_through_nvidia_smi(compose, monkeypatch):
-    import optimizer.space.hardware as hardware
+    import optimizer.hardware_auto as hardware
 
     monkeypatch.setattr(hardware, "list_gpus", lambda: _gpus("NVIDIA H100 80GB HBM3", 81559, 9.0, 2))
     cfg = compose("hardware=auto", "model=llama-3-8b-instruct")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import _binom_cdf, min_samples_for_upper_bound, quantile_ci, summarize
+from optimizer.metrics import summarize
+from optimizer.stats import _binom_cdf, min_samples_for_upper_bound, quantile_ci
 
 
 def _results(seed: int, n: int, failed: int = 0) -> list[RequestResult]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from optimizer.record import MemoryPrediction, Setup, TrialRecord
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.memory import GIB, estimate_memory, kv_bytes_per_token, weights_gib
 from optimizer.space.search_space import check, defaults_as_params
@@ -89,5 +90,6 @@ def test_cpu_kv_capacity_is_the_explicit_space_in_whole_blocks(compose):
 
 def test_attrs_hold_the_prediction_next_to_the_measured_capacity(compose):
     cfg = compose("hardware=h100", "model=llama-3-8b-instruct")
-    attrs = estimate_memory(EngineParams(), cfg.model, cfg.hardware, defaults_as_params(cfg)).as_attrs()
+    est = estimate_memory(EngineParams(), cfg.model, cfg.hardware, defaults_as_params(cfg))
+    attrs = TrialRecord(Setup("h100", "llama", "w", {}), memory=MemoryPrediction.of(est)).to_attrs()
     assert attrs["pred_kv_tokens"] > 0 and attrs["pred_max_concurrency"] == round(attrs["pred_kv_tokens"] / 8192, 2)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import Dist, quantile_ci, summarize
+from optimizer.metrics import Dist, summarize
+from optimizer.stats import quantile_ci
 
 
 def _ok(i: int, ttft: float, latency: float, itl: list[float], tokens: int) -> RequestResult:

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from optimizer.reporting import best_yaml, trials_frame, write_study_report
 from optimizer.reporting import figures as F
-from optimizer.reporting.data import (PHASES, Status, build_report_data, classify, num, pareto_front,
+from optimizer.record import TrialRecord
+from optimizer.reporting.data import (PHASES, Status, build_report_data, classify, pareto_front,
                                       trial_info)
 from optimizer.reporting.html import render_page
 from tests.support.report_fixtures import SLO_MS, make_study, make_trial, study_config, synthetic_trials
@@ -59,8 +60,10 @@ def test_an_infeasible_trial_says_which_limit_it_broke():
 
 def test_missing_and_none_attrs_read_as_nan():
     t = make_trial(0, P, throughput=2000, extra={"error_rate": None, "e2e_p99": None, "srv_kv_usage_peak": None})
-    assert math.isnan(num(t.user_attrs, "error_rate")) and math.isnan(num(t.user_attrs, "absent"))
-    assert math.isnan(num({"x": "abc", "b": True}, "x")) and math.isnan(num({"b": True}, "b"))
+    rec = TrialRecord.from_trial(t)
+    assert math.isnan(rec.measurement.summary.error_rate) and math.isnan(rec.p99("e2e"))
+    odd = TrialRecord.from_attrs(t.user_attrs | {"n_ok": "abc", "ttft_p99": True, "itl_p99": "x"})
+    assert odd.measurement.summary.n_ok == 0 and math.isnan(odd.p99("ttft")) and math.isnan(odd.p99("itl"))
     d = _data([t])
     assert d.telemetry == [] and not d.trials[0].measured
     assert d.trials[0].status == Status.FEASIBLE  # the constraints decide, not the missing P99
@@ -73,7 +76,7 @@ def test_best_is_compared_with_the_baseline():
     s = _data([base, best, slow]).summary
     assert s.best.number == 1 and s.baseline.number == 0
     assert s.gain == pytest.approx(0.5)
-    assert s.margin == pytest.approx(1 - best.user_attrs["e2e_p99"] / SLO_MS)
+    assert s.margin == pytest.approx(1 - TrialRecord.from_trial(best).p99("e2e") / SLO_MS)
     assert s.counts == {"trials": 3, "feasible": 2, "infeasible": 1, "failed": 0, "ruled out": 0, "running": 0}
     assert s.serve_config == json.loads(best.user_attrs["serve_config"])
     assert s.trial_command == best.user_attrs["server_command"]
@@ -130,7 +133,7 @@ def test_failed_trials_are_counted_and_explained():
     c = d.summary.counts
     assert (c["failed"], c["ruled out"], c["trials"]) == (2, 1, 14)
     failed = {i.number: i for i in d.trials if i.status in (Status.FAILED, Status.RULED_OUT)}
-    assert failed[3].failure == "ruled_out" and failed[5].failure == "oom" and failed[7].failure == "start_timeout"
+    assert failed[3].failure == "ruled_out" and failed[5].failure == "out_of_memory" and failed[7].failure == "start_timeout"
     assert all(not i.measured for i in failed.values())
     assert any("2 trial(s) failed" in n for n in d.summary.notes)
 
@@ -191,8 +194,10 @@ def test_user_text_is_escaped_everywhere():
     assert "<script>alert" not in page and "<img src=x" not in page and "<b onmouseover" not in page
     assert "</title><script>" not in page and "'<evil>'" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b onmouseover=" in page
+    # a stored failure this version does not know reads as "other", its name kept in the (escaped) words
+    assert d.trials[0].failure == "other" and d.trials[0].detail.startswith(evil)
     hover = json.dumps(F.scatter_figure(d).to_plotly_json()["data"])
-    assert "<script" not in hover and "&lt;script&gt;" in hover
+    assert "<script" not in hover and "<evil>" not in hover
 
 
 def test_best_yaml_is_what_vllm_config_reads():

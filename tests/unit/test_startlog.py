@@ -1,4 +1,13 @@
+import math
+
+from optimizer.record import Setup, TrialRecord
 from optimizer.server.startlog import parse_start_log
+
+
+def _stored(text: str) -> dict:
+    """The start-log attrs a trial stores for this log."""
+    attrs = TrialRecord(Setup("h", "m", "w", {}), start_log=parse_start_log(text)).to_attrs()
+    return {k: v for k, v in attrs.items() if k.startswith("log_")}
 
 VLLM_026_H100 = """\
 (EngineCore pid=3802) INFO 11-27 16:13:20 [model_runner.py:305] Model loading took 8.49 GiB and 2.740927 seconds
@@ -17,7 +26,7 @@ VLLM_032_CPU = ("(EngineCore pid=2896) INFO 11-27 15:25:06 [kv_cache_utils.py:23
 
 
 def test_vllm_0_26_gpu_log_two_line_kv_report_and_start_phases():
-    got = parse_start_log(VLLM_026_H100)
+    got = _stored(VLLM_026_H100)
     assert got["log_kv_tokens"] == 1071328 and got["log_max_concurrency"] == 261.55
     assert got["log_kv_gib"] == 65.39 and got["log_weights_gib"] == 8.49
     assert got["log_compile_s"] == 35.02 and got["log_engine_init_s"] == 57.64
@@ -26,9 +35,10 @@ def test_vllm_0_26_gpu_log_two_line_kv_report_and_start_phases():
 
 
 def test_vllm_0_32_cpu_log_one_line_kv_report():
-    got = parse_start_log(VLLM_032_CPU)
+    got = _stored(VLLM_032_CPU)
     assert got == {"log_kv_tokens": 524288, "log_max_concurrency": 256.0, "log_engine_init_s": 40.09}
 
 
 def test_nothing_known_gives_nothing():
-    assert parse_start_log("hello\n") == {}
+    assert parse_start_log("hello\n").empty and _stored("hello\n") == {}
+    assert math.isnan(parse_start_log("hello\n").kv_gib)

@@ -1,0 +1,196 @@
+"""The study loop's failure policy, with an injected trial runner (no server).
+
+``run_study`` is the real loop (storage, locks, baseline, retries, budget); only the trial
+itself is scripted: each call of the runner takes the next behaviour from a list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optimizer.errors import (FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError,
+                              TrialInterrupted)
+from optimizer.metrics import summarize
+from optimizer.objective import infeasible, score
+from optimizer.record import Failure, Measurement, Setup, Timings, TrialRecord
+from optimizer.server.telemetry import server_stats, Snapshot
+from optimizer.space.engine_args import EngineParams
+from optimizer.study.loop import Runtime, run_study
+from optimizer.study.trial import TrialContext
+from optimizer.loadgen.records import RequestResult
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+Behaviour = Callable[[TrialContext, int, EngineParams], TrialRecord]
+
+
+def _setup(ctx: TrialContext, params: EngineParams) -> Setup:
+    return Setup(ctx.cfg.hardware.name, ctx.cfg.model.name, ctx.cfg.workload.name, params.as_dict(), ctx.worker)
+
+
+def measured(latency_s: float = 0.1) -> Behaviour:
+    def run(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+        results = [RequestResult(i, ok=True, ttft=latency_s / 4, latency=latency_s, output_tokens=16,
+                                 prompt_tokens=64) for i in range(20)]
+        summary = summarize(results, 1.0)
+        m = Measurement(summary, server_stats(Snapshot(), Snapshot(), {}), latency_samples={"e2e": [100.0]})
+        return TrialRecord(_setup(ctx, params), measurement=m, timings=Timings(0.0, 1.0, 0.1, 1.0, 0.1, 2.3),
+                           outcome=score(summary, ctx.cfg.slo))
+    return run
+
+
+def env_fault(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+    exc = ServerStartTimeout("the vLLM server did not become healthy within 5 s", reason="start_timeout")
+    exc.record = TrialRecord(_setup(ctx, params), timings=Timings(0.0, 5.0, stop_s=0.2, total_s=5.3),
+                             failure=Failure(FailureReason.START_TIMEOUT, str(exc)))
+    raise exc
+
+
+def cannot_start(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+    return TrialRecord(_setup(ctx, params), failure=Failure(FailureReason.OUT_OF_MEMORY, "CUDA out of memory"),
+                       timings=Timings(0.0, 3.0, stop_s=0.1, total_s=3.1), outcome=infeasible(startup=True))
+
+
+def ruled_out(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+    return TrialRecord(_setup(ctx, params), failure=Failure(FailureReason.RULED_OUT, "too small"),
+                       outcome=infeasible(memory=True))
+
+
+def interrupted(signal: KeyboardInterrupt) -> Behaviour:
+    def run(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+        partial = TrialRecord(_setup(ctx, params), timings=Timings(0.0, 2.0), interrupted=True,
+                              failure=Failure(FailureReason.INTERRUPTED))
+        raise TrialInterrupted(partial, signal)
+    return run
+
+
+class Script:
+    """The injected trial runner: one behaviour per call, in order."""
+
+    def __init__(self, *behaviours: Behaviour) -> None:
+        self.behaviours = list(behaviours)
+        self.calls: list[tuple[int, bool]] = []  # (trial number, rule check)
+
+    def __call__(self, ctx: TrialContext, number: int, params: EngineParams, tag: str, rule_check: bool
+                 ) -> TrialRecord:
+        self.calls.append((number, rule_check))
+        if not self.behaviours:
+            raise AssertionError(f"trial {number}: the loop ran more trials than scripted")
+        return self.behaviours.pop(0)(ctx, number, params)
+
+
+@pytest.fixture
+def study_cfg(compose, tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+
+    def make(*overrides: str):
+        return compose("model.generate=", f"model.path={model}", "study.name=policy",
+                       f"study.storage=sqlite:///{tmp_path / 'policy.db'}", f"study.runs_dir={tmp_path / 'runs'}",
+                       f"server.cache_dir={tmp_path / 'cache'}", "search.sampler=random", *overrides)
+    return make
+
+
+def _run(cfg, script: Script):
+    return run_study(cfg, Runtime(environ={}, worker="test/w0"), runner=script)
+
+
+def _trials(cfg) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage).trials
+
+
+def test_measured_trials_complete_with_their_record_and_constraints(study_cfg):
+    cfg = study_cfg("study.n_trials=2")
+    script = Script(measured(), measured(9.0))
+    result = _run(cfg, script)
+    assert script.calls == [(0, False), (1, True)]  # the baseline is never ruled out by the estimate
+    t0, t1 = _trials(cfg)
+    assert t0.state == t1.state == TrialState.COMPLETE and result.n_complete == 2
+    rec = TrialRecord.from_trial(t0)
+    assert rec.lineage.baseline and rec.measured and rec.outcome.feasible and t0.user_attrs["feasible"] is True
+    assert rec.timings == Timings(0.0, 1.0, 0.1, 1.0, 0.1, 2.3) and rec.setup.worker == "test/w0"
+    assert set(t0.constraints) == {"slo", "errors", "startup", "memory"} and t1.constraints["slo"] > 0
+    assert result.best.number == 0
+
+
+def test_an_environmental_fault_fails_the_trial_keeps_its_partial_record_and_retries_it_once(study_cfg):
+    cfg = study_cfg("study.n_trials=2")
+    script = Script(measured(), env_fault, measured())
+    _run(cfg, script)
+    trials = _trials(cfg)
+    failed, retry = trials[1], trials[2]
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    rec = TrialRecord.from_trial(failed)
+    assert rec.failure.reason == FailureReason.START_TIMEOUT and rec.timings.start_s == 5.0
+    assert retry.params == failed.params and TrialRecord.from_trial(retry).lineage.retry_of == 1
+
+
+def test_a_trial_error_without_a_record_is_still_recorded_with_its_reason(study_cfg):
+    cfg = study_cfg("study.n_trials=1", "study.enqueue_baseline=false")
+
+    def bare(ctx, number, params):
+        raise TrialError("the port stayed busy", reason="port_in_use")
+
+    _run(cfg, Script(bare, measured()))
+    rec = TrialRecord.from_trial(_trials(cfg)[0])
+    assert rec.failure == Failure(FailureReason.PORT_IN_USE, "the port stayed busy")
+
+
+def test_consecutive_environmental_faults_stop_the_study(study_cfg):
+    cfg = study_cfg("study.n_trials=5", "study.max_consecutive_env_failures=2")
+    with pytest.raises(StudyError, match="2 trials in a row failed.*start_timeout"):
+        _run(cfg, Script(env_fault, env_fault))
+    assert [t.state for t in _trials(cfg)][:2] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_a_config_that_cannot_start_completes_infeasible_and_the_study_goes_on(study_cfg):
+    cfg = study_cfg("study.n_trials=2", "study.max_consecutive_env_failures=1")
+    _run(cfg, Script(cannot_start, measured()))
+    t0, t1 = _trials(cfg)
+    assert t0.state == TrialState.COMPLETE and t0.value == 0.0 and t0.constraints["startup"] == 1.0
+    assert TrialRecord.from_trial(t0).failure.reason == FailureReason.OUT_OF_MEMORY
+    assert t1.state == TrialState.COMPLETE
+
+
+def test_ruled_out_proposals_do_not_count_toward_the_budget(study_cfg):
+    cfg = study_cfg("study.n_trials=2")
+    _run(cfg, Script(measured(), ruled_out, ruled_out, measured()))
+    trials = _trials(cfg)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.user_attrs.get("counted", True) for t in trials] == [True, False, False, True]
+
+
+@pytest.mark.parametrize("signal, exit_type", [(KeyboardInterrupt(), KeyboardInterrupt), (Terminated(), Terminated)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_trial_is_recorded_retried_and_the_interrupt_re_raised(study_cfg, signal, exit_type):
+    cfg = study_cfg("study.n_trials=3")
+    with pytest.raises(KeyboardInterrupt) as info:
+        _run(cfg, Script(measured(), interrupted(signal)))
+    assert type(info.value) is exit_type  # the entry point maps Ctrl-C and SIGTERM to different exit codes
+    t0, t1, retry = _trials(cfg)
+    assert t1.state == TrialState.FAIL and t1.user_attrs["interrupted"] is True
+    rec = TrialRecord.from_trial(t1)
+    assert rec.interrupted and rec.timings.start_s == 2.0 and rec.failure.reason == FailureReason.INTERRUPTED
+    assert retry.state == TrialState.WAITING and TrialRecord.from_trial(retry).lineage.retry_of == 1
+    # the next run resumes: the interrupted trial does not count against the environment
+    _run(cfg, Script(measured(), measured()))
+    assert sum(t.state == TrialState.COMPLETE for t in _trials(cfg)) == 3
+    assert not math.isnan(TrialRecord.from_trial(_trials(cfg)[2]).p99("e2e"))
+
+
+def test_a_runner_that_returns_no_outcome_is_a_bug_not_a_result(study_cfg):
+    cfg = study_cfg("study.n_trials=1", "study.enqueue_baseline=false")
+
+    def no_outcome(ctx, number, params):
+        return replace(measured()(ctx, number, params), outcome=None)
+
+    with pytest.raises(RuntimeError, match="without an outcome"):
+        _run(cfg, Script(no_outcome))
