@@ -1,5 +1,6 @@
 """``python -m optimizer.loadtest endpoint=URL [overrides]``: the study's load test, against a
-server that is already running.
+server that is already running. A thin CLI: the server is probed through :mod:`optimizer.probe`,
+the load is :mod:`optimizer.loadgen`'s, the table and the JSON are :mod:`optimizer.loadtest_output`'s.
 
 The same request set, warm-up, load and summaries as a trial of ``optimizer.run`` (same
 ``workload``/``load`` config keys and groups), without starting or stopping anything. Prints a
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -29,20 +29,20 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import httpx
-
 from optimizer.cli import compose
 from optimizer.entry import main_wrapper, setup_logging
 from optimizer.config import Config
-from optimizer.errors import ConfigError, OptimizerError
+from optimizer.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
-from optimizer.loadgen.runner import LoadRun, run_load
+from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import Dist, LoadSummary, summarize
+from optimizer.loadtest_output import request_record, summary_table, to_json
+from optimizer.metrics import summarize
+from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
 from optimizer.stats import min_samples_for_upper_bound
 
-__all__ = ["main", "served_model", "summary_table"]
+__all__ = ["main"]
 
 log = logging.getLogger("optimizer")
 
@@ -85,28 +85,6 @@ def _bool(own: dict[str, str], key: str) -> bool:
     return v in ("true", "1", "yes")
 
 
-def served_model(base_url: str, wanted: str, headers: Optional[dict[str, str]] = None,
-                 timeout_s: float = 10.0) -> str:
-    """The model name to send: ``wanted`` if the server lists it, else its only model.
-
-    Raises OptimizerError when the server cannot be reached, ConfigError when it serves several
-    models and none is ``wanted``."""
-    try:
-        r = httpx.get(base_url.rstrip("/") + "/v1/models", timeout=timeout_s, headers=headers)
-        r.raise_for_status()
-        ids = [m["id"] for m in r.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise OptimizerError(f"GET {base_url}/v1/models failed: {type(exc).__name__}: {exc}. Is the server "
-                             f"running at endpoint={base_url}?") from None
-    if wanted in ids:
-        return wanted
-    if len(ids) == 1:
-        if wanted:
-            log.info("the server serves %r, not %r: sending %r", ids[0], wanted, ids[0])
-        return str(ids[0])
-    raise ConfigError(f"the server serves {ids}, none of them {wanted!r}: choose one with model_name=NAME")
-
-
 def _tokenizer_for(cfg: Config, model: str) -> Optional[Path]:
     """A local tokenizer for exact chat prompt lengths, when the served model is the config's."""
     if cfg.workload.tokenizer or model not in (cfg.model.served_name, cfg.model.name):
@@ -118,83 +96,6 @@ def _tokenizer_for(cfg: Config, model: str) -> Optional[Path]:
         if (d / "tokenizer.json").is_file():
             return d
     return None
-
-
-def _scrape(base_url: str, headers: Optional[dict[str, str]]) -> dict[str, float]:
-    from optimizer.server.telemetry import parse_metrics
-
-    try:
-        r = httpx.get(base_url.rstrip("/") + "/metrics", timeout=5.0, headers=headers)
-        r.raise_for_status()
-        return parse_metrics(r.text).counters
-    except (httpx.HTTPError, ValueError):
-        return {}
-
-
-def _reset_prefix_cache(base_url: str, headers: Optional[dict[str, str]]) -> bool:
-    """Empty the server's prefix cache, if it lets us (vLLM: only with VLLM_SERVER_DEV_MODE=1)."""
-    try:
-        return httpx.post(base_url + "/reset_prefix_cache", timeout=10.0, headers=headers).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _fmt(x: float, digits: int = 1) -> str:
-    return "-" if not x == x else f"{x:,.{digits}f}"
-
-
-def summary_table(s: LoadSummary, confidence: float) -> str:
-    """The human-readable table: latency distributions, then throughput and errors."""
-    rows = [f"{'ms':<6}{'n':>8}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}   "
-            f"{'p99 ' + format(confidence, '.0%') + ' CI':<22}{'max':>10}"]
-    for name in ("ttft", "itl", "e2e"):
-        d: Dist = s.dist(name)
-        ci = f"[{_fmt(d.p99_low)}, {_fmt(d.p99_high)}]"
-        rows.append(f"{name.upper():<6}{d.n:>8}{_fmt(d.mean):>10}{_fmt(d.p50):>10}{_fmt(d.p90):>10}"
-                    f"{_fmt(d.p99):>10}   {ci:<22}{_fmt(d.max):>10}")
-    rows.append("")
-    rows.append(f"requests {s.n_ok}/{s.n_requests} ok in {_fmt(s.duration_s, 2)} s: {_fmt(s.req_s, 2)} req/s, "
-                f"{_fmt(s.output_tok_s)} output tok/s, {_fmt(s.total_tok_s)} total tok/s "
-                f"({s.prompt_tokens} prompt + {s.output_tokens} output tokens), TPOT mean {_fmt(s.tpot_mean_ms, 2)} ms")
-    if s.errors:
-        rows.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())))
-    return "\n".join(rows)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _record(r: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(r)
-    d["itl"] = [round(x * 1000.0, 3) for x in r.itl]
-    for k in ("ttft", "latency"):
-        d[k + "_ms"] = d.pop(k) * 1000.0
-    return d
-
-
-def _token_check(run: LoadRun, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    every = run.warmup + run.results
-    out: dict[str, Any] = {
-        "client_prompt_tokens": sum(r.prompt_tokens for r in every if r.ok),
-        "client_output_tokens": sum(r.output_tokens for r in every if r.ok),
-        "all_requests_ok": all(r.ok for r in every),
-    }
-    if before and after:
-        out["server_counters"] = {k.removeprefix("vllm:"): after.get(k, 0.0) - before.get(k, 0.0)
-                                  for k in sorted(set(before) | set(after))}
-        out["server_prompt_tokens"] = after.get("vllm:prompt_tokens", 0.0) - before.get("vllm:prompt_tokens", 0.0)
-        out["server_output_tokens"] = (after.get("vllm:generation_tokens", 0.0)
-                                       - before.get("vllm:generation_tokens", 0.0))
-        out["match"] = (out["server_prompt_tokens"] == out["client_prompt_tokens"]
-                        and out["server_output_tokens"] == out["client_output_tokens"])
-    return out
 
 
 def _body(overrides: list[str], debug: bool) -> int:
@@ -223,8 +124,8 @@ def _body(overrides: list[str], debug: bool) -> int:
             last[0] = time.monotonic()
             log.info("%s: %d requests done", phase, k)
 
-    cache_reset = _reset_prefix_cache(base, headers)
-    before = _scrape(base, headers)
+    cache_reset = reset_prefix_cache(base, headers)
+    before = counters(base, headers)
     t_wall = time.time()
     runner: Any = asyncio.run
     if use_uvloop:
@@ -236,7 +137,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    after = _scrape(base, headers)
+    after = counters(base, headers)
     summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
     print(summary_table(summary, cfg.load.p99_confidence))
     cpu_share = run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan
@@ -244,15 +145,15 @@ def _body(overrides: list[str], debug: bool) -> int:
           + ("" if not run.dispatch_lag_ms[0] == run.dispatch_lag_ms[0] else
              f", dispatch lag p50/p99/max {run.dispatch_lag_ms[0]:.2f}/{run.dispatch_lag_ms[1]:.2f}/"
              f"{run.dispatch_lag_ms[2]:.2f} ms"))
-    tokens = _token_check(run, before, after)
+    tokens = token_check(run, before, after)
     if "match" in tokens:
         print(f"tokens: client {tokens['client_prompt_tokens']} prompt + {tokens['client_output_tokens']} output; "
               f"server /metrics {tokens['server_prompt_tokens']:.0f} + {tokens['server_output_tokens']:.0f}"
               + ("" if tokens["match"] else "  (differ" + ("" if tokens["all_requests_ok"] else
                                                            ": failed requests carry no usage") + ")"))
-    counters = tokens.get("server_counters", {})
-    if counters.get("prefix_cache_queries") and not cfg.workload.shared_prefix_tokens and not cfg.workload.dataset:
-        hits = counters.get("prefix_cache_hits", 0.0) / counters["prefix_cache_queries"]
+    deltas = tokens.get("server_counters", {})
+    if deltas.get("prefix_cache_queries") and not cfg.workload.shared_prefix_tokens and not cfg.workload.dataset:
+        hits = deltas.get("prefix_cache_hits", 0.0) / deltas["prefix_cache_queries"]
         if hits > 0.05:
             run.notes.append(f"{hits:.0%} of the prompt tokens were prefix-cache hits although this workload shares "
                              f"no prefix: the server has seen this seeded request set before. For a cold cache "
@@ -279,10 +180,10 @@ def _body(overrides: list[str], debug: bool) -> int:
             "tokens": tokens, "prefix_cache_reset": cache_reset,
         }
         if records:
-            doc["records"] = [_record(r) for r in run.results]
+            doc["records"] = [request_record(r) for r in run.results]
         path = Path(own["out"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n")
+        path.write_text(to_json(doc))
         print(f"wrote {path}")
     return 0 if summary.n_ok > 0 else 1
 

@@ -15,7 +15,7 @@ from typing import Optional
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["ServerStats", "Snapshot", "TelemetrySampler", "parse_metrics", "server_stats"]
+__all__ = ["ServerStats", "Snapshot", "TelemetrySampler", "parse_metrics", "scrape_metrics", "server_stats"]
 
 _COUNTERS = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions", "vllm:request_success",
              "vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:spec_decode_num_drafts",
@@ -43,6 +43,17 @@ def parse_metrics(text: str) -> Snapshot:
             elif name == "vllm:cache_config_info":
                 snap.cache_info = dict(sample.labels)
     return snap
+
+
+def scrape_metrics(base_url: str, headers: Optional[dict[str, str]] = None,
+                   timeout_s: float = 5.0) -> Optional[Snapshot]:
+    """One snapshot of ``/metrics`` now (None when it cannot be read); the sampler's, synchronously."""
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/metrics", timeout=timeout_s, headers=headers)
+        r.raise_for_status()
+        return parse_metrics(r.text)
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def _num(info: dict[str, str], key: str) -> float:
