@@ -66,13 +66,10 @@ class ModelTarget:
 @dataclass(frozen=True)
 class Launch:
     argv: list[str]  # after the interpreter: ["-m", module, ...] (SERVER_MODULE unless configured)
-    env: dict[str, str] = field(default_factory=dict)
     serve_config: dict[str, Any] = field(default_factory=dict)  # `vllm serve --config` YAML content
 
     def command(self, python: str = "python") -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        cmd = shlex.join([python, *self.argv])
-        return f"{env} {cmd}" if env else cmd
+        return shlex.join([python, *self.argv])
 
 
 def _flag(name: str) -> str:
@@ -82,7 +79,7 @@ def _flag(name: str) -> str:
 def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
            fixed_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = (),
            module: str = SERVER_MODULE) -> Launch:
-    """The one place where engine parameters become flags (and env for the CPU backend).
+    """The one place where engine parameters become flags.
     ``module`` is what ``python -m`` runs: vLLM's OpenAI server, or a stand-in that takes its flags."""
     cfg: dict[str, Any] = {"model": model.path, "host": host, "port": port}
     if model.served_name:
@@ -91,7 +88,6 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
         cfg["load_format"] = model.load_format
     if model.quantization_flag:
         cfg["quantization"] = model.quantization_flag
-    env: dict[str, str] = {}
     p = params
     for key in ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len",
                 "tensor_parallel_size"):
@@ -124,7 +120,7 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
             argv += [_flag(key), str(value)]
     argv += list(fixed_args) + list(extra_args)
     serve_cfg = {k: v for k, v in cfg.items() if k not in ("host", "port")}
-    return Launch(argv=argv, env=env, serve_config=serve_cfg)
+    return Launch(argv=argv, serve_config=serve_cfg)
 
 
 def _speculative_config(p: EngineParams) -> dict[str, Any]:

@@ -13,10 +13,8 @@ started.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from optimizer.config import Config, FloatRange, HardwareConfig, IntRange, ModelConfig, SearchConfig
@@ -66,11 +64,6 @@ class Space:
     num_speculative_tokens: IntRange
     ngram_lookup_max: IntRange
     draft_model: str
-
-    def fingerprint(self) -> str:
-        """Changes whenever a range or choice list changes (a new study version is needed)."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _warn_once(msg: str) -> None:

@@ -151,7 +151,6 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
     info = LaunchInfo(tuple(launch.argv), command, launch.serve_config, str(log_path))
     (trial_dir / "command.txt").write_text(command + "\n")
     env = dict(ctx.server_env)
-    env.update(launch.env)
     setup = p.rec.setup
     if gpus:  # nvidia-smi's indexes, which are PCI bus order; CUDA's default order may differ
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
