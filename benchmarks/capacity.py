@@ -1,6 +1,6 @@
 """How much load one CPU core of this generator can drive, and what it adds to the P99.
 
-Setup: the fake vLLM server (tests/support/fake_server.py, uvloop) pinned to core 0, the client
+Setup: the fake vLLM server (optimizer/testing/fake_server.py, uvloop) pinned to core 0, the client
 pinned to core 1, loopback, closed loop at concurrency C, 256-token prompts, ``ignore_eos``
 answers of ``max_tokens``. Clients: this project's generator (``python -m optimizer.loadtest``,
 on asyncio's loop as the study runs it, and on uvloop) and ``vllm bench serve`` (vLLM 0.32's
@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from tests.support.fake_server import spawn_fake_server  # noqa: E402
+from optimizer.testing.fake_server import spawn_fake_server  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 TMP = Path(tempfile.mkdtemp(prefix="capacity-"))

@@ -3,7 +3,7 @@
 Two parts, each with both clients on the same server and workload, in alternation (ours, bench,
 bench, ours, ...) so that drift of this shared machine hits both alike:
 
-1. ``fake``: the fake vLLM server (tests/support/fake_server.py) pinned to core 0, the client to
+1. ``fake``: the fake vLLM server (optimizer/testing/fake_server.py) pinned to core 0, the client to
    core 1. The server is deterministic (first token 20 ms after the request, then one every
    10 ms) and reports its own TTFT/E2E, so any difference is the clients'.
 2. ``vllm``: one real vLLM CPU server (the tiny model, vLLM's defaults, 2 GiB KV cache).
@@ -35,7 +35,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from optimizer.server.process import free_port  # noqa: E402
-from tests.support.fake_server import spawn_fake_server  # noqa: E402
+from optimizer.testing.fake_server import spawn_fake_server  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="fidelity-"))
 CHAT_TEMPLATE_TOKENS = 17  # what the tiny model's chat template adds to one user message (measured)

@@ -4,7 +4,7 @@
 
 Each run is the real CLI (``python -m optimizer.run``) on a fresh database of a throw-away
 PostgreSQL server on loopback, with the fake vLLM server of the tests
-(``tests/support/fake_vllm.py``), which takes ``--start-delay`` seconds to start, as a model load
+(``optimizer/testing/fake_vllm.py``), which takes ``--start-delay`` seconds to start, as a model load
 does, and then answers ~5 ms per token. Two simulated GPUs (``hardware.gpu_ids=[0,1]``, tensor
 parallel 1) give two workers. What the numbers measure is the orchestration: how much of the
 budget's time parallel workers take off when the server start dominates a trial. A real vLLM
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.postgres import PostgresServer, postgres_bin  # noqa: E402
+from optimizer.testing.postgres import PostgresServer, postgres_bin  # noqa: E402
 
 
 def run_once(pg: PostgresServer, workers: int, trials: int, start_delay: float, root: Path) -> dict[str, float]:
@@ -36,7 +36,7 @@ def run_once(pg: PostgresServer, workers: int, trials: int, start_delay: float, 
     name = f"bench-w{workers}"
     argv = [sys.executable, "-m", "optimizer.run", f"study.name={name}", f"study.storage={url}",
             f"study.runs_dir={root / 'runs'}", f"server.cache_dir={REPO / '.cache'}", "report=false",
-            "server.module=tests.support.fake_vllm", "hardware=h100", "hardware.gpu_ids=[0,1]", "search=gpu",
+            "server.module=optimizer.testing.fake_vllm", "hardware=h100", "hardware.gpu_ids=[0,1]", "search=gpu",
             "search.tensor_parallel_size=[1]", f"study.workers={workers}", f"study.n_trials={trials}",
             "load.num_requests=24", "load.warmup_requests=4", "load.concurrency=4", "workload.prompt_tokens=64",
             "workload.output_tokens=16", "search.n_startup_trials=2"]

@@ -58,12 +58,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 # the fault-injecting fake vLLM server's fixtures: `fake_server`, `fake_server_factory`
-# (tests/support/fake_server.py is being written on another branch; until it lands, no fixture)
-try:
-    from tests.support.fake_server import fake_server, fake_server_factory  # noqa: E402,F401
-except ModuleNotFoundError as exc:  # pragma: no cover - only while that module is absent
-    if exc.name != "tests.support.fake_server":
-        raise
+from tests.support.fake_server import fake_server, fake_server_factory  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The load generator against the fault-injecting fake vLLM server (tests/support/fake_server.py):
+"""The load generator against the fault-injecting fake vLLM server (optimizer/testing/fake_server.py):
 every fault is a record of its kind, counts add up, and no run hangs."""
 
 from __future__ import annotations

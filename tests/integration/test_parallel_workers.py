@@ -1,5 +1,5 @@
 """Parallel trials on one PostgreSQL study: the real CLI, a real PostgreSQL server on loopback,
-and small fake vLLM servers (tests/support/fake_vllm.py) so that many of them fit on 2 cores.
+and small fake vLLM servers (optimizer/testing/fake_vllm.py) so that many of them fit on 2 cores.
 
 "Hosts" are separate ``python -m optimizer.run`` processes with their own ``study.host``; the
 workers of one host are the processes ``study.workers`` spawns. GPUs are simulated
@@ -27,7 +27,7 @@ from tests.support.study_runner import REPO
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-FAST = ["server.module=tests.support.fake_vllm", "load.num_requests=24", "load.warmup_requests=4",
+FAST = ["server.module=optimizer.testing.fake_vllm", "load.num_requests=24", "load.warmup_requests=4",
         "load.concurrency=4", "workload.prompt_tokens=64", "workload.output_tokens=16",
         "search.n_startup_trials=2", "server.start_timeout_s=60", "report=false"]
 # four simulated GPUs of a made-up H100 host; the GPU search space, tensor parallel 1 or 2

@@ -1,118 +1,20 @@
-"""A throw-away PostgreSQL server on loopback, for the tests and benchmarks of parallel workers.
-
-:class:`PostgresServer` runs ``initdb`` into a fresh directory and starts ``postgres`` on
-127.0.0.1 and a free port (Unix socket in the same directory), as the ``postgres`` user when
-running as root (``initdb`` refuses root). The server gets SIGTERM if the process that started
-it dies. Fixtures: ``postgres`` (one server per test session) and ``pg_url`` (a fresh database
-per test). Both skip, saying why, where the binaries (Debian package ``postgresql``) or
+"""The PostgreSQL fixtures of the parallel-worker tests: ``postgres`` (one throw-away server per
+test session, :class:`optimizer.testing.postgres.PostgresServer`) and ``pg_url`` (a fresh
+database per test). Both skip, saying why, where the binaries (Debian package ``postgresql``) or
 ``psycopg`` (the driver SQLAlchemy 2.1 uses for ``postgresql://``) are missing.
 """
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import os
 import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-import uuid
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
+from optimizer.testing.postgres import PostgresServer, postgres_bin
+
 __all__ = ["PostgresServer", "pg_url", "postgres", "postgres_bin"]
-
-
-def postgres_bin() -> Optional[Path]:
-    """The newest ``/usr/lib/postgresql/<version>/bin`` holding initdb and postgres, else PATH's."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
-    if found:
-        return Path(found[-1]).parent
-    exe = shutil.which("postgres")
-    return Path(exe).parent if exe and shutil.which("initdb") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class PostgresServer:
-    def __init__(self, bin_dir: Path, user: str = "opt") -> None:
-        self.bin = bin_dir
-        self.user = user
-        self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="optimizer-pg-"))
-        self.data = self.root / "data"
-        self.run_as = "postgres" if os.geteuid() == 0 else None
-        self._proc: Optional[subprocess.Popen[bytes]] = None
-
-    def _popen_kw(self) -> dict:
-        return {"user": self.run_as, "group": pwd.getpwnam(self.run_as).pw_gid} if self.run_as else {}
-
-    def start(self, timeout_s: float = 60) -> "PostgresServer":
-        if self.run_as:
-            pw = pwd.getpwnam(self.run_as)
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, cwd=self.root, **self._popen_kw())
-        with open(self.root / "postgres.log", "wb") as log:
-            self._proc = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.root), "-p", str(self.port),
-                 "-h", "127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
-                preexec_fn=_die_with_parent, **self._popen_kw())
-        deadline = time.monotonic() + timeout_s
-        import psycopg
-
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self._proc.returncode}: {self.log_tail()}")
-            try:
-                psycopg.connect(self.url("postgres")).close()
-                return self
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres not ready in {timeout_s:.0f} s: {self.log_tail()}") from None
-                time.sleep(0.2)
-
-    def log_tail(self) -> str:
-        p = self.root / "postgres.log"
-        return p.read_text(errors="replace")[-2000:] if p.exists() else ""
-
-    def url(self, db: str) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
-
-    def create_db(self, name: Optional[str] = None) -> str:
-        """A new empty database; returns its URL."""
-        import psycopg
-
-        name = name or f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)  # "fast" shutdown: disconnect clients, exit
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -107,7 +107,7 @@ def test_server_module_reaches_the_command(compose, tmp_path):
     from optimizer.space.engine_args import EngineParams
     from optimizer.study.trial import TrialContext, launch_for
 
-    cfg = compose("server.module=tests.support.fake_vllm")
+    cfg = compose("server.module=optimizer.testing.fake_vllm")
     ctx = TrialContext(cfg=cfg, model_dir=Path("/m"), python="python", server_env={}, api_key=None,
                        trial_root=tmp_path, pid_dir=tmp_path)
-    assert launch_for(ctx, EngineParams(), 8000).argv[:2] == ["-m", "tests.support.fake_vllm"]
+    assert launch_for(ctx, EngineParams(), 8000).argv[:2] == ["-m", "optimizer.testing.fake_vllm"]

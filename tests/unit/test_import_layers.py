@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 LAYERS: list[set[str]] = [
     {"errors", "stats", "entry"},  # leaves: the exception tree, order statistics, logging/signals/exit codes
     {"config"},  # the typed config
-    {"server", "space", "loadgen", "testing"},  # the vLLM process, the search space, the load generator, fakes
+    {"server", "space", "loadgen"},  # the vLLM process, the search space, the load generator
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints
     {"record"},  # what a trial recorded
@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
     {"cli", "hardware_auto", "loadtest", "loadtest_output", "run", "report"},  # entry points and edges
+    {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
@@ -80,3 +81,9 @@ def test_no_import_from_a_lower_layer_up(path: Path):
     upward = [f"line {n}: {m} ({_unit(m)}, layer {RANK.get(_unit(m))})" for n, m in _imports(path)
               if _unit(m) and RANK.get(_unit(m), -1) > RANK[here]]
     assert not upward, f"{path.relative_to(PACKAGE)} ({here}, layer {RANK[here]}) imports upward: {upward}"
+
+
+def test_nothing_of_the_optimizer_imports_its_test_doubles():
+    users = [f"{p.relative_to(PACKAGE)} line {n}" for p in MODULES if _unit(_module_name(p)) != "testing"
+             for n, m in _imports(p) if _unit(m) == "testing"]
+    assert not users
