@@ -35,6 +35,9 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConf
             return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().replace("\n", " ")
+        cause = exc.__cause__  # e.g. OmegaConf's "Invalid value 'x', expected one of [a, b]" under Hydra's
+        if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+            msg += ": " + str(cause).strip().splitlines()[0]
         raise ConfigError(f"{msg}. Options are the files in {conf_dir}/<group>/; keys are listed in "
                           f"conf/config.yaml and optimizer/config.py.") from None
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from optimizer.choices import Arrival, Device, Endpoint, LoadMode, P99Sizing, Sampler, SloMetric, SpecMethod
 from optimizer.errors import ConfigError
 
 __all__ = [
@@ -56,7 +57,7 @@ class HardwareConfig:
     """One accelerator preset: what it can run and how much memory it has."""
 
     name: str = MISSING
-    device: str = "cuda"  # cuda | cpu
+    device: Device = Device.cuda
     gpu_name: str = ""
     gpu_mem_gib: float = 0.0  # per GPU
     compute_capability: float = 0.0
@@ -107,7 +108,7 @@ class WorkloadConfig:
     """The fixed, seeded request set of every trial."""
 
     name: str = MISSING
-    endpoint: str = "completions"  # completions | chat
+    endpoint: Endpoint = Endpoint.completions
     prompt_tokens: int = 256
     prompt_tokens_spread: float = 0.0  # uniform +-fraction around prompt_tokens
     output_tokens: int = 64
@@ -125,10 +126,10 @@ class WorkloadConfig:
 class LoadConfig:
     """How the request set is sent."""
 
-    mode: str = "concurrency"  # concurrency (closed loop) | rate (open loop)
+    mode: LoadMode = LoadMode.concurrency
     concurrency: int = 8
     request_rate: float = 4.0  # requests/s, open loop
-    arrival: str = "poisson"  # poisson | constant
+    arrival: Arrival = Arrival.poisson
     num_requests: int = 64
     duration_s: float = 0.0  # >0: stop issuing after this many seconds instead of a count
     warmup_requests: int = 8
@@ -138,7 +139,7 @@ class LoadConfig:
     p99_confidence: float = 0.95
     # too few requests to bound the P99 from above at p99_confidence: warn (and report the CI),
     # auto (raise num_requests to the minimum), or off
-    p99_sizing: str = "warn"
+    p99_sizing: P99Sizing = P99Sizing.warn
     # stop issuing after this many consecutive connect/stall failures (the server is gone or hung);
     # unsent requests are recorded as `aborted`. 0: max(8, 2 x concurrency)
     abort_after_failures: int = 0
@@ -149,7 +150,7 @@ class SearchConfig:
     """The search space. Empty choice lists and degenerate ranges fix a parameter."""
 
     version: int = 1
-    sampler: str = "tpe"  # tpe | random
+    sampler: Sampler = Sampler.tpe
     n_startup_trials: int = 4
     max_num_seqs: IntRange = field(default_factory=lambda: IntRange(8, 256, True))
     max_num_batched_tokens: IntRange = field(default_factory=lambda: IntRange(512, 8192, True))
@@ -161,7 +162,7 @@ class SearchConfig:
     dtype: list[str] = field(default_factory=lambda: ["auto"])
     kv_cache_dtype: list[str] = field(default_factory=lambda: ["auto"])
     max_model_len: list[int] = field(default_factory=list)  # empty: the model's max_model_len
-    speculative: list[str] = field(default_factory=lambda: ["off"])  # off | ngram | draft
+    speculative: list[SpecMethod] = field(default_factory=lambda: [SpecMethod.off])
     num_speculative_tokens: IntRange = field(default_factory=lambda: IntRange(1, 6, False))
     ngram_lookup_max: IntRange = field(default_factory=lambda: IntRange(2, 6, False))
     draft_model: str = ""
@@ -172,7 +173,7 @@ class SearchConfig:
 
 @dataclass
 class SloConfig:
-    metric: str = "e2e"  # e2e | ttft | itl
+    metric: SloMetric = SloMetric.e2e
     p99_ms: float = 5000.0
     max_error_rate: float = 0.0
     use_upper_bound: bool = False  # judge feasibility on the P99's upper confidence bound
@@ -283,14 +284,10 @@ def validate(cfg: Config) -> None:
         _fail("hardware.gpu_ids", hw.gpu_ids, "GPU indexes must be >= 0 and distinct, e.g. [0,1,2,3]")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", cfg.server.module):
         _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
-    if slo.metric not in ("e2e", "ttft", "itl"):
-        _fail("slo.metric", slo.metric, "valid choices: e2e, ttft, itl")
     if not slo.p99_ms > 0:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:
         _fail("slo.max_error_rate", slo.max_error_rate, "must be in [0, 1)")
-    if hw.device not in ("cuda", "cpu"):
-        _fail("hardware.device", hw.device, "valid choices: cuda, cpu")
     if hw.gpu_count < 1:
         _fail("hardware.gpu_count", hw.gpu_count, "must be >= 1")
     for key, r in (("max_num_seqs", s.max_num_seqs), ("max_num_batched_tokens", s.max_num_batched_tokens),
@@ -313,27 +310,16 @@ def validate(cfg: Config) -> None:
                 "speculative", "tensor_parallel_size"):
         if not getattr(s, key):
             _fail(f"search.{key}", [], "the choice list is empty: give at least one choice")
-    bad = [m for m in s.speculative if m not in ("off", "ngram", "draft")]
-    if bad:
-        _fail("search.speculative", bad, "valid choices: off, ngram, draft")
     if "draft" in s.speculative and not s.draft_model:
         _fail("search.draft_model", "", "speculative 'draft' needs search.draft_model (a local directory)")
-    if s.sampler not in ("tpe", "random"):
-        _fail("search.sampler", s.sampler, "valid choices: tpe, random")
     if w.prompt_tokens < 1 or w.output_tokens < 1:
         _fail("workload.prompt_tokens/output_tokens", (w.prompt_tokens, w.output_tokens), "must be >= 1")
     if not 0 <= w.prompt_tokens_spread < 1 or not 0 <= w.output_tokens_spread < 1:
         _fail("workload.*_spread", (w.prompt_tokens_spread, w.output_tokens_spread), "must be in [0, 1)")
-    if w.endpoint not in ("completions", "chat"):
-        _fail("workload.endpoint", w.endpoint, "valid choices: completions, chat")
-    if ld.mode not in ("concurrency", "rate"):
-        _fail("load.mode", ld.mode, "valid choices: concurrency, rate")
     if ld.concurrency < 1:
         _fail("load.concurrency", ld.concurrency, "must be >= 1")
     if not ld.request_rate > 0:
         _fail("load.request_rate", ld.request_rate, "must be > 0 requests/s")
-    if ld.arrival not in ("poisson", "constant"):
-        _fail("load.arrival", ld.arrival, "valid choices: poisson, constant")
     if ld.num_requests < 1 and ld.duration_s <= 0:
         _fail("load.num_requests", ld.num_requests, "must be >= 1 (or set load.duration_s)")
     if ld.warmup_requests < 0:
@@ -342,8 +328,6 @@ def validate(cfg: Config) -> None:
         _fail("load.request_timeout_s", ld.request_timeout_s, "timeouts must be > 0 s")
     if not 0 < ld.p99_confidence < 1:
         _fail("load.p99_confidence", ld.p99_confidence, "must be in (0, 1)")
-    if ld.p99_sizing not in ("warn", "auto", "off"):
-        _fail("load.p99_sizing", ld.p99_sizing, "valid choices: warn, auto, off")
     if ld.abort_after_failures < 0:
         _fail("load.abort_after_failures", ld.abort_after_failures, "must be >= 0 (0: automatic)")
     if ld.max_inflight < 1:

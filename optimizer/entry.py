@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
 
@@ -30,7 +30,7 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise Terminated()
 
 
-def setup_logging(log_file: Path | None = None, debug: bool = False, tag: str = "") -> None:
+def setup_logging(log_file: Optional[Path] = None, debug: bool = False, tag: str = "") -> None:
     """Log to stderr (and ``log_file``); ``tag`` (a worker's name) starts every line."""
     root = logging.getLogger()
     root.handlers.clear()
@@ -66,7 +66,7 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     return [a for a in argv if a not in ("--debug", "-h", "--help")], debug, want_help
 
 
-def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Sequence[str] | None = None) -> int:
+def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Optional[Sequence[str]] = None) -> int:
     """Run ``body(overrides, debug)`` with signal handling and the exit-code policy."""
     overrides, debug, want_help = split_args(list(sys.argv[1:] if argv is None else argv))
     if want_help:

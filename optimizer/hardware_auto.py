@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import yaml
 
@@ -57,7 +57,7 @@ def _preset(conf_dir: Path, name: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _visible(gpus: list[Gpu], visible_devices: str | None) -> list[Gpu]:
+def _visible(gpus: list[Gpu], visible_devices: Optional[str]) -> list[Gpu]:
     """The GPUs a server would see under ``CUDA_VISIBLE_DEVICES`` (None: all of them)."""
     if visible_devices is None:
         return gpus
@@ -70,7 +70,7 @@ def _visible(gpus: list[Gpu], visible_devices: str | None) -> list[Gpu]:
     return gpus[: len(entries)]  # UUIDs or MIG ids: the count is what matters here
 
 
-def detect_preset(gpus: list[Gpu], visible_devices: str | None = None,
+def detect_preset(gpus: list[Gpu], visible_devices: Optional[str] = None,
                   conf_dir: Path = _CONF_DIR) -> tuple[str, int, float]:
     """(preset name, GPU count, GiB per GPU as nvidia-smi reports it) for these GPUs.
 
@@ -101,7 +101,7 @@ def detect_preset(gpus: list[Gpu], visible_devices: str | None = None,
         f"hardware.gpu_count={len(same)}")
 
 
-def _last(overrides: Sequence[str], key: str) -> str | None:
+def _last(overrides: Sequence[str], key: str) -> Optional[str]:
     value = None
     for o in overrides:
         k, sep, v = o.partition("=")
@@ -122,8 +122,8 @@ def _default_hardware(conf_dir: Path) -> str:
     return ""
 
 
-def resolve_auto_hardware(overrides: list[str], *, gpus: list[Gpu] | None = None,
-                          visible_devices: str | None = None, conf_dir: Path = _CONF_DIR) -> list[str]:
+def resolve_auto_hardware(overrides: list[str], *, gpus: Optional[list[Gpu]] = None,
+                          visible_devices: Optional[str] = None, conf_dir: Path = _CONF_DIR) -> list[str]:
     """Replace ``hardware=auto`` by the detected preset and its GPU count.
 
     Args:
@@ -156,8 +156,8 @@ def resolve_auto_hardware(overrides: list[str], *, gpus: list[Gpu] | None = None
     return out[:1] + added + out[1:]
 
 
-def resolve_hardware_overrides(overrides: list[str], *, gpus: list[Gpu] | None = None,
-                               visible_devices: str | None = None, conf_dir: Path = _CONF_DIR) -> list[str]:
+def resolve_hardware_overrides(overrides: list[str], *, gpus: Optional[list[Gpu]] = None,
+                               visible_devices: Optional[str] = None, conf_dir: Path = _CONF_DIR) -> list[str]:
     """:func:`resolve_auto_hardware`, then ``search=gpu`` for a GPU preset unless a search is given.
 
     This is what the entry point calls before composing the config.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Optional
 
 from optimizer.cli import compose
 from optimizer.entry import main_wrapper, setup_logging
@@ -40,7 +41,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     return main_wrapper(_body, USAGE, argv)
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from optimizer.cli import compose, dump_config
 from optimizer.entry import main_wrapper, setup_logging
@@ -78,7 +79,7 @@ def _report(cfg) -> None:  # type: ignore[no-untyped-def]
         log.warning("could not write the report: %s: %s", type(exc).__name__, exc)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     return main_wrapper(_body, USAGE, argv)
 
 

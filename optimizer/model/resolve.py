@@ -14,6 +14,7 @@ only when a server is about to start.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from optimizer.config import ModelConfig
 from optimizer.errors import ConfigError
@@ -58,11 +59,11 @@ def resolve_model_dir(model: ModelConfig, cache_dir: str) -> Path:
                       f"or model.generate=tiny|config.")
 
 
-def _quant(quantization: str | None) -> str | None:
+def _quant(quantization: Optional[str]) -> Optional[str]:
     return None if quantization in (None, "none") else quantization
 
 
-def planned_target(model: ModelConfig, base_dir: Path, quantization: str | None) -> ModelTarget:
+def planned_target(model: ModelConfig, base_dir: Path, quantization: Optional[str]) -> ModelTarget:
     """Which folder and flags a server needs for ``quantization``, without touching the disk.
 
     A quantization with a checkpoint in ``model.variants`` (or any quantization of a generated
@@ -80,7 +81,7 @@ def planned_target(model: ModelConfig, base_dir: Path, quantization: str | None)
     return ModelTarget(str(base_dir), served, model.load_format)
 
 
-def target_for(model: ModelConfig, base_dir: Path, quantization: str | None) -> ModelTarget:
+def target_for(model: ModelConfig, base_dir: Path, quantization: Optional[str]) -> ModelTarget:
     """:func:`planned_target`, with the variant folder written (generated models) or checked.
 
     Raises:

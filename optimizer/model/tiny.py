@@ -20,7 +20,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -176,7 +176,7 @@ def _save_bf16(tensors: dict[str, np.ndarray], path: Path) -> None:
             f.write(data)
 
 
-def _fingerprint(kind: str, arch: dict[str, Any], dtype: str, seed: int, quantization: str | None = None) -> str:
+def _fingerprint(kind: str, arch: dict[str, Any], dtype: str, seed: int, quantization: Optional[str] = None) -> str:
     recipe: dict[str, Any] = {"kind": kind, "arch": arch, "dtype": dtype, "seed": seed, "v": RECIPE_VERSION}
     if kind != "weights":
         recipe |= {"config_v": CONFIG_RECIPE_VERSION, "quantization": quantization}
@@ -185,7 +185,7 @@ def _fingerprint(kind: str, arch: dict[str, Any], dtype: str, seed: int, quantiz
 
 
 def _build(out: Path, kind: str, arch: dict[str, Any], dtype: str, seed: int,
-           quantization: str | None = None) -> Path:
+           quantization: Optional[str] = None) -> Path:
     stamp = _fingerprint(kind, arch, dtype, seed, quantization)
     if (out / ".complete").is_file() and (out / ".complete").read_text().strip() == stamp:
         return out
@@ -221,7 +221,7 @@ def write_tiny_model(out: str | os.PathLike[str], seed: int = 0) -> Path:
 
 
 def write_config_only(out: str | os.PathLike[str], arch: dict[str, Any], dtype: str = "bfloat16",
-                      quantization: str | None = None) -> Path:
+                      quantization: Optional[str] = None) -> Path:
     """Write a weightless model folder (config + tokenizer) to serve with ``--load-format dummy``.
 
     Args:
@@ -237,14 +237,14 @@ def write_config_only(out: str | os.PathLike[str], arch: dict[str, Any], dtype: 
     return _build(Path(out), "config", arch, dtype, 0, quantization)
 
 
-def generated_dir(cache_dir: str | os.PathLike[str], name: str, quantization: str | None = None) -> Path:
+def generated_dir(cache_dir: str | os.PathLike[str], name: str, quantization: Optional[str] = None) -> Path:
     """Where :func:`ensure_model_dir` puts model ``name`` (and its quantized stand-ins)."""
     return Path(cache_dir) / "models" / (f"{name}-{quantization}" if quantization else name)
 
 
 def ensure_model_dir(generate: str, cache_dir: str | os.PathLike[str], name: str,
-                     arch: dict[str, Any] | None = None, dtype: str = "bfloat16",
-                     quantization: str | None = None) -> Path:
+                     arch: Optional[dict[str, Any]] = None, dtype: str = "bfloat16",
+                     quantization: Optional[str] = None) -> Path:
     """The model folder for ``model.generate``: ``tiny`` or ``config`` (for dummy weights)."""
     if generate == "tiny":
         return write_tiny_model(generated_dir(cache_dir, name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from optimizer.errors import FailureReason as R
 
@@ -47,7 +48,7 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def classify(log_text: str, returncode: int | None = None) -> Diagnosis:
+def classify(log_text: str, returncode: Optional[int] = None) -> Diagnosis:
     """Diagnose a failed start (or death) from the server log.
 
     The log is searched from the end, since the root cause is usually the last error printed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["StartLog", "parse_start_log"]
 
@@ -32,7 +33,7 @@ class StartLog:
     """vLLM's own account of its start; NaN (None for the count and the flag) where the log did
     not say."""
 
-    kv_tokens: int | None = None
+    kv_tokens: Optional[int] = None
     max_concurrency: float = math.nan
     kv_gib: float = math.nan
     weights_gib: float = math.nan
@@ -40,7 +41,7 @@ class StartLog:
     compile_s: float = math.nan
     graph_capture_s: float = math.nan
     engine_init_s: float = math.nan
-    compile_cache_hit: bool | None = None  # known only where torch.compile ran
+    compile_cache_hit: Optional[bool] = None  # known only where torch.compile ran
 
     @property
     def empty(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from optimizer.config import HardwareConfig, ModelConfig
 from optimizer.space.engine_args import EngineParams
@@ -80,7 +81,7 @@ def _resolved_dtype(params: EngineParams, model: ModelConfig, hw: HardwareConfig
     return dtype
 
 
-def _quant(params: EngineParams) -> str | None:
+def _quant(params: EngineParams) -> Optional[str]:
     return params.quantization if params.quantization not in (None, "none") else None
 
 
@@ -136,7 +137,7 @@ def _kv_tokens(kv_bytes: float, per_token: float, block: int, max_len: int) -> i
 
 
 def estimate_memory(params: EngineParams, model: ModelConfig, hw: HardwareConfig,
-                    defaults: EngineParams | None = None) -> MemoryEstimate:
+                    defaults: Optional[EngineParams] = None) -> MemoryEstimate:
     """Estimate memory per device for ``params`` (None fields take ``defaults``, then vLLM's).
 
     Speculative decoding with a draft model adds the draft's weights and KV cache, which are not

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 from optimizer.config import Config, FloatRange, HardwareConfig, IntRange, ModelConfig, SearchConfig
 from optimizer.errors import ConfigError
@@ -39,7 +39,7 @@ _warned: set[str] = set()
 class TrialLike(Protocol):
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+    def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None,
                       log: bool = False) -> float: ...
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
@@ -87,7 +87,7 @@ def _cc(hw: HardwareConfig) -> str:
     return f"{hw.name} has compute capability {hw.compute_capability}"
 
 
-def _quant_problem(q: str | None, hw: HardwareConfig, model: ModelConfig) -> str:
+def _quant_problem(q: Optional[str], hw: HardwareConfig, model: ModelConfig) -> str:
     """Why quantization ``q`` cannot run here ('' if it can)."""
     if q is None or q == "none":
         return ""

@@ -23,7 +23,14 @@ def test_default_config_composes_to_the_embedded_cpu_study(compose):
     ("study.n_trials=-2", "study.n_trials"),
     ("study.name=../evil", "study.name"),
     ("study.name=a/b", "study.name"),
-    ("slo.metric=tpot", "slo.metric"),
+    ("slo.metric=tpot", "slo.metric=tpot: Invalid value 'tpot', expected one of [e2e, ttft, itl]"),
+    ("load.mode=open", "expected one of [concurrency, rate]"),
+    ("workload.endpoint=chatty", "expected one of [completions, chat]"),
+    ("load.arrival=gamma", "expected one of [poisson, constant]"),
+    ("load.p99_sizing=maybe", "expected one of [warn, auto, off]"),
+    ("hardware.device=tpu", "expected one of [cuda, cpu]"),
+    ("search.sampler=cmaes", "expected one of [tpe, random]"),
+    ("search.speculative=[eagle]", "expected one of [off, ngram, draft]"),
 ])
 def test_bad_input_is_refused_with_the_key_named(compose, override, needle):
     with pytest.raises(ConfigError) as e:

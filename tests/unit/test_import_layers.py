@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
     {"errors", "stats", "entry"},  # leaves: the exception tree, order statistics, logging/signals/exit codes
-    {"config"},  # the typed config
+    {"config", "choices"},  # the typed config and its closed sets of choices
     {"server", "space", "loadgen"},  # the vLLM process, the search space, the load generator
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints

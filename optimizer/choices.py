@@ -1,0 +1,67 @@
+"""The closed sets of choices of the config, as string enums.
+
+Each member's name is its value, the string the YAML files and the command line use
+(``load.mode=rate``): OmegaConf converts a string to an enum member by name, so Hydra refuses
+any other value at compose time, naming the key and the valid choices, and no code has to check
+strings again. Members compare equal to their strings (``StrEnum``) and serialize as them
+(stored config snapshots and study fingerprints are unchanged).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Arrival", "Device", "Endpoint", "LoadMode", "P99Sizing", "Sampler", "SloMetric", "SpecMethod"]
+
+
+class Endpoint(StrEnum):
+    """The OpenAI API the requests go to."""
+
+    completions = "completions"
+    chat = "chat"
+
+
+class LoadMode(StrEnum):
+    concurrency = "concurrency"  # closed loop: a fixed number of requests in flight
+    rate = "rate"  # open loop: requests arrive at load.request_rate
+
+
+class Arrival(StrEnum):
+    """How open-loop arrivals are spaced."""
+
+    poisson = "poisson"
+    constant = "constant"
+
+
+class P99Sizing(StrEnum):
+    """What to do when too few requests can bound the P99 from above."""
+
+    warn = "warn"
+    auto = "auto"  # raise num_requests to the minimum
+    off = "off"
+
+
+class SloMetric(StrEnum):
+    """The latency whose P99 the SLO limits."""
+
+    e2e = "e2e"
+    ttft = "ttft"
+    itl = "itl"
+
+
+class Device(StrEnum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Sampler(StrEnum):
+    tpe = "tpe"
+    random = "random"
+
+
+class SpecMethod(StrEnum):
+    """Speculative decoding: none, n-gram lookup, or a draft model."""
+
+    off = "off"
+    ngram = "ngram"
+    draft = "draft"
