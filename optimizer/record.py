@@ -34,7 +34,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -51,7 +51,6 @@ __all__ = ["BLOB_KEYS", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Me
 Attrs = Mapping[str, Any]
 BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv")  # large JSON strings: not for tables
 _DIST_METRICS = ("ttft", "itl", "e2e")
-_T = TypeVar("_T")
 
 
 # --- NaN <-> None and typed reads: the one place ---------------------------------------------------
@@ -86,14 +85,14 @@ def _str(a: Attrs, key: str) -> str:
     return "" if v is None else str(v)
 
 
-def _json(a: Attrs, key: str, default: _T) -> _T:
+def _json(a: Attrs, key: str, default: Any) -> Any:
     """A JSON-string attr; ``default`` when absent, unreadable or of another type."""
     raw = a.get(key)
     try:
         v = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
         return default
-    return v if isinstance(v, type(default)) else default  # type: ignore[return-value]
+    return v if isinstance(v, type(default)) else default
 
 
 def _has_any(a: Attrs, keys: Any) -> bool:

@@ -125,9 +125,9 @@ async def _stream(client: httpx.AsyncClient, ep: Endpoint, spec: RequestSpec, re
                              headers=_JSON) as resp:
         res.status = resp.status_code
         if resp.status_code != 200:
-            body = (await resp.aread()).decode(errors="replace")
+            answer = (await resp.aread()).decode(errors="replace")
             _fail(res, "rate_limited" if resp.status_code == 429 else "http_status",
-                  f"HTTP {resp.status_code}: {body[:300]}")
+                  f"HTTP {resp.status_code}: {answer[:300]}")
             return
         # SSE by hand on raw bytes: cheaper than aiter_lines' text decoding, and one timestamp per
         # network read (the events of one read arrived together)

@@ -63,9 +63,9 @@ def _busy(gpu_ids: tuple[int, ...]) -> list[str]:
     for line in _smi("--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader").strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 2:
-            idx = uuids.get(parts[0], -1)
-            if not gpu_ids or idx in gpu_ids:
-                busy.append(f"GPU {idx}: pid {parts[1]} ({parts[2] if len(parts) > 2 else '?'})")
+            index = uuids.get(parts[0], -1)
+            if not gpu_ids or index in gpu_ids:
+                busy.append(f"GPU {index}: pid {parts[1]} ({parts[2] if len(parts) > 2 else '?'})")
     return busy
 
 

@@ -58,7 +58,7 @@ def parse_start_log(text: str) -> StartLog:
             found[key] = float(hits[-1].replace(",", ""))
     cache_hit = None
     if "compile_s" in found:
-        hits = text.count("Directly load the compiled graph") + text.count("loaded AOT compiled function")
-        cache_hit = hits > 0
+        loaded = text.count("Directly load the compiled graph") + text.count("loaded AOT compiled function")
+        cache_hit = loaded > 0
     kv = found.pop("kv_tokens", None)
     return StartLog(kv_tokens=int(kv) if kv is not None else None, compile_cache_hit=cache_hit, **found)

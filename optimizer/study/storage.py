@@ -57,7 +57,7 @@ def _normal(value: Any) -> Any:
 def fingerprint(cfg: Config, space: Any) -> dict[str, Any]:
     """What must not change within one study (values the sampler and the comparison rely on)."""
     return _normal({
-        "space": asdict(space) if is_dataclass(space) else space,
+        "space": asdict(space) if is_dataclass(space) and not isinstance(space, type) else space,
         "search_version": cfg.search.version,
         "objective": {"metric": cfg.slo.metric, "p99_ms": cfg.slo.p99_ms, "max_error_rate": cfg.slo.max_error_rate,
                       "use_upper_bound": cfg.slo.use_upper_bound},
