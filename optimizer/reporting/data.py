@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord, summary_from_attrs
 from optimizer.study.results import is_feasible, study_result
@@ -28,6 +29,7 @@ __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "Repo
 METRICS = ("ttft", "itl", "e2e")
 PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
+_DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
 _CDF_POINTS = 400
 _MIN_IMPORTANCE_TRIALS = 4
 
@@ -277,7 +279,7 @@ def _timeline(rec: TrialRecord, number: int, label: str) -> Optional[Timeline]:
 def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialRecord], infos: list[TrialInfo],
              cfg: dict[str, Any]) -> SummaryInfo:
     slo = cfg.get("slo") or {}
-    metric, slo_ms = str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan)
+    metric, slo_ms = str(slo.get("metric", _DEFAULT_SLO.metric)), float(slo.get("p99_ms") or math.nan)
     max_err = float(slo.get("max_error_rate") or 0.0)
     res = study_result(trials)
     by_num = {i.number: i for i in infos}
@@ -328,7 +330,7 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_attrs.get("config") or fallback_config or {}
-    metric = str((cfg.get("slo") or {}).get("metric", "e2e"))
+    metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
     trials = sorted(trials, key=lambda t: t.number)
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     infos = [trial_info(t, metric, records[t.number]) for t in trials]
