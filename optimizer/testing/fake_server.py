@@ -626,3 +626,46 @@ def spawn_fake_server(*, host: str = "127.0.0.1", port: int = 0, cpu: Optional[i
                 proc.wait(10)
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed as READY <port>)")
+    ap.add_argument("--model", default="fake")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="request read -> first token")
+    ap.add_argument("--tokens-per-s", type=float, default=0.0, help="per stream; 0: as fast as possible")
+    ap.add_argument("--fault", default="", help=f"comma-separated kinds: {', '.join(FAULT_KINDS)}")
+    ap.add_argument("--fault-rate", type=float, default=0.0, help="share of requests faulted (0..1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slow-first-ms", type=float, default=2000.0)
+    ap.add_argument("--stall-s", type=float, default=3600.0)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--no-uvloop", action="store_true")
+    a = ap.parse_args(argv)
+    cfg = FakeConfig(model=a.model, delay_ms=a.delay_ms, tokens_per_s=a.tokens_per_s, fault=a.fault,
+                     fault_rate=a.fault_rate, seed=a.seed, slow_first_ms=a.slow_first_ms, stall_s=a.stall_s,
+                     max_model_len=a.max_model_len)
+    try:
+        cfg.kinds()
+    except ValueError as exc:
+        ap.error(str(exc))
+    app = _App(cfg)
+    runner: Any = asyncio.run
+    if not a.no_uvloop:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+    try:
+        runner(_serve(app, a.host, a.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
