@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from optimizer.cli import compose
-from optimizer.entry import main_wrapper, setup_logging
 from optimizer.config import Config
+from optimizer.entry import main_wrapper, setup_logging
 from optimizer.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load

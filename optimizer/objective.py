@@ -12,7 +12,6 @@ positive value says how badly, so the sampler learns the way back to feasibility
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from optimizer.config import SloConfig

@@ -223,7 +223,8 @@ def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> Non
 
 def finished_count(study: optuna.Study) -> int:
     """Trials that count toward study.n_trials: complete ones that were measured or started."""
-    failures = (Failure.from_attrs(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    failures = (Failure.from_attrs(t.user_attrs) for t in complete)
     return sum(1 for f in failures if f is None or not f.ruled_out)
 
 

@@ -23,8 +23,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from optimizer.errors import FailureReason
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import Outcome
-from optimizer.record import (Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings,
-                              TrialRecord)
+from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.telemetry import ServerStats
 
 __all__ = ["DISTRIBUTIONS", "SLO_MS", "make_study", "make_trial", "study_config", "synthetic_trials"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from optimizer.errors import ConfigError
-from optimizer.server.gpu import Gpu
 from optimizer.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
+from optimizer.server.gpu import Gpu
 
 GPU_PRESETS = ["t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200"]
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -15,16 +15,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.errors import (FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError,
-                              TrialInterrupted)
+from optimizer.errors import FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError, TrialInterrupted
+from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import infeasible, score
 from optimizer.record import Failure, Measurement, Setup, Timings, TrialRecord
-from optimizer.server.telemetry import server_stats, Snapshot
+from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import EngineParams
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.trial import TrialContext
-from optimizer.loadgen.records import RequestResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 from optimizer.errors import FailureReason
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import infeasible
-from optimizer.record import (Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings,
-                              TrialRecord)
+from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.reporting import best_yaml, write_study_report
 from optimizer.reporting.data import Status, build_report_data
 from optimizer.server.startlog import StartLog

@@ -15,11 +15,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from optimizer.record import TrialRecord
 from optimizer.reporting import best_yaml, trials_frame, write_study_report
 from optimizer.reporting import figures as F
-from optimizer.record import TrialRecord
-from optimizer.reporting.data import (PHASES, Status, build_report_data, classify, pareto_front,
-                                      trial_info)
+from optimizer.reporting.data import PHASES, Status, build_report_data, classify, pareto_front, trial_info
 from optimizer.reporting.html import render_page
 from tests.support.report_fixtures import SLO_MS, make_study, make_trial, study_config, synthetic_trials
 
