@@ -210,13 +210,43 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
                          "itl": _sample([x * 1000 for r in ok for x in r.itl])},
         kv_timeline=tel.timeline[-600:])
     p.rec = replace(p.rec, measurement=measurement, timings=p.timings())
-    code = server.poll()
-    if code is not None:
-        d = classify(server.log_text(), code)
+    died = _death(server)
+    if died is not None:
+        d = classify(server.log_text(), server.poll())
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
-        raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
+        raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
     p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
+
+
+def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:
+    """How the server died during the load test, in words; None when it is up and healthy.
+
+    vLLM's API server outlives a killed engine for a while (it answers /health with an error, then
+    shuts down), so a live process is asked for its health too: a dead engine behind it is a
+    dead server, not a config whose requests failed."""
+    code = server.poll()
+    if code is None and not _healthy(server):
+        deadline = time.monotonic() + wait_s
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        code = server.poll()
+        if code is None:
+            return "stopped answering /health (its engine is gone)"
+    return None if code is None else f"exited with code {code}"
+
+
+def _healthy(server: VllmServer, tries: int = 3) -> bool:
+    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
+    for i in range(tries):  # an idle server answers at once; a loaded host may be slow once
+        try:
+            if httpx.get(server.url + "/health", timeout=10.0, headers=headers).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if i + 1 < tries:
+            time.sleep(1.0)
+    return False
 
 
 def _version(server: VllmServer) -> str:

@@ -7,6 +7,9 @@ import math
 import pytest
 from optuna.trial import TrialState
 
+from optimizer.errors import FailureReason
+from optimizer.record import TrialRecord
+from optimizer.reporting.data import build_report_data
 from tests.support.study_runner import StudyDir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -29,11 +32,17 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
     assert len(complete) == 2
     baseline = [t for t in complete if t.user_attrs.get("kind") == "baseline"]
     assert len(baseline) == 1 and baseline[0].number == 0
+    # the baseline (vLLM's defaults on the CPU demo) always starts: a study that measured nothing
+    # must not pass. Another config may fail to start; then it says why, with a known reason.
+    measured = [t for t in complete if TrialRecord.from_trial(t).measured]
+    assert baseline[0] in measured, baseline[0].user_attrs
     for t in complete:
         a = t.user_attrs
         assert set(t.constraints) == {"slo", "errors", "startup", "memory"}
-        if a.get("failure"):
-            continue  # a config that could not start is recorded, with its reason
+        if t not in measured:
+            rec = TrialRecord.from_trial(t)
+            assert rec.failure is not None and rec.failure.reason != FailureReason.OTHER, a
+            continue
         assert t.value > 0 and a["output_tok_s"] == pytest.approx(t.value, rel=1e-3)
         assert a["n_ok"] == 24 and a["error_rate"] == 0.0
         assert math.isfinite(a["e2e_p99"]) and math.isfinite(a["ttft_p99"]) and math.isfinite(a["itl_p99"])
@@ -45,6 +54,13 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
         assert a["srv_generation_tokens"] == a["output_tokens"] + 4 * 16  # the warm-up's tokens too
     assert "best:" in r.stderr or "No config met the SLO" in r.stderr
     assert "[trial 1 | 2/2]" in r.stderr
+    # the report reads the same study: its numbers are the database's
+    d = build_report_data(study.study_name, study.trials, study.user_attrs)
+    for info in d.trials:
+        t = study.trials[info.number]
+        if t in measured:
+            assert info.throughput == pytest.approx(t.value) and info.measured
+            assert info.p99 == pytest.approx(t.user_attrs["e2e_p99"])
 
     before = _snapshot(study)
     r = sd.run("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)

@@ -68,13 +68,32 @@ def test_stop_kills_the_whole_group_even_if_the_server_already_exited(tmp_path, 
     assert not list((tmp_path / "pids").glob("*.json"))  # pid file removed after a clean stop
 
 
-def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+def test_a_group_that_ignores_sigterm_is_killed_by_its_guard_after_the_grace(tmp_path):
     srv = _server(tmp_path, "--grandchild", "--ignore-term", stop_timeout_s=2.0)
     srv.start()
     srv.wait_ready(20)
     (gc,) = _pids(srv.log_path, "GRANDCHILD")
     took = srv.stop()
     assert not _alive(gc) and took < 15
+
+
+def test_stop_escalates_to_sigkill_itself_when_the_guard_cannot(tmp_path, caplog):
+    """The guard (the group's leader) normally kills a group that ignores SIGTERM before stop()'s
+    own grace ends; here it is stopped (SIGSTOP, as a hung guard would be), so only stop()'s
+    SIGKILL can end the group."""
+    srv = _server(tmp_path, "--grandchild", "--ignore-term", stop_timeout_s=2.0)
+    srv.start()
+    srv.wait_ready(20)
+    (gc,) = _pids(srv.log_path, "GRANDCHILD")
+    (leader,) = _pids(srv.log_path, "SERVER")
+    os.kill(srv.pid, signal.SIGSTOP)  # the guard
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="optimizer.server.process"):
+        srv.stop()
+    took = time.monotonic() - t0
+    assert not _alive(gc) and not _alive(leader) and not _alive(srv.pid)
+    assert took >= 2.0  # SIGTERM first, SIGKILL only after stop_timeout_s
+    assert "ignored SIGTERM" in caplog.text and "sending SIGKILL" in caplog.text
 
 
 def test_crash_during_start_is_reported_at_once_with_the_reason_from_the_log(tmp_path):
