@@ -255,9 +255,6 @@ def _body(overrides: list[str], debug: bool) -> int:
                              f"no prefix: the server has seen this seeded request set before. For a cold cache "
                              f"restart it, change workload.seed, or run vLLM with VLLM_SERVER_DEV_MODE=1 (the load "
                              f"test then empties the cache first)")
-    if cpu_share > 0.8:
-        run.notes.append(f"the client used {cpu_share:.0%} of a core: it may be measuring itself; "
-                         f"lower the load or run several client processes")
     for note in run.notes:
         print("note: " + note)
     if own.get("out"):
