@@ -137,10 +137,11 @@ def loadtest(endpoint: str, overrides: list[str], out: Path, cpu: Optional[int] 
 
 
 def vllm_bench(base_url: str, model: str, args: list[str], out: Path, cpu: Optional[int] = None,
-               timeout: float = 900, watch_pids: Sequence[int] = ()) -> dict[str, Any]:
+               timeout: float = 900, watch_pids: Sequence[int] = (), tokenizer: Optional[str] = None,
+               python: Optional[str] = None) -> dict[str, Any]:
     """Run ``vllm bench serve`` (pinned) and return its saved result JSON."""
-    argv = [PY, str(REPO / "benchmarks" / "vllm_bench_serve.py"), "--base-url", base_url, "--model", model,
-            "--tokenizer", str(TINY), "--save-result", "--save-detailed", "--result-dir", str(out.parent),
+    argv = [python or PY, str(REPO / "benchmarks" / "vllm_bench_serve.py"), "--base-url", base_url, "--model", model,
+            "--tokenizer", tokenizer or str(TINY), "--save-result", "--save-detailed", "--result-dir", str(out.parent),
             "--result-filename", out.name, "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,99", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
