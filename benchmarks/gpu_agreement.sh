@@ -7,7 +7,7 @@
 #   e.g. benchmarks/gpu_agreement.sh /models/Meta-Llama-3-8B-Instruct benchmarks/results/h100 --load-format dummy
 # Env: PYTHON (imports vllm and this project; default python3), PORT (default 8000), REPS (default 2),
 #      TEMPERATURE (default 0: greedy, the study's default), START_TIMEOUT_S (default 900).
-# Writes OUT_DIR/agreement-closed.json, OUT_DIR/agreement-open.json and OUT_DIR/server.log.
+# Writes OUT_DIR/agreement-{closed,open,open-own-schedule}.json and OUT_DIR/server.log.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n 2,10p "$0"; exit 2; }
 MODEL_DIR=$1; OUT_DIR=$2; shift 2
@@ -31,3 +31,6 @@ common=(--server "http://127.0.0.1:$PORT" --served-model m --tokenizer "$MODEL_D
         --reps "$REPS" --warmup 16 --temperature "$TEMPERATURE")
 "$PYTHON" "$HERE/fidelity.py" "${common[@]}" --case closed:64:512:128:512 --out "$OUT_DIR/agreement-closed.json"
 "$PYTHON" "$HERE/fidelity.py" "${common[@]}" --case open:12:1024:256:300 --out "$OUT_DIR/agreement-open.json"
+# the same open loop with bench drawing its own Poisson arrivals (its default): the schedule's share of a tail difference
+"$PYTHON" "$HERE/fidelity.py" "${common[@]}" --case open:12:1024:256:300 --schedule own \
+    --out "$OUT_DIR/agreement-open-own-schedule.json"
