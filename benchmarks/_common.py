@@ -160,7 +160,10 @@ def bench_dists(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
 
     ok = [i for i, e in enumerate(doc["errors"]) if not e]
     ttft = [doc["ttfts"][i] * 1000 for i in ok]
-    e2e = [doc["latencies"][i] * 1000 for i in ok]
+    # vLLM 0.32 saves per-request "latencies"; 0.26 does not: its E2E is the TTFT plus the gaps
+    lat = doc.get("latencies") or doc.get("e2els")
+    e2e = ([lat[i] * 1000 for i in ok] if lat else
+           [(doc["ttfts"][i] + sum(doc["itls"][i])) * 1000 for i in ok])
     itl = [x * 1000 for i in ok for x in doc["itls"][i]]
     out = {}
     for k, v in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
