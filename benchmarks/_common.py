@@ -137,10 +137,11 @@ def loadtest(endpoint: str, overrides: list[str], out: Path, cpu: Optional[int] 
 
 
 def vllm_bench(base_url: str, model: str, args: list[str], out: Path, cpu: Optional[int] = None,
-               timeout: float = 900, watch_pids: Sequence[int] = ()) -> dict[str, Any]:
+               timeout: float = 900, watch_pids: Sequence[int] = (), tokenizer: Optional[str] = None,
+               python: Optional[str] = None) -> dict[str, Any]:
     """Run ``vllm bench serve`` (pinned) and return its saved result JSON."""
-    argv = [PY, str(REPO / "benchmarks" / "vllm_bench_serve.py"), "--base-url", base_url, "--model", model,
-            "--tokenizer", str(TINY), "--save-result", "--save-detailed", "--result-dir", str(out.parent),
+    argv = [python or PY, str(REPO / "benchmarks" / "vllm_bench_serve.py"), "--base-url", base_url, "--model", model,
+            "--tokenizer", tokenizer or str(TINY), "--save-result", "--save-detailed", "--result-dir", str(out.parent),
             "--result-filename", out.name, "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,99", *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
@@ -159,7 +160,10 @@ def bench_dists(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
 
     ok = [i for i, e in enumerate(doc["errors"]) if not e]
     ttft = [doc["ttfts"][i] * 1000 for i in ok]
-    e2e = [doc["latencies"][i] * 1000 for i in ok]
+    # vLLM 0.32 saves per-request "latencies"; 0.26 does not: its E2E is the TTFT plus the gaps
+    lat = doc.get("latencies") or doc.get("e2els")
+    e2e = ([lat[i] * 1000 for i in ok] if lat else
+           [(doc["ttfts"][i] + sum(doc["itls"][i])) * 1000 for i in ok])
     itl = [x * 1000 for i in ok for x in doc["itls"][i]]
     out = {}
     for k, v in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):

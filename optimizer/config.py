@@ -120,6 +120,13 @@ class WorkloadConfig:
     # tokenizer.json (or a folder holding one) for exact-length chat prompts and ShareGPT reply
     # lengths; empty: model.path's, if it has one; none: chat prompt lengths are approximate
     tokenizer: str = ""
+    # sampling, sent in every request body exactly as given (and passed to `vllm bench serve` by the
+    # fidelity benchmark): greedy by default, the one deterministic choice (docs/load-generator.md)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: no top-k (vLLM's neutral value; not sent)
+    sampling_seed: Optional[int] = None  # per-request sampling seed; None: not sent
+    ignore_eos: bool = True  # exact output lengths: generate max_tokens whatever the model says
 
 
 @dataclass
@@ -143,6 +150,11 @@ class LoadConfig:
     # stop issuing after this many consecutive connect/stall failures (the server is gone or hung);
     # unsent requests are recorded as `aborted`. 0: max(8, 2 x concurrency)
     abort_after_failures: int = 0
+    # load-generator processes, each with its own event loop and connections, sharing one seeded
+    # schedule; 0: sized from the load and this host's cores (optimizer/loadgen/pool.py)
+    client_workers: int = 0
+    # warn when the busiest client process uses more than this share of one core during the run
+    client_cpu_warn: float = 0.8
 
 
 @dataclass
@@ -332,5 +344,15 @@ def validate(cfg: Config) -> None:
         _fail("load.abort_after_failures", ld.abort_after_failures, "must be >= 0 (0: automatic)")
     if ld.max_inflight < 1:
         _fail("load.max_inflight", ld.max_inflight, "must be >= 1")
+    if ld.client_workers < 0:
+        _fail("load.client_workers", ld.client_workers, "must be >= 1 (client processes), or 0 for automatic")
+    if not ld.client_cpu_warn > 0:
+        _fail("load.client_cpu_warn", ld.client_cpu_warn, "a share of one core, > 0 (default 0.8)")
+    if not w.temperature >= 0:
+        _fail("workload.temperature", w.temperature, "must be >= 0 (0: greedy)")
+    if not 0 < w.top_p <= 1:
+        _fail("workload.top_p", w.top_p, "must be in (0, 1] (1: no nucleus cut)")
+    if w.top_k == 0 or w.top_k < -1:
+        _fail("workload.top_k", w.top_k, "must be >= 1, or -1 for no top-k")
     if cfg.server.start_timeout_s <= 0:
         _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")

@@ -27,7 +27,35 @@ import httpx
 
 from optimizer.loadgen.records import RequestResult, RequestSpec
 
-__all__ = ["Endpoint", "new_client", "send"]
+__all__ = ["Endpoint", "Sampling", "new_client", "send"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling parameters every request carries (``workload.temperature`` and co.).
+
+    Sent explicitly, never left to the server: vLLM otherwise applies the model's
+    ``generation_config.json`` defaults (often temperature 0.6-1.0 with top-p), which change the
+    work per token and make two clients that leave them out measure different servers."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: Optional[int] = None
+
+    @classmethod
+    def of(cls, workload: Any) -> "Sampling":
+        return cls(float(workload.temperature), float(workload.top_p), int(workload.top_k), workload.sampling_seed)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature}
+        if self.top_p != 1.0:
+            out["top_p"] = self.top_p
+        if self.top_k != -1:
+            out["top_k"] = self.top_k
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
 
 
 @dataclass(frozen=True)
@@ -39,6 +67,7 @@ class Endpoint:
     request_timeout_s: float = 120.0
     stall_timeout_s: float = 60.0
     ignore_eos: bool = True
+    sampling: Sampling = Sampling()
 
     @property
     def path(self) -> str:
@@ -46,7 +75,7 @@ class Endpoint:
 
     def body(self, spec: RequestSpec) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": spec.max_tokens, "stream": True,
-                                "stream_options": {"include_usage": True}, "temperature": 0.0}
+                                "stream_options": {"include_usage": True}, **self.sampling.fields()}
         if self.ignore_eos:  # exact output lengths; not min_tokens too: it adds a logits processor
             body["ignore_eos"] = True
         if self.kind == "chat":

@@ -52,5 +52,16 @@ class RequestResult:
     warmup: bool = False
 
     @property
+    def queued_s(self) -> float:
+        """How long after its due time the request was sent (open loop; 0 in a closed loop)."""
+        return self.t_sent - self.t_start if self.t_sent else float("nan")
+
+    @property
+    def ttft_from_send(self) -> float:
+        """TTFT from when the request was sent, as ``vllm bench serve`` counts it (``ttft`` counts
+        from when it was due, so that a client-side queue is charged to the latency)."""
+        return self.ttft - self.queued_s
+
+    @property
     def t_end(self) -> float:
         return self.t_start + self.latency if self.latency == self.latency else self.t_start

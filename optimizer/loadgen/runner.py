@@ -17,11 +17,15 @@ ends with ``connect``/``stream_broken`` records, and requests it never sent are 
 The measured connections are the warm-up's (one pool per run), so the first measured requests
 do not pay for TCP set-up, and the garbage collector's heap is frozen during the measured phase
 (as ``vllm bench serve`` does) so that a full collection does not land in the P99.
+
+Above one client process's comfortable load (``load.client_workers``, automatic by default) the
+same phases run in several worker processes (``optimizer/loadgen/pool.py``) sharing one schedule;
+their records are merged by index, exactly as one process would have produced them. The request
+bodies carry the workload's sampling parameters (``workload.temperature`` and co.).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -31,22 +35,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import httpx
-
 from optimizer.config import LoadConfig
-from optimizer.loadgen.client import Endpoint, new_client, send
+from optimizer.loadgen import phases
+from optimizer.loadgen.client import Endpoint, Sampling
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.workload import RequestSet
 from optimizer.stats import min_samples_for_upper_bound
 
-__all__ = ["LoadRun", "arrival_times", "plan_requests", "run_load"]
+__all__ = ["LoadRun", "arrival_times", "plan_requests", "run_load", "schedule"]
 
 log = logging.getLogger(__name__)
-
-# failures that say "the server is not there": refused, or silent for load.stall_timeout_s (a
-# request over load.request_timeout_s while bytes still flow is a slow server, not a gone one)
-_GONE = frozenset({"connect", "stalled"})
 _warned: set[str] = set()
+_HARD_DEADLINE = "not sent before the run's hard deadline"
 
 
 @dataclass
@@ -55,11 +55,21 @@ class LoadRun:
     warmup: list[RequestResult] = field(default_factory=list)
     duration_s: float = float("nan")  # wall time of the measured phase
     warmup_s: float = 0.0
-    client_cpu_s: float = 0.0  # CPU time of this process during the measured run
+    client_cpu_s: float = 0.0  # CPU time of the client (all its processes) during the measured run
     num_requests: int = 0  # the count the run was planned with (after load.p99_sizing)
     aborted: str = ""  # why the run stopped issuing requests early ("" = it did not)
     dispatch_lag_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # p50, p99, max (send - due)
     notes: list[str] = field(default_factory=list)  # warnings worth showing beside the results
+    client_workers: int = 1  # client processes that sent the load
+    # CPU seconds of each client process during the measured run (the parent first when several)
+    client_cpu_by_process: list[float] = field(default_factory=list)
+
+    @property
+    def client_cpu_max_share(self) -> float:
+        """The busiest client process's share of one core over the measured run."""
+        if not self.client_cpu_by_process or not self.duration_s > 0:
+            return math.nan
+        return max(self.client_cpu_by_process) / self.duration_s
 
 
 def arrival_times(n: int, rate: float, kind: str, seed: int) -> list[float]:
@@ -99,202 +109,6 @@ def plan_requests(cfg: LoadConfig) -> tuple[int, str]:
                f"with its CI. Set load.num_requests>={need} or load.p99_sizing=auto")
 
 
-class _Clients:
-    """Per-worker httpx clients (pool of one connection each), kept across the run's phases."""
-
-    def __init__(self, ep: Endpoint) -> None:
-        self.ep = ep
-        self.free: list[httpx.AsyncClient] = []
-        self.made: list[httpx.AsyncClient] = []
-
-    def get(self) -> httpx.AsyncClient:
-        if self.free:
-            return self.free.pop()
-        c = new_client(self.ep)
-        self.made.append(c)
-        return c
-
-    def put(self, c: httpx.AsyncClient) -> None:
-        self.free.append(c)
-
-    async def aclose(self) -> None:
-        async def close(c: httpx.AsyncClient) -> None:
-            try:
-                async with asyncio.timeout(5.0):
-                    await c.aclose()
-            except (TimeoutError, httpx.HTTPError, OSError, RuntimeError):
-                pass
-
-        await asyncio.gather(*(close(c) for c in self.made), return_exceptions=True)
-
-
-class _Brake:
-    """Trips after ``limit`` consecutive requests that could not reach the server."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.run, self.reason = limit, 0, ""
-
-    def observe(self, r: RequestResult) -> None:
-        if r.ok or r.error_kind not in _GONE:
-            self.run = 0
-            return
-        self.run += 1
-        if self.run >= self.limit and not self.reason:
-            self.reason = (f"{self.run} requests in a row failed to reach the server ({r.error_kind}: "
-                           f"{r.error[:160]}); stopped issuing")
-
-    @property
-    def tripped(self) -> bool:
-        return bool(self.reason)
-
-
-class _Clock:
-    """When a phase really began (after its requests were built): its wall and CPU time start."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = math.nan
-
-    def start(self, at: Optional[float] = None) -> None:
-        self.wall = time.perf_counter() if at is None else at
-        self.cpu = time.process_time()
-
-
-def _unsent(i: int, warmup: bool, why: str) -> RequestResult:
-    return RequestResult(index=i, ok=False, error_kind="aborted", error=why[:500], t_start=time.perf_counter(),
-                         warmup=warmup)
-
-
-def _cut_off(i: int, t_start: float, warmup: bool, limit_s: float) -> RequestResult:
-    return RequestResult(index=i, ok=False, error_kind="timeout", t_start=t_start, warmup=warmup,
-                         error=f"still open at the run's hard deadline ({limit_s:.0f} s); cancelled")
-
-
-async def _bounded(tasks: list[asyncio.Task[None]], limit_s: float) -> bool:
-    """Wait for ``tasks`` up to ``limit_s``; cancel and reap the rest. True if all finished."""
-    if not tasks:
-        return True
-    _, pending = await asyncio.wait(tasks, timeout=limit_s)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=10.0)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]  # a bug in this module, not a request failure
-    return not pending
-
-
-async def _closed_loop(ep: Endpoint, rs: RequestSet, n: int, duration_s: float, concurrency: int,
-                       warmup: bool, progress: Optional[Callable[[int], None]], clients: _Clients,
-                       brake: _Brake, clock: Optional[_Clock] = None) -> list[RequestResult]:
-    results: list[RequestResult] = []
-    inflight: dict[int, float] = {}
-    counter = iter(range(10**9))
-    # a known count is built and encoded before the clock starts (drawing and encoding a 256-token
-    # prompt costs ~0.2 ms, which would delay the other streams' timestamps)
-    specs = [rs.spec(i, warmup=warmup) for i in range(n)] if duration_s <= 0 else []
-    bodies = [ep.encode(s) for s in specs]
-    if clock is not None:
-        clock.start()
-    stop_at = time.perf_counter() + duration_s if duration_s > 0 else None
-
-    async def worker() -> None:
-        client = clients.get()
-        try:
-            for i in counter:
-                if (stop_at is None and i >= n) or (stop_at is not None and time.perf_counter() >= stop_at):
-                    return
-                if brake.tripped:
-                    if stop_at is not None:
-                        return
-                    results.append(_unsent(i, warmup, brake.reason))
-                    continue
-                inflight[i] = time.perf_counter()
-                spec = specs[i] if i < len(specs) else rs.spec(i, warmup=warmup)
-                r = await send(client, ep, spec, warmup=warmup, body=bodies[i] if i < len(bodies) else None)
-                del inflight[i]
-                results.append(r)
-                brake.observe(r)
-                if progress:
-                    progress(len(results))
-                # let streams whose data is already here take their timestamps before this worker
-                # spends CPU on starting its next request (a real server ends many streams at once)
-                await asyncio.sleep(0)
-        finally:
-            clients.put(client)
-
-    if stop_at is not None:
-        limit_s = duration_s + ep.request_timeout_s + 30.0
-    else:
-        limit_s = math.ceil(n / concurrency) * ep.request_timeout_s + 30.0
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    if not await _bounded(tasks, limit_s):
-        results += [_cut_off(i, t, warmup, limit_s) for i, t in inflight.items()]
-        if stop_at is None:
-            done = {r.index for r in results}
-            results += [_unsent(i, warmup, "not sent before the run's hard deadline") for i in range(n)
-                        if i not in done]
-    return sorted(results, key=lambda r: r.index)
-
-
-async def _open_loop(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
-                     progress: Optional[Callable[[int], None]], clients: _Clients,
-                     brake: _Brake, clock: _Clock) -> tuple[list[RequestResult], list[float]]:
-    if cfg.duration_s > 0:
-        n = max(n, int(cfg.duration_s * cfg.request_rate) + 1)
-    offsets = arrival_times(n, cfg.request_rate, cfg.arrival, rs.workload.seed)
-    if cfg.duration_s > 0:
-        offsets = [o for o in offsets if o < cfg.duration_s]
-    specs = [rs.spec(i) for i in range(len(offsets))]
-    bodies = [ep.encode(s) for s in specs]
-    slots = asyncio.Semaphore(cfg.max_inflight)
-    results: list[RequestResult] = []
-    inflight: dict[int, float] = {}
-    lags: list[float] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def one(i: int, due: float) -> None:
-        async with slots:  # bounded: each holder is bounded by request_timeout_s
-            client = clients.get()
-            inflight[i] = due
-            try:
-                lags.append(time.perf_counter() - due)
-                r = await send(client, ep, specs[i], t_start=due, body=bodies[i])
-            finally:
-                clients.put(client)
-                inflight.pop(i, None)
-        results.append(r)
-        brake.observe(r)
-        if progress:
-            progress(len(results))
-
-    t0 = time.perf_counter() + 0.01  # the first arrival; the measured phase starts with it
-    clock.start(t0)
-    limit_s = (offsets[-1] if offsets else 0.0) + ep.request_timeout_s + 30.0
-
-    async def dispatch() -> None:
-        for i, off in enumerate(offsets):
-            due = t0 + off
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if brake.tripped:
-                results.extend(_unsent(j, False, brake.reason) for j in range(i, len(offsets)))
-                return
-            tasks.append(asyncio.create_task(one(i, due)))
-
-    d = asyncio.create_task(dispatch())
-    finished = await _bounded([d], limit_s)
-    remaining = max(1.0, limit_s - (time.perf_counter() - t0))
-    finished = finished and await _bounded(tasks, remaining)
-    if not finished:
-        results += [_cut_off(i, t, False, limit_s) for i, t in inflight.items()]
-        done = {r.index for r in results}
-        results += [_unsent(i, False, "not sent before the run's hard deadline") for i in range(len(offsets))
-                    if i not in done]
-    return sorted(results, key=lambda r: r.index), lags
-
-
 def _note(run: LoadRun, msg: str) -> None:
     if not msg:
         return
@@ -304,55 +118,114 @@ def _note(run: LoadRun, msg: str) -> None:
         log.warning("%s", msg)
 
 
+def schedule(cfg: LoadConfig, n: int, seed: int) -> list[float]:
+    """The open loop's arrival offsets (s from its start): ``n`` of them, or those within
+    ``load.duration_s``. Pure and seeded: the one schedule every client process shares."""
+    if cfg.duration_s > 0:
+        n = max(n, int(cfg.duration_s * cfg.request_rate) + 1)
+    offsets = arrival_times(n, cfg.request_rate, cfg.arrival, seed)
+    return [o for o in offsets if o < cfg.duration_s] if cfg.duration_s > 0 else offsets
+
+
+def brake_limit(cfg: LoadConfig) -> int:
+    return cfg.abort_after_failures or max(8, 2 * _concurrency(cfg))
+
+
+def _concurrency(cfg: LoadConfig) -> int:
+    return cfg.concurrency if cfg.mode == "concurrency" else min(cfg.max_inflight, cfg.concurrency)
+
+
+async def _run_here(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
+                    progress: Optional[Callable[[str, int], None]], run: LoadRun) -> str:
+    """Warm up and measure in this process. Returns the brake's reason ("" if it did not trip)."""
+    conc = _concurrency(cfg)
+    brake = phases.Brake(brake_limit(cfg))
+    clients = phases.Clients(ep)
+    try:
+        if cfg.warmup_requests > 0:
+            w0 = time.perf_counter()
+            wconc = max(1, min(conc, cfg.warmup_requests))
+            run.warmup = phases.missing(await phases.closed_loop(
+                ep, rs, phases.prepare(ep, rs, range(cfg.warmup_requests), warmup=True), cfg.warmup_requests, 0.0,
+                wconc, True, (lambda k: progress("warmup", k)) if progress else None, clients, brake,
+                phases.LocalIndices()), cfg.warmup_requests, True, _HARD_DEADLINE)
+            run.warmup_s = time.perf_counter() - w0
+        tick = (lambda k: progress("load", k)) if progress else None
+        if cfg.mode == "concurrency":
+            prepared = phases.prepare(ep, rs, range(n)) if cfg.duration_s <= 0 else {}
+        else:
+            offsets = schedule(cfg, n, rs.workload.seed)
+            prepared = phases.prepare(ep, rs, range(len(offsets)))
+        gc.collect()
+        gc.freeze()
+        t0 = cpu0 = math.nan
+        try:
+            if cfg.mode == "concurrency":
+                def started(t: float) -> None:
+                    nonlocal t0, cpu0
+                    t0, cpu0 = t, time.process_time()
+
+                res = await phases.closed_loop(ep, rs, prepared, n, cfg.duration_s, cfg.concurrency, False, tick,
+                                               clients, brake, phases.LocalIndices(), on_start=started)
+                run.results = res if cfg.duration_s > 0 else phases.missing(res, n, False, _HARD_DEADLINE)
+            else:
+                t0, cpu0 = time.perf_counter() + 0.01, time.process_time()  # the first arrival starts the phase
+                res, lags = await phases.open_loop(ep, prepared, list(range(len(offsets))), offsets, t0,
+                                                   cfg.max_inflight, tick, clients, brake)
+                run.results = phases.missing(res, len(offsets), False, _HARD_DEADLINE)
+                if lags:
+                    p50, p99 = _percentiles(lags, (50, 99))
+                    run.dispatch_lag_ms = (p50 * 1000.0, p99 * 1000.0, max(lags) * 1000.0)
+        finally:
+            # from the first request (prompts are built before) to the last answer, failures included
+            if t0 == t0:
+                run.client_cpu_s = time.process_time() - cpu0
+                run.duration_s = time.perf_counter() - t0
+                run.client_cpu_by_process = [run.client_cpu_s]
+            gc.unfreeze()
+    finally:
+        await clients.aclose()
+    return brake.reason
+
+
 async def run_load(ep: Endpoint, rs: RequestSet, cfg: LoadConfig,
                    progress: Optional[Callable[[str, int], None]] = None) -> LoadRun:
-    """Warm up (closed loop at the configured concurrency, results kept apart), then measure."""
+    """Warm up (closed loop at the configured concurrency, results kept apart), then measure.
+
+    The requests carry ``rs.workload``'s sampling parameters and ``ignore_eos`` (unless ``ep``
+    turns it off). With more than one client process (``load.client_workers``; 0 sizes it from
+    the load and the host's cores) the load is spread over worker processes, and the records
+    merged by index: the same records, in the same order, as one process would return."""
+    from optimizer.loadgen import pool  # imports this module's helpers
+
     run = LoadRun()
     n, msg = plan_requests(cfg)
     if n != cfg.num_requests:
         cfg = dataclasses.replace(cfg, num_requests=n)
     run.num_requests = n
     _note(run, msg)
-    conc = cfg.concurrency if cfg.mode == "concurrency" else min(cfg.max_inflight, cfg.concurrency)
-    brake = _Brake(cfg.abort_after_failures or max(8, 2 * conc))
-    clients = _Clients(ep)
-    try:
-        if cfg.warmup_requests > 0:
-            w0 = time.perf_counter()
-            wconc = max(1, min(conc, cfg.warmup_requests))
-            run.warmup = await _closed_loop(ep, rs, cfg.warmup_requests, 0.0, wconc, True,
-                                            (lambda k: progress("warmup", k)) if progress else None, clients,
-                                            brake)
-            run.warmup_s = time.perf_counter() - w0
-        tick = (lambda k: progress("load", k)) if progress else None
-        gc.collect()
-        gc.freeze()
-        clock = _Clock()
-        try:
-            if cfg.mode == "concurrency":
-                run.results = await _closed_loop(ep, rs, n, cfg.duration_s, cfg.concurrency, False, tick, clients,
-                                                 brake, clock)
-            else:
-                run.results, lags = await _open_loop(ep, rs, cfg, n, tick, clients, brake, clock)
-                if lags:
-                    p50, p99 = (float(x) * 1000.0 for x in _percentiles(lags, (50, 99)))
-                    run.dispatch_lag_ms = (p50, p99, max(lags) * 1000.0)
-        finally:
-            # from the first request (prompts are built before) to the last answer, failures included
-            run.client_cpu_s = time.process_time() - clock.cpu if clock.cpu == clock.cpu else 0.0
-            run.duration_s = time.perf_counter() - clock.wall if clock.wall == clock.wall else math.nan
-            gc.unfreeze()
-    finally:
-        await clients.aclose()
-    run.aborted = brake.reason
-    if brake.reason:
-        _note(run, "the run was cut short: " + brake.reason)
+    w = rs.workload
+    ep = dataclasses.replace(ep, sampling=Sampling.of(w), ignore_eos=ep.ignore_eos and w.ignore_eos)
+    run.client_workers = pool.workers_for(cfg, w)
+    if run.client_workers > 1:
+        reason = await pool.run_pool(ep, rs, cfg, n, run.client_workers, progress, run)
+    else:
+        reason = await _run_here(ep, rs, cfg, n, progress, run)
+    run.aborted = reason
+    if reason:
+        _note(run, "the run was cut short: " + reason)
     if cfg.duration_s > 0 and cfg.p99_sizing != "off":
         need = min_samples_for_upper_bound(0.99, cfg.p99_confidence)
         n_ok = sum(1 for r in run.results if r.ok)
         if n_ok < need:
             _note(run, f"only {n_ok} successful requests in load.duration_s={cfg.duration_s:g}: too few to bound "
                        f"the P99 of TTFT and E2E from above at {cfg.p99_confidence:.0%} confidence (needs >= {need})")
+    share = run.client_cpu_max_share
+    if share > cfg.client_cpu_warn:
+        more = pool.suggest_workers(run.client_workers, share, cfg.client_cpu_warn)
+        _note(run, f"the busiest load-generator process used {share:.0%} of a core (load.client_cpu_warn="
+                   f"{cfg.client_cpu_warn:g}): the client may be adding to the latencies it measures. Run it with "
+                   f"more processes (load.client_workers={more}, now {run.client_workers}) or on more free cores")
     return run
 
 

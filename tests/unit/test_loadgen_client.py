@@ -120,3 +120,15 @@ def test_the_request_body_asks_for_exact_lengths_and_usage():
     b = ep.body(RequestSpec(0, [{"role": "user", "content": "hi"}], 7))
     assert b["messages"] and b["max_tokens"] == 7 and b["ignore_eos"] is True and "min_tokens" not in b
     assert b["stream"] is True and b["stream_options"] == {"include_usage": True} and ep.path == "/v1/chat/completions"
+
+
+def test_the_request_body_carries_the_workloads_sampling_exactly():
+    from optimizer.config import WorkloadConfig
+    from optimizer.loadgen.client import Sampling
+
+    greedy = json.loads(Endpoint("http://x", "m").encode(SPEC))
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "top_k" not in greedy and "seed" not in greedy
+    w = WorkloadConfig(name="t", temperature=0.8, top_p=0.95, top_k=40, sampling_seed=7)
+    body = json.loads(Endpoint("http://x", "m", sampling=Sampling.of(w)).encode(SPEC))
+    assert (body["temperature"], body["top_p"], body["top_k"], body["seed"]) == (0.8, 0.95, 40, 7)
+    assert body["ignore_eos"] is True and body["max_tokens"] == 3 and body["prompt"] == [1, 2, 3]
