@@ -43,6 +43,7 @@ def judge(load: float, summary: LoadSummary, slo: SloConfig, *, seed: int = 0, l
         load=float(load), passed=failed_on == "", failed_on=failed_on,
         output_tok_s=summary.output_tok_s, req_s=summary.req_s,
         p99_ms=d.p99, p99_low_ms=d.p99_low, p99_high_ms=d.p99_high, judged_p99_ms=judged,
+        max_ms=d.max,
         ttft_p50_ms=summary.ttft.p50, ttft_p99_ms=summary.ttft.p99, itl_p50_ms=summary.itl.p50,
         itl_p99_ms=summary.itl.p99, e2e_p50_ms=summary.e2e.p50, e2e_p99_ms=summary.e2e.p99,
         n_requests=summary.n_requests, n_ok=summary.n_ok, error_rate=summary.error_rate,

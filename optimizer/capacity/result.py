@@ -51,6 +51,7 @@ class ProbeResult:
     p99_low_ms: float = NAN  # its confidence interval
     p99_high_ms: float = NAN
     judged_p99_ms: float = NAN  # what was compared with the limit (the upper bound if slo.use_upper_bound)
+    max_ms: float = NAN  # of slo.metric: the upper end of the interval when too few samples bound the P99
     ttft_p50_ms: float = NAN
     ttft_p99_ms: float = NAN
     itl_p50_ms: float = NAN
@@ -71,12 +72,15 @@ class ProbeResult:
 
     def straddles(self, limit_ms: float) -> bool:
         """Whether the P99's confidence interval holds values on both sides of ``limit_ms``
-        (low <= limit < high; an unknown bound counts as open), i.e. more requests could change the
-        verdict. A probe that failed on errors or was aborted never straddles."""
+        (low <= limit < high), i.e. more requests could change the verdict. Too few samples for an
+        upper bound: the sample maximum stands in (as in objective.score); for a lower bound: open.
+        A probe that failed on errors or was aborted never straddles."""
         if self.aborted or self.failed_on == "errors":
             return False
         lo = self.p99_low_ms if self.p99_low_ms == self.p99_low_ms else -math.inf
-        hi = self.p99_high_ms if self.p99_high_ms == self.p99_high_ms else math.inf
+        hi = self.p99_high_ms if self.p99_high_ms == self.p99_high_ms else self.max_ms
+        if not hi == hi:
+            hi = math.inf
         return lo <= limit_ms < hi
 
     def to_json(self) -> dict[str, Any]:
