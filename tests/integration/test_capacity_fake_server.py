@@ -57,9 +57,9 @@ def test_rate_control_and_the_cap_against_the_fake_server():
     seen: list[ProbeResult] = []
     with spawn_loaded_server(LAW) as url:
         r = _search(url, SloConfig(metric="e2e", p99_ms=5000.0),
-                    CapacityConfig(control="rate", start=2.0, max=6.0, min_windows=2), seen)
-    assert r.control == "rate" and [p.load for p in r.probes] == [2.0, 4.0, 6.0]
-    assert r.limited_by is LimitedBy.CAP and r.value == 6.0 and all(p.passed for p in r.probes)
+                    CapacityConfig(control="rate", start=4.0, max=12.0, min_windows=2), seen)
+    assert r.control == "rate" and [p.load for p in r.probes] == [4.0, 8.0, 12.0]
+    assert r.limited_by is LimitedBy.CAP and r.value == 12.0 and all(p.passed for p in r.probes)
     # an open loop at R req/s serves about R req/s
     assert all(abs(p.req_s - p.load) / p.load < 0.5 for p in r.probes), [(p.load, p.req_s) for p in r.probes]
 
