@@ -249,8 +249,7 @@ def spawn_loaded_server(law: LoadModel = LoadModel(), cpu: Optional[int] = None)
     """The server as a subprocess (optionally pinned to core ``cpu``); yields its URL, kills it after."""
     argv = [sys.executable, "-m", "optimizer.testing.loaded_server", "--port", "0", "--base-ms", str(law.base_ms),
             "--k", str(law.k), "--prefill-ms", str(law.prefill_ms), "--model", law.model]
-    pre = (lambda: __import__("os").sched_setaffinity(0, {cpu})) if cpu is not None else None
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, preexec_fn=pre)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: _child_setup(cpu))
     try:
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -260,6 +259,18 @@ def spawn_loaded_server(law: LoadModel = LoadModel(), cpu: Optional[int] = None)
     finally:
         p.kill()
         p.wait(10)
+
+
+def _child_setup(cpu: Optional[int]) -> None:
+    """In the child before exec: die with the parent (Linux), pin to ``cpu``."""
+    import ctypes
+    import os
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, find_capacity
+from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, Step, find_capacity
 from optimizer.capacity.result import CapacityResult
 from optimizer.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
@@ -83,3 +83,17 @@ def test_a_server_that_dies_mid_search_ends_it_as_aborted_keeping_the_passes():
     assert r.limited_by is LimitedBy.ABORTED and r.value == 2.0 and r.feasible
     assert [p.load for p in seen] == [1.0, 2.0, 4.0]
     assert seen[-1].aborted and seen[-1].failed_on == "aborted" and not seen[-1].passed
+
+
+def test_a_lengthening_step_measures_more_requests_with_new_prompts_and_judges_both_runs():
+    load = LoadConfig(num_requests=10, warmup_requests=2, p99_sizing="off",
+                      capacity=CapacityConfig(min_windows=1, lengthen=3.0))
+    slo = SloConfig(metric="e2e", p99_ms=10_000.0)
+    with spawn_loaded_server(LAW) as url:
+        probe = LoadProbe(Endpoint(url, "fake"), RS, load, slo)
+        first = asyncio.run(probe(Step(load=2, run=0, first=True)))
+        longer = asyncio.run(probe(Step(load=2, run=1, extend=first)))
+    assert first.n_requests == 10 and not first.lengthened
+    assert longer.lengthened and longer.n_requests == 30 and longer.n_ok == 30  # 3x the requests in all
+    assert longer.seed == first.seed  # the probe is known by its first run's seed
+    assert longer.duration_s > first.duration_s

@@ -178,13 +178,6 @@ def test_early_stop_once_a_failure_proves_the_capacity_below_what_the_caller_nee
     assert r2.value == 10 and r2.limited_by is LimitedBy.SLO
 
 
-def test_upper_bound_judging_is_the_probe_functions_verdict_the_search_follows_passed():
-    slo = SloConfig(metric="e2e", p99_ms=1000.0, use_upper_bound=True)
-    m = Model(100.0, half_ci=lambda s: 0.0)
-    r = search(m, slo=slo)
-    assert r.value == 10 and r.slo_p99_ms == 1000.0
-
-
 def test_on_probe_gets_every_judged_probe_in_order():
     m = Model(100.0, half_ci=lambda s: 300.0 if s.load == 8 and s.extend is None else 0.0)
     seen: list[ProbeResult] = []
