@@ -1,9 +1,9 @@
 """Accuracy of the capacity search against a server whose true capacity is known.
 
 The loaded fake server (optimizer/testing/loaded_server.py) slows every stream by the number of
-open streams: step(a) = base x (1 + a/k), E2E = prefill + n_out x step(a), TTFT = prefill +
-step(a). For a P99 limit L the true closed-loop capacity is the largest C whose formula stays
-<= L (``LoadModel.true_capacity``). Each limit below is placed half a step between two integer
+open streams a: E2E = (prefill + n_out x base) x (1 + a/k), TTFT = (prefill + base) x (1 + a/k).
+For a P99 limit L the true closed-loop capacity is the largest C whose formula stays <= L
+(``LoadModel.true_capacity``). Each limit below is placed half a step between two integer
 capacities (a margin of half the per-user latency increase against this host's noise). For each
 limit the real search (LoadProbe -> run_load -> judge) runs from 1 user with the default
 resolution (5 %, at least 1 user), and the answer is compared with the true capacity: it must be
@@ -13,7 +13,8 @@ The server is a subprocess, the client this process, neither pinned (on a shared
 process cannot move off a core that others keep busy). The host's load average is recorded with
 every search: on a busy host the fake server keeps its schedule late, latencies rise above the
 law, and the search finds less than the law's capacity (never more: lateness only adds latency). Usage: ``python
-benchmarks/capacity_search_accuracy.py [--reps 2] [--num-requests 100]``; writes
+benchmarks/capacity_search_accuracy.py [--reps 2] [--num-requests 100]`` (on a shared host, under
+``nice -n -15``: the niceness is recorded); writes
 benchmarks/results/capacity_search_accuracy.json.
 """
 
@@ -35,16 +36,15 @@ from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server  # noqa: E402
 
-LAW = LoadModel(base_ms=8.0, k=4.0, prefill_ms=10.0)  # step(C) = 8 + 2 C ms
-N_OUT = 16  # E2E(C) = 10 + 16 (8 + 2 C) = 138 + 32 C ms; TTFT(C) = 18 + 2 C ms
+LAW = LoadModel(base_ms=8.0, k=2.0, prefill_ms=40.0)
+N_OUT = 16  # E2E(C) = 168 (1 + C/2) = 168 + 84 C ms; TTFT(C) = 48 + 24 C ms
 E2E_CAPACITIES = (2, 5, 9, 14, 20, 28)
 TTFT_CAPACITIES = (6, 15)
 
 
 def limit_for(metric: str, capacity: int) -> float:
     """The limit half a step above ``capacity`` users."""
-    c = capacity + 0.5
-    return LAW.latency_ms(metric, c, N_OUT)
+    return LAW.latency_ms(metric, capacity + 0.5, N_OUT)
 
 
 def one_search(url: str, metric: str, limit: float, n_requests: int) -> dict:
@@ -91,7 +91,7 @@ def main() -> int:
     print(f"within one resolution step: {within}/{len(rows)}; exact: {sum(r['error'] == 0 for r in rows)}/{len(rows)}")
     C.write_result("capacity_search_accuracy", {
         "law": {"base_ms": LAW.base_ms, "k": LAW.k, "prefill_ms": LAW.prefill_ms, "n_out": N_OUT},
-        "num_requests": a.num_requests, "reps": a.reps, "rows": rows,
+        "num_requests": a.num_requests, "reps": a.reps, "niceness": os.nice(0), "rows": rows,
         "within_one_step": within, "searches": len(rows),
         "median_probe_runs": C.median([r["probe_runs"] for r in rows]),
         "median_seconds": C.median([r["seconds"] for r in rows])})

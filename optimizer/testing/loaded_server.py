@@ -4,13 +4,15 @@ For the capacity search's tests and accuracy benchmark: the highest concurrency 
 limit holds can be computed (:meth:`LoadModel.true_capacity`) and compared with what the search
 finds. Every open stream slows every stream down, as a batch does on a real server::
 
-    step(a)  = base_ms x (1 + a / k)           a = streams open now (this one included)
-    TTFT     = prefill_ms + step(a)            the first token
-    ITL      = step(a)                         every further token
-    E2E      = prefill_ms + n_out x step(a)    n_out = max_tokens (always all of them, as ignore_eos)
+    slow(a)  = 1 + a / k                             a = streams open now (this one included)
+    ITL      = base_ms x slow(a)                     every token after the first
+    TTFT     = (prefill_ms + base_ms) x slow(a)      the first token
+    E2E      = (prefill_ms + n_out x base_ms) x slow(a)   n_out = max_tokens (all of them, as ignore_eos)
 
 In a closed loop of C users, a = C (minus the instant between one request's end and the next's
-start), so the P99 of each metric at C is the formula at a = C, plus the client's own overhead.
+start), so the P99 of each metric at C is the formula at a = C, plus the client's own overhead;
+the capacity for a limit L is the largest C with X x (1 + C/k) <= L (X: the metric's formula at
+slow = 1).
 Tokens follow an absolute schedule (each due one step after the previous one was due), so a late
 wake-up of the event loop delays one token, not all the following ones.
 
@@ -56,19 +58,23 @@ class LoadModel:
     model: str = "fake"
     kv_slots: int = 256
 
+    def slow(self, active: float) -> float:
+        return 1.0 + active / self.k
+
     def step_ms(self, active: float) -> float:
-        return self.base_ms * (1.0 + active / self.k)
+        return self.base_ms * self.slow(active)
+
+    def _unloaded_ms(self, metric: str, n_out: int) -> float:
+        return {"itl": self.base_ms, "ttft": self.prefill_ms + self.base_ms,
+                "e2e": self.prefill_ms + n_out * self.base_ms}[metric]
 
     def latency_ms(self, metric: str, active: float, n_out: int) -> float:
         """The server-side latency of ``metric`` (e2e, ttft, itl) with ``active`` open streams."""
-        s = self.step_ms(active)
-        return {"itl": s, "ttft": self.prefill_ms + s, "e2e": self.prefill_ms + n_out * s}[metric]
+        return self._unloaded_ms(metric, n_out) * self.slow(active)
 
     def true_capacity(self, metric: str, limit_ms: float, n_out: int) -> int:
         """The highest closed-loop concurrency whose ``metric`` stays <= ``limit_ms`` (0: none)."""
-        per_step = {"itl": limit_ms, "ttft": limit_ms - self.prefill_ms,
-                    "e2e": (limit_ms - self.prefill_ms) / n_out}[metric]
-        c = math.floor(self.k * (per_step / self.base_ms - 1.0) + 1e-9)
+        c = math.floor(self.k * (limit_ms / self._unloaded_ms(metric, n_out) - 1.0) + 1e-9)
         return max(0, c)
 
 
@@ -145,7 +151,7 @@ class _App:
         obj = "chat.completion.chunk" if chat else "text_completion"
         self.active += 1
         try:
-            due = t0 + self.law.prefill_ms / 1000.0
+            due = t0 + self.law.prefill_ms * self.law.slow(self.active) / 1000.0
             if not req.get("stream"):
                 for _ in range(n_out):
                     due += self.law.step_ms(self.active) / 1000.0
