@@ -69,7 +69,7 @@ def main() -> int:
     cfg = compose([f"model.path={C.TINY}"])
     rs = RequestSet.build(WorkloadConfig(name="agree", prompt_tokens=PROMPT, output_tokens=OUTPUT), cfg.model)
     out: dict[str, Any] = {"workload": {"prompt": PROMPT, "output": OUTPUT}, "slo_factor": a.slo_factor}
-    with C.vllm_server(free_port(), extra=["--enforce-eager"], dev_mode=True) as srv:
+    with C.vllm_server(free_port(), extra=["--enforce-eager"], dev_mode=True, start_timeout_s=900) as srv:
         out["server_start_s"] = srv.start_s
         ep = Endpoint(srv.url, "tiny")
         t = time.monotonic()
@@ -97,6 +97,10 @@ def main() -> int:
         out["capacity"] = r.to_json()
         print(f"capacity {r.value:g} users ({r.limited_by.value}: {r.stop_reason}) in {out['search_s']:.0f} s",
               flush=True)
+        if not r.feasible:
+            print("infeasible at 1 user: nothing to compare (raise --slo-factor)")
+            C.write_result("capacity_search_agreement", out)
+            return 1
         cap = int(r.value)
         above = math.ceil(1.25 * cap)
         runs = []
