@@ -11,9 +11,8 @@ together (their measured durations added). The server must already be warm and r
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-from typing import Any, AsyncContextManager, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from optimizer.capacity.judge import judge
 from optimizer.capacity.result import ProbeResult
@@ -28,7 +27,6 @@ from optimizer.metrics import summarize
 
 __all__ = ["LoadProbe", "Telemetry"]
 
-log = logging.getLogger(__name__)
 
 
 class Telemetry(Protocol):
