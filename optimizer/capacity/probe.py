@@ -28,7 +28,6 @@ from optimizer.metrics import summarize
 __all__ = ["LoadProbe", "Telemetry"]
 
 
-
 class Telemetry(Protocol):
     """What the probe needs of a server telemetry sampler (``optimizer.server.telemetry.TelemetrySampler``)."""
 
