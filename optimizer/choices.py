@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Arrival", "Device", "Endpoint", "LoadMode", "P99Sizing", "Sampler", "SloMetric", "SpecMethod"]
+__all__ = ["Arrival", "CapacityControl", "CapacityValue", "Device", "Endpoint", "LoadMode", "P99Sizing", "Sampler", "SloMetric", "SpecMethod"]
 
 
 class Endpoint(StrEnum):
@@ -24,6 +24,21 @@ class Endpoint(StrEnum):
 class LoadMode(StrEnum):
     concurrency = "concurrency"  # closed loop: a fixed number of requests in flight
     rate = "rate"  # open loop: requests arrive at load.request_rate
+    capacity = "capacity"  # the highest load that meets the SLO (load.capacity)
+
+
+class CapacityControl(StrEnum):
+    """What a capacity search varies."""
+
+    concurrency = "concurrency"  # closed loop: users
+    rate = "rate"  # open loop: Poisson requests/s
+
+
+class CapacityValue(StrEnum):
+    """The trial's value at the capacity found."""
+
+    output_tok_s = "output_tok_s"
+    req_s = "req_s"
 
 
 class Arrival(StrEnum):

@@ -15,10 +15,11 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.choices import Arrival, Device, Endpoint, LoadMode, P99Sizing, Sampler, SloMetric, SpecMethod
+from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, LoadMode, P99Sizing, Sampler, SloMetric, SpecMethod
 from optimizer.errors import ConfigError
 
 __all__ = [
+    "CapacityConfig",
     "Config",
     "FloatRange",
     "HardwareConfig",
@@ -130,10 +131,30 @@ class WorkloadConfig:
 
 
 @dataclass
+class CapacityConfig:
+    """``load.mode=capacity``: the highest load that meets the SLO (optimizer/capacity/).
+
+    Probes double from ``start`` until one breaks the SLO or the error limit (or reaches ``max``),
+    then bisect between the last pass and the first failure until they are ``resolution`` apart
+    (concurrency: max(1, resolution x the passing load) users; rate: resolution x the passing rate)."""
+
+    control: CapacityControl = CapacityControl.concurrency  # closed loop (users) | rate (open loop, requests/s)
+    start: float = 1.0  # the first (lowest) probed load; failing there: infeasible
+    max: float = 0.0  # highest load probed; 0: max_num_seqs x max_factor (study), load.max_inflight (loadtest)
+    max_factor: float = 2.0  # the derived cap, in units of the server's max_num_seqs
+    resolution: float = 0.05  # bisection stops when pass and failure are this close (relative)
+    max_probes: int = 16  # probe runs per search (a lengthened probe counts twice)
+    max_s: float = 0.0  # no new probe once the search has run this long; 0: no limit
+    min_windows: int = 4  # measured requests per probe >= this x the concurrency
+    lengthen: float = 2.0  # a probe whose P99 interval straddles the limit: this many times its requests
+    value: CapacityValue = CapacityValue.output_tok_s  # the trial's value at the capacity
+
+
+@dataclass
 class LoadConfig:
     """How the request set is sent."""
 
-    mode: LoadMode = LoadMode.concurrency
+    mode: LoadMode = LoadMode.concurrency  # capacity: search the highest load that meets the SLO (load.capacity)
     concurrency: int = 8
     request_rate: float = 4.0  # requests/s, open loop
     arrival: Arrival = Arrival.poisson
@@ -155,6 +176,7 @@ class LoadConfig:
     client_workers: int = 0
     # warn when the busiest client process uses more than this share of one core during the run
     client_cpu_warn: float = 0.8
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 @dataclass
@@ -328,6 +350,7 @@ def validate(cfg: Config) -> None:
         _fail("workload.prompt_tokens/output_tokens", (w.prompt_tokens, w.output_tokens), "must be >= 1")
     if not 0 <= w.prompt_tokens_spread < 1 or not 0 <= w.output_tokens_spread < 1:
         _fail("workload.*_spread", (w.prompt_tokens_spread, w.output_tokens_spread), "must be in [0, 1)")
+    _validate_capacity(ld.capacity)
     if ld.concurrency < 1:
         _fail("load.concurrency", ld.concurrency, "must be >= 1")
     if not ld.request_rate > 0:
@@ -356,3 +379,22 @@ def validate(cfg: Config) -> None:
         _fail("workload.top_k", w.top_k, "must be >= 1, or -1 for no top-k")
     if cfg.server.start_timeout_s <= 0:
         _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")
+
+
+def _validate_capacity(c: CapacityConfig) -> None:
+    if not c.start > 0 or (c.control == "concurrency" and c.start != int(c.start)):
+        _fail("load.capacity.start", c.start, "must be > 0 (a whole number of users with control=concurrency)")
+    if c.max < 0 or (c.max and c.max < c.start):
+        _fail("load.capacity.max", c.max, f"must be >= load.capacity.start={c.start:g}, or 0 (derived)")
+    if not c.max_factor > 0:
+        _fail("load.capacity.max_factor", c.max_factor, "must be > 0")
+    if not 0 < c.resolution < 1:
+        _fail("load.capacity.resolution", c.resolution, "must be in (0, 1), e.g. 0.05 for 5 %")
+    if c.max_probes < 1:
+        _fail("load.capacity.max_probes", c.max_probes, "must be >= 1")
+    if c.max_s < 0:
+        _fail("load.capacity.max_s", c.max_s, "must be >= 0 s (0: no limit)")
+    if c.min_windows < 1:
+        _fail("load.capacity.min_windows", c.min_windows, "must be >= 1")
+    if not c.lengthen >= 1:
+        _fail("load.capacity.lengthen", c.lengthen, "must be >= 1 (1: never lengthen)")

@@ -24,7 +24,7 @@ def test_default_config_composes_to_the_embedded_cpu_study(compose):
     ("study.name=../evil", "study.name"),
     ("study.name=a/b", "study.name"),
     ("slo.metric=tpot", "slo.metric=tpot: Invalid value 'tpot', expected one of [e2e, ttft, itl]"),
-    ("load.mode=open", "expected one of [concurrency, rate]"),
+    ("load.mode=open", "expected one of [concurrency, rate, capacity]"),
     ("workload.endpoint=chatty", "expected one of [completions, chat]"),
     ("load.arrival=gamma", "expected one of [poisson, constant]"),
     ("load.p99_sizing=maybe", "expected one of [warn, auto, off]"),

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"server", "space", "loadgen"},  # the vLLM process, the search space, the load generator
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints
+    {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by objective)
     {"record"},  # what a trial recorded
     {"probe"},  # a live server, seen from outside (the load test's HTTP beside the load)
     {"study"},  # storage, the trial, the loop

@@ -1,0 +1,211 @@
+"""The capacity search's logic against pure fake probes (no server, no clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Callable, Optional
+
+import pytest
+
+from optimizer.capacity import (CapacityResult, CapacitySearch, LimitedBy, ProbeResult, SearchPlan, Step,
+                                find_capacity)
+from optimizer.config import CapacityConfig, SloConfig
+
+SLO = SloConfig(metric="e2e", p99_ms=1000.0)
+
+
+def probe_at(load: float, p99: float, *, half_ci: float = 0.0, error_rate: float = 0.0, aborted: str = "",
+             lengthened: bool = False, slo: SloConfig = SLO) -> ProbeResult:
+    """A probe as judge() would make it, from a P99 and its CI half-width."""
+    cons = {"slo": p99 / slo.p99_ms - 1, "errors": error_rate - slo.max_error_rate}
+    failed = "aborted" if aborted else "errors" if cons["errors"] > 0 else "slo" if cons["slo"] > 0 else ""
+    return ProbeResult(load=load, passed=not failed, failed_on=failed, output_tok_s=10.0 * load, req_s=load / 2,
+                       p99_ms=p99, p99_low_ms=p99 - half_ci, p99_high_ms=p99 + half_ci, judged_p99_ms=p99,
+                       n_requests=100, n_ok=100, error_rate=error_rate, constraints=cons, lengthened=lengthened,
+                       aborted=aborted)
+
+
+class Model:
+    """A server whose P99 is ``ms_per_load x load``: capacity = limit / ms_per_load, exactly."""
+
+    def __init__(self, ms_per_load: float, half_ci: Callable[[Step], float] = lambda s: 0.0,
+                 errors_above: float = math.inf, abort_at: Optional[float] = None) -> None:
+        self.ms, self.half_ci, self.errors_above, self.abort_at = ms_per_load, half_ci, errors_above, abort_at
+        self.steps: list[Step] = []
+
+    async def __call__(self, step: Step) -> ProbeResult:
+        self.steps.append(step)
+        return probe_at(step.load, self.ms * step.load, half_ci=self.half_ci(step),
+                        error_rate=0.5 if step.load > self.errors_above else 0.0,
+                        aborted="connect refused" if step.load == self.abort_at else "",
+                        lengthened=step.extend is not None)
+
+
+def search(model: Model, slo: SloConfig = SLO, clock: Optional[Callable[[], float]] = None,
+           stop_below: Optional[Callable[[], float]] = None, **plan: object) -> CapacityResult:
+    kw: dict[str, object] = dict(control="concurrency", start=1, cap=256)
+    kw.update(plan)
+    s = CapacitySearch(SearchPlan(**kw), slo, stop_below=stop_below)  # type: ignore[arg-type]
+    return asyncio.run(find_capacity(model, s, **({"clock": clock} if clock else {})))
+
+
+def loads(model: Model) -> list[float]:
+    return [s.load for s in model.steps]
+
+
+@pytest.mark.parametrize("true_capacity", [1, 2, 3, 7, 10, 33, 64, 100, 173])
+def test_doubling_then_bisection_finds_the_capacity_within_one_resolution_step(true_capacity: int):
+    # P99 = limit exactly at the true capacity (it passes: <= is within the SLO), above it beyond
+    m = Model(SLO.p99_ms / true_capacity)
+    r = search(m)
+    step = max(1, math.floor(0.05 * r.value))
+    assert r.feasible and r.limited_by is LimitedBy.SLO
+    assert r.value <= true_capacity < r.value + step + 1e-9
+    hi = min(p.load for p in r.probes if not p.passed)
+    assert hi - r.value <= step  # the bracket closed at the documented resolution
+    assert r.at_capacity is not None and r.at_capacity.passed and r.output_tok_s == 10.0 * r.value
+
+
+def test_probe_sequence_doubles_from_start_then_bisects():
+    m = Model(100.0)  # capacity 10
+    r = search(m)
+    assert loads(m) == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert r.value == 10 and [p.load for p in r.probes] == sorted(loads(m))
+    assert "10 users passed, 11 users broke the P99 limit" in r.stop_reason
+
+
+def test_rate_control_bisects_to_five_percent():
+    m = Model(1000.0 / 13.3)  # capacity 13.3 req/s
+    r = search(m, control="rate", start=0.5, cap=1000.0)
+    assert r.control == "rate" and r.value <= 13.3 < r.value * 1.05 + 1e-9
+    assert loads(m)[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_the_cap_is_probed_itself_and_a_pass_there_says_limited_by_cap():
+    m = Model(1.0)  # capacity 1000, far above the cap
+    r = search(m, cap=12)
+    assert loads(m) == [1, 2, 4, 8, 12]
+    assert r.value == 12 and r.limited_by is LimitedBy.CAP and r.feasible
+
+
+def test_a_config_failing_at_the_lowest_load_is_infeasible_with_a_graded_violation():
+    m = Model(1500.0)  # P99 1.5 s at one user: 50 % over the limit
+    r = search(m)
+    assert loads(m) == [1]
+    assert not r.feasible and math.isnan(r.value) and math.isnan(r.output_tok_s)
+    assert r.limited_by is LimitedBy.SLO and r.constraints["slo"] == pytest.approx(0.5)
+    assert r.throughput() == 0.0
+
+
+def test_the_error_limit_bounds_the_capacity_and_says_so():
+    m = Model(1.0, errors_above=6)
+    r = search(m)
+    assert r.value == 6 and r.limited_by is LimitedBy.ERRORS
+    assert next(p for p in r.probes if p.load == 7).failed_on == "errors"
+
+
+def test_a_straddling_probe_is_lengthened_once_and_judged_on_the_longer_run():
+    # the probe at 8 straddles the limit on its first run only; every other probe is clear
+    m = Model(100.0, half_ci=lambda s: 300.0 if s.load == 8 and s.extend is None else 0.0)
+    r = search(m)
+    assert loads(m) == [1, 2, 4, 8, 8, 16, 12, 10, 11]
+    ext = m.steps[4]
+    assert ext.extend is not None and ext.extend.load == 8 and not ext.first
+    p8 = [p for p in r.probes if p.load == 8]
+    assert len(p8) == 1 and p8[0].lengthened  # judged once, on the lengthened measurement
+    assert r.value == 10
+
+
+def test_a_probe_that_still_straddles_after_lengthening_is_judged_not_lengthened_again():
+    m = Model(100.0, half_ci=lambda s: 5000.0)  # every interval contains the limit, always
+    r = search(m)
+    assert all(m.steps[i].load == m.steps[i + 1].load and m.steps[i + 1].extend is not None
+               for i in range(0, len(m.steps), 2))
+    assert len(m.steps) == 2 * len(r.probes) and r.value == 10
+
+
+def test_an_aborted_probe_is_neither_the_bound_nor_a_pass_and_stops_the_search():
+    m = Model(100.0, abort_at=16)  # the server dies during the probe at 16
+    r = search(m)
+    assert loads(m) == [1, 2, 4, 8, 16]
+    assert r.limited_by is LimitedBy.ABORTED and r.value == 8  # the last real pass
+    aborted = [p for p in r.probes if p.aborted]
+    assert len(aborted) == 1 and not aborted[0].passed and aborted[0].failed_on == "aborted"
+
+
+def test_an_aborted_first_probe_leaves_the_config_unmeasured_not_feasible():
+    m = Model(100.0, abort_at=1)
+    r = search(m)
+    assert not r.feasible and r.limited_by is LimitedBy.ABORTED and r.constraints == {"slo": 1.0, "errors": 1.0}
+
+
+def test_max_probes_ends_the_search_with_the_best_pass_so_far():
+    m = Model(100.0)
+    r = search(m, max_probes=5)
+    assert loads(m) == [1, 2, 4, 8, 16] and r.value == 8 and r.limited_by is LimitedBy.BUDGET
+    assert "max_probes=5" in r.stop_reason
+
+
+def test_max_probes_judges_a_straddling_probe_as_measured_when_no_run_is_left():
+    m = Model(100.0, half_ci=lambda s: 300.0 if s.load == 8 else 0.0)
+    r = search(m, max_probes=4)
+    assert loads(m) == [1, 2, 4, 8] and r.value == 8 and not r.probes[-1].lengthened
+    assert r.limited_by is LimitedBy.BUDGET
+
+
+def test_max_s_starts_no_probe_that_would_end_past_the_budget():
+    now = [0.0]
+
+    class Slow(Model):
+        async def __call__(self, step: Step) -> ProbeResult:
+            now[0] += 10.0  # every probe takes 10 s
+            return await super().__call__(step)
+
+    m = Slow(100.0)
+    r = search(m, clock=lambda: now[0], max_s=35.0)
+    assert loads(m) == [1, 2, 4] and r.limited_by is LimitedBy.BUDGET  # 30 s + 10 s > 35 s
+    assert r.duration_s == 30.0
+
+
+def test_early_stop_once_a_failure_proves_the_capacity_below_what_the_caller_needs():
+    m = Model(100.0)  # capacity 10; the incumbent carries 20
+    r = search(m, stop_below=lambda: 20.0)
+    assert loads(m) == [1, 2, 4, 8, 16] and r.limited_by is LimitedBy.EARLY_STOP and r.value == 8
+    m2 = Model(100.0)
+    r2 = search(m2, stop_below=lambda: 5.0)  # needs only 5: the search runs to the end
+    assert r2.value == 10 and r2.limited_by is LimitedBy.SLO
+
+
+def test_on_probe_gets_every_judged_probe_in_order():
+    m = Model(100.0, half_ci=lambda s: 300.0 if s.load == 8 and s.extend is None else 0.0)
+    seen: list[ProbeResult] = []
+    s = CapacitySearch(SearchPlan("concurrency", 1, 256), SLO)
+    r = asyncio.run(find_capacity(m, s, on_probe=seen.append))
+    assert [p.load for p in seen] == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert sorted(seen, key=lambda p: p.load) == list(r.probes)
+
+
+def test_json_has_the_issue_keys_nulls_for_nan_and_round_trips():
+    r = search(Model(100.0))
+    doc = r.to_json()
+    assert {"control", "value", "output_tok_s", "req_s", "p99_ms", "limited_by", "probes"} <= set(doc)
+    assert doc["control"] == "concurrency" and doc["value"] == 10 and isinstance(doc["value"], int)
+    assert doc["limited_by"] == "slo"
+    for p in doc["probes"]:
+        assert {"load", "passed", "output_tok_s", "p99_ms", "n_requests"} <= set(p)
+        assert p["kv_usage_peak"] is None  # no telemetry: null, never 0
+    text = json.dumps({"capacity": doc}, allow_nan=False)
+    back = CapacityResult.from_json(json.loads(text)["capacity"])
+    assert back.to_json() == doc and back.limited_by is LimitedBy.SLO and back.value == 10.0
+    infeasible = search(Model(1500.0)).to_json()
+    assert infeasible["value"] is None and infeasible["feasible"] is False
+
+
+def test_plan_from_config_uses_the_derived_cap_unless_max_is_set():
+    assert SearchPlan.of(CapacityConfig(), 64.7).cap == 64
+    assert SearchPlan.of(CapacityConfig(max=20), 64).cap == 20
+    rate = SearchPlan.of(CapacityConfig(control="rate", start=0.5, max=0), 40.5)
+    assert rate.cap == 40.5 and rate.step_size(10.0) == pytest.approx(0.5)
+    assert SearchPlan("concurrency", 1, 10).step_size(30) == 1 and SearchPlan("concurrency", 1, 10).step_size(60) == 3
