@@ -24,6 +24,7 @@ __all__ = [
     "IntRange",
     "LoadConfig",
     "ModelConfig",
+    "QualityConfig",
     "SearchConfig",
     "ServerConfig",
     "SloConfig",
@@ -211,6 +212,29 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# engine parameters that change the numbers a model computes (EngineParams field names)
+NUMERICS_PARAM_CHOICES = ("quantization", "dtype", "kv_cache_dtype", "speculative", "num_speculative_tokens",
+                          "ngram_lookup_max", "ngram_lookup_min", "draft_model")
+
+
+@dataclass
+class QualityConfig:
+    """The quality probe (teacher-forced perplexity and greedy agreement with the baseline config)
+    and its gate, the ``quality`` constraint."""
+
+    mode: str = "gate"  # off | measure (record only) | gate (a constraint: violations are infeasible)
+    # a trial's perplexity may exceed the reference's (the baseline config's) by this fraction;
+    # 0.02 is far above the measured noise (two runs of one config: 0; bf16 vs float32: see
+    # benchmarks/results/quality.json) and far below what a damaging change does
+    max_ppl_increase: float = 0.02
+    # mean greedy agreement with the reference (per prompt: leading equal tokens / length)
+    min_agreement: float = 0.8
+    max_tokens: int = 48  # tokens per greedy generation
+    dataset: str = "quality-v1"  # optimizer/quality/data/<dataset>.json
+    # a trial whose value of any of these differs from the baseline's is probed (and gated)
+    numerics_params: list[str] = field(default_factory=lambda: list(NUMERICS_PARAM_CHOICES))
+
+
 @dataclass
 class Config:
     hardware: HardwareConfig = MISSING
@@ -221,6 +245,7 @@ class Config:
     slo: SloConfig = field(default_factory=SloConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     dry_run: bool = False
     report: bool = True
     reports_dir: str = "reports"
@@ -350,3 +375,18 @@ def validate(cfg: Config) -> None:
         _fail("load.max_inflight", ld.max_inflight, "must be >= 1")
     if cfg.server.start_timeout_s <= 0:
         _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")
+    _validate_quality(cfg.quality)
+
+
+def _validate_quality(q: QualityConfig) -> None:
+    if q.mode not in ("off", "measure", "gate"):
+        _fail("quality.mode", q.mode, "valid choices: off, measure, gate")
+    if not 0 < q.max_ppl_increase < 10:
+        _fail("quality.max_ppl_increase", q.max_ppl_increase, "a fraction > 0, e.g. 0.02 for 2 % over the reference")
+    if not 0 <= q.min_agreement <= 1:
+        _fail("quality.min_agreement", q.min_agreement, "must be in [0, 1]")
+    if q.max_tokens < 1:
+        _fail("quality.max_tokens", q.max_tokens, "must be >= 1")
+    bad = [p for p in q.numerics_params if p not in NUMERICS_PARAM_CHOICES]
+    if bad:
+        _fail("quality.numerics_params", bad, f"valid choices: {', '.join(NUMERICS_PARAM_CHOICES)}")
