@@ -10,7 +10,7 @@ graded with the default QualityConfig (``optimizer.quality.grade``). The referen
 probed twice (warm-server repeat), and the reference config is started again (restart noise).
 Speculative configs report the acceptance over the probe from /metrics (accepted / draft tokens).
 
-Usage: ``python benchmarks/quality.py [--eager] [--only NAME ...] [--out quality]``.
+Usage: ``python benchmarks/quality.py [--eager] [--only NAME ...] [--out quality] [--regrade]``.
 """
 
 from __future__ import annotations
@@ -75,12 +75,38 @@ def _verdict_doc(s: QualityScores, ref: QualityScores, qcfg: QualityConfig) -> d
             "first_divergence": {i.id: i.first_divergence for i in v.items}, "grade": grade(v, qcfg)}
 
 
+def regrade(name: str) -> int:
+    """Grade the stored results again with the current QualityConfig defaults (no server)."""
+    import json
+
+    from optimizer.quality import ItemAgreement, QualityVerdict, first_divergence
+
+    path = C.RESULTS / f"{name}.json"
+    doc = json.loads(path.read_text())
+    qcfg = QualityConfig()
+    ref = doc["configs"][0]
+    for r in doc["configs"][1:]:
+        if "ppl" not in r:
+            continue
+        items = tuple(ItemAgreement(k, first_divergence(g, ref["generations"][k]), len(g), len(ref["generations"][k]))
+                      for k, g in r["generations"].items())
+        v = QualityVerdict(r["ppl"], ref["ppl"], r["n_tokens"], items)
+        r["vs_baseline"]["grade"] = grade(v, qcfg)
+        print(f"{r['config']}: ppl {v.ppl_increase:+.4%} agreement {v.agreement:.3f} grade {grade(v, qcfg):.3f}")
+    doc["gate"] = {"max_ppl_increase": qcfg.max_ppl_increase, "min_agreement": qcfg.min_agreement}
+    path.write_text(json.dumps(doc, indent=1, default=float, allow_nan=True) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eager", action="store_true", help="--enforce-eager on every server (a loaded host)")
     ap.add_argument("--only", nargs="*", default=None, help="config names (the reference always runs first)")
     ap.add_argument("--out", default="quality")
+    ap.add_argument("--regrade", action="store_true", help="grade the stored results with the current defaults")
     a = ap.parse_args()
+    if a.regrade:
+        return regrade(a.out)
     cfg = compose(["model=smollm2-135m-instruct"])
     qcfg, qset = cfg.quality, load_set(cfg.quality.dataset)
     cache = C.REPO / ".cache"

@@ -223,12 +223,16 @@ class QualityConfig:
     and its gate, the ``quality`` constraint."""
 
     mode: str = "gate"  # off | measure (record only) | gate (a constraint: violations are infeasible)
-    # a trial's perplexity may exceed the reference's (the baseline config's) by this fraction;
-    # 0.02 is far above the measured noise (two runs of one config: 0; bf16 vs float32: see
-    # benchmarks/results/quality.json) and far below what a damaging change does
-    max_ppl_increase: float = 0.02
-    # mean greedy agreement with the reference (per prompt: leading equal tokens / length)
-    min_agreement: float = 0.8
+    # a trial's perplexity may exceed the reference's (the baseline config's) by this fraction.
+    # Measured on SmolLM2-135M, vLLM CPU (benchmarks/results/quality.json): the same config again,
+    # restarted, or with other scheduler limits: 0 (bit-identical); float32 or float16 instead of
+    # bf16: -0.14 %, -0.16 %; fp8 KV caches: -0.97 % (e4m3), +0.69 % (e5m2). 1 % is 6x the benign
+    # precision changes and still a small loss; greedy agreement is the sharper signal here
+    max_ppl_increase: float = 0.01
+    # mean greedy agreement with the reference (per prompt: leading equal tokens / the longer length).
+    # Measured: 1.0 for lossless changes (same config, scheduler limits, n-gram speculation), 0.883
+    # for float32/float16 (1 of 8 prompts diverges), 0.581 and 0.445 for fp8 / fp8_e5m2 KV caches
+    min_agreement: float = 0.75
     max_tokens: int = 48  # tokens per greedy generation
     dataset: str = "quality-v1"  # optimizer/quality/data/<dataset>.json
     # a trial whose value of any of these differs from the baseline's is probed (and gated)
