@@ -57,7 +57,8 @@ def test_within_both_limits_grades_zero(ppl, agree):
 
 
 def test_violation_is_graded_by_the_relative_excess_and_sums_both_limits():
-    assert grade(verdict(10.4, [(10, 10)]), CFG) == pytest.approx(1.0)  # 4 % over a 2 % limit
+    assert grade(verdict(10.6, [(10, 10)]), CFG) == pytest.approx(2.0)  # 6 % over a 2 % limit: 2 limits over
+    assert grade(verdict(10.4, [(10, 10)]), CFG) == pytest.approx(1.0)
     assert grade(verdict(10.0, [(4, 10)]), CFG) == pytest.approx(0.5)  # 0.4 under a 0.8 floor
     worse = grade(verdict(10.4, [(4, 10)]), CFG)
     assert worse == pytest.approx(1.5) and worse > grade(verdict(10.4, [(10, 10)]), CFG)

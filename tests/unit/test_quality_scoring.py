@@ -80,3 +80,9 @@ def test_divergence_and_a_shorter_answer_lower_agreement_item_by_item():
 def test_scores_from_another_set_or_tokenizer_are_not_compared(trial, needle):
     with pytest.raises(ValueError, match=needle):
         compare(trial, scores())
+
+
+def test_an_answer_longer_than_the_reference_is_not_full_agreement():
+    v = compare(scores(gens=(("p", (1, 2, 3, 4)), ("q", (5, 6, 7, 8)))), scores())
+    q = v.items[1]
+    assert (q.first_divergence, q.exact, q.agreement) == (2, False, 0.5)
