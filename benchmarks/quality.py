@@ -31,7 +31,7 @@ from optimizer.cli import compose  # noqa: E402
 from optimizer.config import QualityConfig  # noqa: E402
 from optimizer.errors import TrialError  # noqa: E402
 from optimizer.model.resolve import resolve_model_dir  # noqa: E402
-from optimizer.quality import QualityScores, compare, grade, load_set, needs_probe, run_probe  # noqa: E402
+from optimizer.quality import ProbeError, QualityScores, compare, grade, load_set, needs_probe, run_probe  # noqa: E402
 from optimizer.server.process import VllmServer, free_port  # noqa: E402
 from optimizer.server.telemetry import parse_metrics  # noqa: E402
 from optimizer.space.engine_args import EngineParams, ModelTarget, render  # noqa: E402
@@ -148,8 +148,8 @@ def main() -> int:
                                                     "probe_seconds": round(again.seconds, 2)}
                 else:
                     row["vs_baseline"] = _verdict_doc(s, ref, qcfg)
-        except TrialError as exc:
-            row["error"] = f"{exc.reason}: {str(exc)[:400]}"
+        except (TrialError, ProbeError) as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
             if ref is None:
                 print(f"the reference config failed: {exc}", file=sys.stderr)
                 return 1

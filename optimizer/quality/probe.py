@@ -21,18 +21,16 @@ from typing import Any, Optional
 
 import httpx
 
-from optimizer.errors import TrialError
+from optimizer.errors import OptimizerError
 from optimizer.quality.dataset import QualitySet
 from optimizer.quality.scoring import Generation, QualityScores, TextScore, text_score
 
 __all__ = ["ProbeError", "run_probe"]
 
 
-class ProbeError(TrialError):
-    """The quality probe could not be measured on this server."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="quality_probe", deterministic=False)
+class ProbeError(OptimizerError, RuntimeError):
+    """The quality probe could not be measured on this server (the trial's load test stands; its
+    quality is unmeasured, which :func:`~optimizer.quality.gate.grade` treats as a violation)."""
 
 
 def _post(client: httpx.Client, url: str, body: dict[str, Any], what: str) -> dict[str, Any]:
