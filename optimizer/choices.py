@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Arrival", "CapacityControl", "CapacityValue", "Device", "Endpoint", "LoadMode", "P99Sizing", "Sampler", "SloMetric", "SpecMethod"]
+__all__ = ["Arrival", "CapacityControl", "CapacityValue", "Device", "Endpoint", "LoadMode", "P99Sizing", "QualityMode", "Sampler", "SloMetric", "SpecMethod"]
 
 
 class Endpoint(StrEnum):
@@ -80,3 +80,11 @@ class SpecMethod(StrEnum):
     off = "off"
     ngram = "ngram"
     draft = "draft"
+
+
+class QualityMode(StrEnum):
+    """What the quality probe does in a study."""
+
+    off = "off"
+    measure = "measure"  # record only
+    gate = "gate"  # a constraint: a config that changes the answers is infeasible

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, LoadMode, P99Sizing, Sampler, SloMetric, SpecMethod
+from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, LoadMode, P99Sizing, QualityMode, Sampler, SloMetric, SpecMethod
 from optimizer.errors import ConfigError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "IntRange",
     "LoadConfig",
     "ModelConfig",
+    "QualityConfig",
     "SearchConfig",
     "ServerConfig",
     "SloConfig",
@@ -246,6 +247,33 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# engine parameters that change the numbers a model computes (EngineParams field names)
+NUMERICS_PARAM_CHOICES = ("quantization", "dtype", "kv_cache_dtype", "speculative", "num_speculative_tokens",
+                          "ngram_lookup_max", "ngram_lookup_min", "draft_model")
+
+
+@dataclass
+class QualityConfig:
+    """The quality probe (teacher-forced perplexity and greedy agreement with the baseline config)
+    and its gate, the ``quality`` constraint."""
+
+    mode: QualityMode = QualityMode.gate  # off | measure (record only) | gate (a constraint: violations are infeasible)
+    # a trial's perplexity may exceed the reference's (the baseline config's) by this fraction.
+    # Measured on SmolLM2-135M, vLLM CPU (benchmarks/results/quality.json): the same config again,
+    # restarted, or with other scheduler limits: 0 (bit-identical); float32 or float16 instead of
+    # bf16: -0.14 %, -0.16 %; fp8 KV caches: -0.97 % (e4m3), +0.69 % (e5m2). 1 % is 6x the benign
+    # precision changes and still a small loss; greedy agreement is the sharper signal here
+    max_ppl_increase: float = 0.01
+    # mean greedy agreement with the reference (per prompt: leading equal tokens / the longer length).
+    # Measured: 1.0 for lossless changes (same config, scheduler limits, n-gram speculation), 0.883
+    # for float32/float16 (1 of 8 prompts diverges), 0.581 and 0.445 for fp8 / fp8_e5m2 KV caches
+    min_agreement: float = 0.75
+    max_tokens: int = 48  # tokens per greedy generation
+    dataset: str = "quality-v1"  # optimizer/quality/data/<dataset>.json
+    # a trial whose value of any of these differs from the baseline's is probed (and gated)
+    numerics_params: list[str] = field(default_factory=lambda: list(NUMERICS_PARAM_CHOICES))
+
+
 @dataclass
 class Config:
     hardware: HardwareConfig = MISSING
@@ -256,6 +284,7 @@ class Config:
     slo: SloConfig = field(default_factory=SloConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     dry_run: bool = False
     report: bool = True
     reports_dir: str = "reports"
@@ -379,6 +408,7 @@ def validate(cfg: Config) -> None:
         _fail("workload.top_k", w.top_k, "must be >= 1, or -1 for no top-k")
     if cfg.server.start_timeout_s <= 0:
         _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")
+    _validate_quality(cfg.quality)
 
 
 def _validate_capacity(c: CapacityConfig) -> None:
@@ -398,3 +428,15 @@ def _validate_capacity(c: CapacityConfig) -> None:
         _fail("load.capacity.min_windows", c.min_windows, "must be >= 1")
     if not c.lengthen >= 1:
         _fail("load.capacity.lengthen", c.lengthen, "must be >= 1 (1: never lengthen)")
+
+
+def _validate_quality(q: QualityConfig) -> None:
+    if not 0 < q.max_ppl_increase < 10:
+        _fail("quality.max_ppl_increase", q.max_ppl_increase, "a fraction > 0, e.g. 0.02 for 2 % over the reference")
+    if not 0 <= q.min_agreement <= 1:
+        _fail("quality.min_agreement", q.min_agreement, "must be in [0, 1]")
+    if q.max_tokens < 1:
+        _fail("quality.max_tokens", q.max_tokens, "must be >= 1")
+    bad = [p for p in q.numerics_params if p not in NUMERICS_PARAM_CHOICES]
+    if bad:
+        _fail("quality.numerics_params", bad, f"valid choices: {', '.join(NUMERICS_PARAM_CHOICES)}")

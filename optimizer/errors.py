@@ -2,6 +2,7 @@
 
     OptimizerError                 base of everything raised on purpose
     ├── ConfigError                bad input: refused before any server starts (exit code 2)
+    │   └── ModelError             a model the package prepares (SmolLM2) cannot be prepared
     ├── StudyError                 the study itself cannot go on (storage, fingerprint, budget)
     └── TrialError                 one trial could not be measured
         ├── ServerStartError       the server did not come up
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "EnvironmentBusy",
     "FailureReason",
+    "ModelError",
     "OptimizerError",
     "ServerCrashed",
     "ServerDied",
@@ -76,6 +78,11 @@ class OptimizerError(Exception):
 
 class ConfigError(OptimizerError, ValueError):
     """The configuration is invalid. The message names the key, the value and what is allowed."""
+
+
+class ModelError(ConfigError):
+    """A model the package prepares itself (download, hash check, conversion) cannot be prepared.
+    The message says which step failed and how to prepare it by hand."""
 
 
 class StudyError(OptimizerError, RuntimeError):

