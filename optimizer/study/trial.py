@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,11 @@ class TrialRecord:
     latencies: dict[str, list[float]] = field(default_factory=dict)  # ms samples for the report's CDFs
 
 
-def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
+def launch_for(ctx: TrialContext, params: EngineParams, port: int, identity: str = "") -> Launch:
     target = target_for(ctx.cfg.model, ctx.model_dir, params.quantization)
     return render(params, target, host=ctx.cfg.server.host, port=port,
                   fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args),
-                  module=ctx.cfg.server.module)
+                  module=ctx.cfg.server.module, identity=identity)
 
 
 def _progress(tag: str) -> Callable[[str, int], None]:
@@ -117,7 +118,9 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
     if cfg.hardware.device == "cuda":
         wait_for_free_gpus(gpus, cfg.server.free_wait_s)
     port = free_port(cfg.server.host)
-    launch = launch_for(ctx, params, port)
+    # a served name no other server has: wait_ready measures nothing but the server started here
+    identity = f"vllm-opt-t{number}-{secrets.token_hex(4)}"
+    launch = launch_for(ctx, params, port, identity)
     command = launch.command(ctx.python)
     attrs.update({"server_argv": json.dumps(launch.argv), "server_command": command,
                   "serve_config": json.dumps(launch.serve_config, sort_keys=True),
@@ -131,7 +134,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
         attrs["gpus"] = env["CUDA_VISIBLE_DEVICES"]
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port,
                         log_path=trial_dir / "server.log", env=env, pid_dir=ctx.pid_dir,
-                        stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
+                        stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key, identity=identity)
     record: Optional[TrialRecord] = None
     t0 = time.monotonic()
     try:
