@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -173,9 +173,24 @@ class SearchConfig:
 @dataclass
 class SloConfig:
     metric: str = "e2e"  # e2e | ttft | itl
-    p99_ms: float = 5000.0
+    # the P99 limit in ms, or "auto": slo.auto_factor x this host's median latency at light load,
+    # measured once per study on the first measured trial's server (optimizer.study.calibrate)
+    p99_ms: Union[int, float, str] = 5000.0
+    auto_factor: float = 4.0  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
     use_upper_bound: bool = False  # judge feasibility on the P99's upper confidence bound
+
+    @property
+    def is_auto(self) -> bool:
+        return self.p99_ms == "auto"
+
+    @property
+    def limit_ms(self) -> float:
+        """The limit in ms. Raises RuntimeError for an ``auto`` SLO not calibrated yet."""
+        if isinstance(self.p99_ms, str):
+            raise RuntimeError("slo.p99_ms=auto has no limit until the study calibrates it "
+                               "(optimizer.study.calibrate.resolved)")
+        return float(self.p99_ms)
 
 
 @dataclass
@@ -254,6 +269,8 @@ def to_config(cfg: DictConfig) -> Config:
     name = study.name or default_study_name(obj.model, obj.hardware, obj.workload)
     storage = study.storage or f"sqlite:///studies/{name}.db"
     obj = dataclasses.replace(obj, study=dataclasses.replace(study, name=name, storage=storage))
+    if isinstance(obj.slo.p99_ms, int) and not isinstance(obj.slo.p99_ms, bool):
+        obj = dataclasses.replace(obj, slo=dataclasses.replace(obj.slo, p99_ms=float(obj.slo.p99_ms)))
     validate(obj)
     return obj
 
@@ -285,7 +302,14 @@ def validate(cfg: Config) -> None:
         _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
     if slo.metric not in ("e2e", "ttft", "itl"):
         _fail("slo.metric", slo.metric, "valid choices: e2e, ttft, itl")
-    if not slo.p99_ms > 0:
+    if isinstance(slo.p99_ms, str):
+        if slo.p99_ms != "auto":
+            _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x this host's "
+                  "median latency at light load, measured once per study)")
+        if not slo.auto_factor > 1:
+            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the latency "
+                  "at light load")
+    elif not slo.p99_ms > 0:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:
         _fail("slo.max_error_rate", slo.max_error_rate, "must be in [0, 1)")

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.results import is_feasible, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -339,6 +340,9 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_attrs.get("config") or fallback_config or {}
+    cal = study_attrs.get(CALIBRATION_ATTR)  # slo.p99_ms=auto: the limit the study calibrated
+    if (cfg.get("slo") or {}).get("p99_ms") == "auto":
+        cfg = dict(cfg, slo=dict(cfg["slo"], p99_ms=cal.get("slo_ms") if isinstance(cal, dict) else None))
     metric = str((cfg.get("slo") or {}).get("metric", "e2e"))
     trials = sorted(trials, key=lambda t: t.number)
     infos = [trial_info(t, metric) for t in trials]

@@ -12,6 +12,7 @@ Trial-level failure handling lives here, in one place:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
+from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.results import StudyResult, describe, study_result
@@ -167,8 +169,10 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             if gpus:
                 trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
         attrs: dict[str, Any] = {}
+        # [calibrate] slo.p99_ms=auto: judge by the study's calibrated SLO once there is one
+        ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)))
         try:
-            rec = run_trial(ctx, trial.number, params, attrs, tag=tag, rule_check=not baseline)
+            rec = run_trial(ctx_t, trial.number, params, attrs, tag=tag, rule_check=not baseline)
         except TrialError as exc:
             attrs.setdefault("failure", exc.reason)
             attrs.setdefault("failure_detail", str(exc)[:1000])
@@ -183,6 +187,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             retry_trial(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", cfg.study.max_retries)
             raise
         _set_attrs(trial, rec.attrs)
+        cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.attrs))  # [calibrate]
         if rec.latencies:
             trial.set_user_attr("latency_samples", json.dumps(rec.latencies))
         for key, value in rec.outcome.constraints.items():
@@ -195,7 +200,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
             best = None  # this trial is the new best; it is not stored yet
             log.info("%s new best", tag)
-        _log_done(tag, rec, best, cfg)
+        _log_done(tag, rec, best, cfg_t)
         return rec.outcome.value
 
     def guarded(trial: Trial) -> float:
@@ -282,12 +287,16 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
                  cfg.study.n_trials, f", {running} running elsewhere" if running else "",
                  redact_url(cfg.study.storage), ctx.worker,
                  f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
+        if cfg.slo.is_auto:  # [calibrate]
+            cal = calibrate.stored(study.user_attrs)
+            log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the first measured trial calibrates the SLO "
+                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x its median {cfg.slo.metric} at light load)")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
             _optimize(study, cfg, ctx, space, budget)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
-            log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+            log.info("%s", describe(result, cfg.slo.metric, calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))))
         if budget.abort:
             raise StudyError(budget.abort)
         return result

@@ -35,6 +35,7 @@ from optimizer.server.startlog import parse_start_log
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
+from optimizer.study import calibrate
 from optimizer.study.gpus import trial_gpus
 
 __all__ = ["TrialContext", "TrialRecord", "run_trial", "launch_for"]
@@ -171,6 +172,20 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model)
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
+    # [calibrate] slo.p99_ms=auto not yet calibrated in this study: measure light load on this warm
+    # server before the load test (optimizer.study.calibrate; the loop stores it with the study)
+    slo = cfg.slo
+    if slo.is_auto:
+        try:
+            cal = await calibrate.measure(ep, cfg)
+        except ValueError as exc:
+            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}", reason="calibration",
+                             deterministic=False) from None
+        attrs[calibrate.ATTR] = cal.as_attr()
+        slo = calibrate.resolved(cfg, cal).slo
+        log.info("%s light load: median %s %.0f ms, so the SLO is %.0f ms (slo.auto_factor %g)", tag,
+                 cfg.slo.metric, cal.light_p50_ms, cal.slo_ms, cal.factor)
+    # [/calibrate]
     async with TelemetrySampler(server.url, 1.0, headers) as tel:
         run = await run_load(ep, rs, cfg.load, _progress(tag))
     attrs["t_warmup_s"] = round(run.warmup_s, 2)
@@ -190,7 +205,7 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
         attrs.update({"failure": "server_died:" + d.reason, "failure_detail": d.evidence})
         raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
-    outcome = score(summary, cfg.slo)
+    outcome = score(summary, slo)
     latencies = {
         "ttft": _sample([r.ttft * 1000 for r in run.results if r.ok]),
         "e2e": _sample([r.latency * 1000 for r in run.results if r.ok]),
