@@ -173,10 +173,10 @@ class SearchConfig:
 @dataclass
 class SloConfig:
     metric: str = "e2e"  # e2e | ttft | itl
-    # the P99 limit in ms, or "auto": slo.auto_factor x this host's median latency at light load,
-    # measured once per study on the first measured trial's server (optimizer.study.calibrate)
+    # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
+    # trial) at the study's load on this host, measured once per study (optimizer.study.calibrate)
     p99_ms: Union[int, float, str] = 5000.0
-    auto_factor: float = 4.0  # slo.p99_ms=auto only
+    auto_factor: float = 1.5  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
     use_upper_bound: bool = False  # judge feasibility on the P99's upper confidence bound
 
@@ -304,11 +304,13 @@ def validate(cfg: Config) -> None:
         _fail("slo.metric", slo.metric, "valid choices: e2e, ttft, itl")
     if isinstance(slo.p99_ms, str):
         if slo.p99_ms != "auto":
-            _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x this host's "
-                  "median latency at light load, measured once per study)")
+            _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x the P99 of "
+                  "vLLM's defaults on this host, measured once per study by the baseline trial)")
         if not slo.auto_factor > 1:
-            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the latency "
-                  "at light load")
+            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the baseline's P99")
+        if not st.enqueue_baseline:
+            _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline trial, and study.enqueue_baseline="
+                  "false runs none: set study.enqueue_baseline=true or give slo.p99_ms a limit in ms")
     elif not slo.p99_ms > 0:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:

@@ -172,7 +172,10 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         # [calibrate] slo.p99_ms=auto: judge by the study's calibrated SLO once there is one
         ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)))
         try:
-            rec = run_trial(ctx_t, trial.number, params, attrs, tag=tag, rule_check=not baseline)
+            if ctx_t.cfg.slo.is_auto and not baseline:  # [calibrate] judged only once the baseline set the SLO
+                raise calibrate.NotCalibrated()
+            rec = run_trial(ctx_t, trial.number, params, attrs, tag=tag, rule_check=not baseline,
+                            calibrates=baseline)
         except TrialError as exc:
             attrs.setdefault("failure", exc.reason)
             attrs.setdefault("failure_detail", str(exc)[:1000])
@@ -289,8 +292,9 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
                  f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
         if cfg.slo.is_auto:  # [calibrate]
             cal = calibrate.stored(study.user_attrs)
-            log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the first measured trial calibrates the SLO "
-                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x its median {cfg.slo.metric} at light load)")
+            log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
+                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, the baseline "
+                     f"trial, at this load)")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
             _optimize(study, cfg, ctx, space, budget)

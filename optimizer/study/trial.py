@@ -93,8 +93,9 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
 
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[str, Any], *, tag: str = "",
-              rule_check: bool = True) -> TrialRecord:
-    """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises."""
+              rule_check: bool = True, calibrates: bool = False) -> TrialRecord:
+    """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises.
+    ``calibrates``: this is the baseline, whose load test sets an uncalibrated ``slo.p99_ms=auto``."""
     cfg = ctx.cfg
     attrs |= {"hardware": cfg.hardware.name, "model": cfg.model.name, "workload": cfg.workload.name,
                              "engine_params": json.dumps(params.as_dict(), sort_keys=True)}
@@ -158,7 +159,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
                 return record
             attrs["vllm_version"] = _version(server)
             log.info("%s server ready in %.0f s; warm-up and load test", tag, attrs["t_start_s"])
-            record = asyncio.run(_measure(ctx, server, attrs, tag))
+            record = asyncio.run(_measure(ctx, server, attrs, tag, calibrates))
             return record
     finally:
         attrs["t_stop_s"] = round(server.stop(), 2)
@@ -166,26 +167,13 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
         _kv_from_log(server, attrs)
 
 
-async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str) -> TrialRecord:
+async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str,
+                   calibrates: bool = False) -> TrialRecord:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model)
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
-    # [calibrate] slo.p99_ms=auto not yet calibrated in this study: measure light load on this warm
-    # server before the load test (optimizer.study.calibrate; the loop stores it with the study)
-    slo = cfg.slo
-    if slo.is_auto:
-        try:
-            cal = await calibrate.measure(ep, cfg)
-        except ValueError as exc:
-            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}", reason="calibration",
-                             deterministic=False) from None
-        attrs[calibrate.ATTR] = cal.as_attr()
-        slo = calibrate.resolved(cfg, cal).slo
-        log.info("%s light load: median %s %.0f ms, so the SLO is %.0f ms (slo.auto_factor %g)", tag,
-                 cfg.slo.metric, cal.light_p50_ms, cal.slo_ms, cal.factor)
-    # [/calibrate]
     async with TelemetrySampler(server.url, 1.0, headers) as tel:
         run = await run_load(ep, rs, cfg.load, _progress(tag))
     attrs["t_warmup_s"] = round(run.warmup_s, 2)
@@ -205,6 +193,17 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
         attrs.update({"failure": "server_died:" + d.reason, "failure_detail": d.evidence})
         raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
+    slo = cfg.slo
+    if slo.is_auto:  # [calibrate] slo.p99_ms=auto, not yet calibrated: only the baseline may measure it
+        if not calibrates:
+            raise calibrate.NotCalibrated()
+        try:
+            cal = calibrate.from_summary(summary, cfg)
+        except ValueError as exc:
+            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
+                             f"request", reason="calibration", deterministic=False) from None
+        attrs[calibrate.ATTR] = cal.as_attr()  # the loop stores it with the study
+        slo = calibrate.resolved(cfg, cal).slo
     outcome = score(summary, slo)
     latencies = {
         "ttft": _sample([r.ttft * 1000 for r in run.results if r.ok]),
