@@ -20,8 +20,8 @@ the light-load latency would have judged every config infeasible there, as the a
 
 The rule (:func:`calibrated_limit`) is pure; :func:`from_summary` applies it to the baseline's
 load-test summary; the rest reads and writes the study attribute. With parallel workers the first
-calibration stored wins; a trial that finishes before the baseline was measured is failed and
-retried (:class:`NotCalibrated`).
+calibration stored wins; a trial that finishes its load test before the baseline was measured
+waits for it (:func:`wait`), and is failed and retried (:class:`NotCalibrated`) if it never comes.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from optimizer.config import Config, SloConfig
 from optimizer.errors import TrialError
 from optimizer.metrics import LoadSummary
 
 __all__ = ["ATTR", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary", "resolved", "slo_ms",
-           "store", "stored"]
+           "store", "stored", "wait"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ class NotCalibrated(TrialError):
     """A trial needs the study's ``auto`` SLO before the baseline trial has measured it."""
 
     def __init__(self) -> None:
-        super().__init__("slo.p99_ms=auto: the SLO is calibrated by the baseline trial (vLLM defaults), which has "
-                         "not been measured yet (it runs on another worker, or it could not start). This trial is "
-                         "retried; if the baseline cannot start here, set slo.p99_ms to a limit in ms.",
+        super().__init__("slo.p99_ms=auto: the SLO is calibrated by the baseline trial (vLLM defaults), which was "
+                         "not measured in time (it could not start, or runs on a slow worker). This trial is retried; "
+                         "if the baseline cannot start here, set slo.p99_ms to a limit in ms.",
                          reason="slo_not_calibrated", deterministic=False)
 
 
@@ -144,3 +145,20 @@ def store(study: Any, trial_number: int, trial_attrs: dict[str, Any]) -> Optiona
     study.set_user_attr(ATTR, cal.as_attr())
     log.info("%s; stored with the study and reused on resume", cal.describe())
     return stored(study.user_attrs)
+
+
+def wait(get: Callable[[], Optional[Calibration]], timeout_s: float, poll_s: float = 2.0) -> Calibration:
+    """Poll ``get`` (the study's calibration) until there is one, for at most ``timeout_s``.
+
+    Raises:
+        NotCalibrated: none came in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cal = get()
+        if cal is not None:
+            return cal
+        if time.monotonic() >= deadline:
+            raise NotCalibrated()
+        log.info("slo.p99_ms=auto: waiting for the baseline trial to calibrate the SLO")
+        time.sleep(poll_s)

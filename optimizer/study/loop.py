@@ -172,10 +172,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         # [calibrate] slo.p99_ms=auto: judge by the study's calibrated SLO once there is one
         ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)))
         try:
-            if ctx_t.cfg.slo.is_auto and not baseline:  # [calibrate] judged only once the baseline set the SLO
-                raise calibrate.NotCalibrated()
             rec = run_trial(ctx_t, trial.number, params, attrs, tag=tag, rule_check=not baseline,
-                            calibrates=baseline)
+                            calibrates=baseline, calibration=lambda: calibrate.stored(study.user_attrs))
         except TrialError as exc:
             attrs.setdefault("failure", exc.reason)
             attrs.setdefault("failure_detail", str(exc)[:1000])

@@ -93,9 +93,11 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
 
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[str, Any], *, tag: str = "",
-              rule_check: bool = True, calibrates: bool = False) -> TrialRecord:
+              rule_check: bool = True, calibrates: bool = False,
+              calibration: Optional[Callable[[], Any]] = None) -> TrialRecord:
     """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises.
-    ``calibrates``: this is the baseline, whose load test sets an uncalibrated ``slo.p99_ms=auto``."""
+    ``calibrates``: this is the baseline, whose load test sets an uncalibrated ``slo.p99_ms=auto``;
+    ``calibration`` reads the study's calibration (a trial of another worker waits for it)."""
     cfg = ctx.cfg
     attrs |= {"hardware": cfg.hardware.name, "model": cfg.model.name, "workload": cfg.workload.name,
                              "engine_params": json.dumps(params.as_dict(), sort_keys=True)}
@@ -159,7 +161,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
                 return record
             attrs["vllm_version"] = _version(server)
             log.info("%s server ready in %.0f s; warm-up and load test", tag, attrs["t_start_s"])
-            record = asyncio.run(_measure(ctx, server, attrs, tag, calibrates))
+            record = asyncio.run(_measure(ctx, server, attrs, tag, calibrates, calibration))
             return record
     finally:
         attrs["t_stop_s"] = round(server.stop(), 2)
@@ -168,7 +170,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
 
 
 async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str,
-                   calibrates: bool = False) -> TrialRecord:
+                   calibrates: bool = False, calibration: Optional[Callable[[], Any]] = None) -> TrialRecord:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
@@ -194,9 +196,10 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
         raise ServerDied(f"the server exited with code {code} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
     slo = cfg.slo
-    if slo.is_auto:  # [calibrate] slo.p99_ms=auto, not yet calibrated: only the baseline may measure it
-        if not calibrates:
-            raise calibrate.NotCalibrated()
+    if slo.is_auto and not calibrates:  # [calibrate] not calibrated when the trial started: the baseline
+        cal = calibrate.wait(calibration or (lambda: None), cfg.server.start_timeout_s)  # runs on another worker
+        slo = calibrate.resolved(cfg, cal).slo
+    elif slo.is_auto:  # [calibrate] this is the baseline: its load test sets the study's SLO
         try:
             cal = calibrate.from_summary(summary, cfg)
         except ValueError as exc:

@@ -64,7 +64,7 @@ def foreign():
 
 
 def _ctx(compose, tmp_path: Path) -> TrialContext:
-    cfg = compose("server.module=tests.support.fake_vllm", "load.num_requests=8", "load.warmup_requests=2",
+    cfg = compose("server.module=tests.support.fake_vllm", "slo.p99_ms=60000", "load.num_requests=8", "load.warmup_requests=2",
                   "load.concurrency=2", "workload.prompt_tokens=16", "workload.output_tokens=4",
                   "load.p99_sizing=off", "server.start_timeout_s=60")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), FAKE_VLLM_START_DELAY_S="3")

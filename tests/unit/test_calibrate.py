@@ -87,3 +87,12 @@ def test_the_factor_is_part_of_an_auto_studys_identity_only(compose):
     auto, absolute = compose(), compose("slo.p99_ms=1500")
     assert fingerprint(auto, build_space(auto))["objective"]["auto_factor"] == 1.5
     assert "auto_factor" not in fingerprint(absolute, build_space(absolute))["objective"]
+
+
+def test_a_trial_that_finishes_before_the_baseline_waits_for_its_calibration_or_is_retried():
+    cal = calibrate.Calibration("e2e", 800.0, 1000.0, 368, 1.5, 1500.0, trial=0)
+    answers = iter([None, None, cal])
+    assert calibrate.wait(lambda: next(answers), timeout_s=5, poll_s=0.01) == cal
+    with pytest.raises(calibrate.NotCalibrated) as e:
+        calibrate.wait(lambda: None, timeout_s=0.05, poll_s=0.01)
+    assert not e.value.deterministic and e.value.reason == "slo_not_calibrated"
