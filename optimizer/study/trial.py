@@ -125,7 +125,8 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
     # a served name no other server has: wait_ready measures nothing but the server started here
     identity = f"vllm-opt-t{number}-{secrets.token_hex(4)}"
     launch = launch_for(ctx, params, port, identity)
-    command = launch.command(ctx.python)
+    # what a user reruns (command.txt, "serve it"): the model's own served name, without the identity
+    command = launch_for(ctx, params, port).command(ctx.python)
     attrs.update({"server_argv": json.dumps(launch.argv), "server_command": command,
                   "serve_config": json.dumps(launch.serve_config, sort_keys=True),
                   "server_log": str(trial_dir / "server.log"), "t_wait_s": round(time.monotonic() - t_wait, 2)})

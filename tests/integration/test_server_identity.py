@@ -93,6 +93,7 @@ def test_the_trials_own_server_is_recognised_and_measured(compose, tmp_path):
     names = argv[argv.index("--served-model-name") + 1:argv.index("--served-model-name") + 3]
     assert names[0] == "tiny" and names[1].startswith("vllm-opt-t0-")
     assert json.loads(rec.attrs["serve_config"])["served_model_name"] == "tiny"  # what best.yaml shows
+    assert "vllm-opt-" not in rec.attrs["server_command"]  # the command a user reruns ("serve it")
 
 
 def test_wait_ready_without_identity_accepts_any_healthy_server(tmp_path, foreign):
