@@ -48,8 +48,8 @@ def run(condition: str, out: Path, n_trials: int) -> None:
         site = out / "avx2-site"
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(_SITE)
-        overrides.append(f"server.env={{FORCE_AVX2:'1',ATEN_CPU_CAPABILITY:avx2,ONEDNN_MAX_CPU_ISA:AVX2,"
-                         f"PYTHONPATH:'{site}'}}")
+        overrides += ["+server.env.FORCE_AVX2='1'", "+server.env.ATEN_CPU_CAPABILITY=avx2",
+                      "+server.env.ONEDNN_MAX_CPU_ISA=AVX2", f"+server.env.PYTHONPATH='{site}'"]
     hog = _hog() if condition == "hog" else None
     loads: list[float] = []
     done = threading.Event()
@@ -91,11 +91,12 @@ def _rows(out: Path) -> list[str]:
         trials = "; ".join(f"#{t.number} seqs={t.params.get('max_num_seqs', 128)}: "
                            f"{t.user_attrs.get('output_tok_s') or 0:.0f} tok/s, P99 {t.user_attrs.get('e2e_p99') or 0:.0f}"
                            f" ms, {'ok' if t.user_attrs.get('feasible') else 'over'}" for t in done)
+        old = sum(1 for t in done if (t.user_attrs.get("e2e_p99") or 1e18) <= 1500)  # the former absolute SLO
         load_s = [t.user_attrs.get("t_load_s") for t in done if t.user_attrs.get("t_load_s")]
         start_s = [t.user_attrs.get("t_start_s") for t in done if t.user_attrs.get("t_start_s")]
         rows.append(f"| {meta['condition']} | {meta['load_avg_1m_mean']} (max {meta['load_avg_1m_max']}) | "
                     f"{base.user_attrs.get('output_tok_s', 0):.0f} tok/s, P99 {cal.get('base_p99_ms', float('nan')):.0f} ms"
-                    f" | {cal.get('slo_ms', float('nan')):.0f} ms | {len(feas)}/{len(done)} | "
+                    f" | {cal.get('slo_ms', float('nan')):.0f} ms | {len(feas)}/{len(done)} | {old}/{len(done)} | "
                     f"{'trial %d, %.0f tok/s' % (best.number, best.value) if best else 'none'} | "
                     f"{min(start_s, default=0):.0f}-{max(start_s, default=0):.0f} s | "
                     f"{min(load_s, default=0):.0f}-{max(load_s, default=0):.0f} s | {trials} |"
@@ -104,8 +105,8 @@ def _rows(out: Path) -> list[str]:
 
 
 def table(out: Path) -> str:
-    head = ("| condition | load avg 1 min (mean, max) | baseline | calibrated SLO | feasible | best | server start "
-            "| load phase (368 req) | trials |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| condition | load avg 1 min (mean, max) | baseline | calibrated SLO | feasible | feasible at the former "
+            "1500 ms | best | server start | load phase (368 req) | trials |\n|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *_rows(out)])
 
 
