@@ -10,8 +10,9 @@ after a SIGKILL sweeps what is left (:mod:`optimizer.server.pidfile`). ``wait_re
 reported at once with the reason read from the log. A ``/health`` answer alone does not prove the
 server is ours (another process can take the port between :func:`free_port` and vLLM's bind):
 with ``identity`` (a served model name unique to this start) the server is ready only when its
-``/v1/models`` lists that name, and any other answer is refused as a foreign server. ``stop`` signals the group (SIGTERM, grace,
-SIGKILL) whether or not the leader is still alive, reaps it, and waits until the port is free.
+``/v1/models`` lists that name, and any other answer is refused as a foreign server. ``stop``
+signals the group (SIGTERM, grace, SIGKILL) whether or not the leader is still alive, reaps it,
+and waits until the port is free.
 """
 
 from __future__ import annotations

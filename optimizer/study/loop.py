@@ -291,14 +291,15 @@ def run_study(cfg: Config, rt: Runtime) -> StudyResult:
         if cfg.slo.is_auto:  # [calibrate]
             cal = calibrate.stored(study.user_attrs)
             log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
-                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, the baseline "
-                     f"trial, at this load)")
+                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, "
+                     f"the baseline trial, at this load)")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
             _optimize(study, cfg, ctx, space, budget)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
-            log.info("%s", describe(result, cfg.slo.metric, calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))))
+            slo_ms = calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))  # [calibrate]
+            log.info("%s", describe(result, cfg.slo.metric, slo_ms))
         if budget.abort:
             raise StudyError(budget.abort)
         return result

@@ -64,16 +64,16 @@ def foreign():
 
 
 def _ctx(compose, tmp_path: Path) -> TrialContext:
-    cfg = compose("server.module=tests.support.fake_vllm", "slo.p99_ms=60000", "load.num_requests=8", "load.warmup_requests=2",
-                  "load.concurrency=2", "workload.prompt_tokens=16", "workload.output_tokens=4",
+    cfg = compose("server.module=tests.support.fake_vllm", "slo.p99_ms=60000", "load.num_requests=8",
+                  "load.warmup_requests=2", "load.concurrency=2", "workload.prompt_tokens=16", "workload.output_tokens=4",
                   "load.p99_sizing=off", "server.start_timeout_s=60")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), FAKE_VLLM_START_DELAY_S="3")
     return TrialContext(cfg=cfg, model_dir=tmp_path / "m", python=sys.executable, server_env=env, api_key=None,
                         trial_root=tmp_path / "runs", pid_dir=tmp_path / "pids")
 
 
-def test_a_foreign_server_on_the_trials_port_fails_the_trial_and_is_not_measured(compose, tmp_path, foreign,
-                                                                                  monkeypatch):
+def test_a_foreign_server_on_the_trials_port_fails_the_trial_and_is_not_measured(compose, tmp_path,
+                                                                                  foreign, monkeypatch):
     port, hits = foreign
     monkeypatch.setattr(trial_mod, "free_port", lambda host: port)  # the port was taken after it was picked
     attrs: dict = {}
