@@ -21,7 +21,8 @@ the light-load latency would have judged every config infeasible there, as the a
 The rule (:func:`calibrated_limit`) is pure; :func:`from_summary` applies it to the baseline's
 load-test summary; the rest reads and writes the study attribute. With parallel workers the first
 calibration stored wins; a trial that finishes its load test before the baseline was measured
-waits for it (:func:`wait`), and is failed and retried (:class:`NotCalibrated`) if it never comes.
+waits for it while the baseline runs on a live worker (:func:`wait`), and is otherwise failed and
+retried (:class:`NotCalibrated`).
 """
 
 from __future__ import annotations
@@ -147,18 +148,21 @@ def store(study: Any, trial_number: int, trial_attrs: dict[str, Any]) -> Optiona
     return stored(study.user_attrs)
 
 
-def wait(get: Callable[[], Optional[Calibration]], timeout_s: float, poll_s: float = 2.0) -> Calibration:
-    """Poll ``get`` (the study's calibration) until there is one, for at most ``timeout_s``.
+def wait(get: Callable[[], Optional[Calibration]], coming: Callable[[], bool], timeout_s: float,
+         poll_s: float = 2.0) -> Calibration:
+    """Poll ``get`` (the study's calibration) until there is one, for at most ``timeout_s``, while
+    ``coming()`` says a baseline trial is running on a live worker.
 
     Raises:
-        NotCalibrated: none came in time.
+        NotCalibrated: none came in time, or no baseline is running (it failed, or waits in the
+            queue: this worker may be the one to run it next, so it must not wait for it).
     """
     deadline = time.monotonic() + timeout_s
     while True:
         cal = get()
         if cal is not None:
             return cal
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or not coming():
             raise NotCalibrated()
         log.info("slo.p99_ms=auto: waiting for the baseline trial to calibrate the SLO")
         time.sleep(poll_s)

@@ -173,7 +173,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)))
         try:
             rec = run_trial(ctx_t, trial.number, params, attrs, tag=tag, rule_check=not baseline,
-                            calibrates=baseline, calibration=lambda: calibrate.stored(study.user_attrs))
+                            calibrates=baseline, calibration=(lambda: calibrate.stored(study.user_attrs),
+                                                              lambda: _baseline_running(study)))
         except TrialError as exc:
             attrs.setdefault("failure", exc.reason)
             attrs.setdefault("failure_detail", str(exc)[:1000])
@@ -215,6 +216,13 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             raise
 
     return guarded
+
+
+def _baseline_running(study: optuna.Study) -> bool:
+    """[calibrate] Is a baseline trial running on a live worker? (Dead workers' trials are failed first.)"""
+    fail_stale(study)
+    return any(t.user_attrs.get("kind") == "baseline"
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _set_attrs(trial: Trial, attrs: dict[str, Any]) -> None:

@@ -94,10 +94,11 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[str, Any], *, tag: str = "",
               rule_check: bool = True, calibrates: bool = False,
-              calibration: Optional[Callable[[], Any]] = None) -> TrialRecord:
+              calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None) -> TrialRecord:
     """Run one trial. ``attrs`` (the caller's) collects what is known even if this raises.
     ``calibrates``: this is the baseline, whose load test sets an uncalibrated ``slo.p99_ms=auto``;
-    ``calibration`` reads the study's calibration (a trial of another worker waits for it)."""
+    ``calibration``: (the study's calibration, is a baseline running?), read by a trial that must
+    wait for another worker's baseline (:func:`optimizer.study.calibrate.wait`)."""
     cfg = ctx.cfg
     attrs |= {"hardware": cfg.hardware.name, "model": cfg.model.name, "workload": cfg.workload.name,
                              "engine_params": json.dumps(params.as_dict(), sort_keys=True)}
@@ -171,7 +172,8 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, attrs: dict[
 
 
 async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any], tag: str,
-                   calibrates: bool = False, calibration: Optional[Callable[[], Any]] = None) -> TrialRecord:
+                   calibrates: bool = False,
+                   calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None) -> TrialRecord:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
@@ -198,7 +200,8 @@ async def _measure(ctx: TrialContext, server: VllmServer, attrs: dict[str, Any],
                          reason=d.reason, deterministic=d.deterministic)
     slo = cfg.slo
     if slo.is_auto and not calibrates:  # [calibrate] not calibrated when the trial started: the baseline
-        cal = calibrate.wait(calibration or (lambda: None), cfg.server.start_timeout_s)  # runs on another worker
+        get, coming = calibration or ((lambda: None), (lambda: False))  # it may run on another worker
+        cal = calibrate.wait(get, coming, cfg.server.start_timeout_s)
         slo = calibrate.resolved(cfg, cal).slo
     elif slo.is_auto:  # [calibrate] this is the baseline: its load test sets the study's SLO
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pytest
@@ -92,7 +93,11 @@ def test_the_factor_is_part_of_an_auto_studys_identity_only(compose):
 def test_a_trial_that_finishes_before_the_baseline_waits_for_its_calibration_or_is_retried():
     cal = calibrate.Calibration("e2e", 800.0, 1000.0, 368, 1.5, 1500.0, trial=0)
     answers = iter([None, None, cal])
-    assert calibrate.wait(lambda: next(answers), timeout_s=5, poll_s=0.01) == cal
+    assert calibrate.wait(lambda: next(answers), lambda: True, timeout_s=5, poll_s=0.01) == cal
     with pytest.raises(calibrate.NotCalibrated) as e:
-        calibrate.wait(lambda: None, timeout_s=0.05, poll_s=0.01)
+        calibrate.wait(lambda: None, lambda: True, timeout_s=0.05, poll_s=0.01)  # never came
     assert not e.value.deterministic and e.value.reason == "slo_not_calibrated"
+    t0 = time.monotonic()
+    with pytest.raises(calibrate.NotCalibrated):  # no baseline running: no point waiting
+        calibrate.wait(lambda: None, lambda: False, timeout_s=60, poll_s=0.01)
+    assert time.monotonic() - t0 < 5
