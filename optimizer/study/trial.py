@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -42,6 +43,7 @@ from optimizer.server.startlog import parse_start_log
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
+from optimizer.study import calibrate
 from optimizer.study.gpus import trial_gpus
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
@@ -62,17 +64,22 @@ class TrialContext:
     pid_dir: Path
     gpu_ids: tuple[int, ...] = ()  # the GPUs this worker owns; a trial uses its first tensor_parallel_size
     worker: str = ""  # <host>/w<index>
+    # [calibrate] slo.p99_ms=auto: this trial is the baseline, whose load test sets the study's SLO
+    calibrates: bool = False
+    # [calibrate] (the study's calibration, is a baseline running?): read by a trial that must wait for
+    # another worker's baseline (optimizer.study.calibrate.wait)
+    calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
 
 
 # what the study loop calls: (context, trial number, parameters, tag, rule check) -> record
 TrialRunner = Callable[[TrialContext, int, EngineParams, str, bool], TrialRecord]
 
 
-def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
+def launch_for(ctx: TrialContext, params: EngineParams, port: int, identity: str = "") -> Launch:
     target = target_for(ctx.cfg.model, ctx.model_dir, params.quantization)
     return render(params, target, host=ctx.cfg.server.host, port=port,
                   fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args),
-                  module=ctx.cfg.server.module)
+                  module=ctx.cfg.server.module, identity=identity)
 
 
 def _progress(tag: str) -> Callable[[str, int], None]:
@@ -145,8 +152,11 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         wait_for_free_gpus(gpus, cfg.server.free_wait_s)
     p.seconds["wait_s"] = time.monotonic() - t_wait
     port = free_port(cfg.server.host)
-    launch = launch_for(ctx, params, port)
-    command = launch.command(ctx.python)
+    # a served name no other server has: wait_ready measures nothing but the server started here
+    identity = f"vllm-opt-t{number}-{secrets.token_hex(4)}"
+    launch = launch_for(ctx, params, port, identity)
+    # what a user reruns (command.txt, "serve it"): the model's own served name, without the identity
+    command = launch_for(ctx, params, port).command(ctx.python)
     log_path = trial_dir / "server.log"
     info = LaunchInfo(tuple(launch.argv), command, launch.serve_config, str(log_path))
     (trial_dir / "command.txt").write_text(command + "\n")
@@ -158,7 +168,8 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         setup = replace(setup, gpus=env["CUDA_VISIBLE_DEVICES"])
     p.rec = replace(p.rec, setup=setup, launch=info, timings=p.timings())
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
-                        env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
+                        env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key,
+                        identity=identity)
     t0 = time.monotonic()
     try:
         with server:
@@ -216,7 +227,20 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
         raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
-    p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
+    slo = cfg.slo
+    if slo.is_auto and not ctx.calibrates:  # [calibrate] not calibrated when the trial started: the baseline
+        get, coming = ctx.calibration or ((lambda: None), (lambda: False))  # may run on another worker
+        cal = calibrate.wait(get, coming, cfg.server.start_timeout_s)
+        slo = calibrate.resolved(cfg, cal).slo
+    elif slo.is_auto:  # [calibrate] this is the baseline: its load test sets the study's SLO
+        try:
+            cal = calibrate.from_summary(summary, cfg)
+        except ValueError as exc:
+            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
+                             f"request", reason="calibration", deterministic=False) from None
+        p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
+        slo = calibrate.resolved(cfg, cal).slo
+    p.rec = replace(p.rec, outcome=score(summary, slo))
 
 
 def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:
