@@ -179,25 +179,33 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
                 if int(elapsed) % 30 == 0 and elapsed - int(elapsed) < 0.5 and elapsed >= 30:
                     log.info("%s still starting (%.0f s)", tag, elapsed)
 
-            try:
-                p.seconds["start_s"] = server.wait_ready(cfg.server.start_timeout_s, tick)
-            except TrialError as exc:
-                p.seconds["start_s"] = time.monotonic() - t0
-                p.rec = replace(p.rec, failure=Failure(exc.reason, str(exc)))
-                if not exc.deterministic:
-                    raise
-                log.warning("%s server failed to start: %s", tag, exc)
-                p.rec = replace(p.rec, outcome=infeasible(startup=True))
-                return p.rec
-            p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
-            log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
-            asyncio.run(_measure(ctx, server, p, tag))
-            return p.rec
+            if _started(server, cfg.server.start_timeout_s, tick, p, t0, tag):
+                p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
+                log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
+                asyncio.run(_measure(ctx, server, p, tag))
     finally:
         p.seconds["stop_s"] = server.stop()
         p.seconds["total_s"] = time.monotonic() - t0
         start_log = parse_start_log(server.log_text())  # vLLM's own account of its start
         p.rec = replace(p.rec, timings=p.timings(), start_log=None if start_log.empty else start_log)
+    return p.rec  # after the stop: the record holds its time and the start log (a return inside would not)
+
+
+def _started(server: VllmServer, timeout_s: float, tick: Callable[[float], None], p: _Progress, t0: float,
+             tag: str) -> bool:
+    """Wait for the server. False: it could not start for a reason of its config (recorded as an
+    infeasible outcome); the environment's reasons raise."""
+    try:
+        p.seconds["start_s"] = server.wait_ready(timeout_s, tick)
+        return True
+    except TrialError as exc:
+        p.seconds["start_s"] = time.monotonic() - t0
+        p.rec = replace(p.rec, failure=Failure(exc.reason, str(exc)))
+        if not exc.deterministic:
+            raise
+        log.warning("%s server failed to start: %s", tag, exc)
+        p.rec = replace(p.rec, outcome=infeasible(startup=True))
+        return False
 
 
 async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str) -> None:
