@@ -34,7 +34,7 @@ from optimizer.config import Config
 from optimizer.entry import main_wrapper, setup_logging
 from optimizer.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
-from optimizer.loadgen.runner import run_load
+from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.loadtest_output import request_record, summary_table, to_json
 from optimizer.metrics import summarize

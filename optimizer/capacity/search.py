@@ -114,7 +114,8 @@ class CapacitySearch:
         if out_of_budget:
             what = (f"load.capacity.max_probes={p.max_probes}" if self.runs >= p.max_probes
                     else f"load.capacity.max_s={p.max_s:g}")
-            return self._finish(LimitedBy.BUDGET, f"{what} reached before the bracket closed")
+            self._finish(LimitedBy.BUDGET, f"{what} reached before the bracket closed")
+            return None
         return self._step(load)
 
     def record(self, probe: ProbeResult, run_s: float = 0.0) -> None:
@@ -125,7 +126,7 @@ class CapacitySearch:
             self.probes.append(probe)
             self._finish(LimitedBy.ABORTED, f"the probe at {self._fmt(probe.load)} was cut short: {probe.aborted}")
             return
-        if not probe.lengthened and self.plan.lengthen > 1 and probe.straddles(self.slo.p99_ms):
+        if not probe.lengthened and self.plan.lengthen > 1 and probe.straddles(self.slo.limit_ms):
             self.pending = probe
             return
         self.pending = None
@@ -150,7 +151,7 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.p99_ms)
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms)
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:

@@ -19,6 +19,7 @@ import dataclasses
 import math
 from typing import Optional
 
+from optimizer.choices import LoadMode
 from optimizer.config import LoadConfig, WorkloadConfig
 
 __all__ = ["default_cap", "probe_load_config", "probe_workload"]
@@ -31,12 +32,12 @@ def probe_load_config(load: LoadConfig, control: str, level: float, *, first: bo
         conc = max(1, int(level))
         n = max(load.num_requests, c.min_windows * conc)
         warm = max(conc, load.warmup_requests if first else 0)
-        return dataclasses.replace(load, mode="concurrency", concurrency=conc, num_requests=n,
+        return dataclasses.replace(load, mode=LoadMode.concurrency, concurrency=conc, num_requests=n,
                                    warmup_requests=warm)
     per_s = max(1, math.ceil(level))
     n = max(load.num_requests, math.ceil(c.min_windows * level))
     warm = max(per_s, load.warmup_requests if first else 0)
-    return dataclasses.replace(load, mode="rate", request_rate=float(level), num_requests=n, warmup_requests=warm,
+    return dataclasses.replace(load, mode=LoadMode.rate, request_rate=float(level), num_requests=n, warmup_requests=warm,
                                concurrency=min(load.max_inflight, per_s))
 
 

@@ -166,7 +166,7 @@ async def _recv(conn: Any, deadline: float, proc: Any) -> Optional[tuple[Any, ..
     while time.perf_counter() < deadline:
         if conn.poll():
             try:
-                return conn.recv()  # type: ignore[no-any-return]
+                return conn.recv()
             except (EOFError, OSError):
                 return None
         if not proc.is_alive() and not conn.poll():

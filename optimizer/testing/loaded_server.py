@@ -134,9 +134,10 @@ class _App:
         for name, v in self.counters.items():
             out += [f"# TYPE vllm:{name} counter", f"vllm:{name}_total{lab} {float(v)}"]
         out += ["# TYPE vllm:num_preemptions counter", f"vllm:num_preemptions_total{lab} 0.0"]
-        for name, v in (("num_requests_running", self.active), ("num_requests_waiting", 0),
-                        ("kv_cache_usage_perc", min(1.0, self.active / self.law.kv_slots))):
-            out += [f"# TYPE vllm:{name} gauge", f"vllm:{name}{lab} {float(v)}"]
+        gauges: tuple[tuple[str, float], ...] = (("num_requests_running", self.active), ("num_requests_waiting", 0),
+                                                 ("kv_cache_usage_perc", min(1.0, self.active / self.law.kv_slots)))
+        for name, g in gauges:
+            out += [f"# TYPE vllm:{name} gauge", f"vllm:{name}{lab} {float(g)}"]
         return "\n".join(out) + "\n"
 
     async def generate(self, req: dict[str, Any], chat: bool, writer: asyncio.StreamWriter) -> None:

@@ -23,7 +23,7 @@ def ctx(compose, tmp_path: Path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    cfg = compose("server.module=optimizer.testing.fake_vllm", "model.generate=", f"model.path={model}",
+    cfg = compose("server.module=optimizer.testing.fake_vllm", "slo.p99_ms=60000", "model.generate=", f"model.path={model}",
                   "load.num_requests=12", "load.warmup_requests=2", "load.concurrency=2", "workload.prompt_tokens=32",
                   "workload.output_tokens=8", "server.start_timeout_s=60", f"study.runs_dir={tmp_path / 'runs'}",
                   f"server.cache_dir={tmp_path / 'cache'}", "study.name=rec")
