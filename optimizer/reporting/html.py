@@ -189,7 +189,7 @@ def _table(d: ReportData) -> str:
     head = ["#", "status", "kind", "output tok/s", "P99 TTFT ms", "P99 ITL ms", "P99 E2E ms", "errors %",
             "wall s", "parameters", "failure", "detail", "host / GPUs"]
     cap = d.capacity is not None
-    if cap:
+    if d.capacity is not None:
         head[4:4] = ["capacity (" + ("users" if d.capacity.control == "concurrency" else "req/s") + ")", "limited by"]
     return ('<table class="trials"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(_row(i, best, cap) for i in d.trials) + "</tbody></table>")

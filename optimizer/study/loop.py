@@ -170,7 +170,10 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
                 trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
         setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
         try:
-            rec = runner(ctx, trial.number, params, tag, not baseline)
+            if cfg.load.mode == "capacity":  # each probe of the search: an intermediate value of the trial
+                rec = runner(ctx, trial.number, params, tag, not baseline, report=trial.report)
+            else:
+                rec = runner(ctx, trial.number, params, tag, not baseline)
         except TrialError as exc:
             _store(trial, exc.record or TrialRecord(setup, failure=Failure(exc.reason, str(exc))))
             log.warning("%s failed (%s): %s", tag, exc.reason, exc)

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import httpx
 
@@ -42,6 +42,7 @@ from optimizer.server.startlog import parse_start_log
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
+from optimizer.study.capacity_trial import Reporter, measure_capacity
 from optimizer.study.gpus import trial_gpus
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
@@ -64,8 +65,12 @@ class TrialContext:
     worker: str = ""  # <host>/w<index>
 
 
-# what the study loop calls: (context, trial number, parameters, tag, rule check) -> record
-TrialRunner = Callable[[TrialContext, int, EngineParams, str, bool], TrialRecord]
+class TrialRunner(Protocol):
+    """What the study loop calls: (context, trial number, parameters, tag, rule check) -> record;
+    ``report`` (given with load.mode=capacity only) takes each probe as an intermediate value."""
+
+    def __call__(self, ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
+                 rule_check: bool = True, /, *, report: Optional[Reporter] = None) -> TrialRecord: ...
 
 
 def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
@@ -96,8 +101,9 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
 
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
-              rule_check: bool = True) -> TrialRecord:
-    """Run one trial and return its record (see the module docstring for what it raises)."""
+              rule_check: bool = True, /, *, report: Optional[Reporter] = None) -> TrialRecord:
+    """Run one trial and return its record (see the module docstring for what it raises).
+    ``report(value, step)``: with load.mode=capacity, each probe of the search (optuna's trial.report)."""
     cfg = ctx.cfg
     broken, est = check(params, cfg)
     rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker),
@@ -108,7 +114,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "
                        outcome=infeasible(memory=True))
     progress = _Progress(rec)
     try:
-        return _run_server(ctx, number, params, progress, tag)
+        return _run_server(ctx, number, params, progress, tag, report)
     except TrialError as exc:
         exc.record = progress.rec if progress.rec.failure is not None else \
             replace(progress.rec, failure=Failure(exc.reason, str(exc)))
@@ -130,7 +136,8 @@ class _Progress:
         return Timings(**self.seconds)
 
 
-def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progress, tag: str) -> TrialRecord:
+def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progress, tag: str,
+                report: Optional[Reporter] = None) -> TrialRecord:
     cfg = ctx.cfg
     trial_dir = ctx.trial_root / f"trial-{number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +187,7 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
                 return p.rec
             p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
             log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
-            asyncio.run(_measure(ctx, server, p, tag))
+            asyncio.run(_measure(ctx, server, p, tag, params, report))
             return p.rec
     finally:
         p.seconds["stop_s"] = server.stop()
@@ -189,12 +196,21 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         p.rec = replace(p.rec, timings=p.timings(), start_log=None if start_log.empty else start_log)
 
 
-async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str) -> None:
+async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str,
+                   params: Optional[EngineParams] = None, report: Optional[Reporter] = None) -> None:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model)
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
+    if cfg.load.mode == "capacity":  # the capacity search on this warm server (optimizer/study/capacity_trial.py)
+        cm = await measure_capacity(cfg, ep, rs, headers, params.max_num_seqs if params else None, tag, report,
+                                    _progress(tag))
+        p.seconds["warmup_s"], p.seconds["load_s"] = cm.warmup_s, cm.load_s
+        p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings())
+        _raise_if_died(server, p)
+        p.rec = replace(p.rec, outcome=cm.outcome)
+        return
     async with TelemetrySampler(server.url, 1.0, headers) as tel:
         run = await run_load(ep, rs, cfg.load, _progress(tag))
     p.seconds["warmup_s"] = run.warmup_s
@@ -217,6 +233,15 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
     p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
+
+
+def _raise_if_died(server: VllmServer, p: _Progress) -> None:
+    died = _death(server)
+    if died is not None:
+        d = classify(server.log_text(), server.poll())
+        p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
+        raise ServerDied(f"the server {died} during the capacity search: {d.reason}: {d.evidence}",
+                         reason=d.reason, deterministic=d.deterministic)
 
 
 def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:
