@@ -22,6 +22,7 @@ __all__ = ["CapacityBar", "CapacityCurve", "CapacityData", "CapacityTrial", "bui
            "capacity_bars_figure", "capacity_curves_figure", "capacity_line"]
 
 _SERIES = ["#212529", "#e03131", "#1c7ed6", "#2a9d3f", "#ae3ec9"]
+_MAX_CURVES = 5  # the highlighted configs, topped up with the highest capacities
 _BAR = {"feasible": "#2a9d3f", "infeasible": "#f08c00"}
 
 
@@ -91,12 +92,16 @@ def capacity_line(best: Optional[CapacityTrial], baseline: Optional[CapacityTria
 def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int], best: Optional[int],
                         metric: str, slo_ms: float) -> Optional[CapacityData]:
     """The section's data; None when no trial ran a search. ``highlight``: the trial numbers whose
-    curves are drawn (baseline, best, a few others), in that order."""
+    curves are drawn first (baseline, best, a few others), topped up to five with the searched
+    trials of the highest capacity."""
     if not trials:
         return None
     by_n = {t.number: t for t in trials}
     curves = []
-    for n in highlight:
+    ranked = sorted(trials, key=lambda t: -t.result.value if t.result.feasible else math.inf)
+    chosen = [n for n in highlight if n in by_n]
+    chosen += [t.number for t in ranked if t.number not in chosen][:max(0, _MAX_CURVES - len(chosen))]
+    for n in chosen:
         t = by_n.get(n)
         if t is None:
             continue
