@@ -118,6 +118,8 @@ class TrialRecord:
     capacity: Optional[Capacity] = None  # load.mode=capacity: the search (measurement: its probe at the capacity)
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
+    # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
+    calibration: Optional[dict[str, Any]] = None
 
     @property
     def measured(self) -> bool:
@@ -151,6 +153,8 @@ class TrialRecord:
             out["counted"] = False
         if self.outcome is not None:
             out["feasible"] = self.outcome.feasible
+        if self.calibration is not None:
+            out["slo_calibration"] = self.calibration
         return out
 
     @classmethod
@@ -159,7 +163,9 @@ class TrialRecord:
         return cls(setup=Setup.from_attrs(a), lineage=Lineage.from_attrs(a), memory=MemoryPrediction.from_attrs(a),
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
-                   failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a), interrupted=a.get("interrupted") is True, outcome=outcome)
+                   failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a),
+                   interrupted=a.get("interrupted") is True, outcome=outcome,
+                   calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None)
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:
