@@ -63,7 +63,7 @@ def run_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[di
     c = cfg.load.capacity
     plan = SearchPlan.of(c, default_cap(cfg.load, None))
     print(f"capacity search on {ep.base_url} (model {ep.model}): from {_load(plan.control, plan.start)} up to "
-          f"{_load(plan.control, plan.cap)}, P99 {cfg.slo.metric.upper()} <= {cfg.slo.p99_ms:g} ms, "
+          f"{_load(plan.control, plan.cap)}, P99 {cfg.slo.metric.upper()} <= {cfg.slo.limit_ms:g} ms, "
           f"errors <= {cfg.slo.max_error_rate:.1%}, resolution {plan.resolution:.0%}, at most {plan.max_probes} "
           f"probes" + (f" / {plan.max_s:g} s" if plan.max_s else ""), flush=True)
     probe = LoadProbe(ep, rs, cfg.load, cfg.slo, progress=progress,

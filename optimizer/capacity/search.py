@@ -125,7 +125,7 @@ class CapacitySearch:
             self.probes.append(probe)
             self._finish(LimitedBy.ABORTED, f"the probe at {self._fmt(probe.load)} was cut short: {probe.aborted}")
             return
-        if not probe.lengthened and self.plan.lengthen > 1 and probe.straddles(self.slo.p99_ms):
+        if not probe.lengthened and self.plan.lengthen > 1 and probe.straddles(self.slo.limit_ms):
             self.pending = probe
             return
         self.pending = None
@@ -150,7 +150,7 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.p99_ms)
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms)
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:

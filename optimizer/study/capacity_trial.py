@@ -86,7 +86,7 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
                       telemetry=lambda: TelemetrySampler(ep.base_url, 1.0, headers))
     unit = "users" if plan.control == "concurrency" else "req/s"
     log.info("%s capacity search: %s from %g up to %g %s, P99 %s <= %g ms", tag, plan.control, plan.start, plan.cap,
-             unit, cfg.slo.metric, cfg.slo.p99_ms)
+             unit, cfg.slo.metric, cfg.slo.limit_ms)
     step = [0]
 
     def on_probe(p: ProbeResult) -> None:

@@ -49,7 +49,7 @@ def test_capacity_mode_exits_1_when_even_the_lowest_load_fails_and_refuses_recor
     out = tmp_path / "cap.json"
     with spawn_loaded_server(LAW) as url:
         p = _cli(f"endpoint={url}", "load.mode=capacity", "slo.p99_ms=50", *COMMON, f"out={out}")
-        bad = _cli(f"endpoint={url}", "load.mode=capacity", "records=true", *COMMON)
+        bad = _cli(f"endpoint={url}", "load.mode=capacity", "slo.p99_ms=1000", "records=true", *COMMON)
     assert p.returncode == 1, p.stderr
     doc = json.loads(out.read_text())["capacity"]
     assert doc["value"] is None and doc["feasible"] is False and doc["constraints"]["slo"] > 0
