@@ -373,6 +373,10 @@ def validate(cfg: Config) -> None:
         if not st.enqueue_baseline:
             _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline trial, and study.enqueue_baseline="
                   "false runs none: set study.enqueue_baseline=true or give slo.p99_ms a limit in ms")
+        if cfg.load.mode == "capacity":
+            _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline's fixed-load test, and "
+                  "load.mode=capacity judges every probe against the limit from the start: give slo.p99_ms a "
+                  "limit in ms, or use load.mode=concurrency")
     elif not slo.p99_ms > 0:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:

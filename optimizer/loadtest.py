@@ -14,6 +14,8 @@ Examples::
     python -m optimizer.loadtest endpoint=http://127.0.0.1:8000 workload=chat-short load.concurrency=32 out=r.json
     python -m optimizer.loadtest endpoint=http://127.0.0.1:8000 load.mode=rate load.request_rate=20 \\
         load.duration_s=60 load.p99_sizing=auto
+    python -m optimizer.loadtest endpoint=http://127.0.0.1:8000 load.mode=capacity slo.metric=e2e \\
+        slo.p99_ms=2000 out=cap.json
     python -m optimizer.loadtest endpoint=http://gpu-box:8000 model_name=meta-llama/Llama-3.1-8B-Instruct
 """
 
@@ -36,6 +38,7 @@ from optimizer.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
+from optimizer.loadtest_capacity import run_capacity
 from optimizer.loadtest_output import request_record, summary_table, to_json
 from optimizer.metrics import summarize
 from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
@@ -113,6 +116,20 @@ def _body(overrides: list[str], debug: bool) -> int:
     model = own.get("model_name") or served_model(base, cfg.model.served_name or cfg.model.name, headers)
     ep = Endpoint(base, model, cfg.workload.endpoint, api_key, cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model, _tokenizer_for(cfg, model))
+    if cfg.load.mode == "capacity":  # the search (optimizer/loadtest_capacity.py)
+        if records:
+            raise ConfigError("records=true: not available with load.mode=capacity (each probe's summary is in "
+                              "out's capacity.probes); drop records=true or run one load level")
+        runner_fn: Any = asyncio.run
+        if use_uvloop:
+            import uvloop
+
+            runner_fn = uvloop.run
+        try:
+            return run_capacity(cfg, ep, rs, headers, Path(own["out"]) if own.get("out") else None, runner_fn)
+        except KeyboardInterrupt:
+            print("interrupted: nothing was written", file=sys.stderr)
+            return 130
     log.info("load test of %s (model %s): workload %s on /v1/%s, %s", base, model, cfg.workload.name,
              "chat/completions" if ep.kind == "chat" else "completions",
              f"concurrency {cfg.load.concurrency}" if cfg.load.mode == "concurrency"

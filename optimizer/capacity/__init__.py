@@ -17,7 +17,7 @@ Usage against a running server::
 from __future__ import annotations
 
 from optimizer.capacity.judge import judge
-from optimizer.capacity.probe import LoadProbe, Telemetry
+from optimizer.capacity.probe import LoadProbe, ProbeRun, Telemetry
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
 from optimizer.capacity.search import CapacitySearch, SearchPlan, Step, find_capacity
 from optimizer.capacity.sizing import default_cap, probe_load_config, probe_workload
@@ -28,6 +28,7 @@ __all__ = [
     "LimitedBy",
     "LoadProbe",
     "ProbeResult",
+    "ProbeRun",
     "SearchPlan",
     "Step",
     "Telemetry",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol
 
 from optimizer.capacity.judge import judge
@@ -23,10 +24,25 @@ from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import summarize
+from optimizer.metrics import LoadSummary, summarize
 from optimizer.server.telemetry import ServerStats
 
-__all__ = ["LoadProbe", "Telemetry"]
+__all__ = ["LoadProbe", "ProbeRun", "Telemetry"]
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What a probe measured beyond its judged :class:`ProbeResult`: the full load summary, the
+    request records and the server's telemetry (of its last run, when lengthened), for the caller
+    that records one probe as a trial's measurement."""
+
+    summary: LoadSummary
+    results: tuple[RequestResult, ...]
+    stats: Optional[ServerStats] = None
+    timeline: tuple[tuple[float, dict[str, float]], ...] = ()
+    warmup_s: float = 0.0
+    warmup_errors: int = 0
+    client_cpu_s: float = math.nan
 
 
 class Telemetry(Protocol):
@@ -51,6 +67,7 @@ class LoadProbe:
         self.telemetry, self.progress = telemetry, progress
         # the records of the last probe, kept until it is judged (a lengthening step merges them)
         self._last: tuple[float, list[RequestResult], float, dict[str, float]] = (math.nan, [], 0.0, {})
+        self.runs: dict[float, ProbeRun] = {}  # load -> what its (last, merged) probe measured
 
     async def __call__(self, step: Step) -> ProbeResult:
         cfg = probe_load_config(self.load, self.control, step.load, first=step.first)
@@ -60,10 +77,13 @@ class LoadProbe:
         workload = probe_workload(self.rs.workload, step.run)
         rs = dataclasses.replace(self.rs, workload=workload)
         tel_stats: dict[str, float] = {}
+        st: Optional[ServerStats] = None
+        timeline: tuple[tuple[float, dict[str, float]], ...] = ()
         if self.telemetry is not None:
             async with self.telemetry() as tel:
                 run = await run_load(self.ep, rs, cfg, self.progress)
             st = tel.stats()  # a ServerStats
+            timeline = tuple(getattr(tel, "timeline", ()))
             tel_stats = {"srv_kv_usage_peak": st.kv_usage_peak, "srv_preemptions": st.preemptions}
         else:
             run = await run_load(self.ep, rs, cfg, self.progress)
@@ -76,6 +96,8 @@ class LoadProbe:
             tel_stats = _merge_telemetry(prev_tel, tel_stats)
         self._last = (step.load, results, duration, tel_stats)
         summary = summarize(results, duration, self.load.p99_confidence)
+        self.runs[step.load] = ProbeRun(summary, tuple(results), st, timeline, run.warmup_s,
+                                        sum(1 for r in run.warmup if not r.ok), run.client_cpu_s)
         return judge(step.load, summary, self.slo, seed=seed, lengthened=step.extend is not None,
                      aborted=run.aborted, telemetry=tel_stats)
 

@@ -16,6 +16,8 @@ part                   what                                                     
 :class:`Timings`       seconds per phase (wait, start, warm-up, load, stop, total)     ``t_*``
 :class:`Measurement`   load summary, server telemetry, latency samples, KV timeline    ``srv_*``...
 :class:`Failure`       why no measurement (a :class:`FailureReason`), in words         ``failure*``
+:class:`Capacity`      the capacity search (load.mode=capacity): answer, every probe    ``cap_*``,
+                                                                                       ``capacity_json``
 =====================  ==============================================================  ==========
 
 The keys are those the study has always written (the committed H100 study decodes and
@@ -39,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.errors import FailureReason
 from optimizer.objective import Outcome
 from optimizer.record._attrs import Attrs, text
+from optimizer.record.capacity import Capacity
 from optimizer.record.measurement import Measurement, summary_from_attrs, summary_to_attrs
 from optimizer.record.parts import (
     LaunchInfo,
@@ -51,10 +54,10 @@ from optimizer.record.parts import (
 )
 from optimizer.server.startlog import StartLog
 
-__all__ = ["BLOB_KEYS", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
+__all__ = ["BLOB_KEYS", "Capacity", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
            "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
 
-BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv")  # large JSON strings: not for tables
+BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv", "capacity_json")  # large JSON strings: not for tables
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class TrialRecord:
     timings: Optional[Timings] = None
     measurement: Optional[Measurement] = None
     failure: Optional[Failure] = None
+    capacity: Optional[Capacity] = None  # load.mode=capacity: the search (measurement: its probe at the capacity)
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
     # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
@@ -138,7 +142,7 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The Optuna user attrs of this record (every value JSON-safe; NaN stored as None)."""
         out = self.setup.to_attrs() | self.lineage.to_attrs()
-        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure):
+        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.capacity):
             if part is not None:
                 out |= part.to_attrs()
         if self.start_log is not None:
@@ -159,7 +163,8 @@ class TrialRecord:
         return cls(setup=Setup.from_attrs(a), lineage=Lineage.from_attrs(a), memory=MemoryPrediction.from_attrs(a),
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
-                   failure=Failure.from_attrs(a), interrupted=a.get("interrupted") is True, outcome=outcome,
+                   failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a),
+                   interrupted=a.get("interrupted") is True, outcome=outcome,
                    calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None)
 
     @classmethod

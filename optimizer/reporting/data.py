@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord, summary_from_attrs
+from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.results import is_feasible, study_result
 
@@ -61,6 +62,8 @@ class TrialInfo(NamedTuple):
     wall_s: float
     worker: str = ""  # <host>/w<index> that ran it ("" in studies from before parallel workers)
     gpus: str = ""  # the CUDA_VISIBLE_DEVICES its server got ("" where none were pinned)
+    capacity: float = math.nan  # load.mode=capacity: the highest passing load (NaN: none, or no search)
+    cap_limited_by: str = ""  # what limited it ("" without a search)
 
     @property
     def measured(self) -> bool:
@@ -135,6 +138,7 @@ class ReportData(NamedTuple):
     phases: list[PhaseRow]
     total_s: float  # sum of the trials' wall times
     span_s: float  # first start to last finish
+    capacity: Optional[CapacityData] = None  # load.mode=capacity studies (optimizer/reporting/capacity.py)
 
 
 def classify(t: FrozenTrial, rec: Optional[TrialRecord] = None) -> Status:
@@ -171,7 +175,8 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
         constraints=dict(t.constraints or {}), failure=failure,
         detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
-        gpus=rec.setup.gpus)
+        gpus=rec.setup.gpus, capacity=rec.capacity.result.value if rec.capacity else math.nan,
+        cap_limited_by=rec.capacity.result.limited_by.value if rec.capacity else "")
 
 
 def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:
@@ -374,6 +379,10 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    searched = [CapacityTrial(i.number, _label(i, best_n), i.baseline, c.result) for i in infos
+                if (c := records[i.number].capacity) is not None]
+    capacity = build_capacity_data(searched, picks, best_n, metric, summary.slo_ms)
     return ReportData(summary=summary, trials=infos, pareto=pareto_front(infos),
                       importances=importance_info(trials, metric), cdfs=cdfs, telemetry=telemetry,
-                      timelines=timelines, phases=phases, total_s=sum(p.wall_s for p in phases), span_s=span)
+                      timelines=timelines, phases=phases, total_s=sum(p.wall_s for p in phases), span_s=span,
+                      capacity=capacity)

@@ -125,8 +125,9 @@ def _headline(s: SummaryInfo) -> str:
     return f'<p class="headline">{text}</p>'
 
 
-def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str) -> str:
-    out = [_headline(s)] + [f'<p class="note">{_e(n)}</p>' for n in s.notes]
+def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str = "") -> str:
+    out = [_headline(s)] + ([f'<p class="headline" id="capacity-line">{_e(capacity_line)}</p>'] if capacity_line
+                            else []) + [f'<p class="note">{_e(n)}</p>' for n in s.notes]
     b, base = s.best, s.baseline
     none = "none feasible" if s.counts.get("trials") else "no trials"
     cards = [("best output tokens/s", _n(b.throughput) if b else none),
@@ -166,7 +167,7 @@ def _status(st: Status) -> str:
     return f'<span class="st" style="background:{_STATUS_BG[st]}">{_e(st.value)}</span>'
 
 
-def _row(i: TrialInfo, best: Optional[int]) -> str:
+def _row(i: TrialInfo, best: Optional[int], capacity: bool = False) -> str:
     params = ", ".join(f"{k}={v}" for k, v in sorted(i.params.items()))
     kind = "baseline" if i.baseline else ("retry of #%d" % i.retry_of if i.retry_of is not None else "")
     cells = [str(i.number), _status(i.status), _e(kind), _n(i.throughput), *(_n(i.p99s[m], ".0f") for m in i.p99s),
@@ -174,7 +175,9 @@ def _row(i: TrialInfo, best: Optional[int]) -> str:
              f'<span class="params">{_e(params)}</span>', f'<span class="fail">{_e(i.failure[:120])}</span>',
              f'<div class="detail">{_e(i.detail[:600])}</div>',
              _e(i.worker) + (f'<br><span class="params">GPU {_e(i.gpus)}</span>' if i.gpus else "")]
-    num_cols = {0, 3, 4, 5, 6, 7, 8}
+    if capacity:  # load.mode=capacity: the capacity and what limited it, after the throughput
+        cells[4:4] = [_n(i.capacity, "g"), _e(i.cap_limited_by)]
+    num_cols = {0, 3, 4, 6, 7, 8, 9, 10} if capacity else {0, 3, 4, 5, 6, 7, 8}
     tds = "".join(f'<td class="num">{c}</td>' if k in num_cols else f"<td>{c}</td>" for k, c in enumerate(cells))
     return f'<tr class="{"best" if i.number == best else ""}">{tds}</tr>'
 
@@ -185,8 +188,11 @@ def _table(d: ReportData) -> str:
     best = d.summary.best.number if d.summary.best else None
     head = ["#", "status", "kind", "output tok/s", "P99 TTFT ms", "P99 ITL ms", "P99 E2E ms", "errors %",
             "wall s", "parameters", "failure", "detail", "host / GPUs"]
+    cap = d.capacity is not None
+    if d.capacity is not None:
+        head[4:4] = ["capacity (" + ("users" if d.capacity.control == "concurrency" else "req/s") + ")", "limited by"]
     return ('<table class="trials"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join(_row(i, best) for i in d.trials) + "</tbody></table>")
+            + "".join(_row(i, best, cap) for i in d.trials) + "</tbody></table>")
 
 
 def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
@@ -200,7 +206,13 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
         f"<h1>vLLM serving-config study: {_e(s.study_name)}</h1>",
         f'<p class="sub">{_e(generated)}</p>',
         "<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS) + "</nav>",
-        '<section id="summary"><h2>1. Summary</h2>' + _summary(s, yaml_text, yaml_name) + "</section>",
+        '<section id="summary"><h2>1. Summary</h2>' + _summary(s, yaml_text, yaml_name,
+                                                               d.capacity.line if d.capacity else "") + "</section>",
+        *(['<section id="capacity"><h2>Capacity under the SLO</h2><p class=sub>Each config\'s capacity search on '
+           "one warm server: the load doubled, then bisected, until a probe broke the P99 limit or the error limit."
+           "</p>" + _fig("capacity_curves", figs.get("capacity_curves"), "No probes recorded.")
+           + _fig("capacity_bars", figs.get("capacity_bars"), "No capacity recorded.") + "</section>"]
+          if d.capacity is not None else []),
         '<section id="scatter"><h2>2. Throughput against P99 latency</h2><p class=sub>Every trial. Up and to the '
         "left is better; right of the red line breaks the SLO. The dotted line joins the trials that no other "
         "beats on both axes. Hover a point for its parameters.</p>"

@@ -32,6 +32,7 @@ from optimizer.config import Config
 from optimizer.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
+from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify
 from optimizer.reporting.html import render_page
 
@@ -97,6 +98,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
         "importance": F.importance_figure(d), "parallel": F.parallel_figure(study, d),
         "slice": F.slice_figure(study, d), "cdf": F.cdf_figure(d), "telemetry": F.telemetry_figure(d),
         "timeline": F.timeline_figure(d), "phases": F.phases_figure(d),
+        "capacity_curves": capacity_curves_figure(d.capacity), "capacity_bars": capacity_bars_figure(d.capacity),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_text = best_yaml(d)

@@ -178,7 +178,10 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
                                     calibration=(lambda: calibrate.stored(study.user_attrs),
                                                  lambda: _baseline_running(study)))
         try:
-            rec = runner(ctx_t, trial.number, params, tag, not baseline)
+            if cfg.load.mode == "capacity":  # each probe of the search: an intermediate value of the trial
+                rec = runner(ctx_t, trial.number, params, tag, not baseline, report=trial.report)
+            else:
+                rec = runner(ctx_t, trial.number, params, tag, not baseline)
         except TrialError as exc:
             _store(trial, exc.record or TrialRecord(setup, failure=Failure(exc.reason, str(exc))))
             log.warning("%s failed (%s): %s", tag, exc.reason, exc)

@@ -17,7 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import httpx
 
@@ -44,6 +44,7 @@ from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
 from optimizer.study import calibrate
+from optimizer.study.capacity_trial import Reporter, measure_capacity
 from optimizer.study.gpus import trial_gpus
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
@@ -71,8 +72,12 @@ class TrialContext:
     calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
 
 
-# what the study loop calls: (context, trial number, parameters, tag, rule check) -> record
-TrialRunner = Callable[[TrialContext, int, EngineParams, str, bool], TrialRecord]
+class TrialRunner(Protocol):
+    """What the study loop calls: (context, trial number, parameters, tag, rule check) -> record;
+    ``report`` (given with load.mode=capacity only) takes each probe as an intermediate value."""
+
+    def __call__(self, ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
+                 rule_check: bool = True, /, *, report: Optional[Reporter] = None) -> TrialRecord: ...
 
 
 def launch_for(ctx: TrialContext, params: EngineParams, port: int, identity: str = "") -> Launch:
@@ -103,8 +108,9 @@ def _sample(values: list[float], limit: int = 2000) -> list[float]:
 
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
-              rule_check: bool = True) -> TrialRecord:
-    """Run one trial and return its record (see the module docstring for what it raises)."""
+              rule_check: bool = True, /, *, report: Optional[Reporter] = None) -> TrialRecord:
+    """Run one trial and return its record (see the module docstring for what it raises).
+    ``report(value, step)``: with load.mode=capacity, each probe of the search (optuna's trial.report)."""
     cfg = ctx.cfg
     broken, est = check(params, cfg)
     rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker),
@@ -115,7 +121,7 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "
                        outcome=infeasible(memory=True))
     progress = _Progress(rec)
     try:
-        return _run_server(ctx, number, params, progress, tag)
+        return _run_server(ctx, number, params, progress, tag, report)
     except TrialError as exc:
         exc.record = progress.rec if progress.rec.failure is not None else \
             replace(progress.rec, failure=Failure(exc.reason, str(exc)))
@@ -137,7 +143,8 @@ class _Progress:
         return Timings(**self.seconds)
 
 
-def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progress, tag: str) -> TrialRecord:
+def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progress, tag: str,
+                report: Optional[Reporter] = None) -> TrialRecord:
     cfg = ctx.cfg
     trial_dir = ctx.trial_root / f"trial-{number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +189,7 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
             if _started(server, cfg.server.start_timeout_s, tick, p, t0, tag):
                 p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
                 log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
-                asyncio.run(_measure(ctx, server, p, tag))
+                asyncio.run(_measure(ctx, server, p, tag, params, report))
     finally:
         p.seconds["stop_s"] = server.stop()
         p.seconds["total_s"] = time.monotonic() - t0
@@ -208,12 +215,21 @@ def _started(server: VllmServer, timeout_s: float, tick: Callable[[float], None]
         return False
 
 
-async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str) -> None:
+async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str,
+                   params: Optional[EngineParams] = None, report: Optional[Reporter] = None) -> None:
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model)
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
+    if cfg.load.mode == "capacity":  # the capacity search on this warm server (optimizer/study/capacity_trial.py)
+        cm = await measure_capacity(cfg, ep, rs, headers, params.max_num_seqs if params else None, tag, report,
+                                    _progress(tag))
+        p.seconds["warmup_s"], p.seconds["load_s"] = cm.warmup_s, cm.load_s
+        p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings())
+        _raise_if_died(server, p)
+        p.rec = replace(p.rec, outcome=cm.outcome)
+        return
     async with TelemetrySampler(server.url, 1.0, headers) as tel:
         run = await run_load(ep, rs, cfg.load, _progress(tag))
     p.seconds["warmup_s"] = run.warmup_s
@@ -249,6 +265,15 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
         slo = calibrate.resolved(cfg, cal).slo
     p.rec = replace(p.rec, outcome=score(summary, slo))
+
+
+def _raise_if_died(server: VllmServer, p: _Progress) -> None:
+    died = _death(server)
+    if died is not None:
+        d = classify(server.log_text(), server.poll())
+        p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
+        raise ServerDied(f"the server {died} during the capacity search: {d.reason}: {d.evidence}",
+                         reason=d.reason, deterministic=d.deterministic)
 
 
 def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:

@@ -106,8 +106,15 @@ def _mixed() -> list:
     return trials + [evil]
 
 
+def _capacity() -> list:  # load.mode=capacity: the mixed study plus three searched trials (curves, bars)
+    from tests.unit.test_report_capacity import trial
+
+    trials = synthetic_trials(n=14)
+    return trials + [trial(14, 6), trial(15, 11), trial(16, float("nan"))]
+
+
 STUDIES = {"mixed": (_mixed, 9), "no-feasible": (lambda: synthetic_trials(feasible=False), 8),
-           "one-trial": (lambda: synthetic_trials(n=1), 6), "empty": (lambda: [], 0)}
+           "one-trial": (lambda: synthetic_trials(n=1), 6), "empty": (lambda: [], 0), "capacity": (_capacity, 11)}
 
 
 @pytest.mark.parametrize("kind", list(STUDIES))

@@ -46,3 +46,12 @@ def test_cli_exit_code_2_and_no_traceback(repo, tmp_path):
                        text=True, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert r.returncode == 2
     assert "slo.p99_ms" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_auto_slo_is_refused_with_the_capacity_search():
+    from optimizer.cli import compose as _compose
+    from optimizer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="load.mode=capacity"):
+        _compose(["load.mode=capacity", "slo.p99_ms=auto"])
+    assert _compose(["load.mode=capacity", "slo.p99_ms=2000"]).slo.p99_ms == 2000

@@ -1,0 +1,109 @@
+"""The measurement of a ``load.mode=capacity`` trial: the capacity search on the trial's warm server.
+
+:func:`measure_capacity` runs :func:`optimizer.capacity.find_capacity` once the server is ready
+(its first probe carries the warm-up), with a :class:`~optimizer.capacity.LoadProbe` that scrapes
+the server's ``/metrics`` during each probe. The cap is ``load.capacity.max``, or else
+:func:`~optimizer.capacity.default_cap` of the trial's ``max_num_seqs`` (vLLM's default where the
+trial leaves it unset: ``load.max_inflight``). Each judged probe goes to ``report(value, step)``
+(the loop passes ``optuna.Trial.report``: the probes are the trial's intermediate values) and to
+the log.
+
+The trial then reads as a fixed-load trial does: its :class:`~optimizer.record.Measurement` is
+the probe at the capacity (infeasible: the lowest probe), and its outcome is the throughput there
+(``load.capacity.value``: output tok/s or req/s) with the search's graded constraints; the
+:class:`~optimizer.record.Capacity` part keeps every probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
+from optimizer.capacity import default_cap, find_capacity
+from optimizer.config import Config
+from optimizer.loadgen.client import Endpoint
+from optimizer.loadgen.workload import RequestSet
+from optimizer.objective import Outcome
+from optimizer.record import Capacity, Measurement
+from optimizer.server.telemetry import ServerStats, TelemetrySampler
+
+__all__ = ["CapacityMeasure", "Reporter", "measure_capacity", "outcome_of"]
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[float, int], None]  # (intermediate value, step): optuna.Trial.report
+
+
+@dataclass(frozen=True)
+class CapacityMeasure:
+    capacity: Capacity
+    measurement: Optional[Measurement]  # the probe at the capacity (infeasible: the lowest); None: none ran
+    outcome: Outcome
+    warmup_s: float  # the first probe's warm-up
+    load_s: float  # the whole search, its warm-up excluded
+
+
+def outcome_of(r: CapacityResult, value: str) -> Outcome:
+    """The trial's score: the throughput at the capacity and the search's constraints (graded
+    from the lowest probe when it failed), with the fixed-load trial's other keys."""
+    constraints = {"slo": 1.0, "errors": 1.0} | {k: float(v) for k, v in r.constraints.items()}
+    constraints |= {"startup": 0.0, "memory": 0.0}
+    feasible = r.feasible and all(v <= 0 for v in constraints.values())
+    return Outcome(value=r.throughput(value) if r.feasible else 0.0, constraints=constraints, feasible=feasible)
+
+
+def _sample(values: list[float], limit: int = 2000) -> list[float]:
+    if len(values) <= limit:
+        return [round(v, 3) for v in values]
+    step = len(values) / limit
+    s = sorted(values)
+    return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]
+
+
+def _measurement(run: ProbeRun) -> Measurement:
+    ok = [r for r in run.results if r.ok]
+    nan = float("nan")
+    stats = run.stats if run.stats is not None else ServerStats(**{k: nan for k in ServerStats.__dataclass_fields__})
+    return Measurement(
+        run.summary, stats, client_cpu_s=run.client_cpu_s,
+        client_cpu_share=run.client_cpu_s / run.summary.duration_s if run.summary.duration_s > 0 else math.nan,
+        warmup_errors=run.warmup_errors, first_error=next((r.error for r in run.results if not r.ok), ""),
+        latency_samples={"ttft": _sample([r.ttft * 1000 for r in ok]), "e2e": _sample([r.latency * 1000 for r in ok]),
+                         "itl": _sample([x * 1000 for r in ok for x in r.itl])},
+        kv_timeline=list(run.timeline[-600:]))
+
+
+async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],
+                           max_num_seqs: Optional[int], tag: str, report: Optional[Reporter] = None,
+                           progress: Optional[Callable[[str, int], None]] = None) -> CapacityMeasure:
+    """Search the warm server at ``ep`` (see the module docstring)."""
+    c = cfg.load.capacity
+    plan = SearchPlan.of(c, default_cap(cfg.load, max_num_seqs))
+    probe = LoadProbe(ep, rs, cfg.load, cfg.slo, progress=progress,
+                      telemetry=lambda: TelemetrySampler(ep.base_url, 1.0, headers))
+    unit = "users" if plan.control == "concurrency" else "req/s"
+    log.info("%s capacity search: %s from %g up to %g %s, P99 %s <= %g ms", tag, plan.control, plan.start, plan.cap,
+             unit, cfg.slo.metric, cfg.slo.limit_ms)
+    step = [0]
+
+    def on_probe(p: ProbeResult) -> None:
+        log.info("%s probe %g %s: %s, P99 %s %.0f ms, %.1f output tok/s%s", tag, p.load, unit,
+                 "pass" if p.passed else f"FAIL ({p.failed_on})", cfg.slo.metric, p.p99_ms, p.output_tok_s,
+                 ", lengthened" if p.lengthened else "")
+        v = p.output_tok_s if c.value == "output_tok_s" else p.req_s
+        if report is not None and v == v:  # an aborted probe measured nothing: no intermediate value
+            report(float(v), step[0])
+        step[0] += 1
+
+    result = await find_capacity(probe, CapacitySearch(plan, cfg.slo), on_probe=on_probe)
+    log.info("%s capacity %g %s (%s: %s)", tag, result.value, unit, result.limited_by.value, result.stop_reason)
+    at = result.value if result.feasible else min((p.load for p in result.probes if not p.aborted), default=math.nan)
+    run = probe.runs.get(at)
+    first = probe.runs.get(plan.start)
+    warmup_s = first.warmup_s if first is not None else math.nan
+    load_s = result.duration_s - warmup_s if warmup_s == warmup_s else result.duration_s
+    return CapacityMeasure(Capacity(result), _measurement(run) if run is not None else None,
+                           outcome_of(result, str(c.value)), warmup_s, load_s)
