@@ -16,6 +16,7 @@ part                   what                                                     
 :class:`Timings`       seconds per phase (wait, start, warm-up, load, stop, total)     ``t_*``
 :class:`Measurement`   load summary, server telemetry, latency samples, KV timeline    ``srv_*``...
 :class:`Failure`       why no measurement (a :class:`FailureReason`), in words         ``failure*``
+:class:`Quality`       the quality probe's figures against the study's reference       ``q_*``
 =====================  ==============================================================  ==========
 
 The keys are those the study has always written (the committed H100 study decodes and
@@ -49,12 +50,13 @@ from optimizer.record.parts import (
     start_log_from_attrs,
     start_log_to_attrs,
 )
+from optimizer.record.quality import Quality
 from optimizer.server.startlog import StartLog
 
 __all__ = ["BLOB_KEYS", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
-           "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
+           "Quality", "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
 
-BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv")  # large JSON strings: not for tables
+BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv", "q_scores")  # large JSON strings: not for tables
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class TrialRecord:
     timings: Optional[Timings] = None
     measurement: Optional[Measurement] = None
     failure: Optional[Failure] = None
+    quality: Optional[Quality] = None
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
 
@@ -136,7 +139,7 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The Optuna user attrs of this record (every value JSON-safe; NaN stored as None)."""
         out = self.setup.to_attrs() | self.lineage.to_attrs()
-        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure):
+        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.quality):
             if part is not None:
                 out |= part.to_attrs()
         if self.start_log is not None:
@@ -155,7 +158,8 @@ class TrialRecord:
         return cls(setup=Setup.from_attrs(a), lineage=Lineage.from_attrs(a), memory=MemoryPrediction.from_attrs(a),
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
-                   failure=Failure.from_attrs(a), interrupted=a.get("interrupted") is True, outcome=outcome)
+                   failure=Failure.from_attrs(a), quality=Quality.from_attrs(a),
+                   interrupted=a.get("interrupted") is True, outcome=outcome)
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:
