@@ -55,8 +55,9 @@ DUMMY_WEIGHTS = "dummy weights"
 _warned: set[str] = set()  # studies already warned about dummy weights (one warning per study)
 
 
-def probe_server(cfg: Config, url: str, api_key: Optional[str]) -> Quality:
-    """Run the quality probe on the live server at ``url`` (the trial's, warm after its load test)."""
+def probe_server(cfg: Config, url: str, model: str, api_key: Optional[str]) -> Quality:
+    """Run the quality probe on the live server at ``url`` serving ``model`` (the trial's, warm after
+    its load test; ``model`` is the name the load test sent)."""
     if cfg.quality.mode == QualityMode.off:
         return Quality(skipped="quality.mode=off")
     if cfg.model.load_format == "dummy":
@@ -69,7 +70,7 @@ def probe_server(cfg: Config, url: str, api_key: Optional[str]) -> Quality:
         return Quality(skipped=DUMMY_WEIGHTS)
     try:
         qset = load_set(cfg.quality.dataset)
-        scores = run_probe(url, cfg.model.served_name or cfg.model.name, qset, max_tokens=cfg.quality.max_tokens,
+        scores = run_probe(url, model, qset, max_tokens=cfg.quality.max_tokens,
                            headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
     except (ProbeError, ConfigError) as exc:
         log.warning("quality probe failed: %s", exc)

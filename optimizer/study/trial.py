@@ -43,6 +43,7 @@ from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
 from optimizer.study.gpus import trial_gpus
+from optimizer.study.quality import probe_server
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
@@ -216,6 +217,7 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
         raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
+    p.rec = replace(p.rec, quality=probe_server(cfg, server.url, ep.model, ctx.api_key))  # [quality] warm server
     p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
 
 

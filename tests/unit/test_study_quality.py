@@ -81,8 +81,8 @@ def test_a_failed_probe_on_a_gated_config_is_infeasible(compose, study):
 def test_dummy_weights_skip_the_probe_with_one_warning_per_study(compose, study, caplog):
     cfg = compose("quality.mode=gate", "model.load_format=dummy", "study.name=dummy-warn-test")
     with caplog.at_level(logging.WARNING):
-        a = sq.probe_server(cfg, "http://127.0.0.1:1", None)
-        b = sq.probe_server(cfg, "http://127.0.0.1:1", None)
+        a = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
+        b = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
     assert a.skipped == b.skipped == sq.DUMMY_WEIGHTS
     assert sum("load_format=dummy" in r.message for r in caplog.records) == 1
     r = sq.judge(study, cfg, TrialRecord(quality=a, outcome=_rec().outcome), FP8, BASE)
@@ -91,7 +91,47 @@ def test_dummy_weights_skip_the_probe_with_one_warning_per_study(compose, study,
 
 def test_mode_off_probes_nothing_and_adds_no_constraint(compose, study):
     cfg = compose("quality.mode=off")
-    q = sq.probe_server(cfg, "http://127.0.0.1:1", None)
+    q = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
     assert q.skipped == "quality.mode=off"
     assert "quality" not in sq.judge(study, cfg, TrialRecord(quality=q, outcome=_rec().outcome), FP8,
                                      BASE).outcome.constraints
+
+
+def test_the_loop_stores_the_reference_and_gates_a_damaging_trial(compose, tmp_path):
+    """Through run_study with an injected runner: the baseline's probe becomes the reference, the
+    fp8_e5m2 KV-cache trial is infeasible by the quality constraint alone."""
+    from dataclasses import replace as dc_replace
+
+    from optimizer.loadgen.records import RequestResult
+    from optimizer.metrics import summarize
+    from optimizer.objective import score
+    from optimizer.record import Measurement
+    from optimizer.server.telemetry import Snapshot, server_stats
+    from optimizer.study.loop import Runtime, run_study
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = compose("model.generate=", f"model.path={model}", "study.name=q", "search.sampler=random",
+                  f"study.storage=sqlite:///{tmp_path / 'q.db'}", f"study.runs_dir={tmp_path / 'runs'}",
+                  f"server.cache_dir={tmp_path / 'cache'}", "study.n_trials=2", "search.kv_cache_dtype=[fp8_e5m2]",
+                  "quality.mode=gate")
+
+    def runner(ctx, number, params, tag, rule_check):
+        results = [RequestResult(i, ok=True, ttft=0.01, latency=0.1, output_tokens=16, prompt_tokens=64)
+                   for i in range(20)]
+        summary = summarize(results, 1.0)
+        damaged = params.kv_cache_dtype == "fp8_e5m2"
+        scores = _scores((1, 9, 9, 9) if damaged else (1, 2, 3, 4), -260.0 if damaged else -200.0)
+        return TrialRecord(Setup(), measurement=Measurement(summary, server_stats(Snapshot(), Snapshot(), {})),
+                           quality=Quality.of(scores, None), outcome=score(summary, ctx.cfg.slo))
+
+    run_study(cfg, Runtime(environ={}, worker="test/w0"), runner=runner)
+    study = optuna.load_study(study_name="q", storage=cfg.study.storage)
+    t0, t1 = study.trials
+    assert sq.read_reference(study) == _scores((1, 2, 3, 4))
+    q0, q1 = TrialRecord.from_trial(t0).quality, TrialRecord.from_trial(t1).quality
+    assert q0.is_reference and t0.constraints["quality"] == 0.0 and TrialRecord.from_trial(t0).outcome.feasible
+    assert q1.gated and t1.constraints["quality"] > 0
+    assert t1.constraints["slo"] <= 0 and t1.user_attrs["feasible"] is False
+    assert dc_replace(q1, scores=None).numerics == "kv_cache_dtype: None -> fp8_e5m2"
