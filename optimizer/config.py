@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -209,9 +209,24 @@ class SearchConfig:
 @dataclass
 class SloConfig:
     metric: SloMetric = SloMetric.e2e
-    p99_ms: float = 5000.0
+    # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
+    # trial) at the study's load on this host, measured once per study (optimizer.study.calibrate)
+    p99_ms: Union[int, float, str] = 5000.0
+    auto_factor: float = 1.5  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
     use_upper_bound: bool = False  # judge feasibility on the P99's upper confidence bound
+
+    @property
+    def is_auto(self) -> bool:
+        return self.p99_ms == "auto"
+
+    @property
+    def limit_ms(self) -> float:
+        """The limit in ms. Raises RuntimeError for an ``auto`` SLO not calibrated yet."""
+        if isinstance(self.p99_ms, str):
+            raise RuntimeError("slo.p99_ms=auto has no limit until the study calibrates it "
+                               "(optimizer.study.calibrate.resolved)")
+        return float(self.p99_ms)
 
 
 @dataclass
@@ -318,6 +333,8 @@ def to_config(cfg: DictConfig) -> Config:
     name = study.name or default_study_name(obj.model, obj.hardware, obj.workload)
     storage = study.storage or f"sqlite:///studies/{name}.db"
     obj = dataclasses.replace(obj, study=dataclasses.replace(study, name=name, storage=storage))
+    if isinstance(obj.slo.p99_ms, int) and not isinstance(obj.slo.p99_ms, bool):
+        obj = dataclasses.replace(obj, slo=dataclasses.replace(obj.slo, p99_ms=float(obj.slo.p99_ms)))
     validate(obj)
     return obj
 
@@ -347,7 +364,16 @@ def validate(cfg: Config) -> None:
         _fail("hardware.gpu_ids", hw.gpu_ids, "GPU indexes must be >= 0 and distinct, e.g. [0,1,2,3]")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", cfg.server.module):
         _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
-    if not slo.p99_ms > 0:
+    if isinstance(slo.p99_ms, str):
+        if slo.p99_ms != "auto":
+            _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x the P99 of "
+                  "vLLM's defaults on this host, measured once per study by the baseline trial)")
+        if not slo.auto_factor > 1:
+            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the baseline's P99")
+        if not st.enqueue_baseline:
+            _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline trial, and study.enqueue_baseline="
+                  "false runs none: set study.enqueue_baseline=true or give slo.p99_ms a limit in ms")
+    elif not slo.p99_ms > 0:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:
         _fail("slo.max_error_rate", slo.max_error_rate, "must be in [0, 1)")

@@ -61,6 +61,9 @@ class FailureReason(StrEnum):
     START_TIMEOUT = "start_timeout"
     KILLED = "killed"  # the server was killed by a signal
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM stopped the optimizer during the trial
+    FOREIGN_SERVER = "foreign_server"  # another server answered on the trial's port (not ours: not measured)
+    SLO_NOT_CALIBRATED = "slo_not_calibrated"  # slo.p99_ms=auto and the baseline had not calibrated it yet
+    CALIBRATION = "calibration"  # the baseline served nothing to calibrate slo.p99_ms=auto on
     OTHER = "other"
 
     @classmethod

@@ -35,7 +35,7 @@ def score(summary: LoadSummary, slo: SloConfig) -> Outcome:
     p99 = d.p99_high if slo.use_upper_bound else d.p99
     if slo.use_upper_bound and not p99 == p99:
         p99 = d.max  # too few samples to bound the P99: the sample maximum is the honest stand-in
-    slo_violation = p99 / slo.p99_ms - 1.0 if p99 == p99 else _BROKEN
+    slo_violation = p99 / slo.limit_ms - 1.0 if p99 == p99 else _BROKEN
     err = summary.error_rate if summary.error_rate == summary.error_rate else 1.0
     constraints = {"slo": slo_violation, "errors": err - slo.max_error_rate, "startup": 0.0, "memory": 0.0}
     value = summary.output_tok_s if summary.output_tok_s == summary.output_tok_s else 0.0

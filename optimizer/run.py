@@ -40,8 +40,13 @@ Exit codes: 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 
 def _body(overrides: list[str], debug: bool) -> int:
     cfg = compose(overrides)
+    from optimizer.input_checks import ensure_writable_dirs, refuse_ignored
+
+    if not cfg.dry_run:
+        ensure_writable_dirs(cfg)  # a folder that cannot be written: refused before anything starts
     runs = Path(cfg.study.runs_dir) / cfg.study.name
     setup_logging(None if cfg.dry_run else runs / "optimizer.log", debug)
+    refuse_ignored(cfg, overrides)  # a key typed on the command line that the others make irrelevant
     if cfg.dry_run:
         from optimizer.study.dry_run import dry_run
 

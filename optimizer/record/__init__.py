@@ -117,6 +117,8 @@ class TrialRecord:
     quality: Optional[Quality] = None
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
+    # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
+    calibration: Optional[dict[str, Any]] = None
 
     @property
     def measured(self) -> bool:
@@ -150,6 +152,8 @@ class TrialRecord:
             out["counted"] = False
         if self.outcome is not None:
             out["feasible"] = self.outcome.feasible
+        if self.calibration is not None:
+            out["slo_calibration"] = self.calibration
         return out
 
     @classmethod
@@ -159,7 +163,8 @@ class TrialRecord:
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
                    failure=Failure.from_attrs(a), quality=Quality.from_attrs(a),
-                   interrupted=a.get("interrupted") is True, outcome=outcome)
+                   interrupted=a.get("interrupted") is True, outcome=outcome,
+                   calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None)
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord, summary_from_attrs
+from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.results import is_feasible, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -330,6 +331,9 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_attrs.get("config") or fallback_config or {}
+    cal = study_attrs.get(CALIBRATION_ATTR)  # slo.p99_ms=auto: the limit the study calibrated
+    if (cfg.get("slo") or {}).get("p99_ms") == "auto":
+        cfg = dict(cfg, slo=dict(cfg["slo"], p99_ms=cal.get("slo_ms") if isinstance(cal, dict) else None))
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
     trials = sorted(trials, key=lambda t: t.number)
     records = {t.number: TrialRecord.from_trial(t) for t in trials}

@@ -7,8 +7,12 @@ and that then kills the whole group: vLLM's EngineCore and workers outlive a kil
 so killing the API server alone is not enough. A pid file records the group so that a run
 after a SIGKILL sweeps what is left (:mod:`optimizer.server.pidfile`). ``wait_ready`` polls
 ``/health`` against a monotonic deadline and checks the process on every loop, so a crash is
-reported at once with the reason read from the log. ``stop`` signals the group (SIGTERM, grace,
-SIGKILL) whether or not the leader is still alive, reaps it, and waits until the port is free.
+reported at once with the reason read from the log. A ``/health`` answer alone does not prove the
+server is ours (another process can take the port between :func:`free_port` and vLLM's bind):
+with ``identity`` (a served model name unique to this start) the server is ready only when its
+``/v1/models`` lists that name, and any other answer is refused as a foreign server. ``stop``
+signals the group (SIGTERM, grace, SIGKILL) whether or not the leader is still alive, reaps it,
+and waits until the port is free.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Callable, Optional
 
 import httpx
 
-from optimizer.errors import ServerCrashed, ServerStartTimeout
+from optimizer.errors import EnvironmentBusy, ServerCrashed, ServerStartTimeout
 from optimizer.server import pidfile
 from optimizer.server.failures import classify, tail
 
@@ -62,7 +66,7 @@ class VllmServer:
 
     def __init__(self, argv: list[str], *, python: str, host: str, port: int, log_path: Path,
                  env: dict[str, str], pid_dir: Path, stop_timeout_s: float = 30.0,
-                 api_key: Optional[str] = None) -> None:
+                 api_key: Optional[str] = None, identity: str = "") -> None:
         self.argv = [python, *argv]
         self.host, self.port = host, port
         self.log_path = Path(log_path)
@@ -70,6 +74,7 @@ class VllmServer:
         self.pid_dir = Path(pid_dir)
         self.stop_timeout_s = stop_timeout_s
         self.api_key = api_key
+        self.identity = identity  # a served model name only this start has ("" = no identity check)
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._pgid: Optional[int] = None
         self._pidfile: Optional[Path] = None
@@ -119,8 +124,36 @@ class VllmServer:
                              f"Full log: {self.log_path}", reason=d.reason, deterministic=d.deterministic,
                              log_tail=tail(text))
 
+    def _check_identity(self, client: httpx.Client) -> bool:
+        """After /health said 200: True when ``/v1/models`` lists our identity; False when it could
+        not be read yet. Raises :class:`EnvironmentBusy` when another server answers."""
+        try:
+            r = client.get(self.url + "/v1/models")
+        except httpx.HTTPError:
+            return False
+        names: list[str] = []
+        if r.status_code == 200:
+            try:
+                names = [str(m.get("id")) for m in r.json().get("data", [])]
+            except (ValueError, AttributeError, TypeError):
+                names = []
+            if self.identity in names:
+                return True
+        seen = f"it serves {names[:3]}" if names else f"GET /v1/models answered {r.status_code}"
+        raise EnvironmentBusy(
+            f"the server answering on {self.url} is not the one this trial started: {seen}, not this start's "
+            f"name {self.identity!r}. Another process took port {self.port} (a shared host?); nothing was "
+            f"measured, and the trial is retried on another free port. Server log: {self.log_path}",
+            reason="foreign_server", deterministic=False, log_tail=tail(self.log_text()))
+
     def wait_ready(self, timeout_s: float, on_tick: Optional[Callable[[float], None]] = None) -> float:
-        """Block until ``/health`` answers 200. Returns the seconds it took."""
+        """Block until ``/health`` answers 200 and, with an ``identity``, ``/v1/models`` lists it.
+        Returns the seconds it took.
+
+        Raises:
+            ServerCrashed: the process exited.
+            ServerStartTimeout: not ready within ``timeout_s``.
+            EnvironmentBusy: another server answers on the port (reason ``foreign_server``)."""
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -130,7 +163,8 @@ class VllmServer:
                 if code is not None:
                     raise self._crash(code, "during start")
                 try:
-                    if client.get(self.url + "/health").status_code == 200:
+                    if client.get(self.url + "/health").status_code == 200 and (
+                            not self.identity or self._check_identity(client)):
                         return time.monotonic() - t0
                 except httpx.HTTPError:
                     pass  # refused while the engine initialises: normal

@@ -78,9 +78,12 @@ def _flag(name: str) -> str:
 
 def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
            fixed_args: tuple[str, ...] = (), extra_args: tuple[str, ...] = (),
-           module: str = SERVER_MODULE) -> Launch:
+           module: str = SERVER_MODULE, identity: str = "") -> Launch:
     """The one place where engine parameters become flags.
-    ``module`` is what ``python -m`` runs: vLLM's OpenAI server, or a stand-in that takes its flags."""
+    ``module`` is what ``python -m`` runs: vLLM's OpenAI server, or a stand-in that takes its flags.
+    ``identity`` (a name unique to one server start) is served as a second model name, after the
+    model's own, so that ``/v1/models`` proves which process answers on the port; it is on argv
+    only, never in ``serve_config`` (the ``vllm serve`` YAML a user runs)."""
     cfg: dict[str, Any] = {"model": model.path, "host": host, "port": port}
     if model.served_name:
         cfg["served_model_name"] = model.served_name
@@ -111,8 +114,14 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
         cfg["speculative_config"] = spec
 
     argv = ["-m", module]
-    for key, value in cfg.items():
-        if isinstance(value, bool):
+    if identity:  # vLLM answers to every name; responses carry the first, the model's own
+        cfg_argv = dict(cfg, served_model_name=[cfg.get("served_model_name") or model.path, identity])
+    else:
+        cfg_argv = cfg
+    for key, value in cfg_argv.items():
+        if isinstance(value, list):
+            argv += [_flag(key), *(str(v) for v in value)]
+        elif isinstance(value, bool):
             argv.append(_flag(key) if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, dict):
             argv += [_flag(key), json.dumps(value, sort_keys=True, separators=(",", ":"))]

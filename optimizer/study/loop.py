@@ -12,6 +12,7 @@ Trial-level failure handling lives here, in one place:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -31,6 +32,7 @@ from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
+from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import judge
@@ -170,8 +172,14 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             if gpus:
                 trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
         setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
+        # [calibrate] slo.p99_ms=auto: judge by the study's calibrated SLO once there is one; the baseline
+        # calibrates it; a trial that ends before it waits for a baseline running on another worker
+        ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)),
+                                    calibrates=baseline,
+                                    calibration=(lambda: calibrate.stored(study.user_attrs),
+                                                 lambda: _baseline_running(study)))
         try:
-            rec = runner(ctx, trial.number, params, tag, not baseline)
+            rec = runner(ctx_t, trial.number, params, tag, not baseline)
         except TrialError as exc:
             _store(trial, exc.record or TrialRecord(setup, failure=Failure(exc.reason, str(exc))))
             log.warning("%s failed (%s): %s", tag, exc.reason, exc)
@@ -189,6 +197,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         if rec.outcome is None:
             raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
         _store(trial, rec)
+        cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.to_attrs()))  # [calibrate]
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
         try:
@@ -198,7 +207,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
             best = None  # this trial is the new best; it is not stored yet
             log.info("%s new best", tag)
-        _log_done(tag, rec, best, cfg)
+        _log_done(tag, rec, best, cfg_t)
         return rec.outcome.value
 
     def guarded(trial: Trial) -> float:
@@ -212,6 +221,13 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             raise
 
     return guarded
+
+
+def _baseline_running(study: optuna.Study) -> bool:
+    """[calibrate] Is a baseline trial running on a live worker? (Dead workers' trials are failed first.)"""
+    fail_stale(study)
+    return any(t.user_attrs.get("kind") == "baseline"
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _store(trial: Trial, rec: TrialRecord) -> None:
@@ -286,12 +302,18 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
                  cfg.study.n_trials, f", {running} running elsewhere" if running else "",
                  redact_url(cfg.study.storage), ctx.worker,
                  f" on GPU(s) {','.join(map(str, ctx.gpu_ids))}" if ctx.gpu_ids else "")
+        if cfg.slo.is_auto:  # [calibrate]
+            cal = calibrate.stored(study.user_attrs)
+            log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
+                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, "
+                     f"the baseline trial, at this load)")
         budget = _Budget(cfg)
         if done + running < cfg.study.n_trials:
             _optimize(study, cfg, ctx, space, budget, runner)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
-            log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+            slo_ms = calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))  # [calibrate]
+            log.info("%s", describe(result, cfg.slo.metric, slo_ms))
         if budget.abort:
             raise StudyError(budget.abort)
         return result

@@ -56,11 +56,14 @@ def _normal(value: Any) -> Any:
 
 def fingerprint(cfg: Config, space: Any) -> dict[str, Any]:
     """What must not change within one study (values the sampler and the comparison rely on)."""
+    objective: dict[str, Any] = {"metric": cfg.slo.metric, "p99_ms": cfg.slo.p99_ms,
+                                 "max_error_rate": cfg.slo.max_error_rate, "use_upper_bound": cfg.slo.use_upper_bound}
+    if cfg.slo.is_auto:  # only then: studies made before the key existed keep their fingerprint
+        objective["auto_factor"] = cfg.slo.auto_factor
     return _normal({
         "space": asdict(space) if is_dataclass(space) and not isinstance(space, type) else space,
         "search_version": cfg.search.version,
-        "objective": {"metric": cfg.slo.metric, "p99_ms": cfg.slo.p99_ms, "max_error_rate": cfg.slo.max_error_rate,
-                      "use_upper_bound": cfg.slo.use_upper_bound},
+        "objective": objective,
         "workload": asdict(cfg.workload),
         "load": asdict(cfg.load),
         "model": cfg.model.name,

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -42,6 +43,7 @@ from optimizer.server.startlog import parse_start_log
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
+from optimizer.study import calibrate
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import probe_server
 
@@ -63,17 +65,22 @@ class TrialContext:
     pid_dir: Path
     gpu_ids: tuple[int, ...] = ()  # the GPUs this worker owns; a trial uses its first tensor_parallel_size
     worker: str = ""  # <host>/w<index>
+    # [calibrate] slo.p99_ms=auto: this trial is the baseline, whose load test sets the study's SLO
+    calibrates: bool = False
+    # [calibrate] (the study's calibration, is a baseline running?): read by a trial that must wait for
+    # another worker's baseline (optimizer.study.calibrate.wait)
+    calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
 
 
 # what the study loop calls: (context, trial number, parameters, tag, rule check) -> record
 TrialRunner = Callable[[TrialContext, int, EngineParams, str, bool], TrialRecord]
 
 
-def launch_for(ctx: TrialContext, params: EngineParams, port: int) -> Launch:
+def launch_for(ctx: TrialContext, params: EngineParams, port: int, identity: str = "") -> Launch:
     target = target_for(ctx.cfg.model, ctx.model_dir, params.quantization)
     return render(params, target, host=ctx.cfg.server.host, port=port,
                   fixed_args=tuple(ctx.cfg.hardware.fixed_args), extra_args=tuple(ctx.cfg.server.extra_args),
-                  module=ctx.cfg.server.module)
+                  module=ctx.cfg.server.module, identity=identity)
 
 
 def _progress(tag: str) -> Callable[[str, int], None]:
@@ -146,8 +153,11 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         wait_for_free_gpus(gpus, cfg.server.free_wait_s)
     p.seconds["wait_s"] = time.monotonic() - t_wait
     port = free_port(cfg.server.host)
-    launch = launch_for(ctx, params, port)
-    command = launch.command(ctx.python)
+    # a served name no other server has: wait_ready measures nothing but the server started here
+    identity = f"vllm-opt-t{number}-{secrets.token_hex(4)}"
+    launch = launch_for(ctx, params, port, identity)
+    # what a user reruns (command.txt, "serve it"): the model's own served name, without the identity
+    command = launch_for(ctx, params, port).command(ctx.python)
     log_path = trial_dir / "server.log"
     info = LaunchInfo(tuple(launch.argv), command, launch.serve_config, str(log_path))
     (trial_dir / "command.txt").write_text(command + "\n")
@@ -159,7 +169,8 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         setup = replace(setup, gpus=env["CUDA_VISIBLE_DEVICES"])
     p.rec = replace(p.rec, setup=setup, launch=info, timings=p.timings())
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
-                        env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key)
+                        env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key,
+                        identity=identity)
     t0 = time.monotonic()
     try:
         with server:
@@ -169,25 +180,33 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
                 if int(elapsed) % 30 == 0 and elapsed - int(elapsed) < 0.5 and elapsed >= 30:
                     log.info("%s still starting (%.0f s)", tag, elapsed)
 
-            try:
-                p.seconds["start_s"] = server.wait_ready(cfg.server.start_timeout_s, tick)
-            except TrialError as exc:
-                p.seconds["start_s"] = time.monotonic() - t0
-                p.rec = replace(p.rec, failure=Failure(exc.reason, str(exc)))
-                if not exc.deterministic:
-                    raise
-                log.warning("%s server failed to start: %s", tag, exc)
-                p.rec = replace(p.rec, outcome=infeasible(startup=True))
-                return p.rec
-            p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
-            log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
-            asyncio.run(_measure(ctx, server, p, tag))
-            return p.rec
+            if _started(server, cfg.server.start_timeout_s, tick, p, t0, tag):
+                p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
+                log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
+                asyncio.run(_measure(ctx, server, p, tag))
     finally:
         p.seconds["stop_s"] = server.stop()
         p.seconds["total_s"] = time.monotonic() - t0
         start_log = parse_start_log(server.log_text())  # vLLM's own account of its start
         p.rec = replace(p.rec, timings=p.timings(), start_log=None if start_log.empty else start_log)
+    return p.rec  # after the stop: the record holds its time and the start log (a return inside would not)
+
+
+def _started(server: VllmServer, timeout_s: float, tick: Callable[[float], None], p: _Progress, t0: float,
+             tag: str) -> bool:
+    """Wait for the server. False: it could not start for a reason of its config (recorded as an
+    infeasible outcome); the environment's reasons raise."""
+    try:
+        p.seconds["start_s"] = server.wait_ready(timeout_s, tick)
+        return True
+    except TrialError as exc:
+        p.seconds["start_s"] = time.monotonic() - t0
+        p.rec = replace(p.rec, failure=Failure(exc.reason, str(exc)))
+        if not exc.deterministic:
+            raise
+        log.warning("%s server failed to start: %s", tag, exc)
+        p.rec = replace(p.rec, outcome=infeasible(startup=True))
+        return False
 
 
 async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str) -> None:
@@ -218,7 +237,20 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
     p.rec = replace(p.rec, quality=probe_server(cfg, server.url, ep.model, ctx.api_key))  # [quality] warm server
-    p.rec = replace(p.rec, outcome=score(summary, cfg.slo))
+    slo = cfg.slo
+    if slo.is_auto and not ctx.calibrates:  # [calibrate] not calibrated when the trial started: the baseline
+        get, coming = ctx.calibration or ((lambda: None), (lambda: False))  # may run on another worker
+        cal = calibrate.wait(get, coming, cfg.server.start_timeout_s)
+        slo = calibrate.resolved(cfg, cal).slo
+    elif slo.is_auto:  # [calibrate] this is the baseline: its load test sets the study's SLO
+        try:
+            cal = calibrate.from_summary(summary, cfg)
+        except ValueError as exc:
+            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
+                             f"request", reason="calibration", deterministic=False) from None
+        p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
+        slo = calibrate.resolved(cfg, cal).slo
+    p.rec = replace(p.rec, outcome=score(summary, slo))
 
 
 def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:

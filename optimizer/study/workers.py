@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 from optimizer.config import Config
 from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
+from optimizer.study import calibrate
 from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import StudyResult, describe, study_result
@@ -161,7 +162,7 @@ def _closing(cfg: Config, codes: dict[str, int]) -> Optional[StudyResult]:
     except (KeyError, OptimizerError) as exc:  # no study: every worker stopped before creating it
         raise StudyError(f"{what or 'the workers stopped'}; the study could not be read: {exc}") from None
     result = study_result(study.get_trials(deepcopy=False))
-    log.info("%s", describe(result, cfg.slo.metric, cfg.slo.p99_ms))
+    log.info("%s", describe(result, cfg.slo.metric, calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))))
     if not failed:
         return result
     done = finished_count(study)

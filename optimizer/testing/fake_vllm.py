@@ -73,7 +73,8 @@ async def _completion(writer: asyncio.StreamWriter, req: dict, model: str) -> No
         STATS["success"] += 1
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: str) -> None:
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: str,
+                  names: list[str]) -> None:
     try:
         while line := await reader.readline():
             method, path, _ = line.decode().split(" ", 2)
@@ -93,7 +94,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mo
                 writer.write(_response("200 OK", _metrics(model), "text/plain; version=0.0.4"))
             elif path == "/v1/models":
                 writer.write(_response("200 OK", json.dumps({"object": "list", "data": [
-                    {"id": model, "object": "model", "owned_by": "fake"}]}).encode()))
+                    {"id": n, "object": "model", "owned_by": "fake"} for n in names]}).encode()))
             else:
                 writer.write(_response("404 Not Found", b'{"error": "not found"}'))
             await writer.drain()
@@ -105,8 +106,9 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mo
 
 async def _serve(args: argparse.Namespace) -> None:
     await asyncio.sleep(float(os.environ.get("FAKE_VLLM_START_DELAY_S", "0")))
-    model = args.served_model_name or args.model
-    server = await asyncio.start_server(lambda r, w: _handle(r, w, model), args.host, args.port)
+    names = args.served_model_name or [args.model]
+    model = names[0]  # responses carry the first name, as vLLM's do; /v1/models lists them all
+    server = await asyncio.start_server(lambda r, w: _handle(r, w, model, names), args.host, args.port)
     print(f"fake_vllm listening on {args.host}:{args.port}", flush=True)
     async with server:
         await server.serve_forever()
@@ -115,7 +117,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--served-model-name", default="")
+    p.add_argument("--served-model-name", nargs="*", default=[])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     args, _ = p.parse_known_args()

@@ -61,6 +61,11 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
         if t in measured:
             assert info.throughput == pytest.approx(t.value) and info.measured
             assert info.p99 == pytest.approx(t.user_attrs["e2e_p99"])
+    # slo.p99_ms=auto (the demo's default): the baseline's P99 x 1.5, stored with the study
+    cal = study.user_attrs["slo_calibration"]
+    assert cal["trial"] == 0 and cal["slo_ms"] == pytest.approx(1.5 * baseline[0].user_attrs["e2e_p99"], abs=1)
+    assert baseline[0].constraints["slo"] == pytest.approx(baseline[0].user_attrs["e2e_p99"] / cal["slo_ms"] - 1,
+                                                           abs=1e-3)
 
     before = _snapshot(study)
     r = sd.run("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)
@@ -71,6 +76,7 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
     for n, snap in before.items():
         assert after[n] == snap  # resumed: earlier trials untouched
     assert "2 of 3 trials finished" in r.stderr
+    assert "SLO calibrated on this host" in r.stderr and study.user_attrs["slo_calibration"] == cal  # reused
     # a third run with the same total starts nothing and changes nothing
     r = sd.run("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)
     assert r.returncode == 0 and _snapshot(sd.study()) == after

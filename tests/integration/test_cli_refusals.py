@@ -84,3 +84,15 @@ def test_a_gpu_held_by_someone_else_is_reported_after_the_bounded_wait(tmp_path,
 def test_other_gpus_being_busy_does_not_block(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{_fake_smi(tmp_path, time.time() + 3600)}:{os.environ['PATH']}")
     assert wait_for_free_gpus((1,), timeout_s=1.0) < 1.0
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (("study.storage=sqlite:////proc/x/study.db",), ("study.storage", "/proc/x")),  # a virtual file system
+    (("model.path=/nonexistent/model",), ("model.path", "model.generate='tiny'")),  # the default preset
+    (("load.request_rate=2",), ("load.request_rate", "load.mode='concurrency'")),
+])
+def test_input_that_would_be_ignored_or_cannot_be_used_is_refused_with_exit_2(tmp_path, overrides, names):
+    r = _run(tmp_path, *overrides)
+    assert r.returncode == 2, r.stderr
+    assert all(n in r.stderr for n in names) and "Traceback" not in r.stderr
+    assert not list((tmp_path / "runs").glob("s/trial-*"))  # no trial, no server

@@ -55,3 +55,11 @@ def test_serve_config_reproduces_argv_without_host_and_port():
 def test_params_round_trip_through_dict():
     p = EngineParams(max_num_seqs=3, enable_prefix_caching=False)
     assert EngineParams.from_dict({**p.as_dict(), "unknown": 1}) == p
+
+
+def test_identity_is_a_second_served_name_on_argv_and_never_in_the_serve_config():
+    launch = render(EngineParams(), MODEL, host="127.0.0.1", port=9, identity="vllm-opt-t3-abcd")
+    i = launch.argv.index("--served-model-name")
+    assert launch.argv[i + 1:i + 3] == ["tiny", "vllm-opt-t3-abcd"]
+    assert launch.argv.count("--served-model-name") == 1
+    assert launch.serve_config["served_model_name"] == "tiny"

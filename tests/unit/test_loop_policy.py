@@ -92,7 +92,7 @@ def study_cfg(compose, tmp_path: Path):
     (model / "config.json").write_text("{}")
 
     def make(*overrides: str):
-        return compose("model.generate=", f"model.path={model}", "study.name=policy",
+        return compose("model.generate=", f"model.path={model}", "study.name=policy", "slo.p99_ms=1500",
                        f"study.storage=sqlite:///{tmp_path / 'policy.db'}", f"study.runs_dir={tmp_path / 'runs'}",
                        f"server.cache_dir={tmp_path / 'cache'}", "search.sampler=random", *overrides)
     return make

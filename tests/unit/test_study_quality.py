@@ -115,7 +115,7 @@ def test_the_loop_stores_the_reference_and_gates_a_damaging_trial(compose, tmp_p
     cfg = compose("model.generate=", f"model.path={model}", "study.name=q", "search.sampler=random",
                   f"study.storage=sqlite:///{tmp_path / 'q.db'}", f"study.runs_dir={tmp_path / 'runs'}",
                   f"server.cache_dir={tmp_path / 'cache'}", "study.n_trials=2", "search.kv_cache_dtype=[fp8_e5m2]",
-                  "quality.mode=gate")
+                  "quality.mode=gate", "slo.p99_ms=1000")
 
     def runner(ctx, number, params, tag, rule_check):
         results = [RequestResult(i, ok=True, ttft=0.01, latency=0.1, output_tokens=16, prompt_tokens=64)

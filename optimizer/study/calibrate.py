@@ -1,0 +1,168 @@
+"""A latency SLO calibrated on this host: ``slo.p99_ms=auto``.
+
+An absolute limit (e.g. P99 E2E <= 1500 ms) means one thing on the host it was chosen on and
+another on a host three times slower or busy: the CPU demo found 5 of 6 configs feasible on one
+host and none on another. With ``slo.p99_ms=auto`` the limit is instead
+
+    slo_ms = slo.auto_factor x (the baseline's P99 of the SLO metric, at the study's load)
+
+measured once per study by its baseline trial (vLLM defaults, enqueued first), stored in the
+study's user attributes (:data:`ATTR`), printed, and reused on every resume, so every trial is
+judged against the same number and the study database alone reproduces it. The question the
+study then answers is the same on every host: which config serves the most while keeping the
+tail latency within ``auto_factor`` of what vLLM's defaults give here.
+
+Why the baseline's latency at the study's load and not at light load (one request at a time):
+the ratio of the two is how well the server batches, and that depends on the host as much as the
+latency does. On a busy 2-core host the baseline's P99 at 16 concurrent requests was 16x its
+median at concurrency 1 (4,737 ms vs 290 ms, see README: "The demo's SLO"); a fixed multiple of
+the light-load latency would have judged every config infeasible there, as the absolute limit did.
+
+The rule (:func:`calibrated_limit`) is pure; :func:`from_summary` applies it to the baseline's
+load-test summary; the rest reads and writes the study attribute. With parallel workers the first
+calibration stored wins; a trial that finishes its load test before the baseline was measured
+waits for it while the baseline runs on a live worker (:func:`wait`), and is otherwise failed and
+retried (:class:`NotCalibrated`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from optimizer.config import Config, SloConfig
+from optimizer.errors import TrialError
+from optimizer.metrics import LoadSummary
+
+__all__ = ["ATTR", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary", "resolved", "slo_ms",
+           "store", "stored", "wait"]
+
+log = logging.getLogger(__name__)
+
+ATTR = "slo_calibration"  # study user attribute (and the calibrating trial's)
+
+
+class NotCalibrated(TrialError):
+    """A trial needs the study's ``auto`` SLO before the baseline trial has measured it."""
+
+    def __init__(self) -> None:
+        super().__init__("slo.p99_ms=auto: the SLO is calibrated by the baseline trial (vLLM defaults), which was "
+                         "not measured in time (it could not start, or runs on a slow worker). This trial is retried; "
+                         "if the baseline cannot start here, set slo.p99_ms to a limit in ms.",
+                         reason="slo_not_calibrated", deterministic=False)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the study's SLO was derived; ``slo_ms`` is the limit every trial is judged by."""
+
+    metric: str  # e2e | ttft | itl: the SLO metric
+    base_p50_ms: float  # the baseline's median and P99 at the study's load
+    base_p99_ms: float
+    n_ok: int  # the baseline's successful requests
+    factor: float  # slo.auto_factor
+    slo_ms: float
+    trial: int = -1  # the trial that measured it (-1: not yet stored)
+
+    def as_attr(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_attr(cls, raw: Any) -> Optional["Calibration"]:
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return cls(metric=str(raw["metric"]), base_p50_ms=float(raw["base_p50_ms"]),
+                       base_p99_ms=float(raw["base_p99_ms"]), n_ok=int(raw["n_ok"]), factor=float(raw["factor"]),
+                       slo_ms=float(raw["slo_ms"]), trial=int(raw.get("trial", -1)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        return (f"SLO calibrated on this host (slo.p99_ms=auto): P99 {self.metric} <= {self.slo_ms:.0f} ms = "
+                f"slo.auto_factor {self.factor:g} x {self.base_p99_ms:.0f} ms, the P99 {self.metric} of vLLM's "
+                f"defaults (baseline trial {self.trial}, {self.n_ok} requests, median {self.base_p50_ms:.0f} ms)")
+
+
+def calibrated_limit(base_p99_ms: float, factor: float) -> float:
+    """The rule: ``factor`` x the baseline's P99, in whole milliseconds (at least 1).
+
+    Raises:
+        ValueError: the P99 was not measured (NaN: no request succeeded) or ``factor`` <= 1.
+    """
+    if not math.isfinite(base_p99_ms) or base_p99_ms <= 0:
+        raise ValueError(f"no baseline latency to calibrate on (P99 {base_p99_ms} ms)")
+    if not factor > 1:
+        raise ValueError(f"slo.auto_factor={factor}: must be > 1")
+    return float(max(1, round(factor * base_p99_ms)))
+
+
+def from_summary(summary: LoadSummary, cfg: Config) -> Calibration:
+    """The calibration from the baseline's load test.
+
+    Raises:
+        ValueError: no request of it succeeded.
+    """
+    d = summary.dist(cfg.slo.metric)
+    return Calibration(metric=cfg.slo.metric, base_p50_ms=round(d.p50, 2), base_p99_ms=round(d.p99, 2),
+                       n_ok=summary.n_ok, factor=cfg.slo.auto_factor,
+                       slo_ms=calibrated_limit(d.p99, cfg.slo.auto_factor))
+
+
+def stored(study_attrs: dict[str, Any]) -> Optional[Calibration]:
+    """The study's calibration, if one was measured."""
+    return Calibration.from_attr(study_attrs.get(ATTR))
+
+
+def resolved(cfg: Config, cal: Optional[Calibration]) -> Config:
+    """``cfg`` with ``slo.p99_ms=auto`` replaced by the calibrated limit (unchanged otherwise, or
+    when there is no calibration yet)."""
+    if not cfg.slo.is_auto or cal is None:
+        return cfg
+    return dataclasses.replace(cfg, slo=dataclasses.replace(cfg.slo, p99_ms=cal.slo_ms))
+
+
+def slo_ms(slo: SloConfig, cal: Optional[Calibration]) -> float:
+    """The limit in ms; NaN while an ``auto`` SLO is not calibrated."""
+    if not slo.is_auto:
+        return slo.limit_ms
+    return cal.slo_ms if cal is not None else math.nan
+
+
+def store(study: Any, trial_number: int, trial_attrs: dict[str, Any]) -> Optional[Calibration]:
+    """Keep the calibration a trial measured (``trial_attrs[ATTR]``) as the study's, unless the
+    study already has one; return the study's calibration. ``study`` is an ``optuna.Study``."""
+    have = stored(study.user_attrs)
+    if have is not None:
+        return have
+    cal = Calibration.from_attr(trial_attrs.get(ATTR))
+    if cal is None:
+        return None
+    cal = dataclasses.replace(cal, trial=trial_number)
+    study.set_user_attr(ATTR, cal.as_attr())
+    log.info("%s; stored with the study and reused on resume", cal.describe())
+    return stored(study.user_attrs)
+
+
+def wait(get: Callable[[], Optional[Calibration]], coming: Callable[[], bool], timeout_s: float,
+         poll_s: float = 2.0) -> Calibration:
+    """Poll ``get`` (the study's calibration) until there is one, for at most ``timeout_s``, while
+    ``coming()`` says a baseline trial is running on a live worker.
+
+    Raises:
+        NotCalibrated: none came in time, or no baseline is running (it failed, or waits in the
+            queue: this worker may be the one to run it next, so it must not wait for it).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cal = get()
+        if cal is not None:
+            return cal
+        if time.monotonic() >= deadline or not coming():
+            raise NotCalibrated()
+        log.info("slo.p99_ms=auto: waiting for the baseline trial to calibrate the SLO")
+        time.sleep(poll_s)

@@ -1,0 +1,54 @@
+"""``run_trial`` against a real server process (the small fake vLLM of optimizer.testing): the
+record it returns holds every stage, the stop included (vLLM itself: tests/e2e)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from optimizer.record import TrialRecord
+from optimizer.space.engine_args import EngineParams
+from optimizer.space.search_space import build_space
+from optimizer.study.loop import Runtime, make_context
+from optimizer.study.trial import run_trial
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ctx(compose, tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = compose("server.module=optimizer.testing.fake_vllm", "model.generate=", f"model.path={model}",
+                  "load.num_requests=12", "load.warmup_requests=2", "load.concurrency=2", "workload.prompt_tokens=32",
+                  "workload.output_tokens=8", "server.start_timeout_s=60", f"study.runs_dir={tmp_path / 'runs'}",
+                  f"server.cache_dir={tmp_path / 'cache'}", "study.name=rec")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return make_context(cfg, Runtime(environ=env), build_space(cfg))
+
+
+def test_a_measured_trial_records_every_stage_the_stop_included(ctx):
+    rec = run_trial(ctx, 0, EngineParams(kv_cache_gib=1.0), rule_check=False)
+    assert rec.measured and rec.outcome is not None and rec.failure is None
+    t = rec.timings
+    assert t is not None and all(math.isfinite(v) and v >= 0 for v in (t.wait_s, t.start_s, t.warmup_s, t.load_s,
+                                                                        t.stop_s, t.total_s))
+    assert t.total_s >= t.start_s + t.load_s
+    assert rec.launch.argv[:2] == ("-m", "optimizer.testing.fake_vllm") and rec.launch.vllm_version
+    assert rec.memory is not None and rec.setup.engine_params == {"kv_cache_gib": 1.0}
+    attrs = rec.to_attrs()
+    assert {"t_wait_s", "t_start_s", "t_warmup_s", "t_load_s", "t_stop_s", "t_total_s", "server_command",
+            "output_tok_s", "srv_generation_tokens", "feasible"} <= set(attrs)
+    back = TrialRecord.from_attrs(attrs)
+    assert back.timings == _rounded(t) and back.measured
+    assert (ctx.trial_root / "trial-0000" / "server.log").exists()
+
+
+def _rounded(t):  # noqa: N802 - what the attrs keep: seconds to 0.01
+    from dataclasses import fields, replace
+
+    return replace(t, **{f.name: round(getattr(t, f.name), 2) for f in fields(t)})
