@@ -1,5 +1,6 @@
 """The quality gate inside a real study: the optimizer CLI, SmolLM2-135M-Instruct served by vLLM's
-CPU build, a SQLite study of two trials. The baseline (vLLM defaults) is probed and becomes the
+CPU build, a SQLite study of two trials (passed in 182 s on a host at load ~3: baseline ppl 18.19,
+probe 34 s; fp8_e5m2 ppl +0.69 %, agreement 0.445, exact 1/8, violation 0.406, rejected). The baseline (vLLM defaults) is probed and becomes the
 study's reference; the space offers only an fp8_e5m2 KV cache (2 mantissa bits; agreement 0.445 in
 benchmarks/results/quality.json), so the second trial is the damaging config and the quality
 constraint must make it infeasible while its load test stands.
@@ -50,7 +51,8 @@ def test_the_gate_rejects_an_fp8_e5m2_kv_cache_and_keeps_the_baseline(tmp_path):
     assert base.user_attrs.get("kind") == "baseline" and qb.is_reference and not qb.gated
     assert qb.agreement == 1.0 and qb.ppl_increase == 0.0 and base.constraints["quality"] == 0.0
     assert all(v <= 0 for v in base.constraints.values()), base.constraints  # the baseline is feasible
-    assert json.loads(fp8.user_attrs["engine_params"])["kv_cache_dtype"] == "fp8_e5m2" and qf.gated and "kv_cache_dtype" in qf.numerics
+    assert json.loads(fp8.user_attrs["engine_params"])["kv_cache_dtype"] == "fp8_e5m2"
+    assert qf.gated and "kv_cache_dtype" in qf.numerics
     assert fp8.constraints["quality"] > 0 and qf.violation == pytest.approx(fp8.constraints["quality"], abs=1e-3)
     assert fp8.constraints["slo"] <= 0 and fp8.constraints["errors"] <= 0  # infeasible by quality alone
     assert math.isfinite(qf.agreement) and qf.agreement < 0.75
