@@ -18,6 +18,7 @@ part                   what                                                     
 :class:`Failure`       why no measurement (a :class:`FailureReason`), in words         ``failure*``
 :class:`Capacity`      the capacity search (load.mode=capacity): answer, every probe    ``cap_*``,
                                                                                        ``capacity_json``
+:class:`Quality`       the quality probe's figures against the study's reference       ``q_*``
 =====================  ==============================================================  ==========
 
 The keys are those the study has always written (the committed H100 study decodes and
@@ -52,12 +53,15 @@ from optimizer.record.parts import (
     start_log_from_attrs,
     start_log_to_attrs,
 )
+from optimizer.record.quality import Quality
 from optimizer.server.startlog import StartLog
 
-__all__ = ["BLOB_KEYS", "Capacity", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
-           "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
+__all__ = ["BLOB_KEYS", "Capacity", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement",
+           "MemoryPrediction", "Quality", "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs",
+           "summary_to_attrs"]
 
-BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv", "capacity_json")  # large JSON strings: not for tables
+# large JSON strings: not for tables
+BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv", "capacity_json", "q_scores")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class TrialRecord:
     measurement: Optional[Measurement] = None
     failure: Optional[Failure] = None
     capacity: Optional[Capacity] = None  # load.mode=capacity: the search (measurement: its probe at the capacity)
+    quality: Optional[Quality] = None
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
     # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
@@ -142,7 +147,8 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The Optuna user attrs of this record (every value JSON-safe; NaN stored as None)."""
         out = self.setup.to_attrs() | self.lineage.to_attrs()
-        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.capacity):
+        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.capacity,
+                     self.quality):
             if part is not None:
                 out |= part.to_attrs()
         if self.start_log is not None:
@@ -163,7 +169,7 @@ class TrialRecord:
         return cls(setup=Setup.from_attrs(a), lineage=Lineage.from_attrs(a), memory=MemoryPrediction.from_attrs(a),
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
-                   failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a),
+                   failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a), quality=Quality.from_attrs(a),
                    interrupted=a.get("interrupted") is True, outcome=outcome,
                    calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None)
 

@@ -196,9 +196,11 @@ def _table(d: ReportData) -> str:
 
 
 def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
-                yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "") -> str:
+                yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "",
+                quality_html: str = "") -> str:
     """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
-    cdf, telemetry, timeline, phases) to figures or ``None``."""
+    cdf, telemetry, timeline, phases, quality) to figures or ``None``; ``quality_html`` is the quality
+    section (:mod:`optimizer.reporting.quality`), left out when empty."""
     s = d.summary
     why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"
     few = "Needs at least two completed trials."
@@ -232,6 +234,7 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
         + _fig("timeline", figs.get("timeline"), "No gauge timeline recorded.") + "</section>",
         '<section id="time"><h2>8. Where the time went</h2>'
         + _fig("phases", figs.get("phases"), "No trials.") + "</section>",
+        '<section id="quality"><h2>Quality</h2>' + quality_html + "</section>" if quality_html else "",
         f'<section id="trials"><h2>9. All trials</h2><p class=sub>Also in {_e(csv_name)} beside this page, with '
         f"every recorded attribute.</p>" + _table(d) + "</section>",
     ]

@@ -35,6 +35,7 @@ from optimizer.reporting import figures as F
 from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify
 from optimizer.reporting.html import render_page
+from optimizer.reporting.quality import quality_figure, quality_info, quality_section
 
 __all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
 
@@ -100,6 +101,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
         "timeline": F.timeline_figure(d), "phases": F.phases_figure(d),
         "capacity_curves": capacity_curves_figure(d.capacity), "capacity_bars": capacity_bars_figure(d.capacity),
     }
+    qinfo = quality_info(d, trials)
+    figs["quality"] = quality_figure(qinfo)
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_text = best_yaml(d)
     best_path = out_dir / "best.yaml"
@@ -110,7 +113,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     trials_frame(trials).to_csv(out_dir / "trials.csv", index=False)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
-                       f"{len(trials)} trial(s) in the study.")
+                       f"{len(trials)} trial(s) in the study.",
+                       quality_html=quality_section(qinfo, figs["quality"]) if qinfo.rows else "")
     index = out_dir / "index.html"
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")

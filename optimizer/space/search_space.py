@@ -160,7 +160,7 @@ def build_space(cfg: Config) -> Space:
     cpu = hw.device == "cpu"
     dtypes = _dtypes(s, hw, model)
     kv = _filtered("kv_cache_dtype", s.kv_cache_dtype,
-                   lambda d: not str(d).startswith("fp8") or (hw.supports_fp8_kv and not cpu),
+                   lambda d: not str(d).startswith("fp8") or hw.supports_fp8_kv,
                    f"fp8 KV cache needs compute capability >= {_FP8_KV_MIN_CC} ({_cc(hw)})")
     quant = _filtered("quantization", s.quantization, lambda q: not _quant_problem(q, hw, model),
                       "; ".join(sorted({p for q in s.quantization if (p := _quant_problem(q, hw, model))})))
@@ -324,7 +324,7 @@ def check(params: EngineParams, cfg: Config) -> tuple[list[str], MemoryEstimate]
         broken.append(f"dtype bfloat16 needs compute capability >= {_BF16_MIN_CC} ({_cc(hw)})")
     if params.quantization not in (None, "none") and (why := _quant_problem(params.quantization, hw, model)):
         broken.append(why)
-    if str(params.kv_cache_dtype or "").startswith("fp8") and (not hw.supports_fp8_kv or hw.device == "cpu"):
+    if str(params.kv_cache_dtype or "").startswith("fp8") and not hw.supports_fp8_kv:
         broken.append(f"fp8 KV cache needs compute capability >= {_FP8_KV_MIN_CC} ({_cc(hw)})")
     seqs = params.max_num_seqs or defaults.max_num_seqs
     mnbt = params.max_num_batched_tokens or defaults.max_num_batched_tokens

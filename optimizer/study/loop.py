@@ -35,6 +35,7 @@ from optimizer.space.search_space import Space, baseline_params, build_space, su
 from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
+from optimizer.study.quality import judge
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (
     StudyLock,
@@ -195,6 +196,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             if isinstance(exc, TrialInterrupted):
                 raise exc.original from None  # Ctrl-C or SIGTERM, as the entry point maps them to exit codes
             raise
+        rec = judge(study, cfg, rec, params.as_dict(), _baseline_engine_params(cfg).as_dict())  # [quality]
         if rec.outcome is None:
             raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
         _store(trial, rec)

@@ -46,6 +46,7 @@ from optimizer.space.search_space import check
 from optimizer.study import calibrate
 from optimizer.study.capacity_trial import Reporter, measure_capacity
 from optimizer.study.gpus import trial_gpus
+from optimizer.study.quality import probe_server
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
@@ -251,6 +252,7 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
         raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
+    p.rec = replace(p.rec, quality=probe_server(cfg, server.url, ep.model, ctx.api_key))  # [quality] warm server
     slo = cfg.slo
     if slo.is_auto and not ctx.calibrates:  # [calibrate] not calibrated when the trial started: the baseline
         get, coming = ctx.calibration or ((lambda: None), (lambda: False))  # may run on another worker

@@ -38,7 +38,7 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
     assert baseline[0] in measured, baseline[0].user_attrs
     for t in complete:
         a = t.user_attrs
-        assert set(t.constraints) == {"slo", "errors", "startup", "memory"}
+        assert set(t.constraints) == {"slo", "errors", "startup", "memory", "quality"}  # quality.mode=gate
         if t not in measured:
             rec = TrialRecord.from_trial(t)
             assert rec.failure is not None and rec.failure.reason != FailureReason.OTHER, a

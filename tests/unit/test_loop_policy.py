@@ -116,7 +116,7 @@ def test_measured_trials_complete_with_their_record_and_constraints(study_cfg):
     rec = TrialRecord.from_trial(t0)
     assert rec.lineage.baseline and rec.measured and rec.outcome.feasible and t0.user_attrs["feasible"] is True
     assert rec.timings == Timings(0.0, 1.0, 0.1, 1.0, 0.1, 2.3) and rec.setup.worker == "test/w0"
-    assert set(t0.constraints) == {"slo", "errors", "startup", "memory"} and t1.constraints["slo"] > 0
+    assert set(t0.constraints) == {"slo", "errors", "startup", "memory", "quality"} and t1.constraints["slo"] > 0
     assert result.best.number == 0
 
 

@@ -1,0 +1,111 @@
+"""The quality probe's part of a trial record, and the encoding of probe scores (the study's
+reference and each trial's own) as JSON, so that a verdict can be graded again from the database.
+
+:class:`Quality` owns the ``q_*`` user attrs. Figures the probe did not measure are NaN (stored as
+None); ``skipped`` says why nothing was measured (``dummy weights``, ``quality.mode=off``...),
+``error`` why a probe that ran failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from optimizer.quality.scoring import Generation, QualityScores, QualityVerdict, TextScore
+from optimizer.record._attrs import Attrs, attr_value, integer, num, text
+
+__all__ = ["Quality", "scores_from_json", "scores_to_json"]
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What the quality probe measured on a trial's warm server, against the study's reference."""
+
+    ppl: float = math.nan
+    n_tokens: int = 0  # scored reference-text tokens
+    agreement: float = math.nan  # mean greedy agreement with the reference's generations
+    exact_match_rate: float = math.nan
+    first_divergence: float = math.nan  # mean leading tokens equal to the reference's
+    probe_s: float = math.nan  # wall time of the probe
+    reference_ppl: float = math.nan
+    is_reference: bool = False  # this trial's scores are the study's reference
+    numerics: str = ""  # what differs from the baseline's numerics, e.g. "kv_cache_dtype: None -> fp8"
+    gated: bool = False  # the ``quality`` constraint was applied to this trial
+    violation: float = math.nan  # quality.gate.grade of the verdict (0: within the limits)
+    skipped: str = ""  # why the probe did not run ("" when it ran)
+    error: str = ""  # why a probe that ran measured nothing
+    scores: Optional[QualityScores] = None  # the raw scores (to grade again later)
+
+    @property
+    def ppl_increase(self) -> float:
+        return self.ppl / self.reference_ppl - 1.0 if self.reference_ppl > 0 else math.nan
+
+    @property
+    def measured(self) -> bool:
+        return math.isfinite(self.ppl)
+
+    @classmethod
+    def of(cls, scores: QualityScores, verdict: Optional[QualityVerdict], **kw: Any) -> Quality:
+        """The part of a probe's ``scores`` and (when a reference existed) its ``verdict``."""
+        if verdict is None:
+            return cls(scores.ppl, scores.n_tokens, probe_s=scores.seconds, scores=scores, **kw)
+        return cls(verdict.ppl, verdict.n_tokens, verdict.agreement, verdict.exact_match_rate,
+                   verdict.mean_first_divergence, scores.seconds, verdict.reference_ppl, scores=scores, **kw)
+
+    def to_attrs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "q_ppl": attr_value(self.ppl, 5), "q_n_tokens": self.n_tokens, "q_agreement": attr_value(self.agreement, 4),
+            "q_exact_match": attr_value(self.exact_match_rate, 4),
+            "q_first_divergence": attr_value(self.first_divergence, 2), "q_probe_s": attr_value(self.probe_s, 2),
+            "q_reference_ppl": attr_value(self.reference_ppl, 5), "q_ppl_increase": attr_value(self.ppl_increase, 5),
+            "q_violation": attr_value(self.violation, 4), "q_gated": self.gated}
+        if self.is_reference:
+            out["q_reference"] = True
+        for key, v in (("q_numerics", self.numerics), ("q_skipped", self.skipped), ("q_error", self.error[:500])):
+            if v:
+                out[key] = v
+        if self.scores is not None:
+            out["q_scores"] = scores_to_json(self.scores)
+        return out
+
+    @classmethod
+    def from_attrs(cls, a: Attrs) -> Optional[Quality]:
+        if "q_ppl" not in a and "q_skipped" not in a:
+            return None
+        raw = a.get("q_scores")
+        scores = None
+        if isinstance(raw, str):
+            try:
+                scores = scores_from_json(raw)
+            except (ValueError, KeyError, TypeError):
+                scores = None
+        return cls(num(a, "q_ppl"), integer(a, "q_n_tokens"), num(a, "q_agreement"), num(a, "q_exact_match"),
+                   num(a, "q_first_divergence"), num(a, "q_probe_s"), num(a, "q_reference_ppl"),
+                   a.get("q_reference") is True, text(a, "q_numerics"), a.get("q_gated") is True,
+                   num(a, "q_violation"), text(a, "q_skipped"), text(a, "q_error"), scores)
+
+
+def scores_to_json(s: QualityScores) -> str:
+    """A probe's scores as one JSON string (the study's ``quality_reference``, a trial's ``q_scores``)."""
+    return json.dumps({
+        "dataset": s.dataset, "dataset_sha256": s.dataset_sha256, "max_tokens": s.max_tokens,
+        "ppl_seconds": round(s.ppl_seconds, 3), "gen_seconds": round(s.gen_seconds, 3),
+        "texts": [[t.id, t.n_tokens, t.sum_logprob] for t in s.texts],
+        "generations": [[g.id, list(g.token_ids), g.text, g.finish_reason] for g in s.generations]})
+
+
+def scores_from_json(raw: str) -> QualityScores:
+    """Read :func:`scores_to_json` back.
+
+    Raises:
+        ValueError, KeyError, TypeError: not such a JSON string.
+    """
+    d = json.loads(raw)
+    return QualityScores(
+        str(d["dataset"]), str(d["dataset_sha256"]),
+        tuple(TextScore(str(i), int(n), float(lp)) for i, n, lp in d["texts"]),
+        tuple(Generation(str(i), tuple(int(x) for x in ids), str(txt), str(fr))
+              for i, ids, txt, fr in d["generations"]),
+        int(d["max_tokens"]), float(d["ppl_seconds"]), float(d["gen_seconds"]))

@@ -1,0 +1,61 @@
+"""The quality gate inside a real study: the optimizer CLI, SmolLM2-135M-Instruct served by vLLM's
+CPU build, a SQLite study of two trials (passed in 182 s on a host at load ~3: baseline ppl 18.19,
+probe 34 s; fp8_e5m2 ppl +0.69 %, agreement 0.445, exact 1/8, violation 0.406, rejected). The baseline (vLLM defaults) is probed and becomes the
+study's reference; the space offers only an fp8_e5m2 KV cache (2 mantissa bits; agreement 0.445 in
+benchmarks/results/quality.json), so the second trial is the damaging config and the quality
+constraint must make it infeasible while its load test stands.
+
+Every server gets ``--enforce-eager`` (a compiled start takes minutes longer on a loaded host) and
+the scheduler settings are fixed, so the trials differ only in the KV-cache dtype."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from optuna.trial import TrialState
+
+from optimizer.record import TrialRecord
+from tests.support.study_runner import StudyDir
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
+
+FIXED = ["model=smollm2-135m-instruct", "server.extra_args=[--enforce-eager]", "server.start_timeout_s=1200",
+         "search.max_num_seqs.low=8", "search.max_num_seqs.high=8", "search.max_num_batched_tokens.low=2048",
+         "search.max_num_batched_tokens.high=2048", "search.kv_cache_gib.low=1.0", "search.kv_cache_gib.high=1.0",
+         "search.enable_chunked_prefill=[true]", "search.enable_prefix_caching=[true]",
+         "search.kv_cache_dtype=[fp8_e5m2]", "slo.p99_ms=600000", "quality.mode=gate"]
+
+
+def test_the_gate_rejects_an_fp8_e5m2_kv_cache_and_keeps_the_baseline(tmp_path):
+    sd = StudyDir(tmp_path, "q")
+    r = sd.run("study.n_trials=2", *FIXED, timeout=2800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    study = sd.study()
+    trials = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    assert len(trials) == 2, [(t.number, t.state) for t in study.trials]
+    base, fp8 = trials
+    reference = json.loads(study.user_attrs["quality_reference"])
+    assert reference["dataset"] == "quality-v1"
+    for t in trials:
+        rec = TrialRecord.from_trial(t)
+        assert rec.measured and rec.quality is not None and rec.quality.measured, t.user_attrs
+        assert set(t.constraints) == {"slo", "errors", "startup", "memory", "quality"}
+        q = rec.quality
+        print(f"\ntrial {t.number} ({q.numerics or 'baseline'}): ppl {q.ppl:.4f} ({100 * q.ppl_increase:+.2f} %), "
+              f"agreement {q.agreement:.3f}, exact {q.exact_match_rate:.2f}, first divergence "
+              f"{q.first_divergence:.1f}, probe {q.probe_s:.1f} s, violation {q.violation:.3f}; "
+              f"{t.value:.1f} tok/s")
+    qb, qf = TrialRecord.from_trial(base).quality, TrialRecord.from_trial(fp8).quality
+    assert base.user_attrs.get("kind") == "baseline" and qb.is_reference and not qb.gated
+    assert qb.agreement == 1.0 and qb.ppl_increase == 0.0 and base.constraints["quality"] == 0.0
+    assert all(v <= 0 for v in base.constraints.values()), base.constraints  # the baseline is feasible
+    assert json.loads(fp8.user_attrs["engine_params"])["kv_cache_dtype"] == "fp8_e5m2"
+    assert qf.gated and "kv_cache_dtype" in qf.numerics
+    assert fp8.constraints["quality"] > 0 and qf.violation == pytest.approx(fp8.constraints["quality"], abs=1e-3)
+    assert fp8.constraints["slo"] <= 0 and fp8.constraints["errors"] <= 0  # infeasible by quality alone
+    assert math.isfinite(qf.agreement) and qf.agreement < 0.75
+    assert "REJECTED by the quality gate" in r.stderr
+    page = (tmp_path / "reports" / "q" / "index.html").read_text()
+    assert 'id="quality"' in page and f"trial {fp8.number} (kv_cache_dtype" in page

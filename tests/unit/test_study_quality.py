@@ -1,0 +1,137 @@
+"""The loop's side of the quality probe: the reference stored once per study, verdicts graded
+against it, the ``quality`` constraint applied only where the numerics differ and mode=gate."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+import pytest
+
+from optimizer.objective import Outcome
+from optimizer.quality import UNMEASURED_VIOLATION
+from optimizer.quality.scoring import Generation, QualityScores, TextScore
+from optimizer.record import Quality, Setup, TrialRecord
+from optimizer.study import quality as sq
+
+BASE = {"kv_cache_gib": 2}
+FP8 = {"kv_cache_gib": 2, "kv_cache_dtype": "fp8_e5m2"}
+SCHED = {"kv_cache_gib": 2, "max_num_seqs": 4}
+
+
+def _scores(ids: tuple[int, ...], lp: float = -200.0) -> QualityScores:
+    return QualityScores("quality-v1", "ab" * 32, (TextScore("t1", 100, lp),),
+                         (Generation("p1", ids, "", "length"), Generation("p2", (7, 8), "", "length")), 4, 1.0, 2.0)
+
+
+def _rec(scores: QualityScores | None = None, **kw) -> TrialRecord:
+    q = Quality.of(scores, None) if scores is not None else Quality(**kw)
+    return TrialRecord(Setup(), quality=q, outcome=Outcome(100.0, {"slo": -0.5, "errors": 0.0, "startup": 0.0,
+                                                                     "memory": 0.0}, True))
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    return optuna.create_study(direction="maximize")
+
+
+def test_baseline_sets_the_reference_once_and_a_damaging_numerics_change_is_gated(compose, study):
+    cfg = compose("quality.mode=gate")
+    base = sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
+    assert base.quality.is_reference and base.quality.agreement == 1.0 and base.quality.violation == 0.0
+    assert base.outcome.constraints["quality"] == 0.0 and base.outcome.feasible
+    assert sq.read_reference(study) == _scores((1, 2, 3, 4))
+    bad = sq.judge(study, cfg, _rec(_scores((1, 9, 9, 9), lp=-260.0)), FP8, BASE)
+    q = bad.quality
+    assert q.gated and not q.is_reference and q.numerics == "kv_cache_dtype: None -> fp8_e5m2"
+    assert math.isclose(q.agreement, (1 / 4 + 1) / 2) and q.ppl_increase > 0.5
+    assert bad.outcome.constraints["quality"] == q.violation > 0 and not bad.outcome.feasible
+    assert sq.read_reference(study) == _scores((1, 2, 3, 4))  # stored once: a later trial does not replace it
+
+
+def test_measure_mode_records_the_grade_without_a_constraint(compose, study):
+    cfg = compose("quality.mode=measure")
+    sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
+    bad = sq.judge(study, cfg, _rec(_scores((9, 9, 9, 9))), FP8, BASE)
+    assert bad.quality.violation > 0 and not bad.quality.gated
+    assert "quality" not in bad.outcome.constraints and bad.outcome.feasible
+
+
+def test_same_numerics_are_measured_but_never_gated(compose, study):
+    cfg = compose("quality.mode=gate")
+    sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
+    other = sq.judge(study, cfg, _rec(_scores((9, 9, 9, 9))), SCHED, BASE)  # nondeterminism is recorded only
+    assert not other.quality.gated and other.quality.violation > 0 and other.outcome.constraints["quality"] == 0.0
+
+
+def test_a_changed_config_before_any_reference_is_unmeasured_and_keeps_its_scores(compose, study):
+    cfg = compose("quality.mode=gate")
+    r = sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), FP8, BASE)
+    assert "no quality reference yet" in r.quality.error and r.quality.scores is not None
+    assert r.outcome.constraints["quality"] == UNMEASURED_VIOLATION and sq.read_reference(study) is None
+
+
+def test_a_failed_probe_on_a_gated_config_is_infeasible(compose, study):
+    cfg = compose("quality.mode=gate")
+    r = sq.judge(study, cfg, _rec(error="quality probe, text 't1': HTTP 500"), FP8, BASE)
+    assert r.outcome.constraints["quality"] == UNMEASURED_VIOLATION and not r.outcome.feasible
+
+
+def test_dummy_weights_skip_the_probe_with_one_warning_per_study(compose, study, caplog):
+    cfg = compose("quality.mode=gate", "model.load_format=dummy", "study.name=dummy-warn-test")
+    with caplog.at_level(logging.WARNING):
+        a = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
+        b = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
+    assert a.skipped == b.skipped == sq.DUMMY_WEIGHTS
+    assert sum("load_format=dummy" in r.message for r in caplog.records) == 1
+    r = sq.judge(study, cfg, TrialRecord(quality=a, outcome=_rec().outcome), FP8, BASE)
+    assert r.outcome.constraints["quality"] == 0.0 and r.quality.skipped == sq.DUMMY_WEIGHTS
+
+
+def test_mode_off_probes_nothing_and_adds_no_constraint(compose, study):
+    cfg = compose("quality.mode=off")
+    q = sq.probe_server(cfg, "http://127.0.0.1:1", "m", None)
+    assert q.skipped == "quality.mode=off"
+    assert "quality" not in sq.judge(study, cfg, TrialRecord(quality=q, outcome=_rec().outcome), FP8,
+                                     BASE).outcome.constraints
+
+
+def test_the_loop_stores_the_reference_and_gates_a_damaging_trial(compose, tmp_path):
+    """Through run_study with an injected runner: the baseline's probe becomes the reference, the
+    fp8_e5m2 KV-cache trial is infeasible by the quality constraint alone."""
+    from dataclasses import replace as dc_replace
+
+    from optimizer.loadgen.records import RequestResult
+    from optimizer.metrics import summarize
+    from optimizer.objective import score
+    from optimizer.record import Measurement
+    from optimizer.server.telemetry import Snapshot, server_stats
+    from optimizer.study.loop import Runtime, run_study
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = compose("model.generate=", f"model.path={model}", "study.name=q", "search.sampler=random",
+                  f"study.storage=sqlite:///{tmp_path / 'q.db'}", f"study.runs_dir={tmp_path / 'runs'}",
+                  f"server.cache_dir={tmp_path / 'cache'}", "study.n_trials=2", "search.kv_cache_dtype=[fp8_e5m2]",
+                  "quality.mode=gate", "slo.p99_ms=1000")
+
+    def runner(ctx, number, params, tag, rule_check):
+        results = [RequestResult(i, ok=True, ttft=0.01, latency=0.1, output_tokens=16, prompt_tokens=64)
+                   for i in range(20)]
+        summary = summarize(results, 1.0)
+        damaged = params.kv_cache_dtype == "fp8_e5m2"
+        scores = _scores((1, 9, 9, 9) if damaged else (1, 2, 3, 4), -260.0 if damaged else -200.0)
+        return TrialRecord(Setup(), measurement=Measurement(summary, server_stats(Snapshot(), Snapshot(), {})),
+                           quality=Quality.of(scores, None), outcome=score(summary, ctx.cfg.slo))
+
+    run_study(cfg, Runtime(environ={}, worker="test/w0"), runner=runner)
+    study = optuna.load_study(study_name="q", storage=cfg.study.storage)
+    t0, t1 = study.trials
+    assert sq.read_reference(study) == _scores((1, 2, 3, 4))
+    q0, q1 = TrialRecord.from_trial(t0).quality, TrialRecord.from_trial(t1).quality
+    assert q0.is_reference and t0.constraints["quality"] == 0.0 and TrialRecord.from_trial(t0).outcome.feasible
+    assert q1.gated and t1.constraints["quality"] > 0
+    assert t1.constraints["slo"] <= 0 and t1.user_attrs["feasible"] is False
+    assert dc_replace(q1, scores=None).numerics == "kv_cache_dtype: None -> fp8_e5m2"
