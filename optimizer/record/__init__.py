@@ -16,6 +16,8 @@ part                   what                                                     
 :class:`Timings`       seconds per phase (wait, start, warm-up, load, stop, total)     ``t_*``
 :class:`Measurement`   load summary, server telemetry, latency samples, KV timeline    ``srv_*``...
 :class:`Failure`       why no measurement (a :class:`FailureReason`), in words         ``failure*``
+:class:`ThroughputCI`  the throughput's confidence interval (batch means)              ``output_tok_s_*``
+:class:`Confirmation`  a re-measurement of a search trial's config on a fresh server   ``confirm*``
 =====================  ==============================================================  ==========
 
 The keys are those the study has always written (the committed H100 study decodes and
@@ -39,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.errors import FailureReason
 from optimizer.objective import Outcome
 from optimizer.record._attrs import Attrs, text
+from optimizer.record.confirmation import Confirmation, ThroughputCI
 from optimizer.record.measurement import Measurement, summary_from_attrs, summary_to_attrs
 from optimizer.record.parts import (
     LaunchInfo,
@@ -51,8 +54,8 @@ from optimizer.record.parts import (
 )
 from optimizer.server.startlog import StartLog
 
-__all__ = ["BLOB_KEYS", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
-           "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
+__all__ = ["BLOB_KEYS", "Confirmation", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement", "MemoryPrediction",
+           "Setup", "StartLog", "ThroughputCI", "Timings", "TrialRecord", "summary_from_attrs", "summary_to_attrs"]
 
 BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv")  # large JSON strings: not for tables
 
@@ -114,6 +117,8 @@ class TrialRecord:
     failure: Optional[Failure] = None
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
+    throughput_ci: Optional[ThroughputCI] = None
+    confirmation: Optional[Confirmation] = None
 
     @property
     def measured(self) -> bool:
@@ -136,7 +141,8 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The Optuna user attrs of this record (every value JSON-safe; NaN stored as None)."""
         out = self.setup.to_attrs() | self.lineage.to_attrs()
-        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure):
+        for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.throughput_ci,
+                     self.confirmation):
             if part is not None:
                 out |= part.to_attrs()
         if self.start_log is not None:
@@ -155,7 +161,8 @@ class TrialRecord:
         return cls(setup=Setup.from_attrs(a), lineage=Lineage.from_attrs(a), memory=MemoryPrediction.from_attrs(a),
                    launch=LaunchInfo.from_attrs(a), start_log=start_log_from_attrs(a),
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
-                   failure=Failure.from_attrs(a), interrupted=a.get("interrupted") is True, outcome=outcome)
+                   failure=Failure.from_attrs(a), interrupted=a.get("interrupted") is True, outcome=outcome,
+                   throughput_ci=ThroughputCI.from_attrs(a), confirmation=Confirmation.from_attrs(a))
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord, summary_from_attrs
+from optimizer.study.confirm_plan import search_trials
 from optimizer.study.results import is_feasible, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -331,7 +332,7 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_attrs.get("config") or fallback_config or {}
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
-    trials = sorted(trials, key=lambda t: t.number)
+    trials = sorted(search_trials(trials), key=lambda t: t.number)  # confirmation runs: their own section
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     infos = [trial_info(t, metric, records[t.number]) for t in trials]
     summary = _summary(name, trials, records, infos, cfg)

@@ -32,8 +32,11 @@ from optimizer.config import Config
 from optimizer.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
+from optimizer.reporting.confirmation import (confirmation_figure, confirmation_html, confirmation_view,
+                                              confirmed_yaml)
 from optimizer.reporting.data import ReportData, build_report_data, classify
-from optimizer.reporting.html import render_page
+from optimizer.reporting.html import figure_div, render_page
+from optimizer.study.confirm_plan import confirmation_trials, search_trials
 
 __all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
 
@@ -92,6 +95,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     """Write the report of ``study`` into ``out_dir``; returns the path of ``index.html``."""
     trials = study.get_trials(deepcopy=False)
     d = build_report_data(study.study_name, trials, study.user_attrs, fallback_config)
+    cv = confirmation_view(trials, study.user_attrs.get("config") or fallback_config or {})
+    study = search_view(study)  # Optuna's own plots: the search's trials only
     figs = {
         "scatter": F.scatter_figure(d), "history": F.history_figure(study, d),
         "importance": F.importance_figure(d), "parallel": F.parallel_figure(study, d),
@@ -99,7 +104,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
         "timeline": F.timeline_figure(d), "phases": F.phases_figure(d),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    yaml_text = best_yaml(d)
+    yaml_text = confirmed_yaml(cv, serve_yaml_dict) if cv is not None else best_yaml(d)
     best_path = out_dir / "best.yaml"
     if yaml_text:
         best_path.write_text(yaml_text)
@@ -108,12 +113,23 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     trials_frame(trials).to_csv(out_dir / "trials.csv", index=False)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
-                       f"{len(trials)} trial(s) in the study.")
+                       f"{len(trials)} trial(s) in the study.",
+                       confirmation=confirmation_html(cv, figure_div("confirmation", confirmation_figure(cv))) if cv else "")
     index = out_dir / "index.html"
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(index)
     return index
+
+
+def search_view(study: optuna.Study) -> optuna.Study:
+    """``study`` itself, or an in-memory copy without its confirmation runs when it has some."""
+    trials = study.get_trials(deepcopy=False)
+    if not confirmation_trials(trials):
+        return study
+    view = optuna.create_study(study_name=study.study_name, direction="maximize")
+    view.add_trials(search_trials(trials))
+    return view
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:

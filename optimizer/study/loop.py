@@ -33,6 +33,7 @@ from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
+from optimizer.study.noise import ranking_note
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (
     StudyLock,
@@ -197,6 +198,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             best = None  # this trial is the new best; it is not stored yet
             log.info("%s new best", tag)
         _log_done(tag, rec, best, cfg)
+        if cfg.hardware.device == "cpu" and (note := ranking_note(study.get_trials(deepcopy=False), trial.number, rec)):
+            log.warning("%s %s", tag, note)
         return rec.outcome.value
 
     def guarded(trial: Trial) -> float:

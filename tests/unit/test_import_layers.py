@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"probe"},  # a live server, seen from outside (the load test's HTTP beside the load)
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
-    {"cli", "hardware_auto", "loadtest", "loadtest_output", "run", "report"},  # entry points and edges
+    {"cli", "hardware_auto", "loadtest", "loadtest_output", "run", "report", "confirm"},  # entry points and edges
     {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
