@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
 from optimizer.config import Config
@@ -104,10 +105,20 @@ def _held(cfg: Config) -> Iterator[None]:
         lock.release()
 
 
+def _in_space(c: Candidate) -> tuple[dict[str, object], dict[str, BaseDistribution]]:
+    """The candidate's params that its distributions contain. The baseline's are vLLM's defaults,
+    which may lie outside a narrowed search range (Optuna runs an enqueued value it warns about, but
+    ``create_trial`` refuses it); the config itself is in the record's engine parameters."""
+    kept = {k: v for k, v in c.params.items()
+            if k in c.distributions and c.distributions[k]._contains(c.distributions[k].to_internal_repr(v))}
+    return kept, {k: c.distributions[k] for k in kept}
+
+
 def _store(study: optuna.Study, c: Candidate, rec: TrialRecord, state: TrialState) -> None:
     o = rec.outcome if state == TrialState.COMPLETE else None
-    study.add_trial(create_trial(state=state, value=o.value if o else None, params=c.params,
-                                 distributions=c.distributions, user_attrs=rec.to_attrs(),
+    params, dists = _in_space(c)
+    study.add_trial(create_trial(state=state, value=o.value if o else None, params=params,
+                                 distributions=dists, user_attrs=rec.to_attrs(),
                                  constraints=dict(o.constraints) if o else None))
 
 

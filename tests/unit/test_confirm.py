@@ -14,8 +14,9 @@ from optimizer.errors import ServerStartTimeout, Terminated, TrialInterrupted
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import score
-from optimizer.record import Failure, FailureReason, Measurement, Setup, TrialRecord
+from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
+from optimizer.space.engine_args import ModelTarget, render
 from optimizer.study.confirm import run_confirmation
 from optimizer.study.confirm_plan import candidates, plan, remaining
 from optimizer.study.loop import Runtime, run_study
@@ -30,17 +31,20 @@ def _record(ctx, params, tok_s: float, latency_s: float = 0.1) -> TrialRecord:
     results = [RequestResult(i, ok=True, ttft=latency_s / 4, latency=latency_s, output_tokens=int(tok_s / n),
                              prompt_tokens=64) for i in range(n)]
     summary = summarize(results, 1.0)
+    launch = render(params, ModelTarget(str(ctx.model_dir)), host="127.0.0.1", port=8000)  # what the server ran
     return TrialRecord(Setup(ctx.cfg.hardware.name, ctx.cfg.model.name, ctx.cfg.workload.name, params.as_dict(),
                              ctx.worker), measurement=Measurement(summary, server_stats(Snapshot(), Snapshot(), {})),
+                       launch=LaunchInfo(tuple(launch.argv), launch.command(), launch.serve_config, "server.log"),
                        outcome=score(summary, ctx.cfg.slo))
 
 
 class Runner:
     """Scores a config by its max_num_seqs (the baseline: 100 tok/s); records every call."""
 
-    def __init__(self, interrupt_at: int = -1, env_fault_at: int = -1) -> None:
+    def __init__(self, interrupt_at: int = -1, env_fault_at: int = -1, flat: bool = False) -> None:
         self.calls: list[tuple[int, dict, int, bool]] = []  # (number, engine params, workload seed, rule check)
         self.interrupt_at, self.env_fault_at = interrupt_at, env_fault_at
+        self.flat = flat  # confirmation runs: every config alike, only the round (the host's drift) differs
 
     def __call__(self, ctx, number, params, tag, rule_check):
         self.calls.append((number, params.as_dict(), ctx.cfg.workload.seed, rule_check))
@@ -50,6 +54,8 @@ class Runner:
                                                failure=Failure(FailureReason.INTERRUPTED)), Terminated())
         if k == self.env_fault_at:
             raise ServerStartTimeout("not healthy within 5 s", reason="start_timeout")
+        if self.flat and ctx.cfg.workload.seed >= 1000:
+            return _record(ctx, params, [100.0, 120.0, 90.0][ctx.cfg.workload.seed - 1000] + 2 * (k % 2))
         return _record(ctx, params, 100.0 if params.max_num_seqs is None else 80.0 + params.max_num_seqs)
 
 
@@ -157,3 +163,45 @@ def test_top_k_zero_turns_the_stage_off(cfg_of):
     _search(cfg)
     runner = Runner()
     assert run_confirmation(cfg, RT, runner=runner) is None and runner.calls == []
+
+
+def _report(cfg, tmp_path):
+    from optimizer.reporting import write_report
+
+    write_report(cfg)
+    out = tmp_path / "reports" / cfg.study.name
+    return (out / "index.html").read_text(), (out / "best.yaml").read_text()
+
+
+def test_the_report_shows_the_confirmation_and_best_yaml_states_the_confirmed_uplift(cfg_of, tmp_path):
+    cfg = cfg_of("study.confirm.top_k=2", "study.confirm.repeats=3", f"reports_dir={tmp_path / 'reports'}")
+    _search(cfg)
+    run_confirmation(cfg, RT, runner=Runner())
+    page, best = _report(cfg, tmp_path)
+    assert 'id="confirmation"' in page and 'id="fig-confirmation"' in page and "survived the confirmation" in page
+    assert best.startswith("# vLLM server config confirmed on 3 fresh servers")
+    assert "# uplift over vLLM's defaults: x" in best and "95% CI" in best
+    assert "max-num-seqs" in best  # the confirmed config, not the defaults
+
+
+def test_when_nothing_beats_the_defaults_beyond_noise_best_yaml_is_the_defaults_and_the_report_says_so(cfg_of, tmp_path):
+    cfg = cfg_of("study.confirm.top_k=1", "study.confirm.repeats=3", f"reports_dir={tmp_path / 'reports'}")
+    _search(cfg)
+    res = run_confirmation(cfg, RT, runner=Runner(flat=True))
+    assert not res.recommendation.beats_baseline and res.pick_survived is False
+    page, best = _report(cfg, tmp_path)
+    assert "No config beat vLLM&#x27;s defaults beyond noise" in page
+    assert best.startswith("# vLLM's defaults: no config beat them beyond noise")
+    assert "max-num-seqs" not in best  # the baseline server got no tuning flag
+
+
+def test_a_baseline_outside_a_narrowed_search_range_is_still_confirmed(cfg_of):
+    # vLLM's defaults (max_num_seqs 128, KV 2 GiB) lie outside this space: Optuna ran the enqueued
+    # baseline with a warning, and its confirmation runs must be storable all the same
+    cfg = cfg_of("study.confirm.top_k=1", "study.confirm.repeats=2", "search.max_num_seqs.low=4",
+                 "search.max_num_seqs.high=8", "search.kv_cache_gib.low=1.0", "search.kv_cache_gib.high=1.5")
+    _search(cfg)
+    res = run_confirmation(cfg, RT, runner=Runner())
+    assert all(r.complete for r in res.runs)
+    base = [t for t in _confirmations(cfg) if TrialRecord.from_trial(t).confirmation.baseline]
+    assert len(base) == 2 and "max_num_seqs" not in base[0].params
