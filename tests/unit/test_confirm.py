@@ -158,11 +158,13 @@ def test_an_environmental_failure_is_stored_and_retried_after_the_rest(cfg_of):
     assert all(r.complete for r in res.runs)
 
 
-def test_top_k_zero_turns_the_stage_off(cfg_of):
+def test_top_k_zero_turns_the_stage_off(cfg_of, caplog):
     cfg = cfg_of("study.confirm.top_k=0")
     _search(cfg)
     runner = Runner()
-    assert run_confirmation(cfg, RT, runner=runner) is None and runner.calls == []
+    with caplog.at_level("INFO", logger="optimizer.study.confirm"):
+        assert run_confirmation(cfg, RT, runner=runner) is None and runner.calls == []
+    assert not caplog.records  # off: not even looked at
 
 
 def _report(cfg, tmp_path):

@@ -85,6 +85,16 @@ def test_when_nothing_beats_the_defaults_beyond_noise_the_defaults_are_recommend
     assert rec.uplift.within_noise and "no config beats vLLM's defaults beyond noise" in rec.reason
 
 
+def test_a_simpler_pick_within_the_defaults_noise_gives_way_to_the_defaults():
+    base = runs("baseline", [100, 101, 99], baseline=True)
+    a = runs("trial 3", [130, 131, 129], flags=5, of=3)  # clearly above the baseline
+    b = runs("trial 5", [100, 125, 112], flags=1, of=5)  # within a's noise, and within the baseline's
+    assert not paired_ratio(a.values, base.values).within_noise
+    assert paired_ratio(b.values, a.values).within_noise and paired_ratio(b.values, base.values).within_noise
+    rec = recommend([base, a, b])
+    assert rec.chosen is base and not rec.beats_baseline
+
+
 def test_a_baseline_that_breaks_the_slo_loses_to_a_feasible_config_even_within_noise():
     base = runs("baseline", [100, 101, 99], feasible=[True, False, True], baseline=True)
     a = runs("trial 3", [101, 100, 99], of=3)
