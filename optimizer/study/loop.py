@@ -190,10 +190,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         _store(trial, rec)
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
-        try:
-            best: Optional[FrozenTrial] = study.best_trial
-        except ValueError:
-            best = None
+        best = study_result(study.get_trials(deepcopy=False)).best  # never a confirmation run (Optuna's best may be)
         if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
             best = None  # this trial is the new best; it is not stored yet
             log.info("%s new best", tag)
