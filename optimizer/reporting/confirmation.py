@@ -80,9 +80,10 @@ def confirmation_figure(v: ConfirmationView) -> go.Figure:
     fig.add_trace(go.Scatter(
         x=labels, y=means, mode="markers", name=f"{v.confidence:.0%} interval of the mean",
         marker=dict(color="rgba(0,0,0,0)", size=1),
-        error_y=dict(type="data", symmetric=False, array=[h - m if math.isfinite(h) else 0 for h, m in zip(highs, means)],
-                     arrayminus=[m - lo if math.isfinite(lo) else 0 for lo, m in zip(lows, means)], color="#495057",
-                     thickness=2, width=14), hoverinfo="skip"))
+        error_y=dict(type="data", symmetric=False,
+                     array=[h - m if math.isfinite(h) else 0 for h, m in zip(highs, means)],
+                     arrayminus=[m - lo if math.isfinite(lo) else 0 for lo, m in zip(lows, means)],
+                     color="#495057", thickness=2, width=14), hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=labels, y=[r.median for r in runs], mode="markers", name="median",
                              marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color="#e03131"))))
     fig.update_yaxes(title="value (output tokens/s)", rangemode="tozero")
@@ -97,9 +98,15 @@ def _row(r: ConfigRuns, v: ConfirmationView) -> str:
     reps = ", ".join("—" if f is None else f"{x:.1f}" + ("" if f else " ✗") for x, f in zip(r.values, r.feasible))
     chosen = v.result.recommendation.chosen
     mark = ' style="background:#fff9db"' if chosen is not None and chosen.label == r.label else ""
+    if r.all_feasible:
+        verdict_cell = "yes"
+    elif r.n_infeasible:
+        verdict_cell = f"no ({r.n_infeasible} of {len(r.feasible)} broke it)"
+    else:
+        verdict_cell = "not every repeat measured"
     return (f"<tr{mark}><td>{html.escape(r.label)}</td><td>{r.flags_changed}</td><td>{html.escape(reps)}</td>"
             f'<td class="num">{_n(r.median)}</td><td class="num">{_n(lo)}–{_n(hi)}</td>'
-            f"<td>{'yes' if r.all_feasible else f'no ({r.n_infeasible} of {len(r.feasible)} broke it)' if r.n_infeasible else 'not every repeat measured'}</td></tr>")
+            f"<td>{verdict_cell}</td></tr>")
 
 
 def verdict(v: ConfirmationView) -> str:
@@ -153,7 +160,8 @@ def confirmed_yaml(v: ConfirmationView, serve_yaml: Any) -> str:
                 + "\n")
     if res.pick_survived is False:
         head += f"# the study's pick (trial {res.study_pick}) did not survive the confirmation\n"
-    head += "# run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n"
+    head += ("# run: vllm serve --config best.yaml   "
+             "(or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n")
     if v.extra_args:
         head += f"# every server also got: {' '.join(v.extra_args)}\n"
     return head + yaml.safe_dump(serve_yaml(v.serve_config), sort_keys=False, default_flow_style=False)

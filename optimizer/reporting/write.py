@@ -114,7 +114,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
                        f"{len(trials)} trial(s) in the study.",
-                       confirmation=confirmation_html(cv, figure_div("confirmation", confirmation_figure(cv))) if cv else "")
+                       confirmation=confirmation_html(cv, figure_div("confirmation", confirmation_figure(cv)))
+                       if cv else "")
     index = out_dir / "index.html"
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")

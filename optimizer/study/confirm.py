@@ -84,8 +84,8 @@ def describe_confirmation(res: ConfirmResult) -> str:
     rec = res.recommendation
     lines.append(f"recommendation: {rec.chosen.label if rec.chosen else 'none'}: {rec.reason}")
     if res.pick_survived is not None:
-        lines.append(f"the study's pick (trial {res.study_pick}) {'survived' if res.pick_survived else 'did not survive'}"
-                     " the confirmation.")
+        verb = "survived" if res.pick_survived else "did not survive"
+        lines.append(f"the study's pick (trial {res.study_pick}) {verb} the confirmation.")
     return "\n".join(lines)
 
 

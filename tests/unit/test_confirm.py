@@ -139,6 +139,8 @@ def test_an_interrupted_confirmation_is_stored_as_such_and_resumes_at_the_missin
     confs = _confirmations(cfg)
     assert [t.state for t in confs] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
     assert TrialRecord.from_trial(confs[2]).interrupted
+    trials = _trials(cfg)  # the plan, derived from the database alone, resumes at round 2
+    assert [(s.repeat, s.slot) for s in remaining(plan(candidates(trials, 1), 2, 1000), trials)] == [(1, 0), (1, 1)]
     resumed = Runner()
     run_confirmation(cfg, RT, runner=resumed)
     assert [seed for _, _, seed, _ in resumed.calls] == [1001, 1001]  # round 2 only: round 1 was kept
@@ -186,7 +188,8 @@ def test_the_report_shows_the_confirmation_and_best_yaml_states_the_confirmed_up
     assert "max-num-seqs" in best  # the confirmed config, not the defaults
 
 
-def test_when_nothing_beats_the_defaults_beyond_noise_best_yaml_is_the_defaults_and_the_report_says_so(cfg_of, tmp_path):
+def test_when_nothing_beats_the_defaults_beyond_noise_best_yaml_is_the_defaults_and_the_report_says_so(cfg_of,
+                                                                                                      tmp_path):
     cfg = cfg_of("study.confirm.top_k=1", "study.confirm.repeats=3", f"reports_dir={tmp_path / 'reports'}")
     _search(cfg)
     res = run_confirmation(cfg, RT, runner=Runner(flat=True))
