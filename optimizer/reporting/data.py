@@ -202,7 +202,10 @@ def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[Impo
     Optuna's evaluators use every COMPLETE trial, constraints ignored; a temporary study holding
     only the feasible ones makes the question "among configs that meet the SLO, what matters".
     """
-    feasible = [t for t in trials if is_feasible(t)]
+    # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
+    # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
+    feasible = [t for t in trials if is_feasible(t) and all(
+        d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
 
     def p99(t: FrozenTrial) -> float:  # trials are renumbered in the temporary study: read it from the trial
         return summary_from_attrs(t.user_attrs).dist(slo_metric).p99

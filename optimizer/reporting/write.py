@@ -21,12 +21,12 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Container, Optional, Sequence
 
 import optuna
 import pandas as pd
 import yaml
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import Config
 from optimizer.errors import StudyError
@@ -123,14 +123,21 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     return index
 
 
+class _SearchView(optuna.Study):
+    """The same study as Optuna's plots read it (they read trials through ``get_trials`` only),
+    without its confirmation runs. A view, not a copy: a copy through ``add_trials`` would refuse
+    the baseline, whose vLLM-default params may lie outside a narrowed search range."""
+
+    def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None
+                   ) -> list[FrozenTrial]:
+        return search_trials(super().get_trials(deepcopy=deepcopy, states=states))
+
+
 def search_view(study: optuna.Study) -> optuna.Study:
-    """``study`` itself, or an in-memory copy without its confirmation runs when it has some."""
-    trials = study.get_trials(deepcopy=False)
-    if not confirmation_trials(trials):
+    """``study`` itself, or a view of it without its confirmation runs when it has some."""
+    if not confirmation_trials(study.get_trials(deepcopy=False)):
         return study
-    view = optuna.create_study(study_name=study.study_name, direction="maximize")
-    view.add_trials(search_trials(trials))
-    return view
+    return _SearchView(study_name=study.study_name, storage=study._storage)
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:

@@ -200,13 +200,22 @@ def test_when_nothing_beats_the_defaults_beyond_noise_best_yaml_is_the_defaults_
     assert "max-num-seqs" not in best  # the baseline server got no tuning flag
 
 
-def test_a_baseline_outside_a_narrowed_search_range_is_still_confirmed(cfg_of):
+def test_a_baseline_outside_a_narrowed_search_range_is_still_confirmed_and_reported(cfg_of, tmp_path):
     # vLLM's defaults (max_num_seqs 128, KV 2 GiB) lie outside this space: Optuna ran the enqueued
     # baseline with a warning, and its confirmation runs must be storable all the same
-    cfg = cfg_of("study.confirm.top_k=1", "study.confirm.repeats=2", "search.max_num_seqs.low=4",
+    cfg = cfg_of("study.confirm.top_k=1", "study.confirm.repeats=2", f"reports_dir={tmp_path / 'reports'}",
+                 "search.max_num_seqs.low=4",
                  "search.max_num_seqs.high=8", "search.kv_cache_gib.low=1.0", "search.kv_cache_gib.high=1.5")
     _search(cfg)
     res = run_confirmation(cfg, RT, runner=Runner())
     assert all(r.complete for r in res.runs)
     base = [t for t in _confirmations(cfg) if TrialRecord.from_trial(t).confirmation.baseline]
     assert len(base) == 2 and "max_num_seqs" not in base[0].params
+    page, _ = _report(cfg, tmp_path)  # the report's Optuna plots read the search alone, baseline included
+    assert 'id="confirmation"' in page and 'id="fig-history"' in page
+    from optimizer.reporting.write import search_view
+
+    study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
+    view = search_view(study)
+    assert len(study.trials) == 9 and [t.number for t in view.get_trials()] == [0, 1, 2, 3, 4]
+    assert view.direction == study.direction
