@@ -42,10 +42,10 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
         return None
     serve: dict[str, Any] = {}
     chosen = res.recommendation.chosen
-    for t in confirmation_trials(trials) if chosen is not None else []:
+    for t in confirmation_trials(trials):
         rec = TrialRecord.from_trial(t)
-        if t.state == TrialState.COMPLETE and rec.launch is not None and rec.confirmation is not None \
-                and rec.confirmation.of == chosen.of:
+        if chosen is not None and t.state == TrialState.COMPLETE and rec.launch is not None \
+                and rec.confirmation is not None and rec.confirmation.of == chosen.of:
             serve = dict(rec.launch.serve_config)
     hw, server, slo = (cfg.get(k) or {} for k in ("hardware", "server", "slo"))
     return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
@@ -156,7 +156,8 @@ def confirmed_yaml(v: ConfirmationView, serve_yaml: Any) -> str:
                 f"{v.slo_ms:g} ms)\n# uplift over vLLM's defaults: {rec.uplift.text()}\n")
     else:
         head = ("# vLLM's defaults: no config beat them beyond noise on fresh servers"
-                + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)" if rec.top is not c else "")
+                + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)"
+                   if rec.top is not None and rec.top is not c else "")
                 + "\n")
     if res.pick_survived is False:
         head += f"# the study's pick (trial {res.study_pick}) did not survive the confirmation\n"
