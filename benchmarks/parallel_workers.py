@@ -37,7 +37,7 @@ def run_once(pg: PostgresServer, workers: int, trials: int, start_delay: float, 
     argv = [sys.executable, "-m", "optimizer.run", f"study.name={name}", f"study.storage={url}",
             f"study.runs_dir={root / 'runs'}", f"server.cache_dir={REPO / '.cache'}", "report=false",
             "server.module=optimizer.testing.fake_vllm", "hardware=h100", "hardware.gpu_ids=[0,1]", "search=gpu",
-            "search.tensor_parallel_size=[1]", f"study.workers={workers}", f"study.n_trials={trials}",
+            "search.tensor_parallel_size=[1]", "study.confirm.top_k=0", f"study.workers={workers}", f"study.n_trials={trials}",
             "load.num_requests=24", "load.warmup_requests=4", "load.concurrency=4", "workload.prompt_tokens=64",
             "workload.output_tokens=16", "search.n_startup_trials=2"]
     env = dict(os.environ, PYTHONPATH=str(REPO), FAKE_VLLM_START_DELAY_S=str(start_delay))

@@ -21,6 +21,7 @@ from optimizer.errors import ConfigError
 __all__ = [
     "CapacityConfig",
     "Config",
+    "ConfirmConfig",
     "FloatRange",
     "HardwareConfig",
     "IntRange",
@@ -230,6 +231,18 @@ class SloConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """The confirmation stage (:mod:`optimizer.study.confirm`): the baseline and the ``top_k`` best
+    feasible distinct configs, each started on a fresh server ``repeats`` times in interleaved
+    rounds, measured on held-out prompts (workload seed + ``seed_offset`` + round)."""
+
+    top_k: int = 3  # 0: no confirmation
+    repeats: int = 3  # rounds; an interval needs at least 2
+    confidence: float = 0.95  # of the uplift's interval (paired t on the per-round log ratios)
+    seed_offset: int = 1000  # held-out prompts: the study's prompts use workload.seed itself
+
+
+@dataclass
 class StudyConfig:
     name: str = ""  # empty: derived from model, hardware and workload
     storage: str = ""  # empty: sqlite:///studies/<name>.db
@@ -246,6 +259,7 @@ class StudyConfig:
     heartbeat_interval_s: int = 30
     heartbeat_grace_s: int = 180
     runs_dir: str = "runs"  # trial folders (server logs) go to runs/<study>/trial-NNNN
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
 
 
 @dataclass
@@ -350,6 +364,16 @@ def validate(cfg: Config) -> None:
         _fail("study.name", st.name, "use letters, digits, '.', '_' and '-' only (no path separators or '..')")
     if st.n_trials < 0:
         _fail("study.n_trials", st.n_trials, "must be >= 0")
+    c = st.confirm
+    if c.top_k < 0:
+        _fail("study.confirm.top_k", c.top_k, "must be >= 0 (0 turns the confirmation stage off)")
+    if c.repeats < 2:
+        _fail("study.confirm.repeats", c.repeats, "must be >= 2: an interval needs two repeats per config "
+              "(turn confirmation off with study.confirm.top_k=0)")
+    if not 0 < c.confidence < 1:
+        _fail("study.confirm.confidence", c.confidence, "must be in (0, 1), e.g. 0.95")
+    if c.seed_offset == 0:
+        _fail("study.confirm.seed_offset", c.seed_offset, "0 would re-use the study's own prompts; use e.g. 1000")
     if st.workers < 0:
         _fail("study.workers", st.workers, "must be >= 1 (parallel trials on this host), or 0 for as many as the "
               "GPUs allow")

@@ -31,6 +31,7 @@ log = logging.getLogger("optimizer")
 USAGE = __doc__ + """
 Config groups (conf/<group>/<option>.yaml): hardware, model, workload, search.
 Keys: study.{name,storage,n_trials,seed,workers,host,heartbeat_interval_s,heartbeat_grace_s},
+study.confirm.{top_k,repeats,confidence,seed_offset} (the confirmation stage at the end; top_k=0: off),
 slo.{metric,p99_ms,max_error_rate,use_upper_bound},
 load.{mode,concurrency,request_rate,num_requests,duration_s,warmup_requests}, server.{start_timeout_s,...},
 dry_run, report. See conf/config.yaml and optimizer/config.py. --debug shows tracebacks.
@@ -66,6 +67,10 @@ def _body(overrides: list[str], debug: bool) -> int:
     try:
         run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,
                     log_file=runs / "optimizer.log", debug=debug)
+        if cfg.study.confirm.top_k > 0:  # once, here: with parallel workers, after all of them
+            from optimizer.study.confirm import run_confirmation
+
+            run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable, worker=f"{host}/confirm"))
     finally:
         if cfg.report:
             _report(cfg)

@@ -19,6 +19,8 @@ part                   what                                                     
 :class:`Capacity`      the capacity search (load.mode=capacity): answer, every probe    ``cap_*``,
                                                                                        ``capacity_json``
 :class:`Quality`       the quality probe's figures against the study's reference       ``q_*``
+:class:`ThroughputCI`  the throughput's confidence interval (batch means)              ``output_tok_s_*``
+:class:`Confirmation`  a re-measurement of a search trial's config on a fresh server   ``confirm*``
 =====================  ==============================================================  ==========
 
 The keys are those the study has always written (the committed H100 study decodes and
@@ -43,6 +45,7 @@ from optimizer.errors import FailureReason
 from optimizer.objective import Outcome
 from optimizer.record._attrs import Attrs, text
 from optimizer.record.capacity import Capacity
+from optimizer.record.confirmation import Confirmation, ThroughputCI
 from optimizer.record.measurement import Measurement, summary_from_attrs, summary_to_attrs
 from optimizer.record.parts import (
     LaunchInfo,
@@ -56,9 +59,9 @@ from optimizer.record.parts import (
 from optimizer.record.quality import Quality
 from optimizer.server.startlog import StartLog
 
-__all__ = ["BLOB_KEYS", "Capacity", "Failure", "FailureReason", "LaunchInfo", "Lineage", "Measurement",
-           "MemoryPrediction", "Quality", "Setup", "StartLog", "Timings", "TrialRecord", "summary_from_attrs",
-           "summary_to_attrs"]
+__all__ = ["BLOB_KEYS", "Capacity", "Confirmation", "Failure", "FailureReason", "LaunchInfo", "Lineage",
+           "Measurement", "MemoryPrediction", "Quality", "Setup", "StartLog", "ThroughputCI", "Timings", "TrialRecord",
+           "summary_from_attrs", "summary_to_attrs"]
 
 # large JSON strings: not for tables
 BLOB_KEYS = ("latency_samples", "kv_timeline", "server_argv", "capacity_json", "q_scores")
@@ -125,6 +128,8 @@ class TrialRecord:
     outcome: Optional[Outcome] = None
     # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
     calibration: Optional[dict[str, Any]] = None
+    throughput_ci: Optional[ThroughputCI] = None
+    confirmation: Optional[Confirmation] = None
 
     @property
     def measured(self) -> bool:
@@ -148,7 +153,7 @@ class TrialRecord:
         """The Optuna user attrs of this record (every value JSON-safe; NaN stored as None)."""
         out = self.setup.to_attrs() | self.lineage.to_attrs()
         for part in (self.memory, self.launch, self.timings, self.measurement, self.failure, self.capacity,
-                     self.quality):
+                     self.quality, self.throughput_ci, self.confirmation):
             if part is not None:
                 out |= part.to_attrs()
         if self.start_log is not None:
@@ -171,7 +176,8 @@ class TrialRecord:
                    timings=Timings.from_attrs(a), measurement=Measurement.from_attrs(a),
                    failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a), quality=Quality.from_attrs(a),
                    interrupted=a.get("interrupted") is True, outcome=outcome,
-                   calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None)
+                   calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None,
+                   throughput_ci=ThroughputCI.from_attrs(a), confirmation=Confirmation.from_attrs(a))
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:

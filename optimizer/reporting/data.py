@@ -22,6 +22,7 @@ from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord, summary_from_attrs
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
+from optimizer.study.confirm_plan import search_trials
 from optimizer.study.results import is_feasible, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -207,7 +208,10 @@ def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[Impo
     Optuna's evaluators use every COMPLETE trial, constraints ignored; a temporary study holding
     only the feasible ones makes the question "among configs that meet the SLO, what matters".
     """
-    feasible = [t for t in trials if is_feasible(t)]
+    # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
+    # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
+    feasible = [t for t in trials if is_feasible(t) and all(
+        d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
 
     def p99(t: FrozenTrial) -> float:  # trials are renumbered in the temporary study: read it from the trial
         return summary_from_attrs(t.user_attrs).dist(slo_metric).p99
@@ -340,7 +344,7 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     if (cfg.get("slo") or {}).get("p99_ms") == "auto":
         cfg = dict(cfg, slo=dict(cfg["slo"], p99_ms=cal.get("slo_ms") if isinstance(cal, dict) else None))
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
-    trials = sorted(trials, key=lambda t: t.number)
+    trials = sorted(search_trials(trials), key=lambda t: t.number)  # confirmation runs: their own section
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     infos = [trial_info(t, metric, records[t.number]) for t in trials]
     summary = _summary(name, trials, records, infos, cfg)

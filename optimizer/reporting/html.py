@@ -49,7 +49,7 @@ tr.best td{background:#fff9db} .params{color:#495057;display:block;max-width:330
 """
 _STATUS_BG = {Status.FEASIBLE: "#2a9d3f", Status.INFEASIBLE: "#f08c00", Status.FAILED: "#868e96",
               Status.RULED_OUT: "#9775fa", Status.RUNNING: "#1c7ed6"}
-SECTIONS = (("summary", "Summary"), ("scatter", "Throughput vs P99"), ("history", "History"),
+SECTIONS = (("confirmation", "Confirmation"), ("summary", "Summary"), ("scatter", "Throughput vs P99"), ("history", "History"),
             ("importance", "Importance"), ("params", "Parameters"), ("latency", "Latency CDFs"),
             ("telemetry", "Telemetry"), ("time", "Time"), ("trials", "All trials"))
 
@@ -71,6 +71,11 @@ def _fig(key: str, fig: Optional[go.Figure], why: str) -> str:
         return f'<p class="empty" id="fig-{key}-empty">{_e(why)}</p>'
     div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}", config=_PLOT_CONFIG)
     return f'<div class="fig">{div}</div>'
+
+
+def figure_div(key: str, fig: go.Figure) -> str:
+    """A figure as a ``<div id="fig-<key>">`` of the page (plotly.js is embedded once, by :func:`render_page`)."""
+    return _fig(key, fig, "")
 
 
 def _fmt(v: Any) -> str:
@@ -197,17 +202,19 @@ def _table(d: ReportData) -> str:
 
 def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
                 yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "",
-                quality_html: str = "") -> str:
+                quality_html: str = "", confirmation: str = "") -> str:
     """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
     cdf, telemetry, timeline, phases, quality) to figures or ``None``; ``quality_html`` is the quality
-    section (:mod:`optimizer.reporting.quality`), left out when empty."""
+    section (:mod:`optimizer.reporting.quality`), left out when empty; ``confirmation`` is the
+    confirmation section's HTML (:mod:`optimizer.reporting.confirmation`), first when there is one."""
     s = d.summary
     why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"
     few = "Needs at least two completed trials."
     body = [
         f"<h1>vLLM serving-config study: {_e(s.study_name)}</h1>",
         f'<p class="sub">{_e(generated)}</p>',
-        "<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS if k != "confirmation" or confirmation)
+        + "</nav>", confirmation,
         '<section id="summary"><h2>1. Summary</h2>' + _summary(s, yaml_text, yaml_name,
                                                                d.capacity.line if d.capacity else "") + "</section>",
         *(['<section id="capacity"><h2>Capacity under the SLO</h2><p class=sub>Each config\'s capacity search on '
@@ -238,7 +245,7 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
         f'<section id="trials"><h2>9. All trials</h2><p class=sub>Also in {_e(csv_name)} beside this page, with '
         f"every recorded attribute.</p>" + _table(d) + "</section>",
     ]
-    js = f'<script type="text/javascript">{get_plotlyjs()}</script>' if any(figs.values()) else ""
+    js = f'<script type="text/javascript">{get_plotlyjs()}</script>' if any(figs.values()) or confirmation else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>vLLM study report: {_e(s.study_name)}</title><style>{_CSS}</style>{js}</head>\n"

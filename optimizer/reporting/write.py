@@ -21,12 +21,12 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Container, Optional, Sequence
 
 import optuna
 import pandas as pd
 import yaml
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import Config
 from optimizer.errors import StudyError
@@ -34,8 +34,11 @@ from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
 from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify
-from optimizer.reporting.html import render_page
+from optimizer.reporting.html import figure_div, render_page
 from optimizer.reporting.quality import quality_figure, quality_info, quality_section
+from optimizer.reporting.confirmation import (confirmation_figure, confirmation_html, confirmation_view,
+                                              confirmed_yaml)
+from optimizer.study.confirm_plan import confirmation_trials, search_trials
 
 __all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
 
@@ -94,6 +97,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     """Write the report of ``study`` into ``out_dir``; returns the path of ``index.html``."""
     trials = study.get_trials(deepcopy=False)
     d = build_report_data(study.study_name, trials, study.user_attrs, fallback_config)
+    cv = confirmation_view(trials, study.user_attrs.get("config") or fallback_config or {})
+    study = search_view(study)  # Optuna's own plots: the search's trials only
     figs = {
         "scatter": F.scatter_figure(d), "history": F.history_figure(study, d),
         "importance": F.importance_figure(d), "parallel": F.parallel_figure(study, d),
@@ -104,7 +109,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     qinfo = quality_info(d, trials)
     figs["quality"] = quality_figure(qinfo)
     out_dir.mkdir(parents=True, exist_ok=True)
-    yaml_text = best_yaml(d)
+    yaml_text = confirmed_yaml(cv, serve_yaml_dict) if cv is not None else best_yaml(d)
     best_path = out_dir / "best.yaml"
     if yaml_text:
         best_path.write_text(yaml_text)
@@ -114,12 +119,31 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
                        f"{len(trials)} trial(s) in the study.",
-                       quality_html=quality_section(qinfo, figs["quality"]) if qinfo.rows else "")
+                       quality_html=quality_section(qinfo, figs["quality"]) if qinfo.rows else "",
+                       confirmation=confirmation_html(cv, figure_div("confirmation", confirmation_figure(cv)))
+                       if cv else "")
     index = out_dir / "index.html"
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(index)
     return index
+
+
+class _SearchView(optuna.Study):
+    """The same study as Optuna's plots read it (they read trials through ``get_trials`` only),
+    without its confirmation runs. A view, not a copy: a copy through ``add_trials`` would refuse
+    the baseline, whose vLLM-default params may lie outside a narrowed search range."""
+
+    def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None
+                   ) -> list[FrozenTrial]:
+        return search_trials(super().get_trials(deepcopy=deepcopy, states=states))
+
+
+def search_view(study: optuna.Study) -> optuna.Study:
+    """``study`` itself, or a view of it without its confirmation runs when it has some."""
+    if not confirmation_trials(study.get_trials(deepcopy=False)):
+        return study
+    return _SearchView(study_name=study.study_name, storage=study._storage)
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:

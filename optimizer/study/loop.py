@@ -36,6 +36,7 @@ from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import judge
+from optimizer.study.noise import ranking_note
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (
     StudyLock,
@@ -203,14 +204,13 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.to_attrs()))  # [calibrate]
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
-        try:
-            best: Optional[FrozenTrial] = study.best_trial
-        except ValueError:
-            best = None
+        best = study_result(study.get_trials(deepcopy=False)).best  # never a confirmation run (Optuna's best may be)
         if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
             best = None  # this trial is the new best; it is not stored yet
             log.info("%s new best", tag)
         _log_done(tag, rec, best, cfg_t)
+        if cfg.hardware.device == "cpu" and (note := ranking_note(study.get_trials(deepcopy=False), trial.number, rec)):
+            log.warning("%s %s", tag, note)
         return rec.outcome.value
 
     def guarded(trial: Trial) -> float:

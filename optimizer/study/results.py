@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.record import Lineage, TrialRecord
+from optimizer.record import Confirmation, Lineage, TrialRecord
 
 __all__ = ["StudyResult", "is_feasible", "study_result"]
 
@@ -45,6 +45,8 @@ class StudyResult:
 
 
 def study_result(trials: Sequence[FrozenTrial]) -> StudyResult:
+    """The search's answer; confirmation runs (:mod:`optimizer.study.confirm`) are not study trials."""
+    trials = [t for t in trials if Confirmation.from_attrs(t.user_attrs) is None]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if is_feasible(t)]
     best = max(feasible, key=lambda t: (t.value or 0.0, -t.number)) if feasible else None

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
-from optimizer.record import Failure, Lineage, Setup
+from optimizer.record import Confirmation, Failure, Lineage, Setup
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
 
@@ -225,9 +225,10 @@ def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> Non
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward study.n_trials: complete ones that were measured or started."""
+    """Trials that count toward study.n_trials: complete ones that were measured or started
+    (confirmation runs are not study trials)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    failures = (Failure.from_attrs(t.user_attrs) for t in complete)
+    failures = (Failure.from_attrs(t.user_attrs) for t in complete if Confirmation.from_attrs(t.user_attrs) is None)
     return sum(1 for f in failures if f is None or not f.ruled_out)
 
 

@@ -47,6 +47,7 @@ from optimizer.study import calibrate
 from optimizer.study.capacity_trial import Reporter, measure_capacity
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import probe_server
+from optimizer.study.noise import throughput_interval
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
@@ -245,7 +246,8 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         latency_samples={"ttft": _sample([r.ttft * 1000 for r in ok]), "e2e": _sample([r.latency * 1000 for r in ok]),
                          "itl": _sample([x * 1000 for r in ok for x in r.itl])},
         kv_timeline=tel.timeline[-600:])
-    p.rec = replace(p.rec, measurement=measurement, timings=p.timings())
+    p.rec = replace(p.rec, measurement=measurement, timings=p.timings(),
+                    throughput_ci=throughput_interval(run.results, cfg.load.p99_confidence))
     died = _death(server)
     if died is not None:
         d = classify(server.log_text(), server.poll())

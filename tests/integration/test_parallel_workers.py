@@ -27,7 +27,7 @@ from tests.support.study_runner import REPO
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-FAST = ["server.module=optimizer.testing.fake_vllm", "load.num_requests=24", "load.warmup_requests=4",
+FAST = ["study.confirm.top_k=0", "server.module=optimizer.testing.fake_vllm", "load.num_requests=24", "load.warmup_requests=4",
         "load.concurrency=4", "workload.prompt_tokens=64", "workload.output_tokens=16",
         "search.n_startup_trials=2", "server.start_timeout_s=60", "report=false"]
 # four simulated GPUs of a made-up H100 host; the GPU search space, tensor parallel 1 or 2

@@ -13,8 +13,9 @@ import optuna
 
 REPO = Path(__file__).resolve().parents[2]
 
-# small and quick, but a real vLLM server and a real load test
-FAST = ["load.num_requests=24", "load.warmup_requests=4", "load.concurrency=4", "workload.prompt_tokens=64",
+# small and quick, but a real vLLM server and a real load test; no confirmation stage (its own test
+# turns it on: tests/e2e/test_confirm_e2e.py)
+FAST = ["study.confirm.top_k=0", "load.num_requests=24", "load.warmup_requests=4", "load.concurrency=4", "workload.prompt_tokens=64",
         "workload.output_tokens=16", "search.n_startup_trials=2", "server.start_timeout_s=400"]
 
 

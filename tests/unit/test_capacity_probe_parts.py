@@ -101,6 +101,6 @@ def test_bad_capacity_settings_are_refused_naming_the_key(compose, override, nee
 
 
 def test_capacity_mode_composes(compose):
-    cfg = compose("load.mode=capacity", "load.capacity.control=rate", "load.capacity.start=0.5",
+    cfg = compose("load.mode=capacity", "slo.p99_ms=2000", "load.capacity.control=rate", "load.capacity.start=0.5",
                   "load.capacity.max=40")
     assert cfg.load.mode == "capacity" and cfg.load.capacity.control == "rate" and cfg.load.capacity.max == 40

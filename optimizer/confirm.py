@@ -1,0 +1,64 @@
+"""``python -m optimizer.confirm study.name=X [overrides]``: confirm a study's winner on fresh servers.
+
+Examples::
+
+    python -m optimizer.confirm study.name=dbg1                       # baseline + top 3, 3 rounds each
+    python -m optimizer.confirm study.name=dbg1 study.confirm.top_k=1 study.confirm.repeats=5
+
+The baseline and the ``study.confirm.top_k`` best feasible configs are each started on a fresh
+server ``study.confirm.repeats`` times, in interleaved rounds, on held-out prompts; the runs are
+stored in the study (marked as confirmations), so an interrupted confirmation resumes where it
+stopped. ``python -m optimizer.run`` does the same at the end of every study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from optimizer.cli import compose
+from optimizer.entry import main_wrapper, setup_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("optimizer")
+
+USAGE = __doc__ + """
+The study is found as optimizer.run finds it (study.name, study.storage); its settings must be the
+ones it was run with (a changed load or workload is refused). Writes the report afterwards
+(report=false: not). --debug shows tracebacks.
+Exit codes: 0 done, 1 no such study or too many environmental failures, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+
+def _body(overrides: list[str], debug: bool) -> int:
+    cfg = compose(overrides)
+    setup_logging(Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log", debug)
+    from optimizer.errors import ConfigError
+    from optimizer.reporting.write import load_study
+    from optimizer.study.confirm import run_confirmation
+    from optimizer.study.loop import Runtime
+
+    if cfg.study.confirm.top_k == 0:
+        raise ConfigError("study.confirm.top_k=0: nothing to confirm; give the number of top configs, e.g. "
+                          "study.confirm.top_k=3")
+    load_study(cfg.study.storage, cfg.study.name)  # refuse a study that does not exist (never create one)
+    try:
+        run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
+                                      worker=f"{cfg.study.host or os.uname().nodename}/confirm"))
+    finally:
+        if cfg.report:
+            from optimizer.run import _report
+
+            _report(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_wrapper(_body, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The report's confirmation section: what the fresh-server repeats say, and best.yaml from them.
+
+Data (:func:`confirmation_view`, pure over FrozenTrials), figure (:func:`confirmation_figure`:
+each confirmed config's repeats as dots, its median, the t-interval of its mean), HTML
+(:func:`confirmation_html`) and the recommended ``best.yaml`` (:func:`confirmed_yaml`). The
+recommendation itself is :func:`optimizer.study.uplift.recommend`'s; nothing here re-decides it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import plotly.graph_objects as go
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.record import TrialRecord
+from optimizer.study.confirm import ConfirmResult, summarize_confirmation
+from optimizer.study.confirm_plan import confirmation_trials
+from optimizer.study.uplift import ConfigRuns, mean_interval
+
+__all__ = ["ConfirmationView", "confirmation_figure", "confirmation_html", "confirmation_view", "confirmed_yaml"]
+
+
+class ConfirmationView(NamedTuple):
+    result: ConfirmResult
+    confidence: float
+    intervals: dict[str, tuple[float, float]]  # label -> t-interval of the mean of its repeats
+    serve_config: dict[str, Any]  # the recommended config's `vllm serve --config` content ({} without one)
+    extra_args: list[str]
+    slo_metric: str
+    slo_ms: float
+
+
+def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
+    """None when the study has no confirmation runs. ``cfg`` is the study's stored config."""
+    conf = float(((cfg.get("study") or {}).get("confirm") or {}).get("confidence") or 0.95)
+    res = summarize_confirmation(list(trials), conf)
+    if res is None:
+        return None
+    serve: dict[str, Any] = {}
+    chosen = res.recommendation.chosen
+    for t in confirmation_trials(trials):
+        rec = TrialRecord.from_trial(t)
+        if chosen is not None and t.state == TrialState.COMPLETE and rec.launch is not None \
+                and rec.confirmation is not None and rec.confirmation.of == chosen.of:
+            serve = dict(rec.launch.serve_config)
+    hw, server, slo = (cfg.get(k) or {} for k in ("hardware", "server", "slo"))
+    return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
+                            [str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
+                            str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan))
+
+
+def _n(v: float, fmt: str = ".1f") -> str:
+    return format(v, fmt) if math.isfinite(v) else "n/a"
+
+
+def confirmation_figure(v: ConfirmationView) -> go.Figure:
+    fig = go.Figure()
+    runs = v.result.runs
+    labels = [r.label for r in runs]
+    for ok, name, color, symbol in ((True, "repeat (feasible)", "#2a9d3f", "circle"),
+                                    (False, "repeat (broke the SLO)", "#f08c00", "x")):
+        xs, ys, text = [], [], []
+        for r in runs:
+            for k, (val, f) in enumerate(zip(r.values, r.feasible)):
+                if f is ok and math.isfinite(val):
+                    xs.append(r.label)
+                    ys.append(val)
+                    text.append(f"{r.label}, round {k + 1}: {val:.1f}")
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, hovertext=text,
+                                     hovertemplate="%{hovertext}<extra></extra>",
+                                     marker=dict(color=color, size=11, symbol=symbol, opacity=0.8)))
+    lows = [v.intervals[r.label][0] for r in runs]
+    highs = [v.intervals[r.label][1] for r in runs]
+    means = [(lo + hi) / 2 for lo, hi in zip(lows, highs)]
+    fig.add_trace(go.Scatter(
+        x=labels, y=means, mode="markers", name=f"{v.confidence:.0%} interval of the mean",
+        marker=dict(color="rgba(0,0,0,0)", size=1),
+        error_y=dict(type="data", symmetric=False,
+                     array=[h - m if math.isfinite(h) else 0 for h, m in zip(highs, means)],
+                     arrayminus=[m - lo if math.isfinite(lo) else 0 for lo, m in zip(lows, means)],
+                     color="#495057", thickness=2, width=14), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=labels, y=[r.median for r in runs], mode="markers", name="median",
+                             marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color="#e03131"))))
+    fig.update_yaxes(title="value (output tokens/s)", rangemode="tozero")
+    fig.update_layout(template="plotly_white", height=420, autosize=True,
+                      title=dict(text="Confirmation: each config on fresh servers, held-out prompts", x=0.01),
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0), margin=dict(l=60, r=30, t=70, b=110))
+    return fig
+
+
+def _row(r: ConfigRuns, v: ConfirmationView) -> str:
+    lo, hi = v.intervals[r.label]
+    reps = ", ".join("—" if f is None else f"{x:.1f}" + ("" if f else " ✗") for x, f in zip(r.values, r.feasible))
+    chosen = v.result.recommendation.chosen
+    mark = ' style="background:#fff9db"' if chosen is not None and chosen.label == r.label else ""
+    if r.all_feasible:
+        verdict_cell = "yes"
+    elif r.n_infeasible:
+        verdict_cell = f"no ({r.n_infeasible} of {len(r.feasible)} broke it)"
+    else:
+        verdict_cell = "not every repeat measured"
+    return (f"<tr{mark}><td>{html.escape(r.label)}</td><td>{r.flags_changed}</td><td>{html.escape(reps)}</td>"
+            f'<td class="num">{_n(r.median)}</td><td class="num">{_n(lo)}–{_n(hi)}</td>'
+            f"<td>{verdict_cell}</td></tr>")
+
+
+def verdict(v: ConfirmationView) -> str:
+    """The section's headline, in words."""
+    rec, res = v.result.recommendation, v.result
+    if rec.chosen is None:
+        return f"No config can be recommended: {rec.reason}"
+    if not rec.beats_baseline:
+        return (f"No config beat vLLM's defaults beyond noise on fresh servers; the recommendation is vLLM's defaults "
+                f"(best.yaml holds them). {rec.reason}")
+    survived = {True: f"The study's pick (trial {res.study_pick}) survived the confirmation.",
+                False: f"The study's pick (trial {res.study_pick}) did not survive the confirmation.",
+                None: ""}[res.pick_survived]
+    return (f"Recommended: {rec.chosen.label}, median {rec.chosen.median:.1f} over {len(rec.chosen.values)} fresh "
+            f"servers, uplift over vLLM's defaults {rec.uplift.text()}. {survived} {rec.reason}")
+
+
+def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
+    res = v.result
+    rows = "".join(_row(r, v) for r in res.runs)
+    pick = "" if res.pick_survived is None else (
+        f"<p>The study's pick (trial {res.study_pick}) {'survived' if res.pick_survived else 'did not survive'} "
+        f"the confirmation.</p>")
+    return ('<section id="confirmation"><h2>Confirmation on fresh servers</h2><p class=sub>The baseline and the top '
+            f"configs, each started again {res.rounds} times on a fresh server in interleaved rounds (baseline, A, B, "
+            "baseline, A, B, ...), measured with the study's own load on held-out prompts (the same shape, another "
+            "seed). The recommendation comes from these runs only: the best median among the configs feasible in "
+            "every repeat; configs within its noise lose to the one with fewer flags changed from vLLM's defaults. "
+            "The uplift is the geometric mean of the per-round ratios over the baseline, with the Student-t "
+            f"interval of the per-round log ratios ({v.confidence:.0%}; paired by round).</p>"
+            f'<p class="headline">{html.escape(verdict(v))}</p>{pick}'
+            '<table class="trials"><thead><tr><th>config</th><th>flags changed</th><th>repeats (✗: broke the SLO)</th>'
+            f"<th>median</th><th>{v.confidence:.0%} interval of the mean</th><th>feasible in every repeat</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>{fig_div}</section>")
+
+
+def confirmed_yaml(v: ConfirmationView, serve_yaml: Any) -> str:
+    """best.yaml from the confirmation ('' when nothing can be recommended). ``serve_yaml`` turns a
+    serve_config into the dashed form vLLM's --config reads (:func:`optimizer.reporting.write.serve_yaml_dict`)."""
+    rec, res = v.result.recommendation, v.result
+    if rec.chosen is None or not v.serve_config:
+        return ""
+    c = rec.chosen
+    if rec.beats_baseline:
+        head = (f"# vLLM server config confirmed on {len(c.values)} fresh servers (held-out prompts): {c.label}, "
+                f"median {c.median:.1f} output tokens/s, all repeats within the SLO (P99 {v.slo_metric} <= "
+                f"{v.slo_ms:g} ms)\n# uplift over vLLM's defaults: {rec.uplift.text()}\n")
+    else:
+        head = ("# vLLM's defaults: no config beat them beyond noise on fresh servers"
+                + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)"
+                   if rec.top is not None and rec.top is not c else "")
+                + "\n")
+    if res.pick_survived is False:
+        head += f"# the study's pick (trial {res.study_pick}) did not survive the confirmation\n"
+    head += ("# run: vllm serve --config best.yaml   "
+             "(or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n")
+    if v.extra_args:
+        head += f"# every server also got: {' '.join(v.extra_args)}\n"
+    return head + yaml.safe_dump(serve_yaml(v.serve_config), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,214 @@
+"""The confirmation stage: the study's winner, re-measured where it was not selected.
+
+A study picks the best of many noisy measurements, so its winner's score is biased upward (the
+winner's curse). This stage starts the baseline and the ``study.confirm.top_k`` best feasible
+distinct configs again, each on a fresh server, ``study.confirm.repeats`` times in interleaved
+rounds (:mod:`~optimizer.study.confirm_plan`), with the study's own trial function and config
+(so every load mode is confirmed the same way) on held-out prompts: round ``r`` uses workload
+seed ``workload.seed + seed_offset + r``. The recommendation comes from these runs alone
+(:func:`~optimizer.study.uplift.recommend`).
+
+Each run is stored as a trial of the same study once it has finished (``study.add_trial``):
+COMPLETE with its value and constraints, the confirmed trial's params and a
+:class:`~optimizer.record.Confirmation` part; FAIL (with its partial record) when the
+environment or a signal stopped it. Nothing is enqueued, so no search worker ever pops a
+confirmation, and no trial is left RUNNING. The budget (``finished_count``) and the study's
+result (``study_result``) skip them. TPE does see them if the study is continued afterwards:
+they are COMPLETE observations of configs it had already proposed, measured with the study's
+own objective, so they add replicates (the sampler's density around the confirmed configs gets
+sharper, never a new proposal); Optuna's own ``study.best_trial`` may then name one of them,
+which is why nothing here reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState, create_trial
+
+from optimizer.config import Config
+from optimizer.errors import FailureReason, StudyError, TrialError, TrialInterrupted
+from optimizer.record import Confirmation, Failure, Setup, TrialRecord
+from optimizer.server import pidfile
+from optimizer.space.engine_args import EngineParams
+from optimizer.space.search_space import baseline_params, build_space
+from optimizer.study import calibrate
+from optimizer.study.confirm_plan import (Candidate, Slot, candidates, config_runs, confirmed, failed_attempts,
+                                          flags_changed, plan, remaining)
+from optimizer.study.coordination import advisory_lock
+from optimizer.study.loop import Runtime, make_context
+from optimizer.study.results import study_result
+from optimizer.study.storage import StudyLock, open_study, sqlite_path
+from optimizer.study.trial import TrialContext, TrialRunner, run_trial
+from optimizer.study.uplift import ConfigRuns, Recommendation, recommend
+
+__all__ = ["ConfirmResult", "describe_confirmation", "run_confirmation", "summarize_confirmation"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    runs: list[ConfigRuns]  # baseline first
+    recommendation: Recommendation
+    study_pick: Optional[int]  # the search's best trial (None: no feasible one)
+    rounds: int
+
+    @property
+    def pick_survived(self) -> Optional[bool]:
+        chosen = self.recommendation.chosen
+        return None if self.study_pick is None else chosen is not None and chosen.of == self.study_pick
+
+
+def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: float) -> Optional[ConfirmResult]:
+    """The confirmation result of a study's trials (None: no confirmation runs)."""
+    cands, rounds = confirmed(trials)
+    if not cands:
+        return None
+    runs = config_runs(cands, trials, rounds)
+    best = study_result(trials).best
+    return ConfirmResult(runs, recommend(runs, confidence), best.number if best is not None else None, rounds)
+
+
+def describe_confirmation(res: ConfirmResult) -> str:
+    lines = [f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
+    for r in res.runs:
+        vals = ", ".join("—" if f is None else f"{v:.1f}{'' if f else ' (infeasible)'}"
+                         for v, f in zip(r.values, r.feasible))
+        lines.append(f"  {r.label}: median {r.median:.1f} [{vals}]")
+    rec = res.recommendation
+    lines.append(f"recommendation: {rec.chosen.label if rec.chosen else 'none'}: {rec.reason}")
+    if res.pick_survived is not None:
+        verb = "survived" if res.pick_survived else "did not survive"
+        lines.append(f"the study's pick (trial {res.study_pick}) {verb} the confirmation.")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _held(cfg: Config) -> Iterator[None]:
+    """The study, held for the stage: the SQLite file's lock, or a PostgreSQL advisory lock (a second
+    host finishing its search at the same moment waits, then finds every run done)."""
+    db = sqlite_path(cfg.study.storage)
+    if db is None:
+        with advisory_lock(cfg.study.storage, f"vllm-optimizer:confirm:{cfg.study.name}"):
+            yield
+        return
+    lock = StudyLock(db.resolve()).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _in_space(c: Candidate) -> tuple[dict[str, object], dict[str, BaseDistribution]]:
+    """The candidate's params that its distributions contain. The baseline's are vLLM's defaults,
+    which may lie outside a narrowed search range (Optuna runs an enqueued value it warns about, but
+    ``create_trial`` refuses it); the config itself is in the record's engine parameters."""
+    kept = {k: v for k, v in c.params.items()
+            if k in c.distributions and c.distributions[k]._contains(c.distributions[k].to_internal_repr(v))}
+    return kept, {k: c.distributions[k] for k in kept}
+
+
+def _store(study: optuna.Study, c: Candidate, rec: TrialRecord, state: TrialState) -> None:
+    o = rec.outcome if state == TrialState.COMPLETE else None
+    params, dists = _in_space(c)
+    study.add_trial(create_trial(state=state, value=o.value if o else None, params=params,
+                                 distributions=dists, user_attrs=rec.to_attrs(),
+                                 constraints=dict(o.constraints) if o else None))
+
+
+def _run_slot(study: optuna.Study, ctx: TrialContext, s: Slot, conf: Confirmation, runner: TrialRunner,
+              n_slots: int, k: int) -> bool:
+    """Run one slot and store it; False when the environment failed it."""
+    cfg = dataclasses.replace(ctx.cfg, workload=dataclasses.replace(ctx.cfg.workload, seed=s.seed))
+    run_ctx = replace(ctx, cfg=cfg, trial_root=ctx.trial_root / "confirm")
+    c = s.candidate
+    tag = f"[confirm {k}/{n_slots} | round {s.repeat + 1}, {c.label}]"
+    log.info("%s seed %d: %s", tag, s.seed, c.key)
+    params = EngineParams.from_dict(c.engine_params)
+    setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
+    try:
+        rec = runner(run_ctx, s.index, params, tag, not c.baseline)
+    except TrialError as exc:
+        _store(study, c, replace(exc.record or TrialRecord(setup, failure=Failure(exc.reason, str(exc))),
+                                 confirmation=conf), TrialState.FAIL)
+        log.warning("%s failed (%s): %s", tag, exc.reason, exc)
+        return False
+    except TrialInterrupted as exc:
+        _store(study, c, replace(exc.record, confirmation=conf, interrupted=True), TrialState.FAIL)
+        raise exc.original from None
+    except KeyboardInterrupt:
+        _store(study, c, TrialRecord(setup, failure=Failure(FailureReason.INTERRUPTED), interrupted=True,
+                                     confirmation=conf), TrialState.FAIL)
+        raise
+    if rec.outcome is None:
+        raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
+    _store(study, c, replace(rec, confirmation=conf), TrialState.COMPLETE)
+    log.info("%s %.1f (search: %.1f): %s", tag, rec.outcome.value, c.value,
+             "feasible" if rec.outcome.feasible else "infeasible")
+    return True
+
+
+def run_confirmation(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Optional[ConfirmResult]:
+    """Run (or resume) the confirmation stage of the study ``cfg`` names; its result, or None when
+    ``study.confirm.top_k`` is 0 or the study has nothing to confirm.
+
+    Raises:
+        StudyError: ``study.max_consecutive_env_failures`` runs in a row failed for reasons
+            outside their config.
+        KeyboardInterrupt / Terminated: a signal stopped it (that run is stored as interrupted;
+            the next call resumes at it).
+    """
+    cc = cfg.study.confirm
+    if cc.top_k == 0:
+        return None
+    space = build_space(cfg)
+    ctx = make_context(cfg, rt, space)
+    killed = pidfile.sweep(ctx.pid_dir)
+    if killed:
+        log.warning("stopped %d server group(s) left behind by a killed run", len(killed))
+    defaults = baseline_params(cfg)
+    with _held(cfg):
+        study = open_study(cfg, space, optuna.samplers.RandomSampler())
+        # slo.p99_ms=auto: every run is judged by the limit the study's baseline calibrated
+        ctx = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)))
+        cands = candidates(study.get_trials(deepcopy=False), cc.top_k)
+        if not any(c.baseline for c in cands) or len(cands) < 2:
+            log.warning("confirmation: nothing to confirm (%s); it needs the baseline and at least one feasible "
+                        "search trial", "no completed baseline" if not any(c.baseline for c in cands)
+                        else "no feasible search trial besides the baseline")
+            return summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence)
+        slots = plan(cands, cc.repeats, cfg.workload.seed + cc.seed_offset)
+        todo = remaining(slots, study.get_trials(deepcopy=False))
+        log.info("confirmation of %s: %d rounds, %d of %d runs done", ", ".join(c.label for c in cands),
+                 cc.repeats, len(slots) - len(todo), len(slots))
+        streak = 0
+        k = len(slots) - len(todo)
+        while todo:
+            s = todo.pop(0)
+            k += 1
+            c = s.candidate
+            conf = Confirmation(c.of, s.repeat, s.slot, s.seed, c.baseline,
+                                0 if c.baseline else flags_changed(c.engine_params, defaults))
+            if _run_slot(study, ctx, s, conf, runner, len(slots), k):
+                streak = 0
+                continue
+            streak += 1
+            if streak >= cfg.study.max_consecutive_env_failures:
+                raise StudyError(f"{streak} confirmation runs in a row failed for reasons outside their config; "
+                                 f"fix the environment and run `python -m optimizer.confirm study.name="
+                                 f"{cfg.study.name}` to resume (study.max_consecutive_env_failures="
+                                 f"{cfg.study.max_consecutive_env_failures}).")
+            if failed_attempts(s, study.get_trials(deepcopy=False)) <= cfg.study.max_retries:
+                todo.append(s)  # once more, after the rest
+                k -= 1
+        result = summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence)
+    if result is not None:
+        log.info("%s", describe_confirmation(result))
+    return result

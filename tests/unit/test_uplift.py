@@ -1,0 +1,109 @@
+"""The confirmation's statistics and recommendation rule (pure)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optimizer.stats import t_quantile
+from optimizer.study.uplift import ConfigRuns, mean_interval, paired_ratio, recommend
+
+
+def runs(label: str, values, feasible=None, flags: int = 3, baseline: bool = False, of: int = 0) -> ConfigRuns:
+    return ConfigRuns(label, of, baseline, 0 if baseline else flags, tuple(values),
+                      tuple(feasible if feasible is not None else [True] * len(values)))
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042)])
+def test_t_quantile_matches_the_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, rel=2e-3)
+
+
+def test_paired_ratio_cancels_what_a_round_shares():
+    # the host drifts by +-20 % between rounds, A is 10 % faster within every round: paired, that is exact
+    base = [100.0, 120.0, 80.0]
+    a = [110.0, 132.0, 88.0]
+    r = paired_ratio(a, base)
+    assert r.point == pytest.approx(1.10) and r.low == pytest.approx(1.10) and r.high == pytest.approx(1.10)
+    assert not r.within_noise and r.pairs == 3
+
+
+def test_paired_ratio_interval_is_the_t_interval_of_the_log_ratios():
+    a, b = [105.0, 95.0, 112.0], [100.0, 100.0, 100.0]
+    logs = [math.log(x / y) for x, y in zip(a, b)]
+    m = sum(logs) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / 2)
+    r = paired_ratio(a, b, 0.95)
+    assert r.low == pytest.approx(math.exp(m - 4.3027 * sd / math.sqrt(3)), rel=1e-3)
+    assert r.high == pytest.approx(math.exp(m + 4.3027 * sd / math.sqrt(3)), rel=1e-3)
+    assert r.within_noise
+
+
+def test_paired_ratio_without_two_pairs_has_no_interval():
+    r = paired_ratio([110.0, math.nan], [100.0, 100.0])
+    assert r.point == pytest.approx(1.1) and math.isnan(r.low) and r.within_noise
+
+
+def test_mean_interval_of_one_value_is_nan():
+    assert all(math.isnan(x) for x in mean_interval([5.0]))
+    lo, hi = mean_interval([1.0, 2.0, 3.0])
+    assert lo < 2.0 < hi
+
+
+def test_a_clear_winner_feasible_in_every_repeat_is_recommended_with_its_uplift():
+    base = runs("baseline", [100, 102, 98], baseline=True)
+    a = runs("trial 3", [130, 133, 128], of=3)
+    b = runs("trial 5", [115, 118, 112], of=5)
+    rec = recommend([base, a, b])
+    assert rec.chosen is a and rec.beats_baseline and rec.uplift.low > 1.2
+    assert "trial 3 over the baseline" in rec.reason
+
+
+def test_a_config_that_breaks_the_slo_in_one_repeat_is_not_recommended_whatever_its_median():
+    base = runs("baseline", [100, 102, 98], baseline=True)
+    a = runs("trial 3", [200, 210, 205], feasible=[True, False, True], of=3)
+    b = runs("trial 5", [130, 133, 128], of=5)
+    rec = recommend([base, a, b])
+    assert rec.chosen is b and "trial 3 (infeasible in 1 of 3 repeats)" in rec.reason
+
+
+def test_within_noise_the_config_with_fewer_changed_flags_wins_and_the_reason_says_so():
+    base = runs("baseline", [100, 102, 98], baseline=True)
+    a = runs("trial 3", [131, 120, 140], flags=5, of=3)  # best median, noisy
+    b = runs("trial 5", [128, 127, 130], flags=1, of=5)  # within a's noise, fewer flags
+    rec = recommend([base, a, b])
+    assert rec.top is a and rec.chosen is b and "trial 5" in rec.tied
+    assert "within its noise" in rec.reason and "changes 1 flag(s)" in rec.reason
+
+
+def test_when_nothing_beats_the_defaults_beyond_noise_the_defaults_are_recommended():
+    base = runs("baseline", [100, 120, 90], baseline=True)
+    a = runs("trial 3", [104, 112, 99], of=3)
+    rec = recommend([base, a])
+    assert rec.chosen is base and not rec.beats_baseline
+    assert rec.uplift.within_noise and "no config beats vLLM's defaults beyond noise" in rec.reason
+
+
+def test_a_simpler_pick_within_the_defaults_noise_gives_way_to_the_defaults():
+    base = runs("baseline", [100, 101, 99], baseline=True)
+    a = runs("trial 3", [130, 131, 129], flags=5, of=3)  # clearly above the baseline
+    b = runs("trial 5", [100, 125, 112], flags=1, of=5)  # within a's noise, and within the baseline's
+    assert not paired_ratio(a.values, base.values).within_noise
+    assert paired_ratio(b.values, a.values).within_noise and paired_ratio(b.values, base.values).within_noise
+    rec = recommend([base, a, b])
+    assert rec.chosen is base and not rec.beats_baseline
+
+
+def test_a_baseline_that_breaks_the_slo_loses_to_a_feasible_config_even_within_noise():
+    base = runs("baseline", [100, 101, 99], feasible=[True, False, True], baseline=True)
+    a = runs("trial 3", [101, 100, 99], of=3)
+    rec = recommend([base, a])
+    assert rec.chosen is a and rec.beats_baseline and "baseline broke the SLO in 1 of 3" in rec.reason
+
+
+def test_nothing_feasible_in_every_repeat_means_no_recommendation():
+    base = runs("baseline", [100, 101, 99], feasible=[True, False, True], baseline=True)
+    a = runs("trial 3", [101, math.nan, 99], feasible=[True, None, True], of=3)
+    rec = recommend([base, a])
+    assert rec.chosen is None and not rec.beats_baseline and "not every repeat was measured for trial 3" in rec.reason
