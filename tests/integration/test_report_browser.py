@@ -83,7 +83,7 @@ class _Links(HTMLParser):
 
 def _rendered(dom: str) -> dict[str, bool]:
     """Figure div id -> whether Plotly drew into it (its part of the DOM holds a main-svg)."""
-    starts = [(m.start(), m.group(1)) for m in re.finditer(r'<div id="(fig-[a-z]+)" class="[^"]*plotly-graph-div', dom)]
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r'<div id="(fig-[a-z_]+)" class="[^"]*plotly-graph-div', dom)]
     ends = [s for s, _ in starts[1:]] + [len(dom)]
     return {fid: 'class="main-svg"' in dom[s:e] and "plot-container" in dom[s:e] for (s, fid), e in zip(starts, ends)}
 

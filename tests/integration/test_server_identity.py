@@ -77,7 +77,7 @@ def test_a_foreign_server_on_the_trials_port_fails_the_trial_and_is_not_measured
     port, hits = foreign
     monkeypatch.setattr(trial_mod, "free_port", lambda host: port)  # the port was taken after it was picked
     with pytest.raises(EnvironmentBusy) as e:
-        run_trial(_ctx(compose, tmp_path), 0, EngineParams(), rule_check=False)
+        run_trial(_ctx(compose, tmp_path), 0, EngineParams(), "", False)
     assert e.value.reason == "foreign_server" and not e.value.deterministic  # failed and retried, not learned
     assert "someone-elses-model" in str(e.value) and f"port {port}" in str(e.value)
     assert "/v1/models" in hits and not [h for h in hits if h.startswith("/v1/completions")]
@@ -85,7 +85,7 @@ def test_a_foreign_server_on_the_trials_port_fails_the_trial_and_is_not_measured
 
 
 def test_the_trials_own_server_is_recognised_and_measured(compose, tmp_path):
-    rec = run_trial(_ctx(compose, tmp_path), 0, EngineParams(), rule_check=False)
+    rec = run_trial(_ctx(compose, tmp_path), 0, EngineParams(), "", False)
     attrs = rec.to_attrs()
     assert attrs["n_ok"] == 8 and rec.outcome is not None and rec.outcome.value > 0
     argv = json.loads(attrs["server_argv"])

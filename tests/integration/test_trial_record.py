@@ -32,7 +32,7 @@ def ctx(compose, tmp_path: Path):
 
 
 def test_a_measured_trial_records_every_stage_the_stop_included(ctx):
-    rec = run_trial(ctx, 0, EngineParams(kv_cache_gib=1.0), rule_check=False)
+    rec = run_trial(ctx, 0, EngineParams(kv_cache_gib=1.0), "", False)
     assert rec.measured and rec.outcome is not None and rec.failure is None
     t = rec.timings
     assert t is not None and all(math.isfinite(v) and v >= 0 for v in (t.wait_s, t.start_s, t.warmup_s, t.load_s,
