@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["min_samples_for_upper_bound", "quantile_ci", "t_quantile"]
+__all__ = ["min_samples_for_upper_bound", "quantile_ci", "t_quantile", "thin_sample"]
 
 NAN = float("nan")
 
@@ -105,3 +105,13 @@ def t_quantile(p: float, df: int) -> float:
     return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
             + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+
+
+def thin_sample(values: list[float], limit: int = 2000) -> list[float]:
+    """At most ``limit`` + 1 values (ms, rounded) that keep the distribution's shape: evenly spaced
+    order statistics and the maximum. For the latency samples a trial stores for the report."""
+    if len(values) <= limit:
+        return [round(v, 3) for v in values]
+    step = len(values) / limit
+    s = sorted(values)
+    return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]

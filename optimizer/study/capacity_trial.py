@@ -27,6 +27,7 @@ from optimizer.config import Config
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.objective import Outcome
+from optimizer.stats import thin_sample
 from optimizer.record import Capacity, Measurement
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
 
@@ -55,14 +56,6 @@ def outcome_of(r: CapacityResult, value: str) -> Outcome:
     return Outcome(value=r.throughput(value) if r.feasible else 0.0, constraints=constraints, feasible=feasible)
 
 
-def _sample(values: list[float], limit: int = 2000) -> list[float]:
-    if len(values) <= limit:
-        return [round(v, 3) for v in values]
-    step = len(values) / limit
-    s = sorted(values)
-    return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]
-
-
 def _measurement(run: ProbeRun) -> Measurement:
     ok = [r for r in run.results if r.ok]
     nan = float("nan")
@@ -71,8 +64,8 @@ def _measurement(run: ProbeRun) -> Measurement:
         run.summary, stats, client_cpu_s=run.client_cpu_s,
         client_cpu_share=run.client_cpu_s / run.summary.duration_s if run.summary.duration_s > 0 else math.nan,
         warmup_errors=run.warmup_errors, first_error=next((r.error for r in run.results if not r.ok), ""),
-        latency_samples={"ttft": _sample([r.ttft * 1000 for r in ok]), "e2e": _sample([r.latency * 1000 for r in ok]),
-                         "itl": _sample([x * 1000 for r in ok for x in r.itl])},
+        latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
+                         "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
         kv_timeline=list(run.timeline[-600:]))
 
 

@@ -35,6 +35,7 @@ from optimizer.loadgen.workload import RequestSet
 from optimizer.metrics import summarize
 from optimizer.model.resolve import target_for
 from optimizer.objective import infeasible, score
+from optimizer.stats import thin_sample
 from optimizer.record import Failure, LaunchInfo, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
@@ -99,14 +100,6 @@ def _progress(tag: str) -> Callable[[str, int], None]:
             log.info("%s %s: %d requests done", tag, phase, k)
 
     return tick
-
-
-def _sample(values: list[float], limit: int = 2000) -> list[float]:
-    if len(values) <= limit:
-        return [round(v, 3) for v in values]
-    step = len(values) / limit
-    s = sorted(values)
-    return [round(s[int(i * step)], 3) for i in range(limit)] + [round(s[-1], 3)]
 
 
 def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "",
@@ -243,8 +236,8 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         client_cpu_share=run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan,
         warmup_errors=sum(1 for r in run.warmup if not r.ok),
         first_error=next((r.error for r in run.results if not r.ok), ""),
-        latency_samples={"ttft": _sample([r.ttft * 1000 for r in ok]), "e2e": _sample([r.latency * 1000 for r in ok]),
-                         "itl": _sample([x * 1000 for r in ok for x in r.itl])},
+        latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
+                         "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
         kv_timeline=tel.timeline[-600:])
     p.rec = replace(p.rec, measurement=measurement, timings=p.timings(),
                     throughput_ci=throughput_interval(run.results, cfg.load.p99_confidence))
