@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, NamedTuple, Optional, Sequence
 
 import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import SloConfig
@@ -23,7 +24,8 @@ from optimizer.record import Timings, TrialRecord, summary_from_attrs
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
-from optimizer.study.results import is_feasible, study_result
+from optimizer.reporting.levers import Levers, main_levers
+from optimizer.study.results import is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
@@ -35,6 +37,7 @@ PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", 
 _DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
 _CDF_POINTS = 400
 _MIN_IMPORTANCE_TRIALS = 4
+_TOP_TRIALS = 5  # PED-ANOVA: trials in the top set, when there are enough (Optuna's note)
 
 
 class Status(str, Enum):
@@ -88,6 +91,8 @@ class SummaryInfo(NamedTuple):
     extra_args: list[str]  # flags every server got that serve_config does not hold
     vllm_version: str
     notes: list[str]  # plain-language statements about what is missing or odd
+    levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
+    engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
 
 
 class ImportanceInfo(NamedTuple):
@@ -172,7 +177,7 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
     error_rate = m.summary.error_rate if m is not None else math.nan
     return TrialInfo(
         number=t.number, status=classify(t, rec), state=t.state.name, baseline=rec.lineage.baseline,
-        throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=dict(t.params),
+        throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=params_as_set(t),
         constraints=dict(t.constraints or {}), failure=failure,
         detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
@@ -203,44 +208,54 @@ def pareto_front(infos: Sequence[TrialInfo]) -> list[int]:
 
 
 def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[ImportanceInfo]:
-    """PED-ANOVA importances over feasible trials only, for throughput and for the SLO metric's P99.
+    """Optuna's PED-ANOVA importances over every measured trial, feasible or not: for throughput,
+    and for what separates the feasible trials from the infeasible ones.
 
-    Optuna's evaluators use every COMPLETE trial, constraints ignored; a temporary study holding
-    only the feasible ones makes the question "among configs that meet the SLO, what matters".
+    PED-ANOVA (Optuna's default evaluator) asks which parameter values the top trials share that
+    the rest do not. It takes categorical and conditional parameters and needs no scikit-learn
+    (fANOVA does). Throughput: the top set is the best ``max(10%, 5 trials)`` (Optuna's note asks
+    for at least 5), at most half. Feasibility: the top set is exactly the feasible trials (target:
+    the total constraint violation, 0 for every feasible trial; quantile: their share). Over
+    feasible trials only (as before), a lever that makes configs feasible at all (fp8 weights in
+    the H100 study) barely varies and reads as ~0. ``slo_metric`` is kept for the caller's labels.
     """
+    del slo_metric
     # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
     # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
-    feasible = [t for t in trials if is_feasible(t) and all(
-        d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
-
-    def p99(t: FrozenTrial) -> float:  # trials are renumbered in the temporary study: read it from the trial
-        return summary_from_attrs(t.user_attrs).dist(slo_metric).p99
-
-    with_p99 = [t for t in feasible if math.isfinite(p99(t))]
-    jobs = [("output tokens/s (higher is better)", feasible, None),
-            (f"P99 {slo_metric} latency (lower is better)", with_p99, p99)]
+    measured = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints
+                and math.isfinite(summary_from_attrs(t.user_attrs).output_tok_s) and all(
+                    d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
+    n, n_feasible = len(measured), sum(1 for t in measured if is_feasible(t))
+    quantile = min(0.5, max(0.1, _TOP_TRIALS / n)) if n else 0.5
+    jobs: list[tuple[str, Any, float, str]] = [
+        ("output tokens/s, every measured trial", lambda t: -summary_from_attrs(t.user_attrs).output_tok_s,
+         quantile, ""),
+        ("feasible vs infeasible", lambda t: sum(max(0.0, v) for v in t.constraints.values()),
+         n_feasible / n if n else 0.0,
+         "" if 0 < n_feasible < n else f"{n_feasible} of {n} measured trials feasible: nothing to separate")]
     out = []
-    for label, group, target in jobs:
-        varied = {p for p in {k for t in group for k in t.params}
-                  if len({json.dumps(t.params.get(p), default=str) for t in group}) > 1}
-        if len(group) < _MIN_IMPORTANCE_TRIALS or not varied:
-            why = (f"{len(group)} feasible trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
-                   if len(group) < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the feasible trials")
-            out.append(ImportanceInfo(label, {}, len(group), why))
+    for label, target, q, why in jobs:
+        varied = {p for p in {k for t in measured for k in t.params}
+                  if len({json.dumps(t.params.get(p), default=str) for t in measured}) > 1}
+        if n < _MIN_IMPORTANCE_TRIALS or not varied or why:
+            why = why or (f"{n} measured trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
+                          if n < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the measured trials")
+            out.append(ImportanceInfo(label, {}, n, why))
             continue
         tmp = optuna.create_study(direction="maximize")
-        tmp.add_trials(group)
+        tmp.add_trials(measured)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                values = optuna.importance.get_param_importances(tmp, target=target, normalize=True)
+                values = optuna.importance.get_param_importances(
+                    tmp, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), target=target, normalize=True)
             except (ValueError, RuntimeError) as exc:  # e.g. a search space that changed within the study
-                out.append(ImportanceInfo(label, {}, len(group), f"{type(exc).__name__}: {exc}"))
+                out.append(ImportanceInfo(label, {}, n, f"{type(exc).__name__}: {exc}"))
                 continue
         if any("will be equal" in str(w.message) for w in caught):
-            out.append(ImportanceInfo(label, {}, len(group), "too few feasible trials to tell parameters apart"))
+            out.append(ImportanceInfo(label, {}, n, "too few trials to tell parameters apart"))
         else:
-            out.append(ImportanceInfo(label, dict(values), len(group), ""))
+            out.append(ImportanceInfo(label, dict(values), n, ""))
     return out
 
 
@@ -324,7 +339,10 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         margin=_margin(best, slo_ms),
         serve_config=dict(launch.serve_config) if launch else {}, trial_command=launch.command if launch else "",
         extra_args=[str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
-        vllm_version=", ".join(versions), notes=notes)
+        vllm_version=", ".join(versions), notes=notes,
+        levers=main_levers([i.params for i in infos], [i.throughput if i.measured else math.nan for i in infos],
+                           [i.status == Status.FEASIBLE for i in infos]),
+        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {})
 
 
 def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:
