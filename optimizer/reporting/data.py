@@ -25,6 +25,7 @@ from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capa
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
 from optimizer.reporting.levers import Levers, main_levers
+from optimizer.reporting.serving import portable_command
 from optimizer.study.results import is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -87,7 +88,7 @@ class SummaryInfo(NamedTuple):
     gain: float  # best / baseline - 1 (NaN without a feasible baseline)
     margin: float  # 1 - judged P99 / SLO for the best trial (its ``slo`` constraint, negated)
     serve_config: dict[str, Any]  # the best trial's ``serve_config`` (vLLM flag names, underscores)
-    trial_command: str  # the exact command the best trial's server ran
+    trial_command: str  # the command the best trial's server ran (portable_command: no paths of this machine)
     extra_args: list[str]  # flags every server got that serve_config does not hold
     vllm_version: str
     notes: list[str]  # plain-language statements about what is missing or odd
@@ -337,7 +338,9 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
         use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
         margin=_margin(best, slo_ms),
-        serve_config=dict(launch.serve_config) if launch else {}, trial_command=launch.command if launch else "",
+        serve_config=dict(launch.serve_config) if launch else {},
+        trial_command=portable_command(launch.argv, cfg.get("model") or {}, str(server.get("cache_dir") or ""))
+        if launch else "",
         extra_args=[str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
         vllm_version=", ".join(versions), notes=notes,
         levers=main_levers([i.params for i in infos], [i.throughput if i.measured else math.nan for i in infos],

@@ -185,7 +185,7 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
                    f"{_e(extra)}</pre>")
         out.append(f"<h3>{_e(yaml_name)}</h3><pre>{_e(yaml_text)}</pre>")
         if s.trial_command:
-            out.append(f"<h3>The exact command the trial ran</h3><pre>{_e(s.trial_command)}</pre>")
+            out.append(f"<h3>The command the trial's server ran</h3><p class=sub>python: the interpreter of the study's host; a generated model folder is shown under server.cache_dir.</p><pre>{_e(s.trial_command)}</pre>")
     return "\n".join(out)
 
 

@@ -205,7 +205,7 @@ def test_best_yaml_is_what_vllm_config_reads():
     serve = {"model": "/m", "served_model_name": "tiny", "max_num_seqs": 64, "enable_chunked_prefill": True,
              "enable_prefix_caching": False, "speculative_config": {"method": "ngram", "num_speculative_tokens": 3}}
     t = make_trial(0, P, throughput=2000, e2e_center=500, extra={"serve_config": json.dumps(serve)})
-    text = best_yaml(_data([t]))
+    text = best_yaml(_data([t], dict(CFG, model=dict(CFG["model"], path="/m"))))
     assert text.startswith("# vLLM server config found by study s: trial 0")
     assert yaml.safe_load(text) == {"model": "/m", "served-model-name": "tiny", "max-num-seqs": 64,
                                     "enable-chunked-prefill": True, "no-enable-prefix-caching": True,
@@ -218,7 +218,7 @@ def test_write_study_report_writes_page_yaml_and_csv(tmp_path):
     assert index == tmp_path / "w" / "index.html"
     page = index.read_text()
     assert page.count("Plotly.newPlot") == 9 and page.count("plotly.js v") == 1
-    assert yaml.safe_load((tmp_path / "w" / "best.yaml").read_text())["model"] == "/models/tiny"
+    assert yaml.safe_load((tmp_path / "w" / "best.yaml").read_text())["model"] == "tiny"  # the config names no path
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "w" / "trials.csv")
