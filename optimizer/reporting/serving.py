@@ -23,13 +23,14 @@ The YAML is in the form vLLM's ``--config`` reads (``vllm/utils/argparse_utils.p
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple, Optional, Sequence
 
 import yaml
 
-__all__ = ["ServingConfig", "portable_command", "serve_yaml_dict", "serving_config", "serving_yaml"]
+__all__ = ["ServingConfig", "portable_attrs", "portable_command", "serve_yaml_dict", "serving_config", "serving_yaml"]
 
 
 _ONLINE = "fp8"  # the method vLLM can apply to a bf16 checkpoint at load time (--quantization fp8)
@@ -113,7 +114,38 @@ def portable_command(argv: Sequence[str], model: dict[str, Any], cache_dir: str)
     (``.cache/models/<name>``) rather than its absolute path here."""
     out = ["python"]
     for prev, arg in zip(["", *argv], argv):
-        if prev == "--model" and model.get("generate"):
-            arg = str(PurePosixPath(cache_dir or ".cache") / "models" / PurePosixPath(arg).name)
+        if prev == "--model":
+            arg = _portable_model(arg, model, cache_dir)
         out.append(arg)
     return shlex.join(out)
+
+
+def _portable_model(path: str, model: dict[str, Any], cache_dir: str) -> str:
+    if not model.get("generate"):
+        return path
+    return str(PurePosixPath(cache_dir or ".cache") / "models" / PurePosixPath(path).name)
+
+
+def portable_attrs(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's user attrs for a table that leaves the machine (trials.csv): ``server_command``
+    as :func:`portable_command` shows it, a generated model folder in ``serve_config`` under
+    ``server.cache_dir``, and ``server_log`` under ``study.runs_dir`` as configured. The study
+    database keeps them as they were."""
+    model = config.get("model") or {}
+    cache_dir = str((config.get("server") or {}).get("cache_dir") or "")
+    runs_dir = str((config.get("study") or {}).get("runs_dir") or "runs")
+    out = dict(attrs)
+    if isinstance(out.get("server_command"), str) and out["server_command"]:
+        out["server_command"] = portable_command(shlex.split(out["server_command"])[1:], model, cache_dir)
+    if isinstance(out.get("serve_config"), str):
+        try:
+            sc = json.loads(out["serve_config"])
+        except ValueError:
+            sc = None
+        if isinstance(sc, dict) and isinstance(sc.get("model"), str):
+            sc["model"] = _portable_model(sc["model"], model, cache_dir)
+            out["serve_config"] = json.dumps(sc, sort_keys=True)
+    if isinstance(out.get("server_log"), str) and out["server_log"]:
+        parts = PurePosixPath(out["server_log"]).parts
+        out["server_log"] = str(PurePosixPath(runs_dir, *parts[-3:]))  # <runs_dir>/<study>/trial-NNNN/server.log
+    return out

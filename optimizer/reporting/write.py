@@ -6,6 +6,7 @@ reads, for the host that will serve it (:mod:`optimizer.reporting.serving`).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import math
@@ -25,7 +26,7 @@ from optimizer.reporting import figures as F
 from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify
 from optimizer.reporting.html import figure_div, render_page
-from optimizer.reporting.serving import serve_yaml_dict, serving_yaml
+from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving_yaml
 from optimizer.reporting.quality import quality_figure, quality_info, quality_section
 from optimizer.reporting.confirmation import (confirmation_figure, confirmation_html, confirmation_view,
                                               confirmed_yaml)
@@ -56,9 +57,10 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+def trials_frame(trials: Sequence[FrozenTrial], config: Optional[dict[str, Any]] = None) -> pd.DataFrame:
     """One row per trial: state, status, value, params_*, constraint_*, then every user attr
-    except the large JSON blobs."""
+    except the large JSON blobs; with the study's ``config``, the server command, serve config and
+    log path without this machine's paths (:func:`~optimizer.reporting.serving.portable_attrs`)."""
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         row: dict[str, Any] = {
@@ -67,7 +69,8 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
             "duration_s": t.duration.total_seconds() if t.duration else None}
         row |= {f"params_{k}": _cell(v) for k, v in sorted(params_as_set(t).items())}
         row |= {f"constraint_{k}": v for k, v in sorted((t.constraints or {}).items())}
-        row |= {k: _cell(v) for k, v in sorted(t.user_attrs.items()) if k not in BLOB_KEYS}
+        attrs = portable_attrs(t.user_attrs, config) if config else t.user_attrs
+        row |= {k: _cell(v) for k, v in sorted(attrs.items()) if k not in BLOB_KEYS}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -94,7 +97,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
         best_path.write_text(yaml_text)
     elif best_path.exists():
         best_path.unlink()  # a stale recommendation would outlive the study that made it
-    trials_frame(trials).to_csv(out_dir / "trials.csv", index=False)
+    trials_frame(trials, d.summary.config).to_csv(out_dir / "trials.csv", index=False)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
                        f"{len(trials)} trial(s) in the study.",
@@ -110,18 +113,23 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
 
 class _SearchView(optuna.Study):
     """The same study as Optuna's plots read it (they read trials through ``get_trials`` only),
-    without its confirmation runs. A view, not a copy: a copy through ``add_trials`` would refuse
-    the baseline, whose vLLM-default params may lie outside a narrowed search range."""
+    without its confirmation runs and with each parameter as the server got it
+    (:func:`~optimizer.study.results.params_as_set`). A view, not a copy: a copy through
+    ``add_trials`` would refuse the baseline, whose vLLM-default params may lie outside a
+    narrowed search range."""
 
     def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None
                    ) -> list[FrozenTrial]:
-        return search_trials(super().get_trials(deepcopy=deepcopy, states=states))
+        out = []
+        for t in search_trials(super().get_trials(deepcopy=deepcopy, states=states)):
+            shown = copy.copy(t)  # never the storage's cached trial
+            shown.params = params_as_set(t)
+            out.append(shown)
+        return out
 
 
 def search_view(study: optuna.Study) -> optuna.Study:
-    """``study`` itself, or a view of it without its confirmation runs when it has some."""
-    if not confirmation_trials(study.get_trials(deepcopy=False)):
-        return study
+    """A view of ``study`` for Optuna's plots: no confirmation runs, parameters as set."""
     return _SearchView(study_name=study.study_name, storage=study._storage)
 
 

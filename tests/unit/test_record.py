@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from optimizer.errors import FailureReason
@@ -132,6 +133,24 @@ def test_the_h100_report_folder_is_written(h100, tmp_path):
     assert "6268.5" in index.read_text() or "6,268" in index.read_text()
     assert (tmp_path / "best.yaml").read_text() == (H100 / "best.yaml").read_text()
     assert len(pd.read_csv(tmp_path / "trials.csv")) == 16
+
+
+def test_the_h100_outputs_travel_no_machine_path_and_values_as_set(h100, tmp_path):
+    """The study ran from /work/main with /opt/torch/.venv/bin/python3; its database keeps that,
+    the files written for people do not. gpu_memory_utilization 0.87 is stored by Optuna as
+    0.8700000000000001 (0.80 + 7 x 0.01 in binary); the server got 0.87, and so do the outputs."""
+    assert "--gpu-memory-utilization 0.87 " in h100.trials[4].user_attrs["server_command"]
+    write_study_report(h100, tmp_path)
+    for name in ("index.html", "best.yaml", "trials.csv"):
+        text = (tmp_path / name).read_text()
+        assert not any(p in text for p in ("/work/", "/opt/", "/root/", "/home/", "/tmp/")), name
+        assert "0.8700000000000001" not in text and "0.8300000000000001" not in text, name
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["model"] == "/models/llama-3-8b-instruct-fp8" and "load-format" not in best
+    row = pd.read_csv(tmp_path / "trials.csv").iloc[8]
+    assert row["server_log"] == "runs/h100-llama-3-8b/trial-0008/server.log"
+    assert row["server_command"].startswith("python -m vllm.entrypoints.openai.api_server --model "
+                                            ".cache/models/llama-3-8b-instruct-fp8 ")
 
 
 def test_the_h100_summary_names_fp8_weights_as_the_top_lever_with_its_measured_effect(h100):
