@@ -8,24 +8,20 @@ measured); nothing here reads a user attr by its key.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from enum import Enum
 from typing import Any, NamedTuple, Optional, Sequence
 
-import optuna
-from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
-from optimizer.record import Timings, TrialRecord, summary_from_attrs
+from optimizer.record import Timings, TrialRecord
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
+from optimizer.reporting.levers import ImportanceInfo, Levers, importance_info, main_levers
+from optimizer.reporting.serving import portable_command
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
-from optimizer.reporting.levers import Levers, main_levers
-from optimizer.reporting.serving import portable_command
 from optimizer.study.results import is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
@@ -37,8 +33,6 @@ PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", 
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
 _DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
 _CDF_POINTS = 400
-_MIN_IMPORTANCE_TRIALS = 4
-_TOP_TRIALS = 5  # PED-ANOVA: trials in the top set, when there are enough (Optuna's note)
 
 
 class Status(str, Enum):
@@ -94,13 +88,6 @@ class SummaryInfo(NamedTuple):
     notes: list[str]  # plain-language statements about what is missing or odd
     levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
     engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
-
-
-class ImportanceInfo(NamedTuple):
-    target: str
-    values: dict[str, float]  # param -> importance, largest first; empty when not computable
-    n_trials: int
-    reason: str  # why there are no values ("" when there are)
 
 
 class CdfSeries(NamedTuple):
@@ -206,58 +193,6 @@ def pareto_front(infos: Sequence[TrialInfo]) -> list[int]:
             front.append(i.number)
             best = i.throughput
     return front
-
-
-def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[ImportanceInfo]:
-    """Optuna's PED-ANOVA importances over every measured trial, feasible or not: for throughput,
-    and for what separates the feasible trials from the infeasible ones.
-
-    PED-ANOVA (Optuna's default evaluator) asks which parameter values the top trials share that
-    the rest do not. It takes categorical and conditional parameters and needs no scikit-learn
-    (fANOVA does). Throughput: the top set is the best ``max(10%, 5 trials)`` (Optuna's note asks
-    for at least 5), at most half. Feasibility: the top set is exactly the feasible trials (target:
-    the total constraint violation, 0 for every feasible trial; quantile: their share). Over
-    feasible trials only (as before), a lever that makes configs feasible at all (fp8 weights in
-    the H100 study) barely varies and reads as ~0. ``slo_metric`` is kept for the caller's labels.
-    """
-    del slo_metric
-    # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
-    # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
-    measured = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints
-                and math.isfinite(summary_from_attrs(t.user_attrs).output_tok_s) and all(
-                    d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
-    n, n_feasible = len(measured), sum(1 for t in measured if is_feasible(t))
-    quantile = min(0.5, max(0.1, _TOP_TRIALS / n)) if n else 0.5
-    jobs: list[tuple[str, Any, float, str]] = [
-        ("output tokens/s, every measured trial", lambda t: -summary_from_attrs(t.user_attrs).output_tok_s,
-         quantile, ""),
-        ("feasible vs infeasible", lambda t: sum(max(0.0, v) for v in t.constraints.values()),
-         n_feasible / n if n else 0.0,
-         "" if 0 < n_feasible < n else f"{n_feasible} of {n} measured trials feasible: nothing to separate")]
-    out = []
-    for label, target, q, why in jobs:
-        varied = {p for p in {k for t in measured for k in t.params}
-                  if len({json.dumps(t.params.get(p), default=str) for t in measured}) > 1}
-        if n < _MIN_IMPORTANCE_TRIALS or not varied or why:
-            why = why or (f"{n} measured trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
-                          if n < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the measured trials")
-            out.append(ImportanceInfo(label, {}, n, why))
-            continue
-        tmp = optuna.create_study(direction="maximize")
-        tmp.add_trials(measured)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                values = optuna.importance.get_param_importances(
-                    tmp, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), target=target, normalize=True)
-            except (ValueError, RuntimeError) as exc:  # e.g. a search space that changed within the study
-                out.append(ImportanceInfo(label, {}, n, f"{type(exc).__name__}: {exc}"))
-                continue
-        if any("will be equal" in str(w.message) for w in caught):
-            out.append(ImportanceInfo(label, {}, n, "too few trials to tell parameters apart"))
-        else:
-            out.append(ImportanceInfo(label, dict(values), n, ""))
-    return out
 
 
 def _cdf(samples: Sequence[Any]) -> tuple[list[float], list[float]]:

@@ -15,6 +15,8 @@ the two comes first changes with the forest's seed). So each lever's effect is m
 inside each group of every other parameter's split (its *controlled* effect: the weighted mean
 of the within-group differences, the smallest over the other parameters); a setting whose
 apparent effect came along with another's shrinks, and levers are ranked by it.
+
+:func:`importance_info` gives Optuna's own view (PED-ANOVA) over the same trials, for the chart.
 """
 
 from __future__ import annotations
@@ -22,14 +24,24 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-__all__ = ["MIN_GROUP", "Lever", "Levers", "main_levers"]
+import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.record import summary_from_attrs
+from optimizer.study.results import is_feasible
+
+__all__ = ["MIN_GROUP", "ImportanceInfo", "Lever", "Levers", "importance_info", "main_levers"]
 
 MIN_GROUP = 2  # trials on each side of a split (the report prints n beside every figure)
 _MAX_LEVERS = 3
 _MIN_THROUGHPUT_EFFECT = 0.05  # controlled effect below 5% of the median throughput: not a lever
 _MIN_FEASIBLE_EFFECT = 0.25  # controlled difference in the feasible share below 25 points: not a lever
+_MIN_IMPORTANCE_TRIALS = 4
+_TOP_TRIALS = 5  # PED-ANOVA: trials in the top set, when there are enough (Optuna's note)
 
 
 class Lever(NamedTuple):
@@ -174,3 +186,62 @@ def _lever(s: _Split, controlled: float, ys: Sequence[float], fs: Optional[Seque
     fb = sum(f for f, m in zip(fs, s.mask) if not m)
     return Lever(s.param, s.better, s.worse, statistics.fmean(a), statistics.fmean(b), len(a), len(b), controlled,
                  (fa, len(a)), (fb, len(b)))
+
+
+class ImportanceInfo(NamedTuple):
+    target: str
+    values: dict[str, float]  # param -> importance, largest first; empty when not computable
+    n_trials: int
+    reason: str  # why there are no values ("" when there are)
+
+
+def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[ImportanceInfo]:
+    """Optuna's PED-ANOVA importances over every measured trial, feasible or not: for throughput,
+    and for what separates the feasible trials from the infeasible ones.
+
+    PED-ANOVA (Optuna's default evaluator) asks which parameter values the top trials share that
+    the rest do not. It takes categorical and conditional parameters and needs no scikit-learn
+    (fANOVA does). Throughput: the top set is the best ``max(10%, 5 trials)`` (Optuna's note asks
+    for at least 5), at most half. Feasibility: the top set is exactly the feasible trials (target:
+    the total constraint violation, 0 for every feasible trial; quantile: their share). Over
+    feasible trials only (as before), a lever that makes configs feasible at all (fp8 weights in
+    the H100 study) barely varies and reads as ~0. ``slo_metric`` is kept for the caller's labels.
+    """
+    del slo_metric
+    # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
+    # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
+    measured = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints
+                and math.isfinite(summary_from_attrs(t.user_attrs).output_tok_s) and all(
+                    d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
+    n, n_feasible = len(measured), sum(1 for t in measured if is_feasible(t))
+    quantile = min(0.5, max(0.1, _TOP_TRIALS / n)) if n else 0.5
+    jobs: list[tuple[str, Any, float, str]] = [
+        ("output tokens/s, every measured trial", lambda t: -summary_from_attrs(t.user_attrs).output_tok_s,
+         quantile, ""),
+        ("feasible vs infeasible", lambda t: sum(max(0.0, v) for v in t.constraints.values()),
+         n_feasible / n if n else 0.0,
+         "" if 0 < n_feasible < n else f"{n_feasible} of {n} measured trials feasible: nothing to separate")]
+    out = []
+    for label, target, q, why in jobs:
+        varied = {p for p in {k for t in measured for k in t.params}
+                  if len({json.dumps(t.params.get(p), default=str) for t in measured}) > 1}
+        if n < _MIN_IMPORTANCE_TRIALS or not varied or why:
+            why = why or (f"{n} measured trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
+                          if n < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the measured trials")
+            out.append(ImportanceInfo(label, {}, n, why))
+            continue
+        tmp = optuna.create_study(direction="maximize")
+        tmp.add_trials(measured)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                values = optuna.importance.get_param_importances(
+                    tmp, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), target=target, normalize=True)
+            except (ValueError, RuntimeError) as exc:  # e.g. a search space that changed within the study
+                out.append(ImportanceInfo(label, {}, n, f"{type(exc).__name__}: {exc}"))
+                continue
+        if any("will be equal" in str(w.message) for w in caught):
+            out.append(ImportanceInfo(label, {}, n, "too few trials to tell parameters apart"))
+        else:
+            out.append(ImportanceInfo(label, dict(values), n, ""))
+    return out

@@ -53,3 +53,10 @@ def test_the_command_shown_has_no_interpreter_path_nor_cache_path_of_this_machin
                                                        ".cache/models/llama-3-8b-instruct-fp8 --max-num-seqs 67")
     own = ["-m", "vllm.entrypoints.openai.api_server", "--model", "/data/m"]
     assert portable_command(own, {"generate": ""}, ".cache").endswith("--model /data/m")
+
+
+def test_a_model_the_package_prepared_is_named_by_its_hub_id():
+    model = {"name": "smollm2-135m-instruct", "generate": "smollm2", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    text, flags = _yaml({"model": "/work/main/.cache/models/smollm2-135m-instruct", **TUNED}, model, {})
+    assert flags["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "/work/" not in text
+    assert "generated for smollm2-135m-instruct (model.generate=smollm2)" in text
