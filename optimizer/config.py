@@ -89,6 +89,9 @@ class ModelConfig:
     generate: str = ""  # "tiny": the package writes a tiny random Llama model; "config": config+tokenizer only
     load_format: str = "auto"  # auto | dummy (random weights, no download)
     served_name: str = ""
+    # the model's Hugging Face id: best.yaml names it where the study served a generated folder
+    # (model.generate); nothing is ever downloaded with it
+    hub_id: str = ""
     max_model_len: int = 2048
     num_layers: int = 0
     hidden_size: int = 0

@@ -30,7 +30,9 @@ part (capacity, quality, confirmation) is one more optional field with its own `
 ``from_attrs``, next to these, touching none of them.
 
 The score is Optuna's own (the trial value and its constraints, see :mod:`optimizer.objective`);
-``feasible`` is stored beside it so that a reader of the attrs alone knows it too.
+``feasible`` and ``constraint_<key>`` (each constraint's value, > 0: violated) are stored beside it so
+that a reader of the attrs alone knows it too: optuna-dashboard 0.21 shows user attrs but reads only
+Optuna 4's constraint format, and studies from before the ``constraint_*`` attrs lack them.
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ class TrialRecord:
             out["interrupted"] = True
         if self.ruled_out:
             out["counted"] = False
-        if self.outcome is not None:
+        if self.outcome is not None:  # beside Optuna's own: optuna-dashboard cannot read Optuna 5 constraints
             out["feasible"] = self.outcome.feasible
+            out |= {f"constraint_{k}": float(v) for k, v in self.outcome.constraints.items()}
         if self.calibration is not None:
             out["slo_calibration"] = self.calibration
         return out

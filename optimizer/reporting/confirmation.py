@@ -13,10 +13,10 @@ import math
 from typing import Any, NamedTuple, Optional, Sequence
 
 import plotly.graph_objects as go
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import TrialRecord
+from optimizer.reporting.serving import serving_yaml
 from optimizer.study.confirm import ConfirmResult, summarize_confirmation
 from optimizer.study.confirm_plan import confirmation_trials
 from optimizer.study.uplift import ConfigRuns, mean_interval
@@ -32,6 +32,8 @@ class ConfirmationView(NamedTuple):
     extra_args: list[str]
     slo_metric: str
     slo_ms: float
+    model: dict[str, Any] = {}  # the study's model config section (best.yaml names the model from it)
+    engine_params: dict[str, Any] = {}  # the recommended config's engine parameters
 
 
 def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
@@ -41,16 +43,19 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
     if res is None:
         return None
     serve: dict[str, Any] = {}
+    params: dict[str, Any] = {}
     chosen = res.recommendation.chosen
     for t in confirmation_trials(trials):
         rec = TrialRecord.from_trial(t)
         if chosen is not None and t.state == TrialState.COMPLETE and rec.launch is not None \
                 and rec.confirmation is not None and rec.confirmation.of == chosen.of:
             serve = dict(rec.launch.serve_config)
+            params = dict(rec.setup.engine_params or {})
     hw, server, slo = (cfg.get(k) or {} for k in ("hardware", "server", "slo"))
     return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
                             [str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
-                            str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan))
+                            str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan),
+                            dict(cfg.get("model") or {}), params)
 
 
 def _n(v: float, fmt: str = ".1f") -> str:
@@ -143,26 +148,25 @@ def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
             f"</thead><tbody>{rows}</tbody></table>{fig_div}</section>")
 
 
-def confirmed_yaml(v: ConfirmationView, serve_yaml: Any) -> str:
-    """best.yaml from the confirmation ('' when nothing can be recommended). ``serve_yaml`` turns a
-    serve_config into the dashed form vLLM's --config reads (:func:`optimizer.reporting.write.serve_yaml_dict`)."""
+def confirmed_yaml(v: ConfirmationView) -> str:
+    """best.yaml from the confirmation ('' when nothing can be recommended), for the serving host
+    (:func:`optimizer.reporting.serving.serving_yaml`)."""
     rec, res = v.result.recommendation, v.result
     if rec.chosen is None or not v.serve_config:
         return ""
     c = rec.chosen
     if rec.beats_baseline:
-        head = (f"# vLLM server config confirmed on {len(c.values)} fresh servers (held-out prompts): {c.label}, "
+        head = [f"vLLM server config confirmed on {len(c.values)} fresh servers (held-out prompts): {c.label}, "
                 f"median {c.median:.1f} output tokens/s, all repeats within the SLO (P99 {v.slo_metric} <= "
-                f"{v.slo_ms:g} ms)\n# uplift over vLLM's defaults: {rec.uplift.text()}\n")
+                f"{v.slo_ms:g} ms)", f"uplift over vLLM's defaults: {rec.uplift.text()}"]
     else:
-        head = ("# vLLM's defaults: no config beat them beyond noise on fresh servers"
+        head = ["vLLM's defaults: no config beat them beyond noise on fresh servers"
                 + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)"
-                   if rec.top is not None and rec.top is not c else "")
-                + "\n")
+                   if rec.top is not None and rec.top is not c else "")]
     if res.pick_survived is False:
-        head += f"# the study's pick (trial {res.study_pick}) did not survive the confirmation\n"
-    head += ("# run: vllm serve --config best.yaml   "
-             "(or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n")
+        head.append(f"the study's pick (trial {res.study_pick}) did not survive the confirmation")
+    head.append("run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config "
+                "best.yaml)")
     if v.extra_args:
-        head += f"# every server also got: {' '.join(v.extra_args)}\n"
-    return head + yaml.safe_dump(serve_yaml(v.serve_config), sort_keys=False, default_flow_style=False)
+        head.append(f"every server also got: {' '.join(v.extra_args)}")
+    return serving_yaml(head, v.serve_config, v.model, v.engine_params)

@@ -8,22 +8,21 @@ measured); nothing here reads a user attr by its key.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from enum import Enum
 from typing import Any, NamedTuple, Optional, Sequence
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
-from optimizer.record import Timings, TrialRecord, summary_from_attrs
+from optimizer.record import Timings, TrialRecord
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
+from optimizer.reporting.levers import ImportanceInfo, Levers, importance_info, main_levers
+from optimizer.reporting.serving import portable_command
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
-from optimizer.study.results import is_feasible, study_result
+from optimizer.study.results import is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
@@ -34,7 +33,6 @@ PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", 
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
 _DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
 _CDF_POINTS = 400
-_MIN_IMPORTANCE_TRIALS = 4
 
 
 class Status(str, Enum):
@@ -84,17 +82,12 @@ class SummaryInfo(NamedTuple):
     gain: float  # best / baseline - 1 (NaN without a feasible baseline)
     margin: float  # 1 - judged P99 / SLO for the best trial (its ``slo`` constraint, negated)
     serve_config: dict[str, Any]  # the best trial's ``serve_config`` (vLLM flag names, underscores)
-    trial_command: str  # the exact command the best trial's server ran
+    trial_command: str  # the command the best trial's server ran (portable_command: no paths of this machine)
     extra_args: list[str]  # flags every server got that serve_config does not hold
     vllm_version: str
     notes: list[str]  # plain-language statements about what is missing or odd
-
-
-class ImportanceInfo(NamedTuple):
-    target: str
-    values: dict[str, float]  # param -> importance, largest first; empty when not computable
-    n_trials: int
-    reason: str  # why there are no values ("" when there are)
+    levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
+    engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
 
 
 class CdfSeries(NamedTuple):
@@ -172,7 +165,7 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
     error_rate = m.summary.error_rate if m is not None else math.nan
     return TrialInfo(
         number=t.number, status=classify(t, rec), state=t.state.name, baseline=rec.lineage.baseline,
-        throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=dict(t.params),
+        throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=params_as_set(t),
         constraints=dict(t.constraints or {}), failure=failure,
         detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
@@ -200,48 +193,6 @@ def pareto_front(infos: Sequence[TrialInfo]) -> list[int]:
             front.append(i.number)
             best = i.throughput
     return front
-
-
-def importance_info(trials: Sequence[FrozenTrial], slo_metric: str) -> list[ImportanceInfo]:
-    """PED-ANOVA importances over feasible trials only, for throughput and for the SLO metric's P99.
-
-    Optuna's evaluators use every COMPLETE trial, constraints ignored; a temporary study holding
-    only the feasible ones makes the question "among configs that meet the SLO, what matters".
-    """
-    # a trial holding a value its distribution does not (the baseline's vLLM defaults in a narrowed
-    # range: Optuna runs an enqueued value it warns about) cannot be copied into the temporary study
-    feasible = [t for t in trials if is_feasible(t) and all(
-        d._contains(d.to_internal_repr(t.params[k])) for k, d in t.distributions.items() if k in t.params)]
-
-    def p99(t: FrozenTrial) -> float:  # trials are renumbered in the temporary study: read it from the trial
-        return summary_from_attrs(t.user_attrs).dist(slo_metric).p99
-
-    with_p99 = [t for t in feasible if math.isfinite(p99(t))]
-    jobs = [("output tokens/s (higher is better)", feasible, None),
-            (f"P99 {slo_metric} latency (lower is better)", with_p99, p99)]
-    out = []
-    for label, group, target in jobs:
-        varied = {p for p in {k for t in group for k in t.params}
-                  if len({json.dumps(t.params.get(p), default=str) for t in group}) > 1}
-        if len(group) < _MIN_IMPORTANCE_TRIALS or not varied:
-            why = (f"{len(group)} feasible trial(s): at least {_MIN_IMPORTANCE_TRIALS} are needed"
-                   if len(group) < _MIN_IMPORTANCE_TRIALS else "no parameter varied among the feasible trials")
-            out.append(ImportanceInfo(label, {}, len(group), why))
-            continue
-        tmp = optuna.create_study(direction="maximize")
-        tmp.add_trials(group)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                values = optuna.importance.get_param_importances(tmp, target=target, normalize=True)
-            except (ValueError, RuntimeError) as exc:  # e.g. a search space that changed within the study
-                out.append(ImportanceInfo(label, {}, len(group), f"{type(exc).__name__}: {exc}"))
-                continue
-        if any("will be equal" in str(w.message) for w in caught):
-            out.append(ImportanceInfo(label, {}, len(group), "too few feasible trials to tell parameters apart"))
-        else:
-            out.append(ImportanceInfo(label, dict(values), len(group), ""))
-    return out
 
 
 def _cdf(samples: Sequence[Any]) -> tuple[list[float], list[float]]:
@@ -322,9 +273,14 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
         use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
         margin=_margin(best, slo_ms),
-        serve_config=dict(launch.serve_config) if launch else {}, trial_command=launch.command if launch else "",
+        serve_config=dict(launch.serve_config) if launch else {},
+        trial_command=portable_command(launch.argv, cfg.get("model") or {}, str(server.get("cache_dir") or ""))
+        if launch else "",
         extra_args=[str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
-        vllm_version=", ".join(versions), notes=notes)
+        vllm_version=", ".join(versions), notes=notes,
+        levers=main_levers([i.params for i in infos], [i.throughput if i.measured else math.nan for i in infos],
+                           [i.status == Status.FEASIBLE for i in infos]),
+        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {})
 
 
 def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:

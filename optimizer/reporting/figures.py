@@ -126,14 +126,14 @@ def importance_figure(d: ReportData) -> Optional[go.Figure]:
     if not shown:
         return None
     fig = make_subplots(rows=1, cols=len(shown), horizontal_spacing=0.2,
-                        subplot_titles=[f"{_e(imp.target)}, {imp.n_trials} feasible trials" for imp in shown])
+                        subplot_titles=[f"{_e(imp.target)} ({imp.n_trials} trials)" for imp in shown])
     for col, imp in enumerate(shown, start=1):
         items = sorted(imp.values.items(), key=lambda kv: kv[1])
         fig.add_trace(go.Bar(x=[v for _, v in items], y=[_e(k) for k, _ in items], orientation="h",
                              marker_color="#4263eb", showlegend=False,
                              hovertemplate="%{y}: %{x:.2f}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title="importance (PED-ANOVA)", range=[0, 1], row=1, col=col)
-    return _layout(fig, "What drives the result, among the feasible trials", 360)
+    return _layout(fig, "Parameter importance (PED-ANOVA), every measured trial", 360)
 
 
 def parallel_figure(study: optuna.Study, d: ReportData) -> Optional[go.Figure]:

@@ -130,9 +130,30 @@ def _headline(s: SummaryInfo) -> str:
     return f'<p class="headline">{text}</p>'
 
 
+def _levers(s: SummaryInfo) -> str:
+    """The main levers in words (:mod:`optimizer.reporting.levers`); '' before any measurement."""
+    lv = s.levers
+    if not lv.n_measured:
+        return ""
+    out = [f'<div id="levers"><h3>What drove the result ({lv.n_measured} measured trials)</h3>']
+    if lv.throughput:
+        out.append("<p class=sub>Output tokens/s, every measured trial, feasible or not:</p><ul>"
+                   + "".join(f"<li>{_e(x.text())}</li>" for x in lv.throughput) + "</ul>")
+    if lv.feasibility:
+        out.append("<p class=sub>What separated the feasible trials from the infeasible ones:</p><ul>"
+                   + "".join(f"<li>{_e(x.text())}</li>" for x in lv.feasibility) + "</ul>")
+    if lv.reason:
+        out.append(f"<p class=sub>{_e(lv.reason)}.</p>")
+    out.append("<p class=sub>Each setting is compared again inside the groups of every other one, so a setting "
+               "that only came along with a better one shrinks. With this few trials, read small groups as hints."
+               "</p></div>")
+    return "".join(out)
+
+
 def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str = "") -> str:
     out = [_headline(s)] + ([f'<p class="headline" id="capacity-line">{_e(capacity_line)}</p>'] if capacity_line
                             else []) + [f'<p class="note">{_e(n)}</p>' for n in s.notes]
+    out.append(_levers(s))
     b, base = s.best, s.baseline
     none = "none feasible" if s.counts.get("trials") else "no trials"
     cards = [("best output tokens/s", _n(b.throughput) if b else none),
@@ -164,7 +185,7 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
                    f"{_e(extra)}</pre>")
         out.append(f"<h3>{_e(yaml_name)}</h3><pre>{_e(yaml_text)}</pre>")
         if s.trial_command:
-            out.append(f"<h3>The exact command the trial ran</h3><pre>{_e(s.trial_command)}</pre>")
+            out.append(f"<h3>The command the trial's server ran</h3><p class=sub>python: the interpreter of the study's host; a generated model folder is shown under server.cache_dir.</p><pre>{_e(s.trial_command)}</pre>")
     return "\n".join(out)
 
 
@@ -228,8 +249,10 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
         + _fig("scatter", figs.get("scatter"), "No trials to plot.") + "</section>",
         '<section id="history"><h2>3. Optimization history</h2>'
         + _fig("history", figs.get("history"), "No completed trials yet.") + "</section>",
-        '<section id="importance"><h2>4. Parameter importance</h2><p class=sub>PED-ANOVA over the feasible trials '
-        "only: which parameters separate the best configs from the rest, for throughput and for P99.</p>"
+        '<section id="importance"><h2>4. Parameter importance</h2><p class=sub>Optuna\'s PED-ANOVA over every '
+        "measured trial: which parameter values the fastest trials share that the others do not, and which the "
+        "feasible trials share that the infeasible ones do not. With few trials it also credits what the sampler "
+        "happened to pair with the winners; the summary's levers are compared within groups for that reason.</p>"
         + _fig("importance", figs.get("importance"), f"Not computed: {why_imp}.") + "</section>",
         '<section id="params"><h2>5. Parameters</h2>'
         + _fig("parallel", figs.get("parallel"), few) + _fig("slice", figs.get("slice"), few) + "</section>",

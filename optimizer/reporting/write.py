@@ -1,21 +1,12 @@
 """Write a study's report folder: ``index.html``, ``best.yaml`` and ``trials.csv``.
 
-``reports/<study>/best.yaml`` is the best feasible trial's ``serve_config`` in the form vLLM's
-``--config`` reads (``vllm/utils/argparse_utils.py::load_config_file``, 0.32):
-
-- keys are written with dashes. The loader turns ``key: false`` into ``--no-key`` only when that
-  exact option string exists, and the parser registers the dashed spelling, so an underscored
-  ``enable_prefix_caching: false`` would be dropped without a word;
-- ``false`` is written as ``no-<key>: true``: under ``vllm serve`` the loader looks the
-  ``--no-`` option up on the top-level parser, which does not have it, and drops it too;
-- ``model`` stays in the file: both ``vllm serve --config best.yaml`` (the loader sees
-  ``--model`` in the file) and ``python -m vllm.entrypoints.openai.api_server --config best.yaml``
-  accept it;
-- nested dicts (``speculative_config``) stay mappings; the loader JSON-encodes them.
+``reports/<study>/best.yaml`` is the best feasible trial's config in the form vLLM's ``--config``
+reads, for the host that will serve it (:mod:`optimizer.reporting.serving`).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import math
@@ -35,23 +26,14 @@ from optimizer.reporting import figures as F
 from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify
 from optimizer.reporting.html import figure_div, render_page
+from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving_yaml
 from optimizer.reporting.quality import quality_figure, quality_info, quality_section
 from optimizer.reporting.confirmation import (confirmation_figure, confirmation_html, confirmation_view,
                                               confirmed_yaml)
 from optimizer.study.confirm_plan import confirmation_trials, search_trials
+from optimizer.study.results import params_as_set
 
-__all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
-
-
-def serve_yaml_dict(serve_config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in serve_config.items():
-        flag = str(key).replace("_", "-")
-        if value is False:
-            out[f"no-{flag}"] = True
-        elif value is not None:
-            out[flag] = value
-    return out
+__all__ = ["best_yaml", "load_study", "serve_yaml_dict", "trials_frame", "write_report", "write_study_report"]
 
 
 def best_yaml(d: ReportData) -> str:
@@ -59,14 +41,12 @@ def best_yaml(d: ReportData) -> str:
     s = d.summary
     if s.best is None or not s.serve_config:
         return ""
-    name = " ".join(s.study_name.split())  # a comment line must stay one line
-    head = (f"# vLLM server config found by study {name}: trial {s.best.number}, "
-            f"{s.best.throughput:.1f} output tokens/s at P99 {s.slo_metric} {s.best.p99:.0f} ms "
-            f"(SLO {s.slo_ms:g} ms)\n# run: vllm serve --config best.yaml   "
-            f"(or: python -m vllm.entrypoints.openai.api_server --config best.yaml)\n")
+    head = [f"vLLM server config found by study {s.study_name}: trial {s.best.number}, "
+            f"{s.best.throughput:.1f} output tokens/s at P99 {s.slo_metric} {s.best.p99:.0f} ms (SLO {s.slo_ms:g} ms)",
+            "run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config best.yaml)"]
     if s.extra_args:
-        head += f"# every trial's server also got: {' '.join(s.extra_args)}\n"
-    return head + yaml.safe_dump(serve_yaml_dict(s.serve_config), sort_keys=False, default_flow_style=False)
+        head.append(f"every trial's server also got: {' '.join(s.extra_args)}")
+    return serving_yaml(head, s.serve_config, s.config.get("model") or {}, s.engine_params)
 
 
 def _cell(v: Any) -> Any:
@@ -77,18 +57,20 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+def trials_frame(trials: Sequence[FrozenTrial], config: Optional[dict[str, Any]] = None) -> pd.DataFrame:
     """One row per trial: state, status, value, params_*, constraint_*, then every user attr
-    except the large JSON blobs."""
+    except the large JSON blobs; with the study's ``config``, the server command, serve config and
+    log path without this machine's paths (:func:`~optimizer.reporting.serving.portable_attrs`)."""
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         row: dict[str, Any] = {
             "number": t.number, "state": t.state.name, "status": classify(t).value, "value": t.value,
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
             "duration_s": t.duration.total_seconds() if t.duration else None}
-        row |= {f"params_{k}": _cell(v) for k, v in sorted(t.params.items())}
+        row |= {f"params_{k}": _cell(v) for k, v in sorted(params_as_set(t).items())}
         row |= {f"constraint_{k}": v for k, v in sorted((t.constraints or {}).items())}
-        row |= {k: _cell(v) for k, v in sorted(t.user_attrs.items()) if k not in BLOB_KEYS}
+        attrs = portable_attrs(t.user_attrs, config) if config else t.user_attrs
+        row |= {k: _cell(v) for k, v in sorted(attrs.items()) if k not in BLOB_KEYS}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -109,13 +91,13 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     qinfo = quality_info(d, trials)
     figs["quality"] = quality_figure(qinfo)
     out_dir.mkdir(parents=True, exist_ok=True)
-    yaml_text = confirmed_yaml(cv, serve_yaml_dict) if cv is not None else best_yaml(d)
+    yaml_text = confirmed_yaml(cv) if cv is not None else best_yaml(d)
     best_path = out_dir / "best.yaml"
     if yaml_text:
         best_path.write_text(yaml_text)
     elif best_path.exists():
         best_path.unlink()  # a stale recommendation would outlive the study that made it
-    trials_frame(trials).to_csv(out_dir / "trials.csv", index=False)
+    trials_frame(trials, d.summary.config).to_csv(out_dir / "trials.csv", index=False)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = render_page(d, figs, yaml_text=yaml_text, generated=f"Report generated {stamp}; "
                        f"{len(trials)} trial(s) in the study.",
@@ -131,18 +113,23 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
 
 class _SearchView(optuna.Study):
     """The same study as Optuna's plots read it (they read trials through ``get_trials`` only),
-    without its confirmation runs. A view, not a copy: a copy through ``add_trials`` would refuse
-    the baseline, whose vLLM-default params may lie outside a narrowed search range."""
+    without its confirmation runs and with each parameter as the server got it
+    (:func:`~optimizer.study.results.params_as_set`). A view, not a copy: a copy through
+    ``add_trials`` would refuse the baseline, whose vLLM-default params may lie outside a
+    narrowed search range."""
 
     def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None
                    ) -> list[FrozenTrial]:
-        return search_trials(super().get_trials(deepcopy=deepcopy, states=states))
+        out = []
+        for t in search_trials(super().get_trials(deepcopy=deepcopy, states=states)):
+            shown = copy.copy(t)  # never the storage's cached trial
+            shown.params = params_as_set(t)
+            out.append(shown)
+        return out
 
 
 def search_view(study: optuna.Study) -> optuna.Study:
-    """``study`` itself, or a view of it without its confirmation runs when it has some."""
-    if not confirmation_trials(study.get_trials(deepcopy=False)):
-        return study
+    """A view of ``study`` for Optuna's plots: no confirmation runs, parameters as set."""
     return _SearchView(study_name=study.study_name, storage=study._storage)
 
 

@@ -6,13 +6,32 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from decimal import Decimal
+from typing import Any, Optional, Sequence
 
+from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import Confirmation, Lineage, TrialRecord
 
-__all__ = ["StudyResult", "is_feasible", "study_result"]
+__all__ = ["StudyResult", "is_feasible", "params_as_set", "study_result"]
+
+
+def params_as_set(t: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters as the server got them: a stepped float rounded to its step's decimals.
+
+    Optuna stores a stepped float as ``low + k * step`` in binary (``0.8700000000000001`` for
+    0.87 in steps of 0.01); the search space rounds it before it becomes a flag
+    (:mod:`optimizer.space.search_space`), so the table and the terminal print that value."""
+    out = dict(t.params)
+    for name, dist in t.distributions.items():
+        value = out.get(name)
+        if isinstance(dist, FloatDistribution) and isinstance(value, float) and dist.step is not None:
+            exponent = Decimal(str(dist.step)).as_tuple().exponent
+            out[name] = round(value, max(0, -exponent) if isinstance(exponent, int) else 6)
+        elif isinstance(value, float):
+            out[name] = float(f"{value:.12g}")
+    return out
 
 
 def is_feasible(t: FrozenTrial) -> bool:
@@ -74,6 +93,6 @@ def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
     gain_txt = f", {gain * 100:+.1f}% over the baseline" if gain == gain else ""
     lines.append(f"best: trial {t.number}: {t.value:.1f} output tok/s, P99 {slo_metric} {p99:.0f} ms "
                  f"(SLO {slo_ms:.0f} ms, margin {(1 - p99 / slo_ms) * 100:.0f}%){gain_txt}")
-    lines.append(f"params: {json.dumps(t.params, sort_keys=True)}")
+    lines.append(f"params: {json.dumps(params_as_set(t), sort_keys=True)}")
     lines.append(f"serve it: {result.best_command()}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import re
+import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,10 +31,13 @@ from optimizer.record import Confirmation, Failure, Lineage, Setup
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
 
-__all__ = ["RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "make_storage", "open_study",
+__all__ = ["METRIC_NAME", "RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "make_storage", "open_study",
            "reap_interrupted", "redact_url", "retry_trial", "sqlite_path"]
 
 log = logging.getLogger(__name__)
+
+# the objective's name in the study (optuna-dashboard labels the value with it, not "Objective 0")
+METRIC_NAME = "output tokens/s"
 
 
 def sqlite_path(url: str) -> Optional[Path]:
@@ -181,6 +185,10 @@ def open_study(cfg: Config, space: Any, sampler: optuna.samplers.BaseSampler) ->
             raise ConfigError(f"study.storage={cfg.study.storage!r}: cannot open study {cfg.study.name!r}: "
                               f"{type(exc).__name__}: {exc}. Is it a study database of this tool?") from exc
         _check_identity(study, cfg, fp)
+        if study.metric_names != [METRIC_NAME]:  # a new study, or one made before the name was set
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, and unchanged since
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([METRIC_NAME])
     return study
 
 

@@ -88,9 +88,12 @@ def _rendered(dom: str) -> dict[str, bool]:
     return {fid: 'class="main-svg"' in dom[s:e] and "plot-container" in dom[s:e] for (s, fid), e in zip(starts, ends)}
 
 
-def _write_db(tmp_path: Path, name: str, trials: list) -> str:
+def _write_db(tmp_path: Path, name: str, trials: list, model_path: str = "") -> str:
     storage = f"sqlite:///{tmp_path / (name + '.db')}"
-    make_study(trials, name=name, storage=storage, config=study_config(name))
+    cfg = study_config(name)
+    if model_path:  # the model as the user named it (best.yaml names it so)
+        cfg = dict(cfg, model=dict(cfg["model"], path=model_path))
+    make_study(trials, name=name, storage=storage, config=cfg)
     return storage
 
 
@@ -146,6 +149,9 @@ def test_report_renders_offline_in_a_browser(chromium, tmp_path, kind):
         assert "No trial met the SLO" in load.dom and not (page.parent / "best.yaml").exists()
     if kind == "one-trial":
         assert "Only one trial so far" in load.dom
+    if kind == "mixed":  # the levers in words, and importances over every measured trial (issue 16)
+        assert "What drove the result (" in load.dom and "median" in load.dom and "output tok/s against" in load.dom
+        assert "every measured trial" in load.dom
 
 
 def test_screenshot_of_the_report(chromium, tmp_path):
@@ -201,7 +207,7 @@ def test_best_yaml_is_read_by_vllms_own_parser(tmp_path):
              "speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}}
     t = make_trial(0, {"max_num_seqs": 64}, throughput=2000, e2e_center=500, extra={"serve_config": json.dumps(serve)})
     name = "yaml"
-    assert _report(tmp_path, name, _write_db(tmp_path, name, [t])).returncode == 0
+    assert _report(tmp_path, name, _write_db(tmp_path, name, [t], model_path="/models/tiny")).returncode == 0
     best = tmp_path / "reports" / name / "best.yaml"
     assert yaml.safe_load(best.read_text())["model"] == "/models/tiny"
     script = f"""
