@@ -21,7 +21,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -71,6 +71,7 @@ class Runtime:
     summary: bool = True  # log the study's closing lines (a worker of several leaves it to its parent)
     # when this command started (time.time(), shared by its workers): study.budget counts from here
     started: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.time  # what study.budget reads the time from (a test fakes it)
     workers: int = 1  # this command's workers on this host (the progress line's ETA)
 
 
@@ -283,7 +284,7 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
             log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
                      f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, "
                      f"the baseline trial, at this load)")
-        budget = StudyStopper(cfg, started=rt.started, workers=rt.workers, worker=ctx.worker)
+        budget = StudyStopper(cfg, started=rt.started, workers=rt.workers, worker=ctx.worker, clock=rt.clock)
         if done + running < cfg.study.n_trials and budget.may_start(study):
             _optimize(study, cfg, ctx, space, budget, runner)
         result = study_result(study.get_trials(deepcopy=False))

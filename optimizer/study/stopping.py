@@ -14,8 +14,8 @@ Pure rules over the study's trials:
 - :func:`stall`: ``study.patience`` ends the study after that many finished trials in a row
   (in completion order, study-wide, so a resumed study that had stalled stops again at once)
   gained nothing beyond noise over the best: a trial gains when it is feasible and its value
-  exceeds the best's upper throughput bound (:func:`optimizer.study.noise.throughput_interval`,
-  the study's noise estimate), or, when the best has none (capacity trials), the best's value by
+  exceeds the upper throughput bound of the trial of the last gain (:func:`optimizer.study.noise.throughput_interval`,
+  the study's noise estimate), or, when that trial has none (capacity trials), its value by
   more than ``study.patience_min_gain`` (2 %). Failed (environmental) and ruled-out trials
   neither count nor reset the streak.
 
@@ -99,31 +99,34 @@ class BudgetState:
 @dataclass(frozen=True)
 class Stall:
     streak: int  # finished trials in a row without a gain
-    best_number: Optional[int]
+    best_number: Optional[int]  # the trial of the last gain
     bar: float  # what a trial must exceed to gain (NaN: no feasible trial yet; any feasible one gains)
     noise: str  # how the bar was set, for the log
 
 
 def stall(trials: Sequence[FrozenTrial], min_gain: float) -> Stall:
-    """The current streak of trials that gained nothing beyond noise (see the module docstring)."""
+    """The current streak of trials that gained nothing beyond noise (see the module docstring).
+
+    The bar is set by the trial of the last gain, not moved by trials that beat it within its noise:
+    small steps that add up beyond the noise count as a gain once they do."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete is not None]
     done.sort(key=lambda t: (t.datetime_complete, t.number))
-    streak, best_n, best_v, bar, noise = 0, None, -math.inf, math.nan, ""
+    streak, ref, bar, noise = 0, None, math.nan, ""
     for t in done:
         rec = TrialRecord.from_trial(t)
         if not _search_trial(t, rec):
             continue
-        feasible = is_feasible(t)
         v = float(t.value) if t.value is not None else 0.0
-        streak = 0 if feasible and (best_n is None or v > bar) else streak + 1
-        if feasible and v > best_v:
-            best_n, best_v = t.number, v
-            ci = rec.throughput_ci
-            if ci is not None and math.isfinite(ci.high):
-                bar, noise = max(v, ci.high), f"its {ci.confidence:.0%} throughput interval's upper bound"
-            else:
-                bar, noise = v * (1 + min_gain), f"+{min_gain:.0%} (study.patience_min_gain)"
-    return Stall(streak, best_n, bar, noise)
+        if not (is_feasible(t) and (ref is None or v > bar)):
+            streak += 1
+            continue
+        streak, ref = 0, t.number
+        ci = rec.throughput_ci
+        if ci is not None and math.isfinite(ci.high):
+            bar, noise = max(v, ci.high), f"the {ci.confidence:.0%} throughput interval of trial {t.number}"
+        else:
+            bar, noise = v * (1 + min_gain), f"trial {t.number}'s value +{min_gain:.0%} (study.patience_min_gain)"
+    return Stall(streak, ref, bar, noise)
 
 
 def _verdict(t: FrozenTrial, rec: TrialRecord) -> Verdict:
@@ -214,8 +217,8 @@ class StudyStopper:
             self._stop(study, "budget", why)
         elif st.patience is not None and (s := stall(trials, st.patience_min_gain)).streak >= st.patience:
             self._stop(study, "patience",
-                       f"{s.streak} trials in a row gained nothing beyond noise over the best (trial {s.best_number}; "
-                       f"a gain must exceed {s.bar:,.1f}: {s.noise}); study.patience={st.patience}. Raise "
+                       f"{s.streak} trials in a row gained nothing beyond noise (a gain must exceed {s.bar:,.1f}, "
+                       f"{s.noise}); study.patience={st.patience}. Raise "
                        f"study.patience (or set it to null) to search on.")
 
     def _progress(self, trial: FrozenTrial, rec: TrialRecord, trials: Sequence[FrozenTrial], done: int,
