@@ -282,3 +282,28 @@ def test_patience_ends_the_study_after_n_trials_in_a_row_without_a_gain(study_cf
     script2 = Script(*[measured() for _ in range(4)])
     _run(cfg2, script2)
     assert len(script2.calls) == 4
+
+
+def test_a_capacity_trial_reads_the_studys_incumbent_for_the_early_stop(study_cfg):
+    from optimizer.objective import Outcome
+    from optimizer.record import Capacity
+    from optimizer.study.capacity_trial import Incumbent
+    from tests.unit.test_record_capacity import capacity_result
+
+    cfg = study_cfg("study.n_trials=3", "load.mode=capacity")
+    seen: list = []
+
+    def runner(ctx, number, params, tag="", rule_check=True, /, *, report=None):
+        seen.append(ctx.incumbent() if ctx.incumbent is not None else "no hook")
+        res = capacity_result(feasible=number != 1)  # trial 1 carries nothing: never the incumbent
+        return TrialRecord(_setup(ctx, params), capacity=Capacity(res), timings=Timings(0.0, 1.0, total_s=1.0),
+                           outcome=Outcome(res.throughput() + number, {"slo": -0.1 if res.feasible else 0.5},
+                                           res.feasible))
+
+    run_study(cfg, Runtime(environ={}, worker="test/w0"), runner=runner)
+    # before the baseline: none; then the best feasible trial's capacity (3 users)
+    assert seen == [None, Incumbent(0, 3.0), Incumbent(0, 3.0)]
+    cfg2 = study_cfg("study.n_trials=1", "study.name=fixed")  # fixed-load studies get no hook
+    seen.clear()
+    run_study(cfg2, Runtime(environ={}, worker="test/w0"), runner=runner)
+    assert seen == ["no hook"]
