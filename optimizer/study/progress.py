@@ -99,6 +99,8 @@ def progress_line(p: Progress) -> str:
     eta = eta_s(left, p.trial_s, p.workers, budget_left)
     if left == 0:
         parts.append("ETA: done")
+    elif budget_left is not None and budget_left <= 0:
+        parts.append("ETA: now (the budget is spent)")
     elif not p.trial_s == p.trial_s:
         parts.append("ETA: no trial timed yet")
     else:

@@ -127,6 +127,8 @@ def test_the_eta_uses_the_workers_and_stops_at_the_budget():
                          "of 60 min left, about 6 more trials fit")
     assert "ETA: no trial timed yet" in progress_line(_p(trial_s=math.nan))
     assert "ETA: done" in progress_line(_p(done=20))
+    assert "ETA: now (the budget is spent) | budget 0 s of 60 min left, about 0 more" in \
+        progress_line(_p(budget_s=3600.0, budget_left_s=-5.0))
     assert "/ 2 workers" in progress_line(_p(workers=2))
 
 
