@@ -7,7 +7,7 @@ One study, two commands (issue 15's evidence for study.budget and the early ladd
    starts); after it, the next trial would not fit in the 30 s budget (the baseline took longer than
    that), so the command ends with one trial and records why (``stopped``: budget).
 2. The same study resumed without a budget, ``study.n_trials=2``: the next trial is the searched config,
-   fixed at ``max_num_seqs=2``. At 4 users two requests wait for a slot for a whole generation of 256
+   fixed at ``max_num_seqs=2``. At 4 users two requests wait for a slot for a whole generation of 1024
    tokens, so its P99 TTFT breaks the limit at 4, which the baseline (vLLM's default max_num_seqs)
    carries: the search stops there (the incumbent carries 4, this config less), skipping the bisection
    probe at 3, and its record and the report say so.
@@ -26,11 +26,14 @@ from tests.support.study_runner import StudyDir
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 # The TTFT limit sits between a batched server's time to first token (a few decode steps) and a
-# queued request's wait for a slot (a whole 256-token generation, >10x longer); not a speed claim.
+# queued request's wait for a slot (a whole 1024-token generation: ~9 s on a loaded 2-core host, where
+# a batched server's P99 TTFT of a 4-request probe still spiked to 1.5 s); not a speed claim.
+# --enforce-eager: no torch.compile (a shorter start, no compile spikes at new shapes).
 CAPACITY = ["load.mode=capacity", "load.capacity.max=4", "load.capacity.max_probes=5", "load.capacity.min_windows=2",
-            "load.capacity.lengthen=1", "load.num_requests=4", "load.warmup_requests=1", "load.p99_sizing=off",
-            "workload.prompt_tokens=32", "workload.output_tokens=256", "slo.metric=ttft", "slo.p99_ms=1000",
-            "search.max_num_seqs.low=2", "search.max_num_seqs.high=2"]
+            "load.capacity.lengthen=1", "load.num_requests=4", "load.warmup_requests=2", "load.p99_sizing=off",
+            "workload.prompt_tokens=32", "workload.prompt_tokens_spread=0", "workload.output_tokens=1024",
+            "slo.metric=ttft", "slo.p99_ms=3000", "search.max_num_seqs.low=2", "search.max_num_seqs.high=2",
+            "server.extra_args=[--enforce-eager]"]
 
 
 def test_a_capacity_study_under_a_budget_then_resumed_stops_a_weaker_ladder_early(tmp_path):
