@@ -153,6 +153,9 @@ class CapacityConfig:
     min_windows: int = 4  # measured requests per probe >= this x the concurrency
     lengthen: float = 2.0  # a probe whose P99 interval straddles the limit: this many times its requests
     value: CapacityValue = CapacityValue.output_tok_s  # the trial's value at the capacity
+    # stop a trial's search once a failed probe at or below the incumbent's capacity (the best
+    # feasible trial's load) proves this config carries less; its value is then what it carried so far
+    early_stop: bool = True
 
 
 @dataclass
@@ -262,6 +265,14 @@ class StudyConfig:
     heartbeat_interval_s: int = 30
     heartbeat_grace_s: int = 180
     runs_dir: str = "runs"  # trial folders (server logs) go to runs/<study>/trial-NNNN
+    # wall-clock minutes this command may spend (null: no limit): no trial starts unless the median
+    # measured trial time of the study still fits; all workers of the command share it
+    budget: Optional[float] = None
+    # end the study after this many trials in a row gained nothing beyond noise over the best (null: off)
+    patience: Optional[int] = None
+    # patience: a gain needs more than this fraction over the best when the best has no throughput
+    # interval (capacity trials); with one, more than its upper bound
+    patience_min_gain: float = 0.02
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
 
 
@@ -380,6 +391,12 @@ def validate(cfg: Config) -> None:
     if st.workers < 0:
         _fail("study.workers", st.workers, "must be >= 1 (parallel trials on this host), or 0 for as many as the "
               "GPUs allow")
+    if st.budget is not None and not st.budget > 0:
+        _fail("study.budget", st.budget, "wall-clock minutes this command may spend, > 0 (null: no limit)")
+    if st.patience is not None and st.patience < 1:
+        _fail("study.patience", st.patience, "trials in a row without a gain, >= 1 (null: off)")
+    if not 0 <= st.patience_min_gain < 1:
+        _fail("study.patience_min_gain", st.patience_min_gain, "a fraction in [0, 1), e.g. 0.02 for 2 %")
     if "/" in st.host:
         _fail("study.host", st.host, "a host name without '/' (the worker records read <host>/w<index>)")
     if st.heartbeat_interval_s < 1:

@@ -112,6 +112,13 @@ class CapacityResult:
     duration_s: float = NAN  # the whole search, warm-ups included
     slo_metric: str = "e2e"
     slo_p99_ms: float = NAN
+    # limited_by=early_stop: the load the caller needed this config to exceed (the incumbent's
+    # capacity); a failure at or below it proved the capacity lower, so ``value`` is a lower bound
+    early_stop_load: float = NAN
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.limited_by is LimitedBy.EARLY_STOP
 
     @property
     def at_capacity(self) -> ProbeResult | None:

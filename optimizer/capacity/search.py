@@ -23,7 +23,9 @@ The rules:
    has run that long, or would by the end of a probe as long as the last one) end it with
    ``limited_by=budget``; ``stop_below()`` (the caller's hook, e.g. "what the incumbent carries")
    ends it with ``limited_by=early_stop`` as soon as a failure at or below that load proves the
-   capacity lower.
+   capacity lower (``hi``, the search's own bound: the lowest failure, judged on a lengthened run
+   when its interval straddled the limit, above which the search never probes a pass). The result
+   keeps that load (``early_stop_load``) and the passes so far: ``value`` is then a lower bound.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class CapacitySearch:
         self.done: Optional[LimitedBy] = None
         self.reason = ""
         self._last_run_s = 0.0
+        self._needed = math.nan  # stop_below()'s value when it stopped the search
 
     # ---- the state machine ------------------------------------------------------------------
     def next_step(self, elapsed_s: float = 0.0) -> Optional[Step]:
@@ -151,7 +154,7 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms)
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_load=self._needed)
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:
@@ -168,7 +171,8 @@ class CapacitySearch:
             self.hi = probe
         if self.hi is not None and self.stop_below is not None and self.lo is not None:
             x = self.stop_below()
-            if self.hi.load <= x:
+            if self.hi.load <= x and self.done is None:
+                self._needed = x
                 self._finish(LimitedBy.EARLY_STOP, f"the capacity is below {self._fmt(self.hi.load)} "
                                                     f"(a failure there), not above {self._fmt(x)} as needed")
 

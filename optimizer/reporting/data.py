@@ -170,7 +170,7 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
         detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
         gpus=rec.setup.gpus, capacity=rec.capacity.result.value if rec.capacity else math.nan,
-        cap_limited_by=rec.capacity.result.limited_by.value if rec.capacity else "")
+        cap_limited_by=rec.capacity.limit_label() if rec.capacity else "")  # early stop: below which incumbent
 
 
 def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:

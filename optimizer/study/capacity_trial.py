@@ -12,6 +12,15 @@ The trial then reads as a fixed-load trial does: its :class:`~optimizer.record.M
 the probe at the capacity (infeasible: the lowest probe), and its outcome is the throughput there
 (``load.capacity.value``: output tok/s or req/s) with the search's graded constraints; the
 :class:`~optimizer.record.Capacity` part keeps every probe.
+
+Early stop (``load.capacity.early_stop``, on by default): given the study's incumbent (the best
+feasible trial so far and its capacity, read again after each judged probe, so an incumbent found
+meanwhile by another worker counts), the search stops as soon as its lowest failure is at or below
+the incumbent's capacity: this config cannot carry as much, whatever the bisection would find
+(the failure is the search's own bound, a probe judged on a lengthened run where its P99 interval
+straddled the limit, not one noisy sample). The trial's value is then its throughput at the highest
+load that passed, a lower bound the sampler still learns from; the record says it stopped early
+and against which trial.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
 from optimizer.capacity import default_cap, find_capacity
@@ -31,11 +40,18 @@ from optimizer.stats import thin_sample
 from optimizer.record import Capacity, Measurement
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
 
-__all__ = ["CapacityMeasure", "Reporter", "measure_capacity", "outcome_of"]
+__all__ = ["CapacityMeasure", "Incumbent", "Reporter", "measure_capacity", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[float, int], None]  # (intermediate value, step): optuna.Trial.report
+
+
+class Incumbent(NamedTuple):
+    """The study's best feasible trial so far and its capacity (users or requests/s)."""
+
+    number: int
+    load: float
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,10 @@ def _measurement(run: ProbeRun) -> Measurement:
 
 async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],
                            max_num_seqs: Optional[int], tag: str, report: Optional[Reporter] = None,
-                           progress: Optional[Callable[[str, int], None]] = None) -> CapacityMeasure:
-    """Search the warm server at ``ep`` (see the module docstring)."""
+                           progress: Optional[Callable[[str, int], None]] = None,
+                           incumbent: Optional[Callable[[], Optional[Incumbent]]] = None) -> CapacityMeasure:
+    """Search the warm server at ``ep`` (see the module docstring); ``incumbent`` reads the
+    study's incumbent (None: none yet), for the early stop."""
     c = cfg.load.capacity
     plan = SearchPlan.of(c, default_cap(cfg.load, max_num_seqs))
     probe = LoadProbe(ep, rs, cfg.load, cfg.slo, progress=progress,
@@ -91,12 +109,29 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
             report(float(v), step[0])
         step[0] += 1
 
-    result = await find_capacity(probe, CapacitySearch(plan, cfg.slo), on_probe=on_probe)
-    log.info("%s capacity %g %s (%s: %s)", tag, result.value, unit, result.limited_by.value, result.stop_reason)
+    seen: list[Incumbent] = []
+
+    def needed() -> float:
+        inc = incumbent() if incumbent is not None else None
+        if inc is None or not inc.load == inc.load:
+            return math.nan  # no incumbent: nothing to stop below
+        seen.append(inc)
+        return inc.load
+
+    early = c.early_stop and incumbent is not None
+    result = await find_capacity(probe, CapacitySearch(plan, cfg.slo, stop_below=needed if early else None),
+                                 on_probe=on_probe)
+    by = next((i.number for i in reversed(seen) if i.load == result.early_stop_load), None)
+    if result.stopped_early:
+        log.info("%s stopped early: it carries less than the incumbent (trial %s, %g %s): %s; its value is the "
+                 "throughput at %g %s, a lower bound (load.capacity.early_stop=false measures it to the end)", tag,
+                 by, result.early_stop_load, unit, result.stop_reason, result.value, unit)
+    else:
+        log.info("%s capacity %g %s (%s: %s)", tag, result.value, unit, result.limited_by.value, result.stop_reason)
     at = result.value if result.feasible else min((p.load for p in result.probes if not p.aborted), default=math.nan)
     run = probe.runs.get(at)
     first = probe.runs.get(plan.start)
     warmup_s = first.warmup_s if first is not None else math.nan
     load_s = result.duration_s - warmup_s if warmup_s == warmup_s else result.duration_s
-    return CapacityMeasure(Capacity(result), _measurement(run) if run is not None else None,
+    return CapacityMeasure(Capacity(result, by if result.stopped_early else None), _measurement(run) if run is not None else None,
                            outcome_of(result, str(c.value)), warmup_s, load_s)

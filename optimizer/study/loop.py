@@ -17,10 +17,11 @@ import json
 import logging
 import socket
 import sys
+import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -47,6 +48,8 @@ from optimizer.study.storage import (
     retry_trial,
     sqlite_path,
 )
+from optimizer.study.stopping import StudyStopper
+from optimizer.study.capacity_trial import Incumbent
 from optimizer.study.trial import TrialContext, TrialRunner, run_trial
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
@@ -66,6 +69,10 @@ class Runtime:
     gpu_ids: tuple[int, ...] = ()
     worker: str = ""
     summary: bool = True  # log the study's closing lines (a worker of several leaves it to its parent)
+    # when this command started (time.time(), shared by its workers): study.budget counts from here
+    started: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.time  # what study.budget reads the time from (a test fakes it)
+    workers: int = 1  # this command's workers on this host (the progress line's ETA)
 
 
 def make_sampler(cfg: Config, n_existing: int, worker: str = "") -> optuna.samplers.BaseSampler:
@@ -102,54 +109,15 @@ def make_context(cfg: Config, rt: Runtime, space: Space) -> TrialContext:
                         worker=rt.worker or f"{cfg.study.host or socket.gethostname()}/w0")
 
 
-class _Budget:
-    """Stops the study at n_trials finished trials or too many environmental failures.
-
-    With parallel workers (this host's, or other hosts'), a worker stops once the finished trials
-    plus those still running elsewhere reach n_trials; the last one running stops last. Workers
-    that decide at the same moment may each start one more: the study can end up to (workers - 1)
-    trials over the budget, never under it while a worker is alive."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.consecutive_env = 0
-        self.ruled_out_streak = 0
-        self.abort: Optional[str] = None
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        rec = TrialRecord.from_attrs(trial.user_attrs)
-        if trial.state == TrialState.FAIL and not rec.interrupted:
-            self.consecutive_env += 1
-        elif trial.state == TrialState.COMPLETE:
-            self.consecutive_env = 0
-        self.ruled_out_streak = self.ruled_out_streak + 1 if rec.ruled_out else 0
-        limit = self.cfg.study.max_consecutive_env_failures
-        if self.consecutive_env >= limit:
-            last = f"{rec.failure.label}: {rec.failure.detail[:300]}" if rec.failure else "?"
-            self.abort = (f"{self.consecutive_env} trials in a row failed for reasons outside their config "
-                          f"(last: {last}). Stopping instead of burning "
-                          f"the budget; fix the environment and run the same command to resume "
-                          f"(study.max_consecutive_env_failures={limit}).")
-            study.stop()
-        elif self.ruled_out_streak >= 50:
-            self.abort = ("50 proposals in a row were ruled out by the memory estimate: the search space is "
-                          "almost all infeasible on this hardware. Narrow the ranges in conf/search.")
-            study.stop()
-        else:
-            fail_stale(study)  # a dead worker's trial is not in flight
-            if finished_count(study) + in_flight(study) >= self.cfg.study.n_trials:
-                study.stop()
-
-
-def _log_done(tag: str, rec: TrialRecord, best: Optional[FrozenTrial], cfg: Config) -> None:
+def _log_done(tag: str, rec: TrialRecord, cfg: Config) -> None:
+    """The trial's measurement; the progress line (optimizer.study.progress) follows with the best so far."""
     o = rec.outcome
     if rec.failure is not None or o is None or rec.measurement is None:
         return
-    best_txt = f"; best so far {best.value:.1f} tok/s (trial {best.number})" if best is not None else ""
     err = rec.measurement.summary.error_rate
-    log.info("%s %.1f output tok/s, P99 %s %.0f ms (SLO %.0f ms), errors %.1f%%: %s%s", tag, o.value,
+    log.info("%s %.1f output tok/s, P99 %s %.0f ms (SLO %.0f ms), errors %.1f%%: %s", tag, o.value,
              cfg.slo.metric, rec.p99(cfg.slo.metric), cfg.slo.p99_ms, 100 * (err if err == err else 0.0),
-             "feasible" if o.feasible else "infeasible", best_txt)
+             "feasible" if o.feasible else "infeasible")
 
 
 def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-untyped-def]
@@ -178,7 +146,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)),
                                     calibrates=baseline,
                                     calibration=(lambda: calibrate.stored(study.user_attrs),
-                                                 lambda: _baseline_running(study)))
+                                                 lambda: _baseline_running(study)),
+                                    incumbent=(lambda: _incumbent(study)) if cfg.load.mode == "capacity" else None)
         try:
             if cfg.load.mode == "capacity":  # each probe of the search: an intermediate value of the trial
                 rec = runner(ctx_t, trial.number, params, tag, not baseline, report=trial.report)
@@ -204,11 +173,7 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.to_attrs()))  # [calibrate]
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
-        best = study_result(study.get_trials(deepcopy=False)).best  # never a confirmation run (Optuna's best may be)
-        if rec.outcome.feasible and (best is None or rec.outcome.value > (best.value or 0.0)):
-            best = None  # this trial is the new best; it is not stored yet
-            log.info("%s new best", tag)
-        _log_done(tag, rec, best, cfg_t)
+        _log_done(tag, rec, cfg_t)
         if cfg.hardware.device == "cpu" and (note := ranking_note(study.get_trials(deepcopy=False), trial.number, rec)):
             log.warning("%s %s", tag, note)
         return rec.outcome.value
@@ -224,6 +189,15 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             raise
 
     return guarded
+
+
+def _incumbent(study: optuna.Study) -> Optional[Incumbent]:
+    """load.mode=capacity: the study's best feasible trial and its capacity (the early stop's bar)."""
+    best = study_result(study.get_trials(deepcopy=False)).best
+    cap = TrialRecord.from_trial(best).capacity if best is not None else None
+    if best is None or cap is None or not cap.result.feasible:
+        return None
+    return Incumbent(best.number, cap.result.value)
 
 
 def _baseline_running(study: optuna.Study) -> bool:
@@ -247,7 +221,7 @@ def _baseline_engine_params(cfg: Config) -> EngineParams:
     return EngineParams()
 
 
-def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space, budget: _Budget,
+def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space, budget: StudyStopper,
               runner: TrialRunner = run_trial) -> None:
     """``study.optimize`` until the budget stops it, surviving a trial taken over by another worker.
 
@@ -270,7 +244,7 @@ def _optimize(study: optuna.Study, cfg: Config, ctx: TrialContext, space: Space,
                         cfg.study.heartbeat_grace_s)
             taken_over.clear()
             fail_stale(study)
-            if budget.abort or finished_count(study) + in_flight(study) >= cfg.study.n_trials:
+            if budget.abort or budget.stopped or finished_count(study) + in_flight(study) >= cfg.study.n_trials:
                 return
 
 
@@ -310,13 +284,16 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
             log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
                      f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, "
                      f"the baseline trial, at this load)")
-        budget = _Budget(cfg)
-        if done + running < cfg.study.n_trials:
+        budget = StudyStopper(cfg, started=rt.started, workers=rt.workers, worker=ctx.worker, clock=rt.clock)
+        if done + running < cfg.study.n_trials and budget.may_start(study):
             _optimize(study, cfg, ctx, space, budget, runner)
         result = study_result(study.get_trials(deepcopy=False))
         if rt.summary:
             slo_ms = calibrate.slo_ms(cfg.slo, calibrate.stored(study.user_attrs))  # [calibrate]
             log.info("%s", describe(result, cfg.slo.metric, slo_ms))
+        if budget.stopped and not budget.stopped.startswith("n_trials"):
+            log.warning("the study stopped before study.n_trials=%d (%s); run the same command to go on",
+                        cfg.study.n_trials, budget.stopped)
         if budget.abort:
             raise StudyError(budget.abort)
         return result

@@ -69,13 +69,21 @@ def fingerprint(cfg: Config, space: Any) -> dict[str, Any]:
         "search_version": cfg.search.version,
         "objective": objective,
         "workload": asdict(cfg.workload),
-        "load": asdict(cfg.load),
+        "load": _load_identity(cfg.load),
         "model": cfg.model.name,
         "hardware": cfg.hardware.name,
     })
 
 
-_DEFAULTS = {"workload": _normal(asdict(WorkloadConfig(name=""))), "load": _normal(asdict(LoadConfig()))}
+def _load_identity(load: LoadConfig) -> dict[str, Any]:
+    """The load settings that define what a trial's value means; load.capacity.early_stop only
+    decides how long a trial that cannot beat the incumbent keeps measuring (the record says so)."""
+    d = asdict(load)
+    d["capacity"].pop("early_stop", None)
+    return d
+
+
+_DEFAULTS = {"workload": _normal(asdict(WorkloadConfig(name=""))), "load": _normal(_load_identity(LoadConfig()))}
 
 
 def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -45,7 +45,7 @@ from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
 from optimizer.study import calibrate
-from optimizer.study.capacity_trial import Reporter, measure_capacity
+from optimizer.study.capacity_trial import Incumbent, Reporter, measure_capacity
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import probe_server
 from optimizer.study.noise import throughput_interval
@@ -73,6 +73,8 @@ class TrialContext:
     # [calibrate] (the study's calibration, is a baseline running?): read by a trial that must wait for
     # another worker's baseline (optimizer.study.calibrate.wait)
     calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
+    # load.mode=capacity: reads the study's incumbent (best feasible trial, its capacity) for the early stop
+    incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
 
 
 class TrialRunner(Protocol):
@@ -219,7 +221,7 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
     if cfg.load.mode == "capacity":  # the capacity search on this warm server (optimizer/study/capacity_trial.py)
         cm = await measure_capacity(cfg, ep, rs, headers, params.max_num_seqs if params else None, tag, report,
-                                    _progress(tag))
+                                    _progress(tag), ctx.incumbent)
         p.seconds["warmup_s"], p.seconds["load_s"] = cm.warmup_s, cm.load_s
         p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings())
         _raise_if_died(server, p)

@@ -60,9 +60,10 @@ def host_plan(cfg: Config, visible_devices: Optional[str], detect: Callable[[], 
 
 
 def worker_runtimes(rt: Runtime, host: str, plan: WorkerPlan) -> list[Runtime]:
-    """One runtime per worker: its GPU group and its name, ``<host>/w<index>``."""
+    """One runtime per worker: its GPU group and its name, ``<host>/w<index>``; all keep the
+    command's start time (``rt.started``), so they share ``study.budget``."""
     several = plan.workers > 1
-    return [dataclasses.replace(rt, gpu_ids=group, worker=f"{host}/w{i}", summary=not several)
+    return [dataclasses.replace(rt, gpu_ids=group, worker=f"{host}/w{i}", summary=not several, workers=plan.workers)
             for i, group in enumerate(plan.groups)]
 
 

@@ -13,7 +13,7 @@ from optimizer.capacity import CapacityResult, LimitedBy, ProbeResult
 from optimizer.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
-from optimizer.study.capacity_trial import measure_capacity, outcome_of
+from optimizer.study.capacity_trial import Incumbent, measure_capacity, outcome_of
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,3 +66,38 @@ def test_outcome_of_uses_the_configured_value():
     assert outcome_of(r, "req_s").value == 2.0 and outcome_of(r, "output_tok_s").value == 400.0
     bad = dataclasses.replace(r, feasible=False, value=math.nan, constraints={"slo": 0.3, "errors": -0.01})
     assert outcome_of(bad, "output_tok_s").value == 0.0 and not outcome_of(bad, "output_tok_s").feasible
+
+
+def test_a_ladder_that_cannot_reach_the_incumbent_stops_early_and_says_so(compose):
+    # capacity 6 (E2E 360 ms at 6, 405 at 7); the incumbent (trial 3) carries 8: the failure at 8 proves
+    # this config carries less, so the search stops there instead of bisecting 6 and 7
+    cfg = _cfg(compose, 382.5)
+    reads: list[int] = []
+
+    def incumbent():
+        reads.append(1)
+        return Incumbent(3, 8.0)
+
+    with spawn_loaded_server(LAW) as url:
+        cm = asyncio.run(measure_capacity(cfg, Endpoint(url, "fake"), RS, None, 4, "[t]", incumbent=incumbent))
+    r = cm.capacity.result
+    assert [(p.load, p.passed) for p in r.probes] == [(1, True), (2, True), (4, True), (8, False)]
+    assert r.stopped_early and r.limited_by is LimitedBy.EARLY_STOP and r.early_stop_load == 8 and r.value == 4
+    assert cm.capacity.incumbent_trial == 3 and reads  # read while searching, after the failure at 8
+    attrs = cm.capacity.to_attrs()
+    assert attrs["cap_stopped_early"] is True and attrs["cap_below_incumbent"] == 8 and attrs["cap_incumbent_trial"] == 3
+    assert cm.capacity.limit_label() == "early stop: < 8 (incumbent #3 carries 8)"
+    # the sampler still learns: the throughput at the highest load that passed, feasible
+    assert cm.outcome.feasible and cm.outcome.value == r.output_tok_s == r.at_capacity.output_tok_s > 0
+
+    # switched off, or no incumbent yet, or one this config may beat: the search runs to the end
+    off = dataclasses.replace(cfg, load=dataclasses.replace(
+        cfg.load, capacity=dataclasses.replace(cfg.load.capacity, early_stop=False)))
+    with spawn_loaded_server(LAW) as url:
+        full = [asyncio.run(measure_capacity(c, Endpoint(url, "fake"), RS, None, 4, "[t]", incumbent=inc))
+                for c, inc in ((off, incumbent), (cfg, lambda: None), (cfg, lambda: Incumbent(0, 5.0)))]
+    for cm in full:
+        r = cm.capacity.result
+        assert not r.stopped_early and 8 in [p.load for p in r.probes] and 6 in [p.load for p in r.probes]
+        assert r.limited_by is LimitedBy.SLO and cm.capacity.incumbent_trial is None
+        assert cm.capacity.to_attrs()["cap_stopped_early"] is False and "cap_below_incumbent" not in cm.capacity.to_attrs()

@@ -173,9 +173,14 @@ def test_early_stop_once_a_failure_proves_the_capacity_below_what_the_caller_nee
     m = Model(100.0)  # capacity 10; the incumbent carries 20
     r = search(m, stop_below=lambda: 20.0)
     assert loads(m) == [1, 2, 4, 8, 16] and r.limited_by is LimitedBy.EARLY_STOP and r.value == 8
+    assert r.stopped_early and r.early_stop_load == 20.0  # what it could not reach, kept in the result
+    assert CapacityResult.from_json(r.to_json()).early_stop_load == 20.0
     m2 = Model(100.0)
     r2 = search(m2, stop_below=lambda: 5.0)  # needs only 5: the search runs to the end
-    assert r2.value == 10 and r2.limited_by is LimitedBy.SLO
+    assert r2.value == 10 and r2.limited_by is LimitedBy.SLO and math.isnan(r2.early_stop_load)
+    m3 = Model(100.0)
+    r3 = search(m3, stop_below=lambda: math.nan)  # no incumbent yet: never stops early
+    assert r3.value == 10 and not r3.stopped_early
 
 
 def test_on_probe_gets_every_judged_probe_in_order():

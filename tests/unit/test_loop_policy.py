@@ -7,6 +7,7 @@ itself is scripted: each call of the runner takes the next behaviour from a list
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -193,3 +194,116 @@ def test_a_runner_that_returns_no_outcome_is_a_bug_not_a_result(study_cfg):
 
     with pytest.raises(RuntimeError, match="without an outcome"):
         _run(cfg, Script(no_outcome))
+
+
+# ---- study.budget, study.patience (optimizer/study/stopping.py) --------------------------------------
+class Clock:
+    """study.budget's clock: still while the loop sets up (a loaded host may take seconds), moved by
+    the trials; the trials' own durations (the estimate) are real, at least their sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def trial(self, seconds: float) -> Behaviour:
+        def run(ctx: TrialContext, number: int, params: EngineParams) -> TrialRecord:
+            time.sleep(seconds)
+            self.now += seconds
+            return measured()(ctx, number, params)
+        return run
+
+
+def _stopped(cfg) -> dict:
+    return optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage).user_attrs["stopped"]
+
+
+def test_the_budget_ends_the_study_before_n_trials_once_the_next_trial_would_not_fit(study_cfg, caplog):
+    # the first trial starts (nothing timed yet); 1 s spent, and a trial takes >= 1 s: no longer fits in 1.8 s
+    cfg = study_cfg("study.n_trials=5", "study.budget=0.03")
+    clock = Clock()
+    script = Script(clock.trial(1.0), clock.trial(1.0))
+    with caplog.at_level("INFO"):
+        result = run_study(cfg, Runtime(environ={}, worker="test/w0", started=0.0, clock=clock), runner=script)
+    assert len(script.calls) == 1 and result.n_complete == 1
+    stopped = _stopped(cfg)
+    assert stopped["rule"] == "budget" and stopped["worker"] == "test/w0"
+    assert "would not fit" in stopped["detail"] and "median of 1" in stopped["detail"]
+    assert "stopping the study (study.budget)" in caplog.text and "1/5 done, 4 left" in caplog.text
+    assert "budget 1 s of 2 s left" in caplog.text  # the progress line's budget (0.8 of 1.8 s)
+    # resumed: the same budget refuses at once (a trial of this study no longer fits in it) ...
+    script2 = Script(clock.trial(1.0))
+    run_study(cfg, Runtime(environ={}, worker="test/w0", started=0.0, clock=Clock()), runner=script2)
+    assert script2.calls == [] and "would not fit" in _stopped(cfg)["detail"]
+    # ... and a larger one counts this command's time only: the earlier command's time is not charged
+    cfg3 = study_cfg("study.n_trials=5", "study.budget=1")
+    clock3 = Clock()
+    clock3.now = 0.0
+    script3 = Script(*[clock3.trial(0.1) for _ in range(4)])
+    run_study(cfg3, Runtime(environ={}, worker="test/w0", started=0.0, clock=clock3), runner=script3)
+    assert len(script3.calls) == 4 and _stopped(cfg3)["rule"] == "n_trials"
+
+
+def test_whichever_ends_first_ends_the_study_n_trials_under_a_large_budget(study_cfg):
+    cfg = study_cfg("study.n_trials=2", "study.budget=60")
+    script = Script(measured(), measured())
+    _run(cfg, script)
+    assert len(script.calls) == 2 and _stopped(cfg)["rule"] == "n_trials"
+
+
+def test_workers_of_one_command_share_its_budget(study_cfg):
+    # a worker that starts when the command's budget is spent starts nothing, and says why
+    cfg = study_cfg("study.n_trials=3", "study.budget=1")
+    script = Script(measured())
+    result = run_study(cfg, Runtime(environ={}, worker="test/w1", started=-61.0, clock=lambda: 0.0), runner=script)
+    assert script.calls == [] and result.n_complete == 0
+    assert _stopped(cfg)["rule"] == "budget" and "spent" in _stopped(cfg)["detail"]
+    from optimizer.study.gpus import WorkerPlan
+    from optimizer.study.workers import worker_runtimes
+
+    rt = Runtime(environ={}, started=123.0)
+    plan = WorkerPlan(groups=((0,), (1,)), idle=(), note="")
+    assert [(r.started, r.workers) for r in worker_runtimes(rt, "h", plan)] == [(123.0, 2), (123.0, 2)]
+
+
+def test_patience_ends_the_study_after_n_trials_in_a_row_without_a_gain(study_cfg, caplog):
+    # every scripted trial serves the same throughput: after the first, none gains beyond +2 %
+    cfg = study_cfg("study.n_trials=10", "study.patience=2")
+    script = Script(*[measured() for _ in range(10)])
+    with caplog.at_level("INFO"):
+        result = _run(cfg, script)
+    assert len(script.calls) == 3 and result.n_complete == 3
+    stopped = _stopped(cfg)
+    assert stopped["rule"] == "patience" and "2 trials in a row gained nothing" in stopped["detail"]
+    assert "stopping the study (study.patience)" in caplog.text
+    # off by default: the same script runs to n_trials
+    cfg2 = study_cfg("study.n_trials=4", "study.name=policy2")
+    script2 = Script(*[measured() for _ in range(4)])
+    _run(cfg2, script2)
+    assert len(script2.calls) == 4
+
+
+def test_a_capacity_trial_reads_the_studys_incumbent_for_the_early_stop(study_cfg):
+    from optimizer.objective import Outcome
+    from optimizer.record import Capacity
+    from optimizer.study.capacity_trial import Incumbent
+    from tests.unit.test_record_capacity import capacity_result
+
+    cfg = study_cfg("study.n_trials=3", "load.mode=capacity")
+    seen: list = []
+
+    def runner(ctx, number, params, tag="", rule_check=True, /, *, report=None):
+        seen.append(ctx.incumbent() if ctx.incumbent is not None else "no hook")
+        res = capacity_result(feasible=number != 1)  # trial 1 carries nothing: never the incumbent
+        return TrialRecord(_setup(ctx, params), capacity=Capacity(res), timings=Timings(0.0, 1.0, total_s=1.0),
+                           outcome=Outcome(res.throughput() + number, {"slo": -0.1 if res.feasible else 0.5},
+                                           res.feasible))
+
+    run_study(cfg, Runtime(environ={}, worker="test/w0"), runner=runner)
+    # before the baseline: none; then the best feasible trial's capacity (3 users)
+    assert seen == [None, Incumbent(0, 3.0), Incumbent(0, 3.0)]
+    cfg2 = study_cfg("study.n_trials=1", "study.name=fixed")  # fixed-load studies get no hook
+    seen.clear()
+    run_study(cfg2, Runtime(environ={}, worker="test/w0"), runner=runner)
+    assert seen == ["no hook"]

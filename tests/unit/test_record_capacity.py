@@ -76,3 +76,20 @@ def test_the_part_survives_an_optuna_storage_round_trip():
     study.tell(t, 1.0)
     back = TrialRecord.from_trial(study.trials[0])
     assert back.capacity is not None and back.capacity.result.to_json() == capacity_result().to_json()
+
+
+def test_a_search_stopped_early_against_the_incumbent_round_trips_and_says_so():
+    import dataclasses
+
+    r = dataclasses.replace(capacity_result(), limited_by=LimitedBy.EARLY_STOP, early_stop_load=6.0)
+    part = Capacity(r, incumbent_trial=2)
+    attrs = json.loads(json.dumps(part.to_attrs()))
+    assert attrs["cap_stopped_early"] is True and attrs["cap_below_incumbent"] == 6.0
+    assert attrs["cap_incumbent_trial"] == 2 and attrs["cap_limited_by"] == "early_stop"
+    back = Capacity.from_attrs(attrs)
+    assert back == part and back.stopped_early and back.result.early_stop_load == 6.0
+    assert part.limit_label() == "early stop: < 4 (incumbent #2 carries 6)"  # 4: its lowest failure
+    # a search that ran to the end: no incumbent, NaN early_stop_load, the plain label
+    plain = Capacity.from_attrs(json.loads(json.dumps(Capacity(capacity_result()).to_attrs())))
+    assert plain is not None and not plain.stopped_early and plain.incumbent_trial is None
+    assert math.isnan(plain.result.early_stop_load) and plain.limit_label() == "slo"

@@ -38,6 +38,15 @@ def test_a_setting_added_later_with_its_default_does_not_break_resume(compose, t
     assert fingerprint_diff(old, fp) == ["load.stall_timeout_s (new: 1.0)"]
 
 
+@pytest.mark.parametrize("change", ["load.capacity.early_stop=false", "study.budget=30", "study.patience=3"])
+def test_resume_may_change_how_long_the_study_runs(compose, tmp_path, change):
+    # budget, patience and the early stop decide how much is measured, not what a value means
+    cfg = _cfg(compose, tmp_path)
+    open_study(cfg, build_space(cfg), optuna.samplers.RandomSampler())
+    cfg2 = _cfg(compose, tmp_path, change)
+    open_study(cfg2, build_space(cfg2), optuna.samplers.RandomSampler())
+
+
 def test_a_file_that_is_not_a_database_is_refused(compose, tmp_path):
     (tmp_path / "s.db").write_text("hello, not sqlite")
     cfg = _cfg(compose, tmp_path)
