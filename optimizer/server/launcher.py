@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from optimizer.errors import ServerCrashed
+from optimizer.errors import FailureReason, ServerCrashed
 from optimizer.server.failures import tail
 
 __all__ = ["LAUNCHERS", "PER_START_KEYS", "ForkedServer", "Zygote", "shutdown_zygotes", "zygote_for"]
@@ -95,7 +95,8 @@ class Zygote:
     """One zygote process: started with ``env`` under ``python``, ready once it has imported
     ``module`` and listens on its socket."""
 
-    def __init__(self, python: str, module: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, python: str, module: str, env: dict[str, str], log_path: Path,
+                 preload: tuple[str, ...] = ()) -> None:
         self.python, self.module, self.env = python, module, dict(env)
         self.log_path = Path(log_path)
         self._dir = tempfile.mkdtemp(prefix="vllm-opt-zygote-")
@@ -103,7 +104,7 @@ class Zygote:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [python, str(_ZYGOTE), self.socket_path, module, *PRELOAD], stdout=out, stderr=subprocess.STDOUT,
+                [python, str(_ZYGOTE), self.socket_path, module, *preload], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=dict(env, OPTIMIZER_ZYGOTE_OWNER=str(os.getpid())),
                 start_new_session=True)
         self.started = time.monotonic()
@@ -125,7 +126,7 @@ class Zygote:
                 raise ServerCrashed(
                     f"the vLLM fork server (server.launcher=forkserver) {what} while importing {self.module}: "
                     f"{tail(text, 3)!r}. Full log: {self.log_path}. server.launcher=plain avoids it.",
-                    reason="zygote_failed", deterministic=False, log_tail=tail(text))
+                    reason=FailureReason.OTHER, deterministic=False, log_tail=tail(text))
             time.sleep(0.1)
         if self.ready_s is None:
             self.ready_s = time.monotonic() - self.started
@@ -147,7 +148,7 @@ class Zygote:
             if not chunk:
                 conn.close()
                 raise ServerCrashed(f"the vLLM fork server closed the connection before forking a server; "
-                                    f"its log: {self.log_path}", reason="zygote_failed", deterministic=False)
+                                    f"its log: {self.log_path}", reason=FailureReason.OTHER, deterministic=False)
             buf += chunk
         first, rest = buf.split(b"\n", 1)
         handle = ForkedServer(int(json.loads(first)["pid"]), conn)
@@ -190,7 +191,8 @@ def zygote_for(python: str, module: str, env: dict[str, str], log_dir: Path) -> 
         return z
     shutdown_zygotes()
     base = {k: v for k, v in env.items() if k not in PER_START_KEYS}
-    z = Zygote(python, module, base, Path(log_dir) / f"zygote-{os.getpid()}.log")
+    preload = PRELOAD if module.startswith("vllm.") else ()
+    z = Zygote(python, module, base, Path(log_dir) / f"zygote-{os.getpid()}.log", preload)
     log.info("started a vLLM fork server (pid %d, log %s)", z.proc.pid, z.log_path)
     _zygotes[key] = z
     return z

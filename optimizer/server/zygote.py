@@ -64,6 +64,7 @@ def _run_server(module: str, req: dict) -> None:
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["cwd"])
+    sys.path[0] = req["cwd"]  # as `python -m` has it (the zygote's own folder is there now)
     sys.argv = [module, *req["argv"]]
     code = 0
     try:
