@@ -196,7 +196,7 @@ def serve(sock_path: str, module: str, preload: list[str]) -> int:
                 break
             if not pid:
                 break
-            conn = children.pop(pid, None)
+            conn = children.pop(pid) if pid in children else None
             if conn is not None:
                 try:
                     conn.sendall((json.dumps({"exit": _exit_code(status)}) + "\n").encode())
