@@ -196,13 +196,13 @@ def serve(sock_path: str, module: str, preload: list[str]) -> int:
                 break
             if not pid:
                 break
-            conn = children.pop(pid) if pid in children else None
-            if conn is not None:
+            if pid in children:
+                done = children.pop(pid)
                 try:
-                    conn.sendall((json.dumps({"exit": _exit_code(status)}) + "\n").encode())
+                    done.sendall((json.dumps({"exit": _exit_code(status)}) + "\n").encode())
                 except OSError:
                     pass
-                conn.close()
+                done.close()
     return 0
 
 
