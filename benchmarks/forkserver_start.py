@@ -16,7 +16,12 @@ the first server's), is stopped, and its group is checked empty. The zygote's ow
 is measured once, before the pairs (paid once per study). Results:
 ``benchmarks/results/forkserver_start.json``.
 
+``--interleaved N`` instead keeps one server of each launcher running side by side and sends them
+the same burst in alternating order N times (A B, B A, ...): the serving comparison without the
+host's load drift between two starts (results: ``forkserver_serving.json``).
+
     .venv/bin/python benchmarks/forkserver_start.py --pairs 3
+    .venv/bin/python benchmarks/forkserver_start.py --interleaved 6 --out forkserver_serving
 """
 
 from __future__ import annotations
@@ -110,6 +115,46 @@ def start_once(launcher: str, env: dict[str, str], tag: str, args: argparse.Name
     return row
 
 
+def interleaved(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """One server per launcher, both up; the same burst to each in alternating order."""
+    servers: dict[str, VllmServer] = {}
+    for launcher in launchers.LAUNCHERS:
+        port = free_port()
+        argv = ["-m", MODULE, "--model", str(C.TINY), "--served-model-name", "tiny", "--host", "127.0.0.1",
+                "--port", str(port), "--kv-cache-memory-bytes", str(2 * 2**30)]
+        log = Path(f"/tmp/forkserver-serving-{launcher}.log")
+        log.unlink(missing_ok=True)
+        servers[launcher] = VllmServer(argv, python=C.PY, host="127.0.0.1", port=port, log_path=log, env=env,
+                                       pid_dir=C.REPO / ".cache" / "pids", launcher=launcher)
+    rows: list[dict[str, Any]] = []
+    try:
+        for launcher, srv in servers.items():
+            srv.start()
+            srv.wait_ready(args.timeout)
+        for i in range(args.interleaved):
+            order = launchers.LAUNCHERS if i % 2 == 0 else tuple(reversed(launchers.LAUNCHERS))
+            for launcher in order:
+                tok_s, texts = asyncio.run(burst(servers[launcher].url, args.requests, args.concurrency,
+                                                 args.max_tokens))
+                rows.append({"round": i, "launcher": launcher, "output_tok_s": tok_s, "texts": texts,
+                             "loadavg1": os.getloadavg()[0]})
+                print(f"round {i}: {launcher:10s} {tok_s:6.1f} tok/s  load {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        launchers.shutdown_zygotes()
+    reference = rows[0]["texts"]
+    for r in rows:
+        r["same_text_as_first"] = r.pop("texts") == reference
+    ratios = [f["output_tok_s"] / p["output_tok_s"] for i in range(args.interleaved)
+              for p in rows if p["round"] == i and p["launcher"] == "plain"
+              for f in rows if f["round"] == i and f["launcher"] == "forkserver"]
+    return {"runs": rows, "paired_tok_s_ratio": ratios, "median_tok_s_ratio": statistics.median(ratios),
+            "median_tok_s": {k: statistics.median(r["output_tok_s"] for r in rows if r["launcher"] == k)
+                             for k in launchers.LAUNCHERS},
+            "all_same_text": all(r["same_text_as_first"] for r in rows)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3)
@@ -117,11 +162,21 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--interleaved", type=int, default=0, help="serving comparison: this many alternating rounds")
     ap.add_argument("--out", default="forkserver_start")
     args = ap.parse_args()
     write_tiny_model(C.TINY)
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(C.REPO / ".cache" / "vllm"),
                PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1")
+    config = {"model": "tiny (generated)", "module": MODULE, "requests": args.requests,
+              "concurrency": args.concurrency, "max_tokens": args.max_tokens}
+    if args.interleaved:
+        doc = interleaved(env, args)
+        path = C.write_result(args.out, {"config": {**config, "rounds": args.interleaved}, **doc})
+        print(f"tok/s forkserver / plain per round: {[round(r, 3) for r in doc['paired_tok_s_ratio']]}; "
+              f"median {doc['median_tok_s_ratio']:.3f}; same text: {doc['all_same_text']}; "
+              f"written {path.relative_to(C.REPO)}")
+        return 0
     zygote = launchers.zygote_for(C.PY, MODULE, env, C.REPO / ".cache" / "zygote")
     zygote.wait_ready(args.timeout)
     print(f"zygote imported vLLM in {zygote.ready_s:.1f} s (once per study)", flush=True)
@@ -146,8 +201,7 @@ def main() -> int:
     ratios = [f["output_tok_s"] / p["output_tok_s"] for i in range(args.pairs)
               for p in rows if p["pair"] == i and p["launcher"] == "plain"
               for f in rows if f["pair"] == i and f["launcher"] == "forkserver"]
-    doc = {"config": {"model": "tiny (generated)", "module": MODULE, "pairs": args.pairs, "requests": args.requests,
-                      "concurrency": args.concurrency, "max_tokens": args.max_tokens},
+    doc = {"config": {**config, "pairs": args.pairs},
            "zygote_import_s": zygote.ready_s, "runs": rows, "median": summary,
            "paired_saving_s": diffs, "median_paired_saving_s": statistics.median(diffs),
            "paired_tok_s_ratio": ratios, "all_same_text": all(r["same_text_as_first"] for r in rows),
