@@ -141,11 +141,17 @@ def interleaved(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
         for i in range(args.interleaved):
             order = launchers.LAUNCHERS if i % 2 == 0 else tuple(reversed(launchers.LAUNCHERS))
             for launcher in order:
+                members = C._group_pids(servers[launcher].pid)
+                cpu0 = sum(C._proc_cpu(p) for p in members)
                 tok_s, texts = asyncio.run(burst(servers[launcher].url, args.requests, args.concurrency,
                                                  args.max_tokens))
+                # CPU seconds the server group spent on the burst (and the 4 sequential requests before
+                # it): less sensitive to the host's load than tok/s
+                cpu_s = sum(C._proc_cpu(p) for p in members) - cpu0
                 rows.append({"round": i, "launcher": launcher, "output_tok_s": tok_s, "texts": texts,
-                             "loadavg1": os.getloadavg()[0]})
-                print(f"round {i}: {launcher:10s} {tok_s:6.1f} tok/s  load {os.getloadavg()[0]:.1f}", flush=True)
+                             "group_cpu_s": cpu_s, "loadavg1": os.getloadavg()[0]})
+                print(f"round {i}: {launcher:10s} {tok_s:6.1f} tok/s  {cpu_s:5.1f} CPU s  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for srv in servers.values():
             srv.stop()
@@ -159,6 +165,8 @@ def interleaved(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
     return {"runs": rows, "paired_tok_s_ratio": ratios, "median_tok_s_ratio": statistics.median(ratios),
             "median_tok_s": {k: statistics.median(r["output_tok_s"] for r in rows if r["launcher"] == k)
                              for k in launchers.LAUNCHERS},
+            "median_group_cpu_s": {k: statistics.median(r["group_cpu_s"] for r in rows if r["launcher"] == k)
+                                   for k in launchers.LAUNCHERS},
             "all_same_answers": all(r["same_answers_as_first"] for r in rows)}
 
 
