@@ -156,6 +156,7 @@ class Zygote:
         return handle
 
     def close(self) -> None:
+        """Stop the zygote (its running servers' guards then take their groups down)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -13,8 +13,8 @@ on the same connection.
 
 The guard kills the whole group (SIGTERM, grace, SIGKILL) on SIGTERM/SIGINT, when the zygote dies
 (``PR_SET_PDEATHSIG``), or when the server exits by itself (its leftovers), and exits with the
-server's code. The zygote dies with the optimizer (``PR_SET_PDEATHSIG`` = SIGKILL) and when its
-owner's pid is gone.
+server's code. The zygote dies with the optimizer (``PR_SET_PDEATHSIG`` = SIGTERM) and when its
+owner's pid is gone, and removes its socket and the socket's folder as it exits.
 
 Standalone on purpose (standard library only, no package imports), like ``guard.py``.
 """
@@ -142,7 +142,25 @@ def _owner_alive(owner: int) -> bool:
 
 
 def serve(sock_path: str, module: str, preload: list[str]) -> int:
-    _pdeathsig(signal.SIGKILL)
+    me = os.getpid()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    _pdeathsig(signal.SIGTERM)
+    try:
+        return _serve(sock_path, module, preload)
+    finally:
+        if os.getpid() == me:  # not in a forked child: the socket and its folder are the zygote's
+            for path in (sock_path, sock_path + ".tmp"):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(os.path.dirname(sock_path))
+            except OSError:
+                pass
+
+
+def _serve(sock_path: str, module: str, preload: list[str]) -> int:
     owner = int(os.environ.get("OPTIMIZER_ZYGOTE_OWNER", "0"))
     t0 = time.monotonic()
     __import__(module)
