@@ -22,6 +22,9 @@ Examples::
 
     # CPU (this repository's tiny model), 3 rounds
     python benchmarks/start_time.py --rounds 3
+    # the fork-server launcher against the plain one (each product run is a one-trial study, so its
+    # start includes the zygote's own imports; benchmarks/forkserver_start.py times later starts)
+    python benchmarks/start_time.py --rounds 3 --variant plain= --variant forkserver=server.launcher=forkserver
     # a GPU host (vLLM bundle staged, model folder at /root/model/llama8b-dummy)
     python benchmarks/start_time.py --rounds 3 --python python3 --name start_time-h200 \\
         --base "hardware=h200 model=llama-3-8b-instruct model.load_format=dummy model.generate=config \\

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Arrival", "CapacityControl", "CapacityValue", "Device", "Endpoint", "LoadMode", "P99Sizing", "QualityMode", "Sampler", "SloMetric", "SpecMethod"]
+__all__ = ["Arrival", "CapacityControl", "CapacityValue", "Device", "Endpoint", "Launcher", "LoadMode", "P99Sizing", "QualityMode", "Sampler", "SloMetric", "SpecMethod"]
 
 
 class Endpoint(StrEnum):
@@ -19,6 +19,13 @@ class Endpoint(StrEnum):
 
     completions = "completions"
     chat = "chat"
+
+
+class Launcher(StrEnum):
+    """How each trial's server process is started (optimizer/server/launcher.py)."""
+
+    plain = "plain"  # a new interpreter per start: `python -m <server.module> ...`
+    forkserver = "forkserver"  # forked from a zygote that imported vLLM once per study
 
 
 class LoadMode(StrEnum):

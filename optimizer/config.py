@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, LoadMode, P99Sizing, QualityMode, Sampler, SloMetric, SpecMethod
+from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, Launcher, LoadMode, P99Sizing, QualityMode, Sampler, SloMetric, SpecMethod
 from optimizer.errors import ConfigError
 
 __all__ = [
@@ -280,6 +280,9 @@ class StudyConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     module: str = "vllm.entrypoints.openai.api_server"  # run as `python -m <module> <vLLM flags>`
+    # plain: a new interpreter per start; forkserver: fork each start from a process that imported
+    # vLLM's API server once (saves that import per trial; docs/start-time.md). Not yet proven on GPU
+    launcher: Launcher = Launcher.plain
     python: str = ""  # interpreter that runs vLLM; empty: this one
     start_timeout_s: float = 600.0
     stop_timeout_s: float = 30.0

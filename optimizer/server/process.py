@@ -30,6 +30,7 @@ from typing import Callable, Optional
 import httpx
 
 from optimizer.errors import EnvironmentBusy, ServerCrashed, ServerStartTimeout
+from optimizer.server import launcher as launchers
 from optimizer.server import pidfile
 from optimizer.server.failures import classify, tail
 
@@ -66,7 +67,12 @@ class VllmServer:
 
     def __init__(self, argv: list[str], *, python: str, host: str, port: int, log_path: Path,
                  env: dict[str, str], pid_dir: Path, stop_timeout_s: float = 30.0,
-                 api_key: Optional[str] = None, identity: str = "") -> None:
+                 api_key: Optional[str] = None, identity: str = "", launcher: str = "plain",
+                 zygote_timeout_s: float = 600.0) -> None:
+        if launcher not in launchers.LAUNCHERS:
+            raise ValueError(f"launcher={launcher!r}: expected one of {launchers.LAUNCHERS}")
+        if launcher == "forkserver" and argv[:1] != ["-m"]:
+            raise ValueError(f"launcher='forkserver' runs a module (argv '-m MODULE ...'), not {argv[:2]}")
         self.argv = [python, *argv]
         self.host, self.port = host, port
         self.log_path = Path(log_path)
@@ -75,7 +81,10 @@ class VllmServer:
         self.stop_timeout_s = stop_timeout_s
         self.api_key = api_key
         self.identity = identity  # a served model name only this start has ("" = no identity check)
-        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self.launcher = launcher
+        self.zygote_timeout_s = zygote_timeout_s
+        self.launch_s = 0.0  # seconds start() waited for the fork server's imports (first start only)
+        self._proc: Optional[subprocess.Popen[bytes] | launchers.ForkedServer] = None
         self._pgid: Optional[int] = None
         self._pidfile: Optional[Path] = None
         self._stopped = False
@@ -97,14 +106,25 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(self.env, OPTIMIZER_GUARD_PARENT=str(os.getpid()),
                    OPTIMIZER_GUARD_GRACE=str(max(1.0, self.stop_timeout_s - 2)))
-        guarded = [sys.executable, str(_GUARD), *self.argv]
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(guarded, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True)
+        if self.launcher == "forkserver":
+            self._proc = self._fork()
+        else:
+            guarded = [sys.executable, str(_GUARD), *self.argv]
+            with open(self.log_path, "ab") as out:
+                self._proc = subprocess.Popen(guarded, stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._pgid = self._proc.pid  # leader of its own session and group
         self._pidfile = pidfile.record(self.pid_dir, self._pgid, port=self.port, log=str(self.log_path))
         log.debug("server pid %d on port %d, log %s", self._proc.pid, self.port, self.log_path)
         return self
+
+    def _fork(self) -> launchers.ForkedServer:
+        """The server forked by this interpreter's and environment's zygote (started, and its
+        imports waited for, on first use: that wait is ``launch_s``)."""
+        python, module, flags = self.argv[0], self.argv[2], self.argv[3:]
+        zygote = launchers.zygote_for(python, module, self.env, self.pid_dir.parent / "zygote")
+        self.launch_s = zygote.wait_ready(self.zygote_timeout_s)
+        return zygote.spawn(flags, self.env, self.log_path, os.getcwd(), max(1.0, self.stop_timeout_s - 2))
 
     def poll(self) -> Optional[int]:
         if self._proc is None:
@@ -148,7 +168,8 @@ class VllmServer:
 
     def wait_ready(self, timeout_s: float, on_tick: Optional[Callable[[float], None]] = None) -> float:
         """Block until ``/health`` answers 200 and, with an ``identity``, ``/v1/models`` lists it.
-        Returns the seconds it took.
+        Returns the seconds it took, plus ``launch_s`` (the fork server's imports, when this start
+        waited for them), so that both launchers report launch-to-ready.
 
         Raises:
             ServerCrashed: the process exited.
@@ -165,7 +186,7 @@ class VllmServer:
                 try:
                     if client.get(self.url + "/health").status_code == 200 and (
                             not self.identity or self._check_identity(client)):
-                        return time.monotonic() - t0
+                        return time.monotonic() - t0 + self.launch_s
                 except httpx.HTTPError:
                     pass  # refused while the engine initialises: normal
                 now = time.monotonic()

@@ -173,7 +173,7 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
     p.rec = replace(p.rec, setup=setup, launch=info, timings=p.timings())
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
                         env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key,
-                        identity=identity)
+                        identity=identity, launcher=cfg.server.launcher)
     t0 = time.monotonic()
     try:
         with server:

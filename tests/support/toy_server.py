@@ -35,7 +35,10 @@ def main() -> None:
     ap.add_argument("--never-ready", action="store_true")
     ap.add_argument("--ignore-term", action="store_true")
     ap.add_argument("--log-line", default="")
+    ap.add_argument("--print-env", action="append", default=[], help="print NAME=value of these variables")
     a = ap.parse_args()
+    for name in a.print_env:
+        print(f"ENV {name}={os.environ.get(name, '<unset>')}", flush=True)
     if a.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if a.grandchild and os.fork() == 0:
