@@ -79,7 +79,8 @@ class StartLog:
         """``start_s`` (launch to ready, as the trial measured it) split into :data:`START_PHASES`,
         in seconds; None where the log does not give the engine's init time (nothing to split on).
         Compile and capture lie inside vLLM's init time; what the log does not account for is the
-        first phase. Phases the log did not report are 0."""
+        first phase. Phases the log did not report are 0. A log that accounts for more than
+        ``start_s`` (the two clocks disagree) has its phases scaled to fit."""
         if not (math.isfinite(start_s) and math.isfinite(self.engine_init_s)):
             return None
 
@@ -89,9 +90,12 @@ class StartLog:
         compile_s, capture = s(self.compile_s), s(self.graph_capture_s)
         init_rest = max(0.0, s(self.engine_init_s) - compile_s - capture)
         load = s(self.model_load_s)
-        rest = max(0.0, start_s - load - compile_s - capture - init_rest)
+        logged = [load, compile_s, capture, init_rest]
+        total = sum(logged)
+        scale = start_s / total if total > start_s > 0 else 1.0
+        logged = [v * scale for v in logged]
         labels = [label for label, _ in START_PHASES]
-        return dict(zip(labels, (rest, load, compile_s, capture, init_rest)))
+        return dict(zip(labels, [max(0.0, start_s - sum(logged)), *logged]))
 
 
 def _stamp(line: str) -> Optional[datetime]:
