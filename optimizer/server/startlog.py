@@ -34,11 +34,14 @@ _WEIGHTS_LOAD_S = re.compile(r"Loading weights took " + _NUM + r" seconds")
 # the CPU build (0.32) compiles inside this warm-up and logs no compile time: its span is the compile
 _CPU_WARMUP = ("Warming up model for the compilation", "Warming up done.")
 _STAMP = re.compile(r"\b(?:DEBUG|INFO|WARNING|ERROR) (\d\d-\d\d \d\d:\d\d:\d\d) ")
-# a compiled model read from the cache: vLLM 0.32's AOT artifact, the 0.26-style per-graph cache
+# the start found its compiled shape in the cache: vLLM 0.32's AOT artifact loaded, the 0.26-style
+# per-graph cache read, or (vLLM 0.32's CPU build) an artifact of this key that vLLM fails to load back
+# ("'function' object has no attribute 'finalize_loading'") and compiles again with inductor's cache of
+# the same key: the hit then saves inductor's part of the compile, not Dynamo's trace
 _CACHE_LOADS = ("Directly load AOT compilation from path", "Directly load the compiled graph",
-                "loaded AOT compiled function")
-# a compile that ran: an artifact written, a graph compiled, an unreadable artifact compiled again
-_CACHE_MISSES = ("saved AOT compiled function", "Compiling a graph for", "Compiling model again due to a load failure")
+                "loaded AOT compiled function", "Compiling model again due to a load failure")
+# a compile from nothing: a graph compiled, an artifact written where none was
+_CACHE_MISSES = ("Compiling a graph for", "saved AOT compiled function")
 _CACHE_KEY = re.compile(r"torch_compile_cache/(?:torch_aot_compile/)?([0-9a-f]{10,})")
 
 #: The start's phases, in order, as (label, what they hold); :meth:`StartLog.phases` splits a start
@@ -123,11 +126,11 @@ def _span_s(text: str, begin: str, end: str) -> float:
 
 
 def _cache_hit(text: str, compiled: bool) -> Optional[bool]:
-    if any(m in text for m in _CACHE_MISSES):
-        return False
     if any(m in text for m in _CACHE_LOADS):
         return True
-    return False if compiled else None
+    if compiled or any(m in text for m in _CACHE_MISSES):
+        return False
+    return None
 
 
 def parse_start_log(text: str) -> StartLog:
