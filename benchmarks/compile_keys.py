@@ -37,6 +37,7 @@ VARIANTS: list[tuple[str, list[str], dict[str, str]]] = [
     ("no-prefix-caching", ["--no-enable-prefix-caching"], {}),
     ("no-chunked-prefill", ["--no-enable-chunked-prefill"], {}),
     ("kv_cache_gib=3", ["--kv-cache-memory-bytes", str(3 * 2**30)], {}),
+    ("no-prefix-caching+kv_cache_gib=3", ["--no-enable-prefix-caching", "--kv-cache-memory-bytes", str(3 * 2**30)], {}),
     ("defaults-as-flags", ["--max-num-seqs", "128", "--max-num-batched-tokens", "2048", "--enable-chunked-prefill",
                            "--enable-prefix-caching"], {}),
 ]

@@ -253,7 +253,10 @@ def _int(trial: TrialLike, name: str, r: IntRange, grid: tuple[int, ...] = ()) -
     if r.low == r.high:
         return r.low
     if grid:  # a choice keeps the values on the grid; Optuna's int distributions cannot
-        return int(trial.suggest_categorical(name, list(grid)))
+        try:
+            return int(trial.suggest_categorical(name, list(grid)))
+        except ValueError:  # an enqueued value off the grid: vLLM's default outside a narrowed range, recorded
+            pass  # as it was run (Optuna warns that it lies outside the range)
     if r.step > 1:
         return trial.suggest_int(name, r.low, r.high, step=r.step)
     return trial.suggest_int(name, r.low, r.high, log=r.log)
