@@ -16,7 +16,7 @@ process start of the API server and the engine core, and the API server's own se
 warms the caches and is reported apart (``cold``); the summary is over the later rounds.
 
 Variants are the cuts: product overrides that change how a server is started, e.g. a cold compile
-cache (``server.cache_dir=...`` of a fresh folder each round) against the shared one.
+cache (``server.compile_cache_dir={fresh}``: a new empty folder each round) against the shared one.
 
 Examples::
 
