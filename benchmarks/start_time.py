@@ -16,7 +16,7 @@ process start of the API server and the engine core, and the API server's own se
 warms the caches and is reported apart (``cold``); the summary is over the later rounds.
 
 Variants are the cuts: product overrides that change how a server is started, e.g. a cold compile
-cache (``server.cache_dir=...`` of a fresh folder each round) against the shared one.
+cache (``server.compile_cache_dir={fresh}``: a new empty folder each round) against the shared one.
 
 Examples::
 
@@ -81,7 +81,9 @@ def product_start(base: list[str], overrides: list[str], work: Path, label: str,
     """One trial of ``optimizer.run``; its recorded start and start log."""
     name = f"st-{label}-{int(time.time() * 1000)}"
     db = work / f"{name}.db"
-    argv = [PY if PY_OVERRIDE is None else PY_OVERRIDE, "-m", "optimizer.run", *base, *PRODUCT_FIXED, *overrides,
+    fixed = [f for f in PRODUCT_FIXED if f.split("=", 1)[0] not in {o.split("=", 1)[0] for o in LOAD_OVERRIDES}]
+    argv = [PY if PY_OVERRIDE is None else PY_OVERRIDE, "-m", "optimizer.run", *base, *fixed, *LOAD_OVERRIDES,
+            *overrides,
             f"study.name={name}", f"study.storage=sqlite:///{db}", f"study.runs_dir={work / 'runs'}",
             "report=false"]
     t0 = time.monotonic()
@@ -98,17 +100,20 @@ def product_start(base: list[str], overrides: list[str], work: Path, label: str,
     log = rec.start_log or StartLog()  # the product's own reading of the server's log
     cmd = rec.launch.command if rec.launch else ""
     ok = rec.failure is None and rec.measured
+    tok_s = rec.measurement.summary.output_tok_s if rec.measurement is not None else math.nan
     return {"start_s": start_s, "ok": ok, "run_wall_s": wall, "command": cmd, "compile_cache_hit": log.compile_cache_hit,
+            "compile_key": log.compile_key, "output_tok_s": tok_s,
             "failure": rec.failure.label if rec.failure else "", **phases(start_s, log)}
 
 
 def _server_env(overrides: list[str]) -> dict[str, str]:
-    """The environment a trial's server gets (optimizer.study.loop.make_context), from this one."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    cache = "server.cache_dir="
-    cache_dir = next((o[len(cache):] for o in overrides if o.startswith(cache)), ".cache")
-    env["VLLM_CACHE_ROOT"] = str((REPO / cache_dir).resolve() / "vllm")
-    return env
+    """The environment a trial's server gets (optimizer.server.environment.server_env), from this one."""
+    from optimizer.config import ServerConfig
+    from optimizer.server.environment import server_env
+
+    key = "server.compile_cache_dir="
+    cache_dir = next((o[len(key):] for o in overrides if o.startswith(key)), "")
+    return server_env(ServerConfig(compile_cache_dir=str(REPO / cache_dir) if cache_dir else ""), os.environ)
 
 
 def plain_start(command: str, overrides: list[str], work: Path, label: str, timeout: float) -> dict[str, Any]:
@@ -208,6 +213,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "start_max_s": max((r["start_s"] for r in warm), default=math.nan),
                                "cold_start_s": cold[0]["start_s"] if cold else math.nan,
                                "compile_hits": sum(1 for r in warm if r.get("compile_cache_hit")),
+                               "output_tok_s": median([r.get("output_tok_s", math.nan) for r in warm]),
                                **{p: median([r[p] for r in warm]) for p in PHASES}}
         if way != "plain":
             diffs = []
@@ -222,10 +228,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 PY_OVERRIDE: Optional[str] = None
+LOAD_OVERRIDES: list[str] = []  # --load: replace the fixed next-to-nothing load (to compare throughput too)
 
 
 def main() -> int:
-    global PY_OVERRIDE
+    global PY_OVERRIDE, LOAD_OVERRIDES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="hardware=cpu model=tiny workload=chat-short",
                     help="product overrides for every run (default: the CPU demo's model)")
@@ -236,6 +243,8 @@ def main() -> int:
                     help="NAME=OVERRIDES: a way of starting by the product, '{fresh}' = a new empty folder each "
                          "round (default: shared=)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain api_server start")
+    ap.add_argument("--load", default="", help="load.* overrides replacing the fixed next-to-nothing load, so that "
+                                               "each product start also measures throughput (output_tok_s)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; round 0 warms the caches (default 3)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--python", default=None, help="interpreter for the product and vLLM (default: the repo's .venv)")
@@ -243,6 +252,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the result here instead of benchmarks/results/")
     a = ap.parse_args()
     PY_OVERRIDE = a.python
+    LOAD_OVERRIDES = shlex.split(a.load)
     base = shlex.split(a.base)
     configs = [_pair(c) for c in (a.config or ["defaults="])]
     variants = [_pair(v) for v in (a.variant or ["shared="])]
@@ -276,10 +286,10 @@ def main() -> int:
                           flush=True)
     summary = summarize(runs)
     cols = ["config", "way", "n", "start_s", "start_min_s", "start_max_s", "cold_start_s", "minus_plain_s",
-            "compile_hits", *PHASES]
+            "compile_hits", "output_tok_s", *PHASES]
     print(table(cols, [[s.get(c, math.nan) for c in cols] for s in summary]))
     doc = {"args": {"base": a.base, "configs": dict(configs), "variants": dict(variants), "rounds": a.rounds,
-                    "plain": not a.no_plain},
+                    "plain": not a.no_plain, "load": a.load},
            "what": "start_s: launch to ready (product: as the trial recorded it; plain: Popen to /v1/models 200). "
                    "Round 0 (cold) apart; summary = median over later rounds; minus_plain_s = paired median "
                    "difference to the plain start of the same round.",

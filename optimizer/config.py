@@ -46,6 +46,10 @@ class IntRange:
     log: bool = True
     step: int = 1  # > 1: only low, low + step, ... (no log scale); fewer distinct values, e.g.
     # fewer torch.compile cache keys: vLLM compiles anew for each max_num_batched_tokens
+    # "pow2": only low, the powers of two between, high (and vLLM's default where it lies in the
+    # range), drawn as choices: the values repeat, so the compile cache answers most starts
+    # (optimizer/space/grid.py); "": every integer (or every step)
+    grid: str = ""
 
 
 @dataclass
@@ -288,7 +292,10 @@ class ServerConfig:
     stop_timeout_s: float = 30.0
     free_wait_s: float = 120.0  # wait for GPU memory and port to be released
     api_key_env: str = ""  # name of an env var holding the API key (never the key itself)
-    cache_dir: str = ".cache"  # compile caches and generated models persist here
+    cache_dir: str = ".cache"  # generated models and the servers' pid files persist here
+    # vLLM's compile cache (VLLM_CACHE_ROOT), shared by every trial of every study on this host; empty:
+    # vLLM's own default, $VLLM_CACHE_ROOT or $XDG_CACHE_HOME/vllm or ~/.cache/vllm (optimizer/server/environment.py)
+    compile_cache_dir: str = ""
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -438,6 +445,10 @@ def validate(cfg: Config) -> None:
             _fail(f"search.{key}", f"[{r.low}, {r.high}]", "inverted range: low must be <= high")
         if r.step < 1 or (r.step > 1 and r.log):
             _fail(f"search.{key}.step", r.step, "must be >= 1, and 1 with log: true (Optuna cannot combine them)")
+        if r.grid not in ("", "pow2"):
+            _fail(f"search.{key}.grid", r.grid, "must be pow2 (powers of two between low and high) or empty")
+        if r.grid and r.step > 1:
+            _fail(f"search.{key}.grid", r.grid, f"a grid replaces step={r.step}: set one of them")
     g = s.gpu_memory_utilization
     if not (0 < g.low <= 1 and 0 < g.high <= 1):
         _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "the memory share must be in (0, 1]")

@@ -151,6 +151,9 @@ def ensure_writable_dirs(cfg: Config) -> None:
                   " (the default is sqlite:///studies/<study.name>.db), or use postgresql://user:pass@host/db")
     _writable("study.runs_dir", cfg.study.runs_dir, Path(cfg.study.runs_dir).expanduser())
     _writable("server.cache_dir", cfg.server.cache_dir, Path(cfg.server.cache_dir).expanduser())
+    if cfg.server.compile_cache_dir:
+        _writable("server.compile_cache_dir", cfg.server.compile_cache_dir,
+                  Path(cfg.server.compile_cache_dir).expanduser())
     if cfg.report:
         _writable("reports_dir", cfg.reports_dir, Path(cfg.reports_dir).expanduser())
 

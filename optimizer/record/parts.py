@@ -134,7 +134,7 @@ def start_log_to_attrs(s: StartLog) -> dict[str, Any]:
     out = {}
     for name in _START_LOG_FIELDS:
         v = attr_value(getattr(s, name))
-        if v is not None:
+        if v is not None and v != "":
             out[f"log_{name}"] = v
     return out
 
@@ -144,9 +144,9 @@ def start_log_from_attrs(a: Attrs) -> Optional[StartLog]:
         return None
     hit = a.get("log_compile_cache_hit")
     return StartLog(kv_tokens=integer(a, "log_kv_tokens") if "log_kv_tokens" in a else None,
-                    compile_cache_hit=hit if isinstance(hit, bool) else None,
+                    compile_cache_hit=hit if isinstance(hit, bool) else None, compile_key=text(a, "log_compile_key"),
                     **{n: num(a, f"log_{n}") for n in _START_LOG_FIELDS
-                       if n not in ("kv_tokens", "compile_cache_hit")})
+                       if n not in ("kv_tokens", "compile_cache_hit", "compile_key")})
 
 
 @dataclass(frozen=True)

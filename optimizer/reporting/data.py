@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord
+from optimizer.server.startlog import START_PHASES
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.reporting.levers import ImportanceInfo, Levers, importance_info, main_levers
 from optimizer.reporting.serving import portable_command
@@ -24,13 +25,16 @@ from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
 from optimizer.study.results import is_feasible, params_as_set, study_result
 
-__all__ = ["METRICS", "PHASES", "CdfSeries", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
+__all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
            "pareto_front", "trial_info"]
 
 METRICS = ("ttft", "itl", "e2e")
 PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
+# the server start split by its log (optimizer/server/startlog.py); "server start" holds the starts the
+# log did not split (no log, or one that ended before the engine was up)
+START_LABELS = tuple(f"start: {label}" for label, _ in START_PHASES)
 _DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
 _CDF_POINTS = 400
 
@@ -117,8 +121,24 @@ class Timeline(NamedTuple):
 class PhaseRow(NamedTuple):
     number: int
     status: Status
-    seconds: dict[str, float]  # phase label -> s (missing phases: 0), plus "other"
+    seconds: dict[str, float]  # phase label -> s (missing phases: 0; START_LABELS before "warm-up"), plus "other"
     wall_s: float
+    compile_cache_hit: Optional[bool] = None  # the server loaded its compiled model (None: not known)
+
+
+class CompileCacheInfo(NamedTuple):
+    """How the study's server starts fared with vLLM's compile cache."""
+
+    hits: int = 0  # starts that loaded the compiled model
+    misses: int = 0  # starts that compiled
+    unknown: int = 0  # starts whose log did not say (no log, eager mode, a start that failed early)
+    keys: int = 0  # distinct compile cache keys among the starts
+
+    @property
+    def rate(self) -> float:
+        """Hits over the starts whose log said; NaN when none did."""
+        known = self.hits + self.misses
+        return self.hits / known if known else math.nan
 
 
 class ReportData(NamedTuple):
@@ -133,6 +153,7 @@ class ReportData(NamedTuple):
     total_s: float  # sum of the trials' wall times
     span_s: float  # first start to last finish
     capacity: Optional[CapacityData] = None  # load.mode=capacity studies (optimizer/reporting/capacity.py)
+    compile_cache: CompileCacheInfo = CompileCacheInfo()
 
 
 def classify(t: FrozenTrial, rec: Optional[TrialRecord] = None) -> Status:
@@ -328,14 +349,7 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
         telemetry.append(TelemetryRow(i.number, i.status, srv.kv_usage_peak * 100, srv.preemptions, srv.running_peak,
                                       srv.waiting_peak, srv.kv_cache_tokens,
                                       float(rec.memory.kv_tokens) if rec.memory else math.nan))
-    phases = []
-    for i in infos:
-        timings = records[i.number].timings or Timings()
-        secs = {label: max(0.0, v) if math.isfinite(v := getattr(timings, field)) else 0.0
-                for field, label in PHASES}
-        wall = i.wall_s if math.isfinite(i.wall_s) else sum(secs.values())
-        secs["other"] = max(0.0, wall - sum(secs.values()))
-        phases.append(PhaseRow(i.number, i.status, secs, wall))
+    phases = [_phase_row(i, records[i.number]) for i in infos]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -345,4 +359,28 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     return ReportData(summary=summary, trials=infos, pareto=pareto_front(infos),
                       importances=importance_info(trials, metric), cdfs=cdfs, telemetry=telemetry,
                       timelines=timelines, phases=phases, total_s=sum(p.wall_s for p in phases), span_s=span,
-                      capacity=capacity)
+                      capacity=capacity, compile_cache=_compile_cache(records.values()))
+
+
+def _phase_row(i: TrialInfo, rec: TrialRecord) -> PhaseRow:
+    timings = rec.timings or Timings()
+    secs: dict[str, float] = {}
+    for field, label in PHASES:
+        v = getattr(timings, field)
+        v = max(0.0, v) if math.isfinite(v) else 0.0
+        if field == "start_s":
+            split = rec.start_log.phases(v) if rec.start_log is not None and v > 0 else None
+            secs.update(zip(START_LABELS, split.values() if split else [0.0] * len(START_LABELS)))
+            v = 0.0 if split else v
+        secs[label] = v
+    wall = i.wall_s if math.isfinite(i.wall_s) else sum(secs.values())
+    secs["other"] = max(0.0, wall - sum(secs.values()))
+    return PhaseRow(i.number, i.status, secs, wall, rec.start_log.compile_cache_hit if rec.start_log else None)
+
+
+def _compile_cache(records: Iterable[TrialRecord]) -> CompileCacheInfo:
+    started = [r for r in records if r.timings is not None and math.isfinite(r.timings.start_s)]
+    logs = [r.start_log for r in started if r.start_log is not None]
+    hits = sum(1 for s in logs if s.compile_cache_hit is True)
+    misses = sum(1 for s in logs if s.compile_cache_hit is False)
+    return CompileCacheInfo(hits, misses, len(started) - hits - misses, len({s.compile_key for s in logs if s.compile_key}))

@@ -18,14 +18,17 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from optimizer.reporting.data import METRICS, ReportData, Status, TrialInfo
+from optimizer.reporting.data import METRICS, CompileCacheInfo, ReportData, Status, TrialInfo
 
-__all__ = ["COLORS", "cdf_figure", "history_figure", "importance_figure", "parallel_figure", "phases_figure",
+__all__ = ["COLORS", "cdf_figure", "compile_cache_line", "history_figure", "importance_figure", "parallel_figure", "phases_figure",
            "scatter_figure", "slice_figure", "telemetry_figure", "timeline_figure"]
 
 COLORS = {Status.FEASIBLE: "#2a9d3f", Status.INFEASIBLE: "#f08c00", Status.FAILED: "#868e96",
           Status.RULED_OUT: "#b197fc", Status.RUNNING: "#1c7ed6"}
-_PHASE_COLORS = ["#adb5bd", "#4263eb", "#74c0fc", "#2a9d3f", "#f08c00", "#dee2e6"]
+_PHASE_COLOR = {"wait for GPU": "#adb5bd", "start: process start + imports": "#364fc7", "start: model load": "#5c7cfa",
+                "start: torch.compile": "#e8590c", "start: CUDA graphs": "#ffa94d", "start: engine init rest": "#91a7ff",
+                "server start": "#4263eb", "warm-up": "#74c0fc", "load test": "#2a9d3f", "server stop": "#f08c00",
+                "other": "#dee2e6"}
 _SERIES = ["#212529", "#e03131", "#1c7ed6", "#2a9d3f", "#ae3ec9"]
 _TEMPLATE = "plotly_white"
 _OBJECTIVE = "output tokens/s"
@@ -216,14 +219,27 @@ def phases_figure(d: ReportData) -> Optional[go.Figure]:
         return None
     fig = go.Figure()
     x = [f"#{p.number}" for p in d.phases]
-    labels = list(d.phases[0].seconds)
-    for k, label in enumerate(labels):
-        fig.add_trace(go.Bar(x=x, y=[p.seconds[label] for p in d.phases], name=label,
-                             marker_color=_PHASE_COLORS[k % len(_PHASE_COLORS)],
-                             hovertemplate=f"%{{x}} {label}: %{{y:.1f}} s<extra></extra>"))
+    # a phase no trial spent time in (CUDA graphs on the CPU build, a split every start had) is left out
+    labels = [label for label in d.phases[0].seconds if any(p.seconds[label] > 0 for p in d.phases)]
+    cache = ["loaded from the compile cache" if p.compile_cache_hit else "compiled" if p.compile_cache_hit is False
+             else "compile cache: not known" for p in d.phases]
+    for label in labels:
+        fig.add_trace(go.Bar(x=x, y=[p.seconds[label] for p in d.phases], name=label, customdata=cache,
+                             marker_color=_PHASE_COLOR.get(label, "#dee2e6"),
+                             hovertemplate=f"%{{x}} {label}: %{{y:.1f}} s (%{{customdata}})<extra></extra>"))
     fig.update_layout(barmode="stack")
     fig.update_xaxes(type="category", title="trial", tickangle=-60)
     fig.update_yaxes(title="seconds")
     title = (f"Time per trial by phase: {d.total_s / 60:.1f} min of trials, {d.span_s / 60:.1f} min "
-             f"from the first start to the last finish")
-    return _layout(fig, title, 380)
+             f"from the first start to the last finish<br><sup>{_e(compile_cache_line(d.compile_cache))}</sup>")
+    return _layout(fig, title, 400)
+
+
+def compile_cache_line(c: CompileCacheInfo) -> str:
+    """The study's compile-cache hit rate in words."""
+    known = c.hits + c.misses
+    if not known:
+        return "Compile cache: no server start said whether it compiled (no log, or eager mode)."
+    unknown = f"; {c.unknown} other start(s) did not say" if c.unknown else ""
+    return (f"Compile cache: {c.hits} of {known} server starts loaded the compiled model ({c.rate:.0%} hit rate), "
+            f"{c.misses} compiled; {c.keys} distinct compile key(s){unknown}.")

@@ -14,12 +14,13 @@ started.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from optimizer.config import Config, FloatRange, HardwareConfig, IntRange, ModelConfig, SearchConfig
 from optimizer.errors import ConfigError
 from optimizer.space.engine_args import EngineParams
+from optimizer.space.grid import grid_values
 from optimizer.space.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weights_gib
 
 __all__ = ["Space", "TrialLike", "baseline_params", "build_space", "check", "check_space_fits",
@@ -64,6 +65,13 @@ class Space:
     num_speculative_tokens: IntRange
     ngram_lookup_max: IntRange
     draft_model: str
+    # parameters drawn as choices from a grid (search.<name>.grid): name -> the values, ascending
+    grids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def int_low(self, name: str) -> int:
+        """The smallest value integer parameter ``name`` may take."""
+        values = self.grids.get(name)
+        return values[0] if values else int(getattr(self, name).low)
 
 
 def _warn_once(msg: str) -> None:
@@ -178,7 +186,7 @@ def build_space(cfg: Config) -> Space:
                   enable_prefix_caching=tuple(s.enable_prefix_caching), quantization=quant, dtype=dtypes,
                   kv_cache_dtype=kv, max_model_len=_lens(s, model), tensor_parallel_size=tps, speculative=spec,
                   num_speculative_tokens=s.num_speculative_tokens, ngram_lookup_max=s.ngram_lookup_max,
-                  draft_model=s.draft_model)
+                  draft_model=s.draft_model, grids=_grids(cfg))
     check_space_fits(space, cfg)
     return space
 
@@ -193,8 +201,8 @@ def memory_friendliest(space: Space, cfg: Config) -> EngineParams:
     kv = min(space.kv_cache_dtype, key=lambda d: kv_bytes_per_token(EngineParams(kv_cache_dtype=d), model, hw))
     max_len = min(space.max_model_len)
     chunked = True if True in space.enable_chunked_prefill else space.enable_chunked_prefill[0]
-    seqs = space.max_num_seqs.low
-    mnbt = max(space.max_num_batched_tokens.low, seqs if chunked else max(seqs, max_len))
+    seqs = space.int_low("max_num_seqs")
+    mnbt = max(space.int_low("max_num_batched_tokens"), seqs if chunked else max(seqs, max_len))
     mnbt = min(mnbt, space.max_num_batched_tokens.high)
     share = space.memory_share.high
     return EngineParams(max_num_seqs=seqs, max_num_batched_tokens=mnbt,
@@ -231,9 +239,24 @@ def check_space_fits(space: Space, cfg: Config) -> None:
         f"with search.tensor_parallel_size), a shorter search.max_model_len, or a bigger GPU.")
 
 
-def _int(trial: TrialLike, name: str, r: IntRange) -> int:
+def _grids(cfg: Config) -> dict[str, tuple[int, ...]]:
+    defaults = cfg.hardware.vllm_defaults
+    out = {}
+    for name in ("max_num_seqs", "max_num_batched_tokens", "num_speculative_tokens", "ngram_lookup_max"):
+        default = defaults.get(name)
+        if values := grid_values(getattr(cfg.search, name), [default] if isinstance(default, int) else []):
+            out[name] = values
+    return out
+
+
+def _int(trial: TrialLike, name: str, r: IntRange, grid: tuple[int, ...] = ()) -> int:
     if r.low == r.high:
         return r.low
+    if grid:  # a choice keeps the values on the grid; Optuna's int distributions cannot
+        try:
+            return int(trial.suggest_categorical(name, list(grid)))
+        except ValueError:  # an enqueued value off the grid: vLLM's default outside a narrowed range, recorded
+            pass  # as it was run (Optuna warns that it lies outside the range)
     if r.step > 1:
         return trial.suggest_int(name, r.low, r.high, step=r.step)
     return trial.suggest_int(name, r.low, r.high, log=r.log)
@@ -261,11 +284,13 @@ def suggest(trial: TrialLike, space: Space) -> EngineParams:
     spec = _cat(trial, "speculative", space.speculative)
     n_spec = lookup = None
     if spec != "off":
-        n_spec = _int(trial, "num_speculative_tokens", space.num_speculative_tokens)
+        n_spec = _int(trial, "num_speculative_tokens", space.num_speculative_tokens,
+                      space.grids.get("num_speculative_tokens", ()))
         if spec == "ngram":
-            lookup = _int(trial, "ngram_lookup_max", space.ngram_lookup_max)
-    seqs = _int(trial, "max_num_seqs", space.max_num_seqs)
-    mnbt = _int(trial, "max_num_batched_tokens", space.max_num_batched_tokens)
+            lookup = _int(trial, "ngram_lookup_max", space.ngram_lookup_max, space.grids.get("ngram_lookup_max", ()))
+    seqs = _int(trial, "max_num_seqs", space.max_num_seqs, space.grids.get("max_num_seqs", ()))
+    mnbt = _int(trial, "max_num_batched_tokens", space.max_num_batched_tokens,
+                space.grids.get("max_num_batched_tokens", ()))
     chunked = _cat(trial, "enable_chunked_prefill", space.enable_chunked_prefill)
     max_len = _cat(trial, "max_model_len", space.max_model_len)
     mnbt = max(mnbt, seqs, 0 if chunked else max_len)

@@ -31,6 +31,7 @@ from optimizer.errors import ConfigError, FailureReason, StudyError, TrialError,
 from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
+from optimizer.server.environment import server_env
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, suggest
 from optimizer.study import calibrate
@@ -92,9 +93,7 @@ def make_context(cfg: Config, rt: Runtime, space: Space) -> TrialContext:
     model_dir = resolve_model_dir(cfg.model, str(cache))
     for q in space.quantization:
         target_for(cfg.model, model_dir, q)
-    env = dict(rt.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"), "PYTHONUNBUFFERED": "1",
-                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    env = server_env(cfg.server, rt.environ)
     api_key = None
     if cfg.server.api_key_env:
         api_key = rt.environ.get(cfg.server.api_key_env)

@@ -96,7 +96,7 @@ def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 # settings added inside the search space's ranges after studies already existed
-_RANGE_DEFAULTS = {"step": (1, None)}
+_RANGE_DEFAULTS: dict[str, tuple[Any, ...]] = {"step": (1, None), "grid": ("",), "grids": ({},)}
 
 
 def _diff(path: str, before: Any, now: Any, defaults: dict[str, Any], out: list[str]) -> None:

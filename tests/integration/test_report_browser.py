@@ -175,6 +175,21 @@ def test_screenshot_of_the_report(chromium, tmp_path):
     assert len(top.getcolors(maxcolors=1_000_000) or []) > 50, "the scatter looks blank"
 
 
+def test_the_time_chart_splits_each_start_and_states_the_compile_cache_hit_rate(chromium, tmp_path):
+    """The drawn chart (not only its data) has the start's phases and the study's hit rate."""
+    from tests.unit.test_report_data import _cached_study
+
+    name = "browser-compile"
+    assert _report(tmp_path, name, _write_db(tmp_path, name, _cached_study())).returncode == 0
+    load = _browse(chromium, tmp_path / "reports" / name / "index.html", tmp_path, "--dump-dom")
+    assert load.console == [] and _rendered(load.dom)["fig-phases"]
+    chart = load.dom[load.dom.index('<div id="fig-phases"'):]
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', chart)
+    assert {"start: process start + imports", "start: model load", "start: torch.compile", "start: CUDA graphs",
+            "start: engine init rest", "server start", "load test"} <= set(legend), legend
+    assert "2 of 4 server starts loaded the compiled model (50% hit rate)" in re.sub(r"<[^>]+>", "", chart)
+
+
 def test_the_harness_catches_errors_and_fetches(chromium, tmp_path):
     """The checks above would pass vacuously on a browser that logs nothing: prove they see faults."""
     bad = tmp_path / "bad.html"

@@ -24,6 +24,7 @@ from optimizer.errors import FailureReason
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import Outcome
 from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
+from optimizer.server.startlog import StartLog
 from optimizer.server.telemetry import ServerStats
 
 __all__ = ["DISTRIBUTIONS", "SLO_MS", "make_study", "make_trial", "study_config", "synthetic_trials"]
@@ -90,7 +91,8 @@ def _measurement(rng: random.Random, e2e_center: float, n: int, throughput: floa
 def make_trial(number: int, params: dict[str, Any], *, kind: str = "", outcome: str = "measured",
                throughput: float = 0.0, e2e_center: float = 500.0, slo_ms: float = SLO_MS,
                state: TrialState = TrialState.COMPLETE, extra: Optional[dict[str, Any]] = None,
-               seed: int = 0, worker: str = "vm", gpus: str = "", attempt: Optional[int] = None) -> FrozenTrial:
+               seed: int = 0, worker: str = "vm", gpus: str = "", attempt: Optional[int] = None,
+               start_log: Optional[StartLog] = None) -> FrozenTrial:
     """One trial as the study loop records it.
 
     ``outcome``: ``measured`` (load test ran), ``startup`` (server could not start),
@@ -139,7 +141,7 @@ def make_trial(number: int, params: dict[str, Any], *, kind: str = "", outcome: 
             wall += 0.9 + t_load + 0.3
             m = _measurement(rng, e2e_center, 96, throughput, t_load, params, kv_tokens)
             rec = replace(rec, launch=replace(rec.launch, vllm_version="0.32.0"), measurement=m,
-                          timings=Timings(0.0, t_start, 0.9, t_load, 0.3, round(wall, 2)))
+                          timings=Timings(0.0, t_start, 0.9, t_load, 0.3, round(wall, 2)), start_log=start_log)
             value = throughput
             constraints.update({"slo": m.summary.e2e.p99 / slo_ms - 1.0, "errors": 0.0})
     if state == TrialState.COMPLETE:
@@ -179,6 +181,7 @@ def synthetic_trials(n: int = 14, seed: int = 0, slo_ms: float = SLO_MS, feasibl
     base = {"kv_cache_gib": 2.0, "max_num_seqs": 128, "max_num_batched_tokens": 2048,
             "enable_chunked_prefill": True, "enable_prefix_caching": True}
     scale = 1.0 if feasible else 6.0
+    seen: set[str] = set()
     out.append(make_trial(0, base, kind="baseline", throughput=1500.0, e2e_center=800 * scale, slo_ms=slo_ms,
                           seed=seed))
     for i in range(1, n):
@@ -196,8 +199,18 @@ def synthetic_trials(n: int = 14, seed: int = 0, slo_ms: float = SLO_MS, feasibl
         seqs, tokens = p["max_num_seqs"], p["max_num_batched_tokens"]
         thr = 900 + 260 * math.log2(seqs) + 80 * math.log2(tokens / 256) + rng.uniform(-120, 120)
         e2e = (250 + 5 * seqs + (0 if p["enable_chunked_prefill"] else 300)) * scale
-        out.append(make_trial(i, p, throughput=round(thr, 4), e2e_center=e2e, slo_ms=slo_ms, seed=seed))
+        out.append(make_trial(i, p, throughput=round(thr, 4), e2e_center=e2e, slo_ms=slo_ms, seed=seed,
+                              start_log=_start_log(seqs, tokens, seen)))
     return out
+
+
+def _start_log(seqs: int, tokens: int, seen: set[str]) -> StartLog:
+    """A CPU-build start log: the first start with a compile key compiles, later ones load it."""
+    key = f"{seqs:04x}{tokens:08x}"
+    hit = key in seen
+    seen.add(key)
+    return StartLog(kv_tokens=524288, model_load_s=0.3, compile_s=3.0 if hit else 25.0,
+                    engine_init_s=5.0 if hit else 28.0, compile_cache_hit=hit, compile_key=key)
 
 
 def make_study(trials: list[FrozenTrial], name: str = "synthetic", storage: Optional[str] = None,

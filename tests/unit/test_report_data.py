@@ -18,8 +18,17 @@ from optuna.trial import TrialState
 from optimizer.record import TrialRecord
 from optimizer.reporting import best_yaml, trials_frame, write_study_report
 from optimizer.reporting import figures as F
-from optimizer.reporting.data import PHASES, Status, build_report_data, classify, pareto_front, trial_info
+from optimizer.reporting.data import (
+    PHASES,
+    START_LABELS,
+    Status,
+    build_report_data,
+    classify,
+    pareto_front,
+    trial_info,
+)
 from optimizer.reporting.html import render_page
+from optimizer.server.startlog import StartLog
 from tests.support.report_fixtures import SLO_MS, make_study, make_trial, study_config, synthetic_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -178,9 +187,43 @@ def test_latency_cdfs_and_timelines_cover_baseline_best_and_a_few_others():
 def test_phases_add_up_to_the_wall_time():
     d = _data(synthetic_trials())
     for row in d.phases:
-        assert set(row.seconds) == {label for _, label in PHASES} | {"other"}
+        assert set(row.seconds) == {label for _, label in PHASES} | set(START_LABELS) | {"other"}
         assert sum(row.seconds.values()) == pytest.approx(row.wall_s, abs=0.01)
     assert d.total_s == pytest.approx(sum(r.wall_s for r in d.phases)) and d.span_s >= d.total_s
+
+
+def _cached_study():
+    """Four measured starts of two compile keys (one miss, then a hit each), one with no log."""
+    logs = [StartLog(model_load_s=0.5, compile_s=20.0, engine_init_s=30.0, compile_cache_hit=False, compile_key="a1"),
+            StartLog(model_load_s=0.5, compile_s=4.0, engine_init_s=9.0, compile_cache_hit=True, compile_key="a1"),
+            StartLog(model_load_s=0.5, compile_s=25.0, graph_capture_s=2.0, engine_init_s=35.0,
+                     compile_cache_hit=False, compile_key="b2"),
+            StartLog(model_load_s=0.5, compile_s=5.0, engine_init_s=9.0, compile_cache_hit=True, compile_key="b2"),
+            None]
+    return [make_trial(n, P, throughput=2000, start_log=log) for n, log in enumerate(logs)]
+
+
+def test_each_start_is_split_into_the_phases_of_its_log():
+    d = _data(_cached_study())
+    for row in d.phases:
+        assert sum(row.seconds.values()) == pytest.approx(row.wall_s, abs=0.01)
+    first, _, third, _, no_log = d.phases
+    start = first.seconds
+    assert start["start: torch.compile"] == 20 and start["start: model load"] == 0.5
+    assert start["start: engine init rest"] == pytest.approx(10) and start["server start"] == 0
+    t = _cached_study()[0]
+    assert sum(start[k] for k in START_LABELS) == pytest.approx(TrialRecord.from_trial(t).timings.start_s)
+    assert third.seconds["start: CUDA graphs"] == 2 and third.seconds["start: engine init rest"] == pytest.approx(8)
+    assert no_log.seconds["server start"] > 0 and all(no_log.seconds[k] == 0 for k in START_LABELS)
+    assert [p.compile_cache_hit for p in d.phases] == [False, True, False, True, None]
+
+
+def test_the_study_compile_cache_hit_rate_counts_starts_whose_log_said():
+    c = _data(_cached_study()).compile_cache
+    assert (c.hits, c.misses, c.unknown, c.keys) == (2, 2, 1, 2) and c.rate == 0.5
+    assert math.isnan(_data([make_trial(0, P, throughput=2000)]).compile_cache.rate)
+    title = F.phases_figure(_data(_cached_study())).layout.title.text
+    assert "2 of 4 server starts loaded the compiled model (50% hit rate)" in title and "2 distinct" in title
 
 
 def test_user_text_is_escaped_everywhere():
