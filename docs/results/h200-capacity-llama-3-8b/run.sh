@@ -15,6 +15,9 @@ ARGS=(hardware=h200 model=llama-3-8b-instruct model.load_format=dummy model.gene
       workload=chat-512-128 search=gpu "search.quantization=[none,fp8]" "search.kv_cache_dtype=[auto,fp8]"
       "search.dtype=[auto]" "search.max_model_len=[4096]" "search.speculative=[off]"
       "search.tensor_parallel_size=[1]" search.max_num_seqs.low=32 search.n_startup_trials=6
+      # the space the study began with (search=gpu before the pow2 compile-cache grids): resumable
+      search.max_num_seqs.grid= search.max_num_seqs.log=true search.max_num_batched_tokens.grid=
+      search.max_num_batched_tokens.step=1024 search.max_num_batched_tokens.log=false
       load.mode=capacity load.capacity.start=32 load.warmup_requests=64
       slo.metric=e2e slo.p99_ms=2000 study.confirm.top_k=0
       study.name=$NAME study.n_trials=${N_TRIALS:-14} "hardware.gpu_ids=[${GPU:-0}]")
