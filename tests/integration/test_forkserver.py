@@ -18,6 +18,7 @@ from optimizer.errors import ServerCrashed
 from optimizer.server import launcher as launchers
 from optimizer.server import pidfile
 from optimizer.server.process import VllmServer, free_port, port_is_free
+from tests.support.procs import alive, logged_pids
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -43,20 +44,10 @@ def _server(tmp_path: Path, *args: str, env: dict[str, str] | None = None, name:
 
 
 def _pids(log: Path, tag: str) -> list[int]:
-    for _ in range(200):
-        found = [int(x) for x in re.findall(rf"{tag} (\d+)", log.read_text() if log.exists() else "")]
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
+    return logged_pids(log, tag, 200)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+_alive = alive
 
 
 def _zygote_pid() -> int:

@@ -16,6 +16,7 @@ import pytest
 from optimizer.errors import ServerCrashed, ServerStartTimeout
 from optimizer.server import pidfile
 from optimizer.server.process import VllmServer, free_port, port_is_free
+from tests.support.procs import alive, logged_pids
 
 TOY = str(Path(__file__).resolve().parents[1] / "support" / "toy_server.py")
 
@@ -28,20 +29,10 @@ def _server(tmp_path: Path, *args: str, stop_timeout_s: float = 5.0) -> VllmServ
 
 
 def _pids(log: Path, tag: str) -> list[int]:
-    for _ in range(100):
-        found = [int(x) for x in re.findall(rf"{tag} (\d+)", log.read_text() if log.exists() else "")]
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
+    return logged_pids(log, tag, 100)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+_alive = alive
 
 
 @pytest.mark.parametrize("leader_already_exited", [False, True])
