@@ -4,7 +4,6 @@ module forks each start (vLLM itself in tests/e2e/test_forkserver_vllm.py)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
