@@ -92,7 +92,8 @@ def test_a_capacity_study_under_a_budget_then_resumed_stops_a_weaker_ladder_earl
     page = index.read_text()
     assert 'id="fig-capacity_curves"' in page and 'id="fig-capacity_bars"' in page
     assert "carries 4 concurrent users" in page and "capacity (users)" in page
-    assert f"early stop: &lt; 4 (incumbent #{base.number} carries 4)" in page or \
-        f"early stop: < 4 (incumbent #{base.number} carries 4)" in page
+    failed_at = f"{loads[-1][0]:g}"  # the config carries less than its first failure
+    assert f"early stop: &lt; {failed_at} (incumbent #{base.number} carries 4)" in page or \
+        f"early stop: < {failed_at} (incumbent #{base.number} carries 4)" in page
     csv = (index.parent / "trials.csv").read_text().splitlines()[0].split(",")
     assert {"cap_value", "cap_limited_by", "cap_n_probes", "cap_stopped_early"} <= set(csv)
