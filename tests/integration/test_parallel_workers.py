@@ -8,7 +8,6 @@ workers of one host are the processes ``study.workers`` spawns. GPUs are simulat
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -99,14 +98,9 @@ def _check_no_trial_ran_twice(fleet: Fleet, study: optuna.Study) -> None:
         if t.state == TrialState.COMPLETE:
             starts = fleet.server_log(t.number).count("fake_vllm pid=")
             assert starts == 1, f"trial {t.number}: {starts} server starts in its folder"
-    # configs measured twice on purpose are retries (user attr retry_of) or the baseline's enqueue
-    seen: dict[str, int] = {}
-    for t in trials:
-        if t.state != TrialState.COMPLETE or t.user_attrs.get("retry_of") is not None:
-            continue
-        key = json.dumps(t.params, sort_keys=True)
-        assert key not in seen, f"trials {seen.get(key)} and {t.number} measured the same params {key}"
-        seen[key] = t.number
+    # the same params twice are not checked here: on the pow2 grids (a few hundred configs) the sampler
+    # may propose a config already measured, the baseline's among them; a trial run twice shows above
+    # (two server starts in its folder) and as a second baseline below
     baselines = [t.number for t in trials if t.user_attrs.get("kind") == "baseline" and t.user_attrs.get("retry_of")
                  is None]
     assert len(baselines) == 1, f"baseline trials {baselines}"

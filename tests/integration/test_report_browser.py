@@ -116,7 +116,7 @@ def _capacity() -> list:  # load.mode=capacity: the mixed study plus three searc
     return trials + [trial(14, 6), trial(15, 11), trial(16, float("nan"))]
 
 
-STUDIES = {"mixed": (_mixed, 9), "no-feasible": (lambda: synthetic_trials(feasible=False), 8),
+STUDIES = {"mixed": (_mixed, 9), "no-feasible": (lambda: synthetic_trials(feasible=False), 9),
            "one-trial": (lambda: synthetic_trials(n=1), 6), "empty": (lambda: [], 0), "capacity": (_capacity, 11)}
 
 
