@@ -27,7 +27,7 @@ from optimizer.study.results import is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
-           "pareto_front", "trial_info"]
+           "pareto_front", "study_config", "trial_info"]
 
 METRICS = ("ttft", "itl", "e2e")
 PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
@@ -312,14 +312,21 @@ def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:
     return 1.0 - best.p99 / slo_ms if slo_ms > 0 else math.nan
 
 
+def study_config(study_attrs: dict[str, Any], fallback_config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The config the study ran with (``study_attrs["config"]``, else ``fallback_config``), with
+    slo.p99_ms=auto replaced by the limit the study calibrated (None before the baseline set it)."""
+    cfg = study_attrs.get("config") or fallback_config or {}
+    cal = study_attrs.get(CALIBRATION_ATTR)
+    if (cfg.get("slo") or {}).get("p99_ms") == "auto":
+        cfg = dict(cfg, slo=dict(cfg["slo"], p99_ms=cal.get("slo_ms") if isinstance(cal, dict) else None))
+    return cfg
+
+
 def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dict[str, Any],
                       fallback_config: Optional[dict[str, Any]] = None) -> ReportData:
     """Everything the report shows. ``study_attrs["config"]`` (what the study was run with) wins
     over ``fallback_config`` (the config of this invocation)."""
-    cfg = study_attrs.get("config") or fallback_config or {}
-    cal = study_attrs.get(CALIBRATION_ATTR)  # slo.p99_ms=auto: the limit the study calibrated
-    if (cfg.get("slo") or {}).get("p99_ms") == "auto":
-        cfg = dict(cfg, slo=dict(cfg["slo"], p99_ms=cal.get("slo_ms") if isinstance(cal, dict) else None))
+    cfg = study_config(study_attrs, fallback_config)
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
     trials = sorted(search_trials(trials), key=lambda t: t.number)  # confirmation runs: their own section
     records = {t.number: TrialRecord.from_trial(t) for t in trials}

@@ -24,7 +24,7 @@ from optimizer.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
 from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
-from optimizer.reporting.data import ReportData, build_report_data, classify
+from optimizer.reporting.data import ReportData, build_report_data, classify, study_config
 from optimizer.reporting.html import figure_div, render_page
 from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving_yaml
 from optimizer.reporting.quality import quality_figure, quality_info, quality_section
@@ -79,7 +79,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     """Write the report of ``study`` into ``out_dir``; returns the path of ``index.html``."""
     trials = study.get_trials(deepcopy=False)
     d = build_report_data(study.study_name, trials, study.user_attrs, fallback_config)
-    cv = confirmation_view(trials, study.user_attrs.get("config") or fallback_config or {})
+    cv = confirmation_view(trials, study_config(study.user_attrs, fallback_config))  # auto SLO: calibrated
     study = search_view(study)  # Optuna's own plots: the search's trials only
     figs = {
         "scatter": F.scatter_figure(d), "history": F.history_figure(study, d),
