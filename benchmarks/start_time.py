@@ -53,7 +53,8 @@ import httpx  # noqa: E402
 import optuna  # noqa: E402
 
 from optimizer.record import TrialRecord  # noqa: E402
-from optimizer.server.startlog import StartLog, parse_start_log  # noqa: E402
+from optimizer.server.process import free_port  # noqa: E402
+from optimizer.server.startlog import START_PHASES, StartLog, parse_start_log  # noqa: E402
 
 PHASES = ("model_load_s", "compile_s", "graph_capture_s", "engine_init_other_s", "imports_and_rest_s")
 
@@ -63,18 +64,15 @@ PRODUCT_FIXED = ["study.n_trials=1", "study.enqueue_baseline=true", "slo.p99_ms=
                  "load.concurrency=2"]
 
 
-def phases(start_s: float, log: StartLog) -> dict[str, float]:
-    """The start split by vLLM's own log lines; NaN where the log did not say."""
-    def nz(x: float) -> float:
-        return 0.0 if math.isnan(x) else x
+_PHASE_KEYS = dict(zip((label for label, _ in START_PHASES),
+                       ("imports_and_rest_s", "model_load_s", "compile_s", "graph_capture_s", "engine_init_other_s")))
 
-    # NaN where the log did not say (vLLM's CPU build logs no "torch.compile took" line: its compile
-    # time stays inside engine_init_other_s)
-    compile_s, graph_s = log.compile_s, log.graph_capture_s
-    other = log.engine_init_s - nz(compile_s) - nz(graph_s)
-    rest = start_s - log.model_load_s - log.engine_init_s
-    return {"model_load_s": log.model_load_s, "compile_s": compile_s, "graph_capture_s": graph_s,
-            "engine_init_other_s": other, "imports_and_rest_s": rest}
+
+def phases(start_s: float, log: StartLog) -> dict[str, float]:
+    """The start split by the product's reading of vLLM's log (StartLog.phases), under this
+    benchmark's keys; NaN throughout where the log gives no engine init time."""
+    split = log.phases(start_s) or {}
+    return {key: split.get(label, math.nan) for label, key in _PHASE_KEYS.items()}
 
 
 def product_start(base: list[str], overrides: list[str], work: Path, label: str, timeout: float) -> dict[str, Any]:
@@ -121,7 +119,7 @@ def plain_start(command: str, overrides: list[str], work: Path, label: str, time
     argv = shlex.split(command)
     if PY_OVERRIDE is not None:
         argv[0] = PY_OVERRIDE
-    port = _free_port()
+    port = free_port()
     argv = _with_port(argv, port)
     log_path = work / f"plain-{label}-{int(time.time())}.log"
     with open(log_path, "wb") as logf:
@@ -135,14 +133,6 @@ def plain_start(command: str, overrides: list[str], work: Path, label: str, time
     log = parse_start_log(log_path.read_text(errors="replace"))
     return {"start_s": start_s, "ok": not math.isnan(start_s), "compile_cache_hit": log.compile_cache_hit,
             **phases(start_s, log)}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _with_port(argv: list[str], port: int) -> list[str]:
