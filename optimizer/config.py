@@ -259,6 +259,10 @@ class StudyConfig:
     n_trials: int = 6  # finished trials the study should hold; a re-run tops it up
     seed: int = 0
     enqueue_baseline: bool = True
+    # configs to measure first, after the baseline: each is vLLM's defaults with these changes, e.g.
+    # [{quantization: fp8}, {kv_cache_dtype: fp8}] (one knob at a time); keys are search parameters
+    # the space samples. Added to a resumed study when new; the sampler learns from them as from any
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
     max_consecutive_env_failures: int = 3
     max_retries: int = 1  # retries of a trial interrupted by an environmental fault
     # parallel trials on this host, each on its own GPUs (as many as the largest tensor_parallel_size

@@ -47,28 +47,31 @@ class Setup:
 
 @dataclass(frozen=True)
 class Lineage:
-    """Written when a trial is enqueued: the baseline, or a retry of an earlier trial."""
+    """Written when a trial is enqueued: the baseline, a ``study.enqueue`` seed, or a retry of an
+    earlier trial."""
 
     baseline: bool = False
     attempt: int = 0  # retries before this one
     retry_of: Optional[int] = None
     retry_reason: str = ""
+    seed: bool = False  # one of study.enqueue: vLLM's defaults with the changes the user gave
 
     def to_attrs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "baseline"} if self.baseline else {}
+        out: dict[str, Any] = {"kind": "baseline"} if self.baseline else {"kind": "seed"} if self.seed else {}
         if self.retry_of is not None:
             out.update({"attempt": self.attempt, "retry_of": self.retry_of, "retry_reason": self.retry_reason[:300]})
         return out
 
     def retry(self, of: int, reason: str) -> Lineage:
         """The lineage of a retry of the trial ``of`` that had this lineage."""
-        return Lineage(self.baseline, self.attempt + 1, of, reason)
+        return Lineage(self.baseline, self.attempt + 1, of, reason, self.seed)
 
     @classmethod
     def from_attrs(cls, a: Attrs) -> Lineage:
         r = a.get("retry_of")
         return cls(a.get("kind") == "baseline", integer(a, "attempt"),
-                   r if isinstance(r, int) and not isinstance(r, bool) else None, text(a, "retry_reason"))
+                   r if isinstance(r, int) and not isinstance(r, bool) else None, text(a, "retry_reason"),
+                   a.get("kind") == "seed")
 
 
 @dataclass(frozen=True)

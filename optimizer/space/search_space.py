@@ -23,7 +23,7 @@ from optimizer.space.engine_args import EngineParams
 from optimizer.space.grid import grid_values
 from optimizer.space.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weights_gib
 
-__all__ = ["Space", "TrialLike", "baseline_params", "build_space", "check", "check_space_fits",
+__all__ = ["Space", "TrialLike", "baseline_params", "build_space", "check", "check_space_fits", "seed_params",
            "memory_friendliest", "suggest"]
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,62 @@ def baseline_params(cfg: Config) -> dict[str, Any]:
         if default in getattr(s, key):
             d.setdefault(key, default)
     return d
+
+
+_CHOICES = ("enable_chunked_prefill", "enable_prefix_caching", "quantization", "dtype", "kv_cache_dtype",
+            "max_model_len", "tensor_parallel_size", "speculative")
+_INTS = ("max_num_seqs", "max_num_batched_tokens", "num_speculative_tokens", "ngram_lookup_max")
+
+
+def _seed_value_error(space: Space, name: str, value: Any) -> Optional[str]:
+    """Why ``name=value`` cannot be enqueued in ``space`` (None: it can)."""
+    if name in _CHOICES:
+        choices = [c.value if hasattr(c, "value") else c for c in getattr(space, name)]
+        if len(choices) < 2:
+            return f"the space fixes {name} to {choices!r}: add choices to search.{name}"
+        if str(value) not in [str(c) for c in choices]:
+            return f"not one of search.{name}={choices!r}"
+        return None
+    if name in _INTS:
+        r: IntRange = getattr(space, name)
+        grid = space.grids.get(name, ())
+        if r.low == r.high:
+            return f"the space fixes {name} to {r.low}: widen search.{name}"
+        if grid and value not in grid:
+            return f"not on search.{name}'s grid {list(grid)}"
+        if not (isinstance(value, int) and not isinstance(value, bool) and r.low <= value <= r.high):
+            return f"not a whole number in search.{name} [{r.low}, {r.high}]"
+        return None
+    memory = "kv_cache_gib" if space.device == "cpu" else "gpu_memory_utilization"
+    if name == memory:
+        m = space.memory_share
+        if m.low == m.high:
+            return f"the space fixes {name} to {m.low}: widen search.{name}"
+        if not (isinstance(value, (int, float)) and m.low <= value <= m.high):
+            return f"not in search.{name} [{m.low}, {m.high}]"
+        return None
+    return f"not a search parameter; one of {', '.join(_CHOICES + _INTS + (memory,))}"
+
+
+def seed_params(cfg: Config, space: Space) -> list[dict[str, Any]]:
+    """``study.enqueue`` as Optuna params: each entry is vLLM's defaults (:func:`baseline_params`)
+    with the entry's changes, so a seed measures one knob (or a few) against the baseline.
+
+    Raises:
+        ConfigError: an entry names a parameter the space does not sample, or a value outside it.
+    """
+    out = []
+    for i, entry in enumerate(cfg.study.enqueue):
+        if not entry:
+            raise ConfigError(f"study.enqueue[{i}] is empty: give the changes from vLLM's defaults, e.g. "
+                              f"{{quantization: fp8}}")
+        for name, value in entry.items():
+            why = _seed_value_error(space, name, value)
+            if why:
+                raise ConfigError(f"study.enqueue[{i}]: {name}={value!r} is {why}" if why.startswith("not")
+                                  else f"study.enqueue[{i}]: {name}={value!r}: {why}")
+        out.append({**baseline_params(cfg), **entry})
+    return out
 
 
 def defaults_as_params(cfg: Config) -> EngineParams:

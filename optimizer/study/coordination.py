@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from optimizer.study.filelock import ExclusiveFileLock
 
-__all__ = ["WorkerLock", "advisory_lock", "enqueue_baseline_once", "fail_stale", "in_flight"]
+__all__ = ["WorkerLock", "advisory_lock", "enqueue_baseline_once", "enqueue_seeds_once", "fail_stale", "in_flight"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,23 @@ def enqueue_baseline_once(study: optuna.Study, url: str, params: dict[str, Any])
         study.enqueue_trial(params, user_attrs={"kind": "baseline"})
         study.set_user_attr("baseline_enqueued", True)
         return True
+
+
+SEEDS_ATTR = "seeds_enqueued"
+
+
+def enqueue_seeds_once(study: optuna.Study, url: str, seeds: list[dict[str, Any]]) -> int:
+    """Enqueue each ``study.enqueue`` config (as params) that this study has not enqueued before,
+    after the baseline; returns how many this call enqueued. A seed added to the command of a
+    resumed study is enqueued then; one already measured is not measured again."""
+    with advisory_lock(url, f"vllm-optimizer:seeds:{study.study_name}"):
+        done = [dict(d) for d in study.user_attrs.get(SEEDS_ATTR, [])]
+        new = [p for p in seeds if p not in done]
+        for p in new:
+            study.enqueue_trial(p, user_attrs={"kind": "seed"}, skip_if_exists=True)
+        if new:
+            study.set_user_attr(SEEDS_ATTR, done + new)
+        return len(new)
 
 
 def fail_stale(study: optuna.Study) -> None:

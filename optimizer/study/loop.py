@@ -33,9 +33,9 @@ from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.server.environment import server_env
 from optimizer.space.engine_args import EngineParams
-from optimizer.space.search_space import Space, baseline_params, build_space, suggest
+from optimizer.space.search_space import Space, baseline_params, build_space, seed_params, suggest
 from optimizer.study import calibrate
-from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, fail_stale, in_flight
+from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, enqueue_seeds_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import judge
 from optimizer.study.noise import ranking_note
@@ -255,6 +255,7 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
     killed = pidfile.sweep(ctx.pid_dir)
     if killed:
         log.warning("stopped %d server group(s) left behind by a killed run", len(killed))
+    seeds = seed_params(cfg, space)  # study.enqueue: refused (ConfigError) before the study is touched
     db = sqlite_path(cfg.study.storage)
     # SQLite: this process holds the whole study; a server database: this worker name on this host
     lock = StudyLock(db.resolve()).acquire() if db is not None else WorkerLock(ctx.pid_dir, cfg.study.name,
@@ -272,6 +273,10 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
             fail_stale(study)
         if cfg.study.enqueue_baseline:
             enqueue_baseline_once(study, cfg.study.storage, baseline_params(cfg))
+        if seeds:
+            n_seeds = enqueue_seeds_once(study, cfg.study.storage, seeds)
+            if n_seeds:
+                log.info("enqueued %d config(s) of study.enqueue (vLLM's defaults with the changes given)", n_seeds)
         done = finished_count(study)
         running = in_flight(study)
         log.info("study %s: %d of %d trials finished%s; storage %s; worker %s%s", cfg.study.name, done,

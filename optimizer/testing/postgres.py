@@ -4,18 +4,28 @@
 127.0.0.1 and a free port (Unix socket in the same directory), as the ``postgres`` user when
 running as root (``initdb`` refuses root). The server gets SIGTERM if the process that started
 it dies. The test fixtures (``postgres``, ``pg_url``) are in ``tests/support/postgres.py``.
+
+The binaries come from the Debian package (``/usr/lib/postgresql/<v>/bin``), PATH, or the PyPI
+wheel ``pgserver`` (which ships PostgreSQL 16 under ``pgserver/pginstall``; found without
+importing it, so its own dependencies need not be installed): a GPU host with no package index
+gets a study database for one-host parallel workers from two wheels (``pgserver``, ``psycopg``).
+
+``python -m optimizer.testing.postgres --url-file F [--db NAME]`` runs one until SIGTERM/SIGINT
+and writes its URL to ``F`` once it accepts connections (``study.storage=$(cat F)``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -26,12 +36,20 @@ __all__ = ["PostgresServer", "postgres_bin"]
 
 
 def postgres_bin() -> Optional[Path]:
-    """The newest ``/usr/lib/postgresql/<version>/bin`` holding initdb and postgres, else PATH's."""
+    """The newest ``/usr/lib/postgresql/<version>/bin`` holding initdb and postgres, else PATH's,
+    else the ``pgserver`` wheel's."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
     if found:
         return Path(found[-1]).parent
     exe = shutil.which("postgres")
-    return Path(exe).parent if exe and shutil.which("initdb") else None
+    if exe and shutil.which("initdb"):
+        return Path(exe).parent
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
+        if (wheel_bin / "postgres").exists() and (wheel_bin / "initdb").exists():
+            return wheel_bin
+    return None
 
 
 def _free_port() -> int:
@@ -109,3 +127,44 @@ class PostgresServer:
                 self._proc.kill()
                 self._proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one server until SIGTERM/SIGINT; its URL goes to ``--url-file`` once it is ready."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m optimizer.testing.postgres", description=main.__doc__)
+    ap.add_argument("--url-file", required=True, help="where to write the database URL")
+    ap.add_argument("--db", default="studies", help="the database to create (default: studies)")
+    a = ap.parse_args(argv)
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        print("no PostgreSQL binaries: install the Debian package postgresql, or the wheel pgserver "
+              "(pip install --no-deps pgserver)", file=sys.stderr)
+        return 1
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            print("running as root, PostgreSQL needs an ordinary user to run as: `useradd -r -M postgres`, "
+                  "then run this again", file=sys.stderr)
+            return 1
+    server = PostgresServer(bin_dir).start()
+    stop: list[int] = []
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: stop.append(signum))
+    try:
+        url = server.create_db(a.db)
+        tmp = Path(a.url_file + ".tmp")
+        tmp.write_text(url + "\n")
+        tmp.replace(a.url_file)
+        print(f"PostgreSQL {bin_dir} serving {url} (data in {server.root}); SIGTERM stops it", flush=True)
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
