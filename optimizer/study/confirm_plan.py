@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.record import Confirmation, TrialRecord
 from optimizer.study.uplift import ConfigRuns
 
-__all__ = ["Candidate", "Slot", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
+__all__ = ["Candidate", "Slot", "assign", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
            "failed_attempts", "flags_changed",
            "is_confirmation", "plan", "remaining", "search_trials"]
 
@@ -116,6 +116,24 @@ def candidates(trials: Sequence[FrozenTrial], top_k: int) -> list[Candidate]:
 def plan(cands: Sequence[Candidate], repeats: int, seed0: int) -> list[Slot]:
     """Every candidate once per round, rounds one after the other."""
     return [Slot(c, r, i, seed0 + r) for r in range(repeats) for i, c in enumerate(cands)]
+
+
+def assign(slots: Sequence[Slot], workers: int) -> list[list[Slot]]:
+    """The slots of each of ``workers`` parallel workers, each share in plan order.
+
+    Slot (round ``r``, position ``i``) goes to worker ``(i + r) mod workers``: within a round the
+    configs run on different workers (as far as there are workers), and from one round to the
+    next each config moves to the next worker, so a difference between GPUs is spread over the
+    configs instead of passing for a difference between configs. Deterministic, so a resumed
+    stage sends the slots it still misses where the first call would have. One worker: the plan
+    order itself.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be >= 1")
+    shares: list[list[Slot]] = [[] for _ in range(workers)]
+    for s in slots:
+        shares[(s.slot + s.repeat) % workers].append(s)
+    return shares
 
 
 def _runs_by_key(trials: Sequence[FrozenTrial], state: TrialState) -> dict[tuple[str, int], list[FrozenTrial]]:
