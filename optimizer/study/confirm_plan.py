@@ -25,7 +25,7 @@ from optimizer.study.uplift import ConfigRuns
 
 __all__ = ["Candidate", "Slot", "assign", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
            "failed_attempts", "flags_changed",
-           "is_confirmation", "plan", "remaining", "search_trials"]
+           "is_confirmation", "plan", "remaining", "run_gpus", "search_trials"]
 
 
 def is_confirmation(t: FrozenTrial) -> bool:
@@ -178,6 +178,14 @@ def config_runs(cands: Sequence[Candidate], trials: Sequence[FrozenTrial], repea
             flags = rec.confirmation.flags_changed if rec.confirmation is not None else 0
         out.append(ConfigRuns(c.label, c.of, c.baseline, 0 if c.baseline else flags, tuple(values), tuple(feasible)))
     return out
+
+
+def run_gpus(cands: Sequence[Candidate], trials: Sequence[FrozenTrial], repeats: int) -> list[tuple[str, ...]]:
+    """Each candidate's GPUs by round: the ``CUDA_VISIBLE_DEVICES`` of the run :func:`config_runs`
+    takes its value from ("" where none were pinned or the round has no COMPLETE run)."""
+    done = _runs_by_key(trials, TrialState.COMPLETE)
+    return [tuple(TrialRecord.from_trial(runs[-1]).setup.gpus if (runs := done.get((c.key, r))) else ""
+                  for r in range(repeats)) for c in cands]
 
 
 def confirmed(trials: Sequence[FrozenTrial]) -> tuple[list[Candidate], int]:

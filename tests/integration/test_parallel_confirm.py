@@ -8,7 +8,9 @@ from the same trials.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from optimizer.record import TrialRecord
+from optimizer.reporting.confirmation import confirmation_html, confirmation_view
 from optimizer.study.confirm import summarize_confirmation
 from tests.integration.test_parallel_workers import Fleet, _alive, _wait
 
@@ -89,6 +92,9 @@ def test_a_confirmation_runs_on_both_gpu_groups_at_once_and_rotates_each_config_
                  for t, rec in runs if rec.setup.worker == w] for w in ("h/confirm/w0", "h/confirm/w1")}
     assert any(s0 < e1 and s1 < e0 for s0, e0 in spans["h/confirm/w0"] for s1, e1 in spans["h/confirm/w1"]), spans
     assert out.count("confirmation (2 rounds") == 1 and "recommendation:" in out  # summarized once, by the parent
+    view = confirmation_view(search.study().get_trials(deepcopy=False), {})  # the report's section
+    assert view is not None and {lab: set(g) for lab, g in view.gpus.items()} == by_config
+    assert "(GPU 0)" in confirmation_html(view, "") and "(GPU 1)" in confirmation_html(view, "")
     assert not [q for q in search.server_pids() if _alive(q)]
 
     # the same study confirmed by one worker: the same result structure, every run on the first GPU
@@ -97,6 +103,8 @@ def test_a_confirmation_runs_on_both_gpu_groups_at_once_and_rotates_each_config_
     serial_runs = _runs(serial)
     assert len(serial_runs) == 4 and {(rec.setup.gpus, rec.setup.worker) for _, rec in serial_runs} == {
         ("0", "h/confirm")}
+    serial_view = confirmation_view(serial.study().get_trials(deepcopy=False), {})
+    assert serial_view is not None and set(serial_view.gpus.values()) == {("0", "0")}
     par = summarize_confirmation(search.study().get_trials(deepcopy=False), 0.95)
     ser = summarize_confirmation(serial.study().get_trials(deepcopy=False), 0.95)
     assert par is not None and ser is not None
@@ -105,3 +113,32 @@ def test_a_confirmation_runs_on_both_gpu_groups_at_once_and_rotates_each_config_
     assert par.rounds == ser.rounds == 2 and par.study_pick == ser.study_pick
     assert sorted((rec.confirmation.repeat, rec.confirmation.slot, rec.confirmation.seed) for _, rec in runs) == \
         sorted((rec.confirmation.repeat, rec.confirmation.slot, rec.confirmation.seed) for _, rec in serial_runs)
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_both_confirmation_workers_and_the_next_call_resumes_on_both_groups(tmp_path, pg_url,
+                                                                                         tiny_model):
+    fleet = Fleet(tmp_path, pg_url, "sig")
+    p = fleet.popen("search", "study.workers=2", "study.n_trials=3", *GPUS)
+    assert _wait(p, fleet, "search") == 0, fleet.output("search")[-3000:]
+    with open(tmp_path / "stopped.out", "w") as out:
+        proc = subprocess.Popen(_confirm_argv(fleet, *GPUS, *CONFIRM, "study.workers=2"), cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, env=fleet.env(start_delay_s=3.0))
+    starting = [re.compile(rf"\[h/confirm/w{i}\] \[confirm [^\n]*starting server") for i in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(s.search(fleet.output("stopped")) for s in starting):  # both servers are starting
+        assert proc.poll() is None and time.monotonic() < deadline, fleet.output("stopped")[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert _wait(proc, fleet, "stopped", 60) == 143, fleet.output("stopped")[-3000:]
+    stopped = [(t, rec) for t, rec in _runs(fleet) if rec.interrupted]
+    assert {rec.setup.worker for _, rec in stopped} == {"h/confirm/w0", "h/confirm/w1"}, fleet.output("stopped")
+    assert all(t.state == TrialState.FAIL for t, _ in stopped)
+    time.sleep(0.5)
+    assert not [q for q in fleet.server_pids() if _alive(q)]
+
+    out = _confirm(fleet, "resumed", "study.workers=2")
+    assert "of 4 runs done; the rest on 2 GPU group(s) at once" in out
+    done = [rec for t, rec in _runs(fleet) if t.state == TrialState.COMPLETE]
+    assert sorted((r.confirmation.repeat, r.confirmation.slot) for r in done) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert {r.setup.gpus for r in done} == {"0", "1"}
