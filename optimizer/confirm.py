@@ -8,7 +8,8 @@ Examples::
 The baseline and the ``study.confirm.top_k`` best feasible configs are each started on a fresh
 server ``study.confirm.repeats`` times, in interleaved rounds, on held-out prompts; the runs are
 stored in the study (marked as confirmations), so an interrupted confirmation resumes where it
-stopped. ``python -m optimizer.run`` does the same at the end of every study.
+stopped. ``python -m optimizer.run`` does the same at the end of every study. With several GPU
+groups (``study.workers``, as for the search; PostgreSQL), the runs go to the groups at once.
 """
 
 from __future__ import annotations
@@ -35,19 +36,25 @@ Exit codes: 0 done, 1 no such study or too many environmental failures, 2 bad in
 
 def _body(overrides: list[str], debug: bool) -> int:
     cfg = compose(overrides)
-    setup_logging(Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log", debug)
+    log_file = Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log"
+    setup_logging(log_file, debug)
     from optimizer.errors import ConfigError
     from optimizer.reporting.write import load_study
+    from optimizer.server.gpu import list_gpus
     from optimizer.study.confirm import run_confirmation
     from optimizer.study.loop import Runtime
+    from optimizer.study.workers import host_plan
 
     if cfg.study.confirm.top_k == 0:
         raise ConfigError("study.confirm.top_k=0: nothing to confirm; give the number of top configs, e.g. "
                           "study.confirm.top_k=3")
     load_study(cfg.study.storage, cfg.study.name)  # refuse a study that does not exist (never create one)
+    # the GPU groups of the search (study.workers): the entry point reads the environment and asks for the GPUs
+    plan = host_plan(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), lambda: [g.index for g in list_gpus()])
     try:
         run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
-                                      worker=f"{cfg.study.host or os.uname().nodename}/confirm"))
+                                      worker=f"{cfg.study.host or os.uname().nodename}/confirm"),
+                         plan=plan, log_file=log_file, debug=debug)
     finally:
         if cfg.report:
             from optimizer.run import _report

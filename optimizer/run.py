@@ -67,10 +67,11 @@ def _body(overrides: list[str], debug: bool) -> int:
     try:
         run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,
                     log_file=runs / "optimizer.log", debug=debug)
-        if cfg.study.confirm.top_k > 0:  # once, here: with parallel workers, after all of them
+        if cfg.study.confirm.top_k > 0:  # once, here: after every worker, on the same GPU groups
             from optimizer.study.confirm import run_confirmation
 
-            run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable, worker=f"{host}/confirm"))
+            run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable, worker=f"{host}/confirm"),
+                             plan=plan, log_file=runs / "optimizer.log", debug=debug)
     finally:
         if cfg.report:
             _report(cfg)

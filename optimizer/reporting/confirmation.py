@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
 from optimizer.study.confirm import ConfirmResult, summarize_confirmation
-from optimizer.study.confirm_plan import confirmation_trials
+from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
 from optimizer.study.uplift import ConfigRuns, mean_interval
 
 __all__ = ["ConfirmationView", "confirmation_figure", "confirmation_html", "confirmation_view", "confirmed_yaml"]
@@ -34,6 +34,7 @@ class ConfirmationView(NamedTuple):
     slo_ms: float
     model: dict[str, Any] = {}  # the study's model config section (best.yaml names the model from it)
     engine_params: dict[str, Any] = {}  # the recommended config's engine parameters
+    gpus: dict[str, tuple[str, ...]] = {}  # label -> the GPUs of each repeat ({} where none were pinned)
 
 
 def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
@@ -52,10 +53,12 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
             serve = dict(rec.launch.serve_config)
             params = dict(rec.setup.engine_params or {})
     hw, server, slo = (cfg.get(k) or {} for k in ("hardware", "server", "slo"))
+    cands, rounds = confirmed(trials)  # the candidates res.runs was built from, in its order
+    gpus = {r.label: g for r, g in zip(res.runs, run_gpus(cands, trials, rounds))}
     return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
                             [str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
                             str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan),
-                            dict(cfg.get("model") or {}), params)
+                            dict(cfg.get("model") or {}), params, gpus if any(any(g) for g in gpus.values()) else {})
 
 
 def _n(v: float, fmt: str = ".1f") -> str:
@@ -100,7 +103,9 @@ def confirmation_figure(v: ConfirmationView) -> go.Figure:
 
 def _row(r: ConfigRuns, v: ConfirmationView) -> str:
     lo, hi = v.intervals[r.label]
-    reps = ", ".join("—" if f is None else f"{x:.1f}" + ("" if f else " ✗") for x, f in zip(r.values, r.feasible))
+    where = v.gpus.get(r.label) or ("",) * len(r.values)
+    reps = ", ".join("—" if f is None else f"{x:.1f}" + ("" if f else " ✗") + (f" (GPU {g})" if g else "")
+                     for x, f, g in zip(r.values, r.feasible, where))
     chosen = v.result.recommendation.chosen
     mark = ' style="background:#fff9db"' if chosen is not None and chosen.label == r.label else ""
     if r.all_feasible:
@@ -141,7 +146,9 @@ def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
             "seed). The recommendation comes from these runs only: the best median among the configs feasible in "
             "every repeat; configs within its noise lose to the one with fewer flags changed from vLLM's defaults. "
             "The uplift is the geometric mean of the per-round ratios over the baseline, with the Student-t "
-            f"interval of the per-round log ratios ({v.confidence:.0%}; paired by round).</p>"
+            f"interval of the per-round log ratios ({v.confidence:.0%}; paired by round)."
+            + (" A repeat's GPUs (its server's CUDA_VISIBLE_DEVICES) follow its value; with several GPU groups the "
+               "runs went to them at once, each config to another group every round." if v.gpus else "") + "</p>"
             f'<p class="headline">{html.escape(verdict(v))}</p>{pick}'
             '<table class="trials"><thead><tr><th>config</th><th>flags changed</th><th>repeats (✗: broke the SLO)</th>'
             f"<th>median</th><th>{v.confidence:.0%} interval of the mean</th><th>feasible in every repeat</th></tr>"

@@ -23,9 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.record import Confirmation, TrialRecord
 from optimizer.study.uplift import ConfigRuns
 
-__all__ = ["Candidate", "Slot", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
+__all__ = ["Candidate", "Slot", "assign", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
            "failed_attempts", "flags_changed",
-           "is_confirmation", "plan", "remaining", "search_trials"]
+           "is_confirmation", "plan", "remaining", "run_gpus", "search_trials"]
 
 
 def is_confirmation(t: FrozenTrial) -> bool:
@@ -118,6 +118,24 @@ def plan(cands: Sequence[Candidate], repeats: int, seed0: int) -> list[Slot]:
     return [Slot(c, r, i, seed0 + r) for r in range(repeats) for i, c in enumerate(cands)]
 
 
+def assign(slots: Sequence[Slot], workers: int) -> list[list[Slot]]:
+    """The slots of each of ``workers`` parallel workers, each share in plan order.
+
+    Slot (round ``r``, position ``i``) goes to worker ``(i + r) mod workers``: within a round the
+    configs run on different workers (as far as there are workers), and from one round to the
+    next each config moves to the next worker, so a difference between GPUs is spread over the
+    configs instead of passing for a difference between configs. Deterministic, so a resumed
+    stage sends the slots it still misses where the first call would have. One worker: the plan
+    order itself.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be >= 1")
+    shares: list[list[Slot]] = [[] for _ in range(workers)]
+    for s in slots:
+        shares[(s.slot + s.repeat) % workers].append(s)
+    return shares
+
+
 def _runs_by_key(trials: Sequence[FrozenTrial], state: TrialState) -> dict[tuple[str, int], list[FrozenTrial]]:
     out: dict[tuple[str, int], list[FrozenTrial]] = {}
     for t in confirmation_trials(trials):
@@ -160,6 +178,14 @@ def config_runs(cands: Sequence[Candidate], trials: Sequence[FrozenTrial], repea
             flags = rec.confirmation.flags_changed if rec.confirmation is not None else 0
         out.append(ConfigRuns(c.label, c.of, c.baseline, 0 if c.baseline else flags, tuple(values), tuple(feasible)))
     return out
+
+
+def run_gpus(cands: Sequence[Candidate], trials: Sequence[FrozenTrial], repeats: int) -> list[tuple[str, ...]]:
+    """Each candidate's GPUs by round: the ``CUDA_VISIBLE_DEVICES`` of the run :func:`config_runs`
+    takes its value from ("" where none were pinned or the round has no COMPLETE run)."""
+    done = _runs_by_key(trials, TrialState.COMPLETE)
+    return [tuple(TrialRecord.from_trial(runs[-1]).setup.gpus if (runs := done.get((c.key, r))) else ""
+                  for r in range(repeats)) for c in cands]
 
 
 def confirmed(trials: Sequence[FrozenTrial]) -> tuple[list[Candidate], int]:

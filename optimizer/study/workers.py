@@ -12,6 +12,8 @@ The entry process forwards SIGINT and SIGTERM to the workers (they run in their 
 group, so a Ctrl-C reaches each of them once, through the parent), waits for all of them, and
 reports. A worker that dies does not stop the others: its trial is failed by the heartbeat and
 retried by one of them. Workers get SIGTERM when the entry process dies, even by SIGKILL.
+That process machinery is :func:`spawn_and_wait`; the confirmation stage runs its parallel
+workers with it too (:mod:`optimizer.study.confirm`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,7 +39,7 @@ from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import finished_count, sqlite_path
 
-__all__ = ["host_plan", "run_workers", "worker_runtimes"]
+__all__ = ["WorkerJob", "exit_text", "host_plan", "run_workers", "spawn_and_wait", "worker_runtimes"]
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +88,44 @@ def run_workers(cfg: Config, rt: Runtime, plan: WorkerPlan, *, host: str, log_fi
     # same moment), and open the study, so that a bad storage URL or a changed config is one error
     resolve_model_dir(cfg.model, str(Path(cfg.server.cache_dir).resolve()))
     _open_once(cfg)
-    codes = _spawn_and_wait(cfg, runtimes, log_file, debug)
+    jobs = [WorkerJob(r.worker, r.gpu_ids, _study_body, (cfg, r)) for r in runtimes]
+    codes = spawn_and_wait(jobs, log_file, debug,
+                           on_death="and retry its trial once the heartbeat fails it (study.heartbeat_grace_s)")
     return _closing(cfg, codes)
 
 
-def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Path], debug: bool) -> dict[str, int]:
+@dataclass(frozen=True)
+class WorkerJob:
+    """One worker process: its name (the tag of its log lines), the GPUs it owns (for the log) and
+    what it runs, ``body(*args)``: a module-level function, which the spawn start method pickles by
+    reference (a lambda or a local function cannot cross)."""
+
+    name: str
+    gpus: tuple[int, ...]
+    body: Callable[..., None]
+    args: tuple[Any, ...]
+
+
+def spawn_and_wait(jobs: Sequence[WorkerJob], log_file: Optional[Path], debug: bool, *,
+                   on_death: str) -> dict[str, int]:
+    """Run ``jobs`` as processes at once and wait for all of them; their exit codes by name.
+
+    Each runs in its own process group (a terminal's Ctrl-C reaches this process only), gets
+    SIGTERM when this process dies (even by SIGKILL), logs with its name as the tag, and maps its
+    errors to exit codes as an entry point does (:func:`optimizer.entry.run_guarded`). SIGINT and
+    SIGTERM reaching this process are forwarded to every live job, once. A job that dies or fails
+    does not stop the others: the warning names it and says ``on_death`` (what becomes of its work).
+
+    Raises:
+        KeyboardInterrupt / Terminated: SIGINT / SIGTERM reached this process (after every job ended).
+    """
     mp = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     signals: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         signals.append(signum)
-        log.warning("%s: stopping %d worker(s); each stops its server and records its trial as interrupted",
+        log.warning("%s: stopping %d worker(s); each stops its server and records its run as interrupted",
                     signal.Signals(signum).name, sum(p.is_alive() for p in procs))
         for p in procs:
             if p.is_alive():
@@ -105,13 +134,13 @@ def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Pat
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     codes: dict[str, int] = {}
     try:
-        for r in runtimes:
+        for job in jobs:
             if signals:
                 break
-            p = mp.Process(target=_worker_main, args=(cfg, r, log_file, debug, os.getpid()), name=r.worker)
+            p = mp.Process(target=_worker_main, args=(job, log_file, debug, os.getpid()), name=job.name)
             p.start()
             procs.append(p)
-            log.info("worker %s: pid %d, GPU(s) %s", r.worker, p.pid, ",".join(map(str, r.gpu_ids)) or "-")
+            log.info("worker %s: pid %d, GPU(s) %s", job.name, p.pid, ",".join(map(str, job.gpus)) or "-")
         while len(codes) < len(procs):
             for p in procs:
                 if p.name in codes:
@@ -120,10 +149,10 @@ def _spawn_and_wait(cfg: Config, runtimes: list[Runtime], log_file: Optional[Pat
                 if p.exitcode is not None:
                     codes[p.name] = p.exitcode
                     if p.exitcode < 0 and not signals:
-                        log.warning("worker %s %s; the others go on, and retry its trial once the heartbeat "
-                                    "fails it (study.heartbeat_grace_s)", p.name, _exit_text(p.exitcode))
+                        log.warning("worker %s %s; the others go on%s", p.name, exit_text(p.exitcode),
+                                    f", {on_death}" if on_death else "")
                     elif p.exitcode > 0 and not signals:
-                        log.warning("worker %s %s; the others go on", p.name, _exit_text(p.exitcode))
+                        log.warning("worker %s %s; the others go on", p.name, exit_text(p.exitcode))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -141,7 +170,8 @@ def _open_once(cfg: Config) -> None:
     open_study(cfg, build_space(cfg), optuna.samplers.RandomSampler())
 
 
-def _exit_text(code: int) -> str:
+def exit_text(code: int) -> str:
+    """A worker's exit code, in words."""
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return {1: "stopped with a study error (its error line is above)",
@@ -154,7 +184,7 @@ def _closing(cfg: Config, codes: dict[str, int]) -> Optional[StudyResult]:
     from optimizer.study.storage import make_storage
 
     failed = {name: code for name, code in codes.items() if code != 0}
-    what = "; ".join(f"{name} {_exit_text(code)}" for name, code in sorted(failed.items()))
+    what = "; ".join(f"{name} {exit_text(code)}" for name, code in sorted(failed.items()))
     if failed and set(failed.values()) == {2} and len(failed) == len(codes):
         raise ConfigError(f"every worker refused the configuration ({what})")
     try:
@@ -174,8 +204,12 @@ def _closing(cfg: Config, codes: dict[str, int]) -> Optional[StudyResult]:
                      f"log says (runs/{cfg.study.name}/optimizer.log) and run the same command to resume.")
 
 
-def _worker_main(cfg: Config, rt: Runtime, log_file: Optional[Path], debug: bool, parent: int) -> None:
-    """A worker process: its own process group, SIGTERM when the parent dies, the study loop."""
+def _study_body(cfg: Config, rt: Runtime) -> None:
+    run_study(cfg, rt)
+
+
+def _worker_main(job: WorkerJob, log_file: Optional[Path], debug: bool, parent: int) -> None:
+    """A worker process: its own process group, SIGTERM when the parent dies, then the job's body."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the parent only, which forwards it once
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's forwarding still works
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -183,10 +217,10 @@ def _worker_main(cfg: Config, rt: Runtime, log_file: Optional[Path], debug: bool
         sys.exit(143)
     from optimizer.entry import run_guarded, setup_logging
 
-    setup_logging(log_file, debug, tag=rt.worker)
+    setup_logging(log_file, debug, tag=job.name)
 
     def body() -> int:
-        run_study(cfg, rt)
+        job.body(*job.args)
         return 0
 
     sys.exit(run_guarded(body, debug))

@@ -18,7 +18,7 @@ from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Se
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
 from optimizer.study.confirm import run_confirmation
-from optimizer.study.confirm_plan import candidates, plan, remaining
+from optimizer.study.confirm_plan import Candidate, assign, candidates, plan, remaining
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result
 from optimizer.study.storage import finished_count
@@ -100,6 +100,39 @@ def test_the_plan_is_the_baseline_and_the_top_k_distinct_feasible_configs_interl
     assert [(s.candidate.label, s.repeat, s.seed) for s in slots[:4]] == [
         ("baseline", 0, 1000), (cands[1].label, 0, 1000), (cands[2].label, 0, 1000), ("baseline", 1, 1001)]
     assert len(slots) == 9
+
+
+def _cands(n: int) -> list[Candidate]:
+    return [Candidate(i, i == 0, {"max_num_seqs": 2 ** (i + 2)}, {}, {}, 100.0 + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("n_cands, repeats, workers", [(2, 2, 2), (4, 2, 4), (4, 3, 4), (3, 3, 4), (5, 3, 2),
+                                                       (4, 4, 2)])
+def test_assign_gives_every_slot_once_and_moves_each_config_to_the_next_worker_every_round(n_cands, repeats,
+                                                                                          workers):
+    slots = plan(_cands(n_cands), repeats, 1000)
+    shares = assign(slots, workers)
+    assert len(shares) == workers
+    assert sorted((s.repeat, s.slot) for share in shares for s in share) == [(s.repeat, s.slot) for s in slots]
+    where = {(s.repeat, s.slot): w for w, share in enumerate(shares) for s in share}
+    for i in range(n_cands):  # round by round, each config one worker further
+        assert [where[(r, i)] for r in range(repeats)] == [(i + r) % workers for r in range(repeats)]
+        # so a config meets min(repeats, workers) different workers
+        assert len({where[(r, i)] for r in range(repeats)}) == min(repeats, workers)
+    for r in range(repeats):  # a round's configs on different workers, as far as there are workers
+        assert len({where[(r, i)] for i in range(n_cands)}) == min(n_cands, workers)
+    for share in shares:  # each share in plan order
+        assert [(s.repeat, s.slot) for s in share] == sorted((s.repeat, s.slot) for s in share)
+
+
+def test_assign_to_one_worker_is_the_plan_order_and_a_resume_keeps_each_slot_where_it_was():
+    slots = plan(_cands(3), 3, 1000)
+    assert assign(slots, 1) == [slots]
+    full = assign(slots, 2)
+    rest = slots[4:]  # a resumed stage: the first four runs are stored
+    assert assign(rest, 2) == [[s for s in share if s in rest] for share in full]
+    with pytest.raises(ValueError, match="workers=0"):
+        assign(slots, 0)
 
 
 def test_runs_are_stored_marked_on_held_out_prompts_and_never_count_as_study_trials(cfg_of):
