@@ -22,14 +22,20 @@ host's load drift between two starts (results: ``forkserver_serving.json``).
 
     .venv/bin/python benchmarks/forkserver_start.py --pairs 3
     .venv/bin/python benchmarks/forkserver_start.py --interleaved 6 --out forkserver_serving
+    # a GPU host (vLLM bundle staged): a dummy-weight Llama-3-8B, one GPU
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/forkserver_start.py --pairs 2 --python python3 \
+        --model /root/model/llama8b-dummy --server-args "--load-format dummy --max-model-len 4096" \
+        --out-dir /tmp --out forkserver_start-h200
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -70,7 +76,7 @@ def phases(text: str, launched: float, ready_s: float) -> dict[str, float]:
             "engine_init_s": init_done - worker, "rest_s": launched + ready_s - init_done}
 
 
-async def burst(url: str, n: int, concurrency: int, max_tokens: int) -> tuple[float, list[str]]:
+async def burst(url: str, n: int, concurrency: int, max_tokens: int, model: str = "tiny") -> tuple[float, list[str]]:
     """Output tok/s of ``n`` greedy requests at ``concurrency``; and the greedy answers to four
     prompts sent one at a time before it (batched answers may differ in the last bits between
     runs on the CPU build: bf16 sums depend on the batch, so only the sequential ones compare)."""
@@ -83,7 +89,7 @@ async def burst(url: str, n: int, concurrency: int, max_tokens: int) -> tuple[fl
         nonlocal tokens
         async with sem:
             r = await client.post(url + "/v1/completions", json={
-                "model": "tiny", "prompt": f"request {i}: tell me about the number {i * 7}",
+                "model": model, "prompt": f"request {i}: tell me about the number {i * 7}",
                 "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True})
             body = r.json()
             texts[i] = body["choices"][0]["text"]
@@ -99,13 +105,17 @@ async def burst(url: str, n: int, concurrency: int, max_tokens: int) -> tuple[fl
         return tokens / (time.perf_counter() - t0), answers
 
 
+def server_argv(port: int, args: argparse.Namespace) -> list[str]:
+    return ["-m", MODULE, "--model", args.model, "--served-model-name", "tiny", "--host", "127.0.0.1",
+            "--port", str(port), *shlex.split(args.server_args)]
+
+
 def start_once(launcher: str, env: dict[str, str], tag: str, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    argv = ["-m", MODULE, "--model", str(C.TINY), "--served-model-name", "tiny", "--host", "127.0.0.1",
-            "--port", str(port), "--kv-cache-memory-bytes", str(2 * 2**30)]
+    argv = server_argv(port, args)
     log = Path(f"/tmp/forkserver-bench-{tag}.log")
     log.unlink(missing_ok=True)
-    srv = VllmServer(argv, python=C.PY, host="127.0.0.1", port=port, log_path=log, env=env,
+    srv = VllmServer(argv, python=args.python, host="127.0.0.1", port=port, log_path=log, env=env,
                      pid_dir=C.REPO / ".cache" / "pids", launcher=launcher)
     load = os.getloadavg()[0]
     launched = time.time()
@@ -127,11 +137,10 @@ def interleaved(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
     servers: dict[str, VllmServer] = {}
     for launcher in launchers.LAUNCHERS:
         port = free_port()
-        argv = ["-m", MODULE, "--model", str(C.TINY), "--served-model-name", "tiny", "--host", "127.0.0.1",
-                "--port", str(port), "--kv-cache-memory-bytes", str(2 * 2**30)]
+        argv = server_argv(port, args)
         log = Path(f"/tmp/forkserver-serving-{launcher}.log")
         log.unlink(missing_ok=True)
-        servers[launcher] = VllmServer(argv, python=C.PY, host="127.0.0.1", port=port, log_path=log, env=env,
+        servers[launcher] = VllmServer(argv, python=args.python, host="127.0.0.1", port=port, log_path=log, env=env,
                                        pid_dir=C.REPO / ".cache" / "pids", launcher=launcher)
     rows: list[dict[str, Any]] = []
     try:
@@ -170,6 +179,14 @@ def interleaved(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
             "all_same_answers": all(r["same_answers_as_first"] for r in rows)}
 
 
+def _write(args: argparse.Namespace, doc: dict[str, Any]) -> Path:
+    if not args.out_dir:
+        return C.write_result(args.out, doc)
+    path = Path(args.out_dir) / f"{args.out}.json"
+    path.write_text(json.dumps({"benchmark": args.out, "machine": C.machine(), **doc}, indent=1, default=float))
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3)
@@ -179,20 +196,28 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--interleaved", type=int, default=0, help="serving comparison: this many alternating rounds")
     ap.add_argument("--out", default="forkserver_start")
+    ap.add_argument("--out-dir", default="", help="write <out>.json here (default benchmarks/results)")
+    ap.add_argument("--model", default="", help="model folder (default: the generated tiny model)")
+    ap.add_argument("--server-args", default=f"--kv-cache-memory-bytes {2 * 2**30}",
+                    help="further vLLM flags (default: the CPU build's KV cache size)")
+    ap.add_argument("--python", default=C.PY, help="interpreter that runs vLLM (default: the repo's .venv)")
     args = ap.parse_args()
-    write_tiny_model(C.TINY)
+    if not args.model:
+        write_tiny_model(C.TINY)
+        args.model = str(C.TINY)
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(C.REPO / ".cache" / "vllm"),
                PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1")
-    config = {"model": "tiny (generated)", "module": MODULE, "requests": args.requests,
+    config = {"model": "tiny (generated)" if args.model == str(C.TINY) else Path(args.model).name,
+              "server_args": args.server_args, "module": MODULE, "requests": args.requests,
               "concurrency": args.concurrency, "max_tokens": args.max_tokens}
     if args.interleaved:
         doc = interleaved(env, args)
-        path = C.write_result(args.out, {"config": {**config, "rounds": args.interleaved}, **doc})
+        path = _write(args, {"config": {**config, "rounds": args.interleaved}, **doc})
         print(f"tok/s forkserver / plain per round: {[round(r, 3) for r in doc['paired_tok_s_ratio']]}; "
               f"median {doc['median_tok_s_ratio']:.3f}; same sequential answers: {doc['all_same_answers']}; "
-              f"written {path.relative_to(C.REPO)}")
+              f"written {path}")
         return 0
-    zygote = launchers.zygote_for(C.PY, MODULE, env, C.REPO / ".cache" / "zygote")
+    zygote = launchers.zygote_for(args.python, MODULE, env, C.REPO / ".cache" / "zygote")
     zygote.wait_ready(args.timeout)
     print(f"zygote imported vLLM in {zygote.ready_s:.1f} s (once per study)", flush=True)
     rows: list[dict[str, Any]] = []
@@ -221,11 +246,11 @@ def main() -> int:
            "paired_saving_s": diffs, "median_paired_saving_s": statistics.median(diffs),
            "paired_tok_s_ratio": ratios, "all_same_answers": all(r["same_answers_as_first"] for r in rows),
            "all_groups_empty": all(r["group_left"] == 0 for r in rows)}
-    path = C.write_result(args.out, doc)
+    path = _write(args, doc)
     print(C.table(["launcher", *summary["plain"].keys()],
                   [[k, *(f"{v:.1f}" for v in s.values())] for k, s in summary.items()]))
     print(f"paired saving (plain - forkserver), s: {[round(d, 1) for d in diffs]}; "
-          f"tok/s ratio: {[round(r, 3) for r in ratios]}; written {path.relative_to(C.REPO)}")
+          f"tok/s ratio: {[round(r, 3) for r in ratios]}; written {path}")
     return 0
 
 
