@@ -99,7 +99,7 @@ def main() -> int:
             "recommendation": None if rec is None else {
                 "chosen": rec.chosen.label if rec.chosen else None, "beats_baseline": rec.beats_baseline,
                 "uplift": {"point": _f(rec.uplift.point, 4), "ci": [_f(rec.uplift.low, 4), _f(rec.uplift.high, 4)],
-                           "pairs": rec.uplift.pairs, "method": "paired t on per-round log ratios"},
+                           "pairs": rec.uplift.pairs, "method": "per-round log ratios; t-interval of the block design (rounds x configs, pooled residual noise)", "dof": rec.uplift.dof},
                 "reason": rec.reason, "study_pick": res.study_pick, "pick_survived": res.pick_survived},
         }
     C.RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from optimizer.stats import t_quantile
-from optimizer.study.uplift import ConfigRuns, mean_interval, paired_ratio, recommend
+from optimizer.study.uplift import ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
 
 
 def runs(label: str, values, feasible=None, flags: int = 3, baseline: bool = False, of: int = 0) -> ConfigRuns:
@@ -107,3 +107,37 @@ def test_nothing_feasible_in_every_repeat_means_no_recommendation():
     a = runs("trial 3", [101, math.nan, 99], feasible=[True, None, True], of=3)
     rec = recommend([base, a])
     assert rec.chosen is None and not rec.beats_baseline and "not every repeat was measured for trial 3" in rec.reason
+
+
+# ---- block_ratio: the rounds as blocks, the noise pooled over every confirmed config ----------------
+def _runs(label: str, of: int, values: tuple[float, ...], baseline: bool = False) -> ConfigRuns:
+    return ConfigRuns(label, of, baseline, 0 if baseline else 6, values, tuple(True for _ in values))
+
+
+def test_block_ratio_of_two_configs_is_the_paired_interval():
+    a, b = _runs("a", 1, (110.0, 125.0, 118.0)), _runs("b", 0, (100.0, 104.0, 101.0), True)
+    blk, pr = block_ratio(a, b, [a, b]), paired_ratio(a.values, b.values)
+    assert (blk.point, blk.low, blk.high, blk.configs) == pytest.approx((pr.point, pr.low, pr.high, 2))
+
+
+def test_block_ratio_pools_the_residual_noise_of_all_configs():
+    # the H200 capacity study's confirmation (output tok/s at capacity, 2 rounds): the paired interval of
+    # trial 7 over the baseline (1 degree of freedom, t 12.7) holds 1; the block design's (3 dof) does not
+    base = _runs("baseline", 0, (4750.0, 4708.0), True)
+    t9, t7, t5 = _runs("trial 9", 9, (7196.0, 7848.0)), _runs("trial 7", 7, (8205.0, 7116.0)), _runs("trial 5", 5, (6753.0, 7356.0))
+    runs = [base, t9, t7, t5]
+    assert paired_ratio(t7.values, base.values).within_noise
+    r = block_ratio(t7, base, runs)
+    # by hand: residual SS of the 4 x 2 two-way fit on logs 0.017554, 3 dof; se sqrt(SS/3 * 2/2); t(3) 3.182
+    assert (r.point, r.low, r.high, r.dof, r.configs) == pytest.approx((1.6159, 1.267, 2.060, 3, 4), rel=1e-3)
+    assert not r.within_noise and "noise pooled over 4 configs" in r.text()
+    rec = recommend(runs)
+    assert rec.chosen is t7 and rec.beats_baseline and rec.uplift.low > 1
+
+
+def test_block_ratio_leaves_out_a_config_missing_a_round_and_needs_two_rounds():
+    a, b = _runs("a", 1, (110.0, 125.0, 118.0)), _runs("b", 0, (100.0, 104.0, 101.0), True)
+    gap = ConfigRuns("gap", 2, False, 1, (90.0, math.nan, 95.0), (True, None, True))
+    assert block_ratio(a, b, [a, b, gap]).configs == 2
+    one = block_ratio(_runs("a", 1, (110.0,)), _runs("b", 0, (100.0,), True), [])
+    assert one.point == pytest.approx(1.1) and math.isnan(one.low)
