@@ -18,6 +18,25 @@ latency does. On a busy 2-core host the baseline's P99 at 16 concurrent requests
 median at concurrency 1 (4,737 ms vs 290 ms, see README: "The demo's SLO"); a fixed multiple of
 the light-load latency would have judged every config infeasible there, as the absolute limit did.
 
+Capacity mode (``load.mode=capacity``) differs: there is no "study's load". Each trial searches
+the highest load that meets the limit, starting light, so the limit must exist before the first
+probe, and it cannot be measured at any load the search will visit, since it would then decide
+its own outcome at that load. The baseline instead measures, on its warm server before its
+search, its *unloaded* latency (:func:`light_load`: one user, closed loop) and the limit is
+
+    slo_ms = slo.auto_factor x (the baseline's P99 of the SLO metric at one user)
+
+the standard knee: the load at which the tail latency has grown to ``auto_factor`` times what the
+defaults give with no queue, on this host. One user, not ``load.capacity.start``: a start above one
+user (or a request rate, which may already queue) is not unloaded. The P99 and not the median:
+every probe is judged on its P99, and at one user the P99 over the median is the workload's own
+length spread (``mixed-lengths``: output 16-112 tokens, P99 E2E ~1.75x the median), which a limit of
+``auto_factor`` x the median would count as queueing, judging even the defaults infeasible at one
+user. The run has at least :data:`LIGHT_MIN_REQUESTS` requests after ``load.warmup_requests`` of
+warm-up, so one outlier cannot set its P99 (the first requests of a fresh CPU server took 3.6-6.4 s
+against a few hundred ms after). With concurrency control and ``load.capacity.start=1`` the search's
+first probe is judged from this run rather than measured again (``LoadProbe.premeasure``).
+
 The rule (:func:`calibrated_limit`) is pure; :func:`from_summary` applies it to the baseline's
 load-test summary; the rest reads and writes the study attribute. With parallel workers the first
 calibration stored wins; a trial that finishes its load test before the baseline was measured
@@ -34,16 +53,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from optimizer.config import Config, SloConfig
+from optimizer.capacity.sizing import probe_load_config
+from optimizer.config import Config, LoadConfig, SloConfig
 from optimizer.errors import TrialError
 from optimizer.metrics import LoadSummary
 
-__all__ = ["ATTR", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary", "resolved", "slo_ms",
-           "store", "stored", "wait"]
+__all__ = ["ATTR", "LIGHT_MIN_REQUESTS", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary",
+           "light_load", "resolved", "slo_ms", "store", "stored", "wait"]
 
 log = logging.getLogger(__name__)
 
 ATTR = "slo_calibration"  # study user attribute (and the calibrating trial's)
+# capacity mode's light-load run: with 101 samples numpy's (linear) P99 is the second slowest request
+LIGHT_MIN_REQUESTS = 101
 
 
 class NotCalibrated(TrialError):
@@ -61,12 +83,13 @@ class Calibration:
     """How the study's SLO was derived; ``slo_ms`` is the limit every trial is judged by."""
 
     metric: str  # e2e | ttft | itl: the SLO metric
-    base_p50_ms: float  # the baseline's median and P99 at the study's load
+    base_p50_ms: float  # the baseline's median and P99 at the study's load (capacity mode: at `users`)
     base_p99_ms: float
     n_ok: int  # the baseline's successful requests
     factor: float  # slo.auto_factor
     slo_ms: float
     trial: int = -1  # the trial that measured it (-1: not yet stored)
+    users: int = 0  # 0: measured at the study's load; else at this many users (load.mode=capacity: 1)
 
     def as_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,14 +101,16 @@ class Calibration:
         try:
             return cls(metric=str(raw["metric"]), base_p50_ms=float(raw["base_p50_ms"]),
                        base_p99_ms=float(raw["base_p99_ms"]), n_ok=int(raw["n_ok"]), factor=float(raw["factor"]),
-                       slo_ms=float(raw["slo_ms"]), trial=int(raw.get("trial", -1)))
+                       slo_ms=float(raw["slo_ms"]), trial=int(raw.get("trial", -1)),
+                       users=int(raw.get("users", 0)))
         except (KeyError, TypeError, ValueError):
             return None
 
     def describe(self) -> str:
+        at = f" at {self.users} user{'s' if self.users > 1 else ''} (unloaded)" if self.users else ""
         return (f"SLO calibrated on this host (slo.p99_ms=auto): P99 {self.metric} <= {self.slo_ms:.0f} ms = "
                 f"slo.auto_factor {self.factor:g} x {self.base_p99_ms:.0f} ms, the P99 {self.metric} of vLLM's "
-                f"defaults (baseline trial {self.trial}, {self.n_ok} requests, median {self.base_p50_ms:.0f} ms)")
+                f"defaults{at} (baseline trial {self.trial}, {self.n_ok} requests, median {self.base_p50_ms:.0f} ms)")
 
 
 def calibrated_limit(base_p99_ms: float, factor: float) -> float:
@@ -101,8 +126,8 @@ def calibrated_limit(base_p99_ms: float, factor: float) -> float:
     return float(max(1, round(factor * base_p99_ms)))
 
 
-def from_summary(summary: LoadSummary, cfg: Config) -> Calibration:
-    """The calibration from the baseline's load test.
+def from_summary(summary: LoadSummary, cfg: Config, users: int = 0) -> Calibration:
+    """The calibration from the baseline's load test (``users``: the light-load run's, in capacity mode).
 
     Raises:
         ValueError: no request of it succeeded.
@@ -110,7 +135,14 @@ def from_summary(summary: LoadSummary, cfg: Config) -> Calibration:
     d = summary.dist(cfg.slo.metric)
     return Calibration(metric=cfg.slo.metric, base_p50_ms=round(d.p50, 2), base_p99_ms=round(d.p99, 2),
                        n_ok=summary.n_ok, factor=cfg.slo.auto_factor,
-                       slo_ms=calibrated_limit(d.p99, cfg.slo.auto_factor))
+                       slo_ms=calibrated_limit(d.p99, cfg.slo.auto_factor), users=users)
+
+
+def light_load(load: LoadConfig) -> LoadConfig:
+    """Capacity mode: the baseline's calibration run, the search's first probe at one user
+    (closed loop, with the server's warm-up) made at least :data:`LIGHT_MIN_REQUESTS` requests long."""
+    first = probe_load_config(load, "concurrency", 1, first=True)
+    return dataclasses.replace(first, num_requests=max(first.num_requests, LIGHT_MIN_REQUESTS), duration_s=0.0)
 
 
 def stored(study_attrs: dict[str, Any]) -> Optional[Calibration]:
