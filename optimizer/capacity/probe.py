@@ -19,7 +19,7 @@ from optimizer.capacity.judge import judge
 from optimizer.capacity.result import ProbeResult
 from optimizer.capacity.search import Step
 from optimizer.capacity.sizing import probe_load_config, probe_workload
-from optimizer.config import LoadConfig, SloConfig, WorkloadConfig
+from optimizer.config import LoadConfig, SloConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
@@ -57,11 +57,7 @@ class Telemetry(Protocol):
 
 class LoadProbe:
     """Measures one probe per call. ``telemetry``: a factory of a fresh sampler per run (None: no
-    KV/preemption figures); ``progress``: ``run_load``'s progress callback.
-
-    :meth:`premeasure` runs a load before the search, unjudged (the baseline's calibration run of
-    ``slo.p99_ms=auto``, whose limit is not known yet); with concurrency control the search's first
-    step at the same number of users is then judged from that run instead of measured again."""
+    KV/preemption figures); ``progress``: ``run_load``'s progress callback."""
 
     def __init__(self, ep: Endpoint, rs: RequestSet, load: LoadConfig, slo: SloConfig, *,
                  telemetry: Optional[Callable[[], Telemetry]] = None,
@@ -69,36 +65,16 @@ class LoadProbe:
         self.ep, self.rs, self.load, self.slo = ep, rs, load, slo
         self.control = load.capacity.control
         self.telemetry, self.progress = telemetry, progress
-        # the records of the last run, kept until it is judged (a lengthening step merges them)
-        self._last = _Last(math.nan, [], 0.0, {}, 0, "")
-        self._premeasured = math.nan  # users of the premeasured run, until the search's first step takes it
+        # the records of the last probe, kept until it is judged (a lengthening step merges them)
+        self._last: tuple[float, list[RequestResult], float, dict[str, float]] = (math.nan, [], 0.0, {})
         self.runs: dict[float, ProbeRun] = {}  # load -> what its (last, merged) probe measured
 
     async def __call__(self, step: Step) -> ProbeResult:
-        if step.first and step.extend is None and self.control == "concurrency" and step.load == self._premeasured:
-            self._premeasured = math.nan
-            return self._judged(lengthened=False)
         cfg = probe_load_config(self.load, self.control, step.load, first=step.first)
         if step.extend is not None:
             cfg = dataclasses.replace(cfg, num_requests=max(1, math.ceil(
                 (self.load.capacity.lengthen - 1) * step.extend.n_requests)))
-        await self._measure(step.load, cfg, probe_workload(self.rs.workload, step.run),
-                            merge_seed=step.extend.seed if step.extend is not None else None)
-        return self._judged(lengthened=step.extend is not None)
-
-    async def premeasure(self, cfg: LoadConfig, workload: WorkloadConfig) -> ProbeRun:
-        """Run ``cfg`` (a closed-loop run at ``cfg.concurrency`` users) now, unjudged."""
-        users = float(cfg.concurrency)
-        run = await self._measure(users, cfg, workload, merge_seed=None)
-        if self.control == "concurrency":
-            self._premeasured = users
-        else:  # the search's loads are request rates: nothing of it to take this run for
-            del self.runs[users]
-            self._last = _Last(math.nan, [], 0.0, {}, 0, "")
-        return run
-
-    async def _measure(self, load: float, cfg: LoadConfig, workload: WorkloadConfig,
-                       merge_seed: Optional[int]) -> ProbeRun:
+        workload = probe_workload(self.rs.workload, step.run)
         rs = dataclasses.replace(self.rs, workload=workload)
         tel_stats: dict[str, float] = {}
         st: Optional[ServerStats] = None
@@ -113,33 +89,17 @@ class LoadProbe:
             run = await run_load(self.ep, rs, cfg, self.progress)
         results, duration = list(run.results), run.duration_s
         seed = workload.seed
-        if merge_seed is not None and self._last.load == load:
-            prev = self._last
-            results, duration = prev.results + results, prev.duration_s + duration
-            seed = merge_seed
-            tel_stats = _merge_telemetry(prev.telemetry, tel_stats)
-        self._last = _Last(load, results, duration, tel_stats, seed, run.aborted)
+        if step.extend is not None and self._last[0] == step.load:
+            _, prev, prev_s, prev_tel = self._last
+            results, duration = prev + results, prev_s + duration
+            seed = step.extend.seed
+            tel_stats = _merge_telemetry(prev_tel, tel_stats)
+        self._last = (step.load, results, duration, tel_stats)
         summary = summarize(results, duration, self.load.p99_confidence)
-        self.runs[load] = ProbeRun(summary, tuple(results), st, timeline, run.warmup_s,
-                                   sum(1 for r in run.warmup if not r.ok), run.client_cpu_s)
-        return self.runs[load]
-
-    def _judged(self, lengthened: bool) -> ProbeResult:
-        last = self._last
-        return judge(last.load, self.runs[last.load].summary, self.slo, seed=last.seed, lengthened=lengthened,
-                     aborted=last.aborted, telemetry=last.telemetry)
-
-
-@dataclass(frozen=True)
-class _Last:
-    """The last run's records (merged with the run it lengthened), kept until it is judged."""
-
-    load: float
-    results: list[RequestResult]
-    duration_s: float
-    telemetry: dict[str, float]
-    seed: int
-    aborted: str
+        self.runs[step.load] = ProbeRun(summary, tuple(results), st, timeline, run.warmup_s,
+                                        sum(1 for r in run.warmup if not r.ok), run.client_cpu_s)
+        return judge(step.load, summary, self.slo, seed=seed, lengthened=step.extend is not None,
+                     aborted=run.aborted, telemetry=tel_stats)
 
 
 def _merge_telemetry(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:

@@ -24,7 +24,8 @@ and against which trial.
 
 ``slo.p99_ms=auto`` (:mod:`optimizer.study.calibrate`, "Capacity mode"): the baseline trial
 (``calibrates``) first measures its unloaded latency (:func:`~optimizer.study.calibrate.light_load`,
-one user) and judges its whole search by the limit calibrated from it, returned in
+one user; this run also warms the server up) and judges its whole search by the limit calibrated
+from it, returned in
 :attr:`CapacityMeasure.calibration` for the loop to store with the study; any other trial whose
 config still says ``auto`` (the study had no calibration when it started: parallel workers) waits
 for the baseline's before its first probe (:func:`~optimizer.study.calibrate.wait`).
@@ -32,6 +33,7 @@ for the baseline's before its first probe (:func:`~optimizer.study.calibrate.wai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -43,7 +45,9 @@ from optimizer.capacity import default_cap, find_capacity, probe_workload
 from optimizer.config import Config
 from optimizer.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
+from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
+from optimizer.metrics import summarize
 from optimizer.objective import Outcome
 from optimizer.stats import thin_sample
 from optimizer.record import Capacity, Measurement
@@ -120,12 +124,12 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
     light_warmup_s = math.nan
     t0 = time.monotonic()
     if cfg.slo.is_auto and calibrates:
-        cal, light_warmup_s = await _calibrate(cfg, probe, tag)
+        cal, light_warmup_s = await _calibrate(cfg, ep, rs, progress, tag)
         cfg = calibrate.resolved(cfg, cal)
     elif cfg.slo.is_auto:
         get, coming = calibration or ((lambda: None), (lambda: False))
         cfg = calibrate.resolved(cfg, calibrate.wait(get, coming, cfg.server.start_timeout_s))
-    probe.slo = cfg.slo
+    probe.slo = cfg.slo  # resolved: the limit the search judges by
     before_s = time.monotonic() - t0  # the calibration run (or the wait for it), with its warm-up
     unit = "users" if plan.control == "concurrency" else "req/s"
     log.info("%s capacity search: %s from %g up to %g %s, P99 %s <= %g ms", tag, plan.control, plan.start, plan.cap,
@@ -171,18 +175,23 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
                            outcome_of(result, str(c.value)), warmup_s, load_s, cal)
 
 
-async def _calibrate(cfg: Config, probe: LoadProbe, tag: str) -> tuple[Calibration, float]:
-    """The baseline's light-load run on its warm server, and the limit calibrated from it."""
+async def _calibrate(cfg: Config, ep: Endpoint, rs: RequestSet, progress: Optional[Callable[[str, int], None]],
+                     tag: str) -> tuple[Calibration, float]:
+    """The baseline's light-load run on its warm server, the limit calibrated from it, and the
+    run's warm-up time (the server's warm-up: the search's first probe comes after it)."""
     light = calibrate.light_load(cfg.load)
     log.info("%s slo.p99_ms=auto: measuring vLLM's defaults unloaded (1 user, %d requests after %d warm-up) "
              "to calibrate the SLO", tag, light.num_requests, light.warmup_requests)
-    run = await probe.premeasure(light, probe_workload(probe.rs.workload, -1))
+    run = await run_load(ep, dataclasses.replace(rs, workload=probe_workload(rs.workload, -1)), light, progress)
+    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
     try:
-        cal = calibrate.from_summary(run.summary, cfg, users=1)
+        cal = calibrate.from_summary(summary, cfg, users=1)
     except ValueError as exc:
         raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
-                         f"request at one user ({run.summary.n_requests} sent, first error: "
+                         f"request at one user ({summary.n_requests} sent, first error: "
                          f"{next((r.error for r in run.results if not r.ok), 'none')})",
                          reason="calibration", deterministic=False) from None
     log.info("%s %s", tag, cal.describe())
+    if (warning := cal.spread_warning()) is not None:
+        log.warning("%s %s", tag, warning)
     return cal, run.warmup_s
