@@ -221,8 +221,8 @@ class SearchConfig:
 class SloConfig:
     metric: SloMetric = SloMetric.e2e
     # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
-    # trial) at the study's load on this host (load.mode=capacity: at one user, unloaded), measured
-    # once per study (optimizer.study.calibrate)
+    # trial) at the study's load on this host (load.mode=capacity: x its median at one user,
+    # unloaded), measured once per study (optimizer.study.calibrate)
     p99_ms: Union[int, float, str] = 5000.0
     auto_factor: float = 1.5  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
