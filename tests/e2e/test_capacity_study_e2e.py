@@ -92,7 +92,7 @@ def test_a_two_trial_capacity_study_calibrates_its_slo_and_stops_a_queued_ladder
     index = next((tmp_path / "reports").rglob("index.html"))
     page = index.read_text()
     assert 'id="fig-capacity_curves"' in page and 'id="fig-capacity_bars"' in page and "capacity (users)" in page
-    assert f"ttft <= {cal['slo_ms']:g} ms" in page  # the report shows the calibrated limit
+    assert f"SLO {cal['slo_ms']:g} ms" in page and f"≤ {cal['slo_ms']:g} ms" in page  # the calibrated limit
     assert "early stop: &lt; " in page or "early stop: < " in page
     csv = (index.parent / "trials.csv").read_text().splitlines()[0].split(",")
     assert {"cap_value", "cap_limited_by", "cap_n_probes"} <= set(csv)
