@@ -107,6 +107,9 @@ def _body(overrides: list[str], debug: bool) -> int:
     if not own.get("endpoint"):
         raise ConfigError("endpoint=URL is required, e.g. endpoint=http://127.0.0.1:8000 (see --help)")
     cfg = compose(rest)
+    if cfg.load.mode == "capacity" and cfg.slo.is_auto:
+        raise ConfigError("slo.p99_ms=auto: a study calibrates it from its baseline trial, and a load test of one "
+                          "endpoint has none: give load.mode=capacity a limit in ms, e.g. slo.p99_ms=2000")
     base = own["endpoint"].rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"endpoint={base!r}: give a URL such as http://127.0.0.1:8000")

@@ -18,6 +18,28 @@ latency does. On a busy 2-core host the baseline's P99 at 16 concurrent requests
 median at concurrency 1 (4,737 ms vs 290 ms, see README: "The demo's SLO"); a fixed multiple of
 the light-load latency would have judged every config infeasible there, as the absolute limit did.
 
+Capacity mode (``load.mode=capacity``) differs: there is no "study's load". Each trial searches
+the highest load that meets the limit, starting light, so the limit must exist before the first
+probe, and it cannot be measured at any load the search will visit, since it would then decide
+its own outcome at that load. The baseline instead measures, on its warm server before its
+search, its *unloaded* latency (:func:`light_load`: one user, closed loop) and the limit is
+
+    slo_ms = slo.auto_factor x (the baseline's median of the SLO metric at one user)
+
+the standard knee: the load at which the tail latency has grown to ``auto_factor`` times the
+no-queue latency of the defaults on this host. One user, not ``load.capacity.start``: a start above
+one user (or a request rate, which may already queue) is not unloaded. The median, not the P99: on
+a shared host the P99 of a light run is set by the host's noise bursts, not by the server (2-core
+CPU build, load average 7-13: a one-user P99 TTFT of 875 ms against a median of 131 ms; a one-user
+P99 E2E of 331 ms against 146 ms at two users a second later), which made the limit so loose that a
+config serving one request at a time passed four users. The median of the run (at least
+:data:`LIGHT_MIN_REQUESTS` requests after ``load.warmup_requests`` of warm-up) is what no single
+spike, and no burst shorter than half the run, can move. The price: a workload whose lengths spread
+widely has a one-user P99 well above its median (``mixed-lengths``: ~1.75x in E2E), and a factor
+below that judges even the unloaded defaults infeasible; the calibration warns then
+(:meth:`Calibration.spread_warning`) and says which factor to use. This run is not one of the
+search's probes: the search starts with its own first probe, judged like the others.
+
 The rule (:func:`calibrated_limit`) is pure; :func:`from_summary` applies it to the baseline's
 load-test summary; the rest reads and writes the study attribute. With parallel workers the first
 calibration stored wins; a trial that finishes its load test before the baseline was measured
@@ -34,16 +56,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from optimizer.config import Config, SloConfig
+from optimizer.capacity.sizing import probe_load_config
+from optimizer.config import Config, LoadConfig, SloConfig
 from optimizer.errors import TrialError
 from optimizer.metrics import LoadSummary
 
-__all__ = ["ATTR", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary", "resolved", "slo_ms",
-           "store", "stored", "wait"]
+__all__ = ["ATTR", "LIGHT_MIN_REQUESTS", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary",
+           "light_load", "resolved", "slo_ms", "store", "stored", "wait"]
 
 log = logging.getLogger(__name__)
 
 ATTR = "slo_calibration"  # study user attribute (and the calibrating trial's)
+# capacity mode's light-load run: its median is what the limit is a multiple of
+LIGHT_MIN_REQUESTS = 101
 
 
 class NotCalibrated(TrialError):
@@ -61,12 +86,13 @@ class Calibration:
     """How the study's SLO was derived; ``slo_ms`` is the limit every trial is judged by."""
 
     metric: str  # e2e | ttft | itl: the SLO metric
-    base_p50_ms: float  # the baseline's median and P99 at the study's load
+    base_p50_ms: float  # the baseline's median and P99 at the study's load (capacity mode: at `users`)
     base_p99_ms: float
     n_ok: int  # the baseline's successful requests
     factor: float  # slo.auto_factor
     slo_ms: float
     trial: int = -1  # the trial that measured it (-1: not yet stored)
+    users: int = 0  # 0: measured at the study's load; else at this many users (load.mode=capacity: 1)
 
     def as_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,21 +104,40 @@ class Calibration:
         try:
             return cls(metric=str(raw["metric"]), base_p50_ms=float(raw["base_p50_ms"]),
                        base_p99_ms=float(raw["base_p99_ms"]), n_ok=int(raw["n_ok"]), factor=float(raw["factor"]),
-                       slo_ms=float(raw["slo_ms"]), trial=int(raw.get("trial", -1)))
+                       slo_ms=float(raw["slo_ms"]), trial=int(raw.get("trial", -1)),
+                       users=int(raw.get("users", 0)))
         except (KeyError, TypeError, ValueError):
             return None
 
     def describe(self) -> str:
+        if self.users:
+            return (f"SLO calibrated on this host (slo.p99_ms=auto): P99 {self.metric} <= {self.slo_ms:.0f} ms = "
+                    f"slo.auto_factor {self.factor:g} x {self.base_p50_ms:.0f} ms, the median {self.metric} of vLLM's "
+                    f"defaults at {self.users} user{'s' if self.users > 1 else ''} (unloaded) (baseline trial "
+                    f"{self.trial}, {self.n_ok} requests, P99 {self.base_p99_ms:.0f} ms)")
         return (f"SLO calibrated on this host (slo.p99_ms=auto): P99 {self.metric} <= {self.slo_ms:.0f} ms = "
                 f"slo.auto_factor {self.factor:g} x {self.base_p99_ms:.0f} ms, the P99 {self.metric} of vLLM's "
                 f"defaults (baseline trial {self.trial}, {self.n_ok} requests, median {self.base_p50_ms:.0f} ms)")
 
+    def spread_warning(self) -> Optional[str]:
+        """Capacity mode: a warning when the unloaded defaults' own P99 is above the limit (the
+        workload's length spread, or a noisy host); None otherwise."""
+        if not self.users or not self.base_p99_ms > self.slo_ms:
+            return None
+        ratio = self.base_p99_ms / self.base_p50_ms
+        return (f"slo.p99_ms=auto: vLLM's defaults at one user, unloaded, already have a P99 {self.metric} of "
+                f"{self.base_p99_ms:.0f} ms, {ratio:.1f}x their median and above the limit of {self.slo_ms:.0f} ms "
+                f"(slo.auto_factor={self.factor:g} x the median): the workload's lengths spread widely or the host is "
+                f"noisy, and light loads may fail for that alone; set slo.auto_factor above {ratio:.1f}, or "
+                f"slo.p99_ms to a limit in ms")
+
 
 def calibrated_limit(base_p99_ms: float, factor: float) -> float:
-    """The rule: ``factor`` x the baseline's P99, in whole milliseconds (at least 1).
+    """The rule: ``factor`` x the baseline's latency (its P99; capacity mode: its unloaded median),
+    in whole milliseconds (at least 1).
 
     Raises:
-        ValueError: the P99 was not measured (NaN: no request succeeded) or ``factor`` <= 1.
+        ValueError: the latency was not measured (NaN: no request succeeded) or ``factor`` <= 1.
     """
     if not math.isfinite(base_p99_ms) or base_p99_ms <= 0:
         raise ValueError(f"no baseline latency to calibrate on (P99 {base_p99_ms} ms)")
@@ -101,16 +146,26 @@ def calibrated_limit(base_p99_ms: float, factor: float) -> float:
     return float(max(1, round(factor * base_p99_ms)))
 
 
-def from_summary(summary: LoadSummary, cfg: Config) -> Calibration:
-    """The calibration from the baseline's load test.
+def from_summary(summary: LoadSummary, cfg: Config, users: int = 0) -> Calibration:
+    """The calibration from the baseline's load test: ``factor`` x its P99; with ``users`` (capacity
+    mode: the light-load run at that many users), ``factor`` x its median.
 
     Raises:
         ValueError: no request of it succeeded.
     """
     d = summary.dist(cfg.slo.metric)
+    base = d.p50 if users else d.p99
     return Calibration(metric=cfg.slo.metric, base_p50_ms=round(d.p50, 2), base_p99_ms=round(d.p99, 2),
                        n_ok=summary.n_ok, factor=cfg.slo.auto_factor,
-                       slo_ms=calibrated_limit(d.p99, cfg.slo.auto_factor))
+                       slo_ms=calibrated_limit(base, cfg.slo.auto_factor), users=users)
+
+
+def light_load(load: LoadConfig) -> LoadConfig:
+    """Capacity mode: the baseline's calibration run, sized as the search's first probe at one user
+    (closed loop, with the server's warm-up) and at least :data:`LIGHT_MIN_REQUESTS` requests long,
+    counted (``load.duration_s`` does not apply: a timed run at one user may end far shorter)."""
+    first = probe_load_config(load, "concurrency", 1, first=True)
+    return dataclasses.replace(first, num_requests=max(first.num_requests, LIGHT_MIN_REQUESTS), duration_s=0.0)
 
 
 def stored(study_attrs: dict[str, Any]) -> Optional[Calibration]:

@@ -21,30 +21,47 @@ the incumbent's capacity: this config cannot carry as much, whatever the bisecti
 straddled the limit, not one noisy sample). The trial's value is then its throughput at the highest
 load that passed, a lower bound the sampler still learns from; the record says it stopped early
 and against which trial.
+
+``slo.p99_ms=auto`` (:mod:`optimizer.study.calibrate`, "Capacity mode"): the baseline trial
+(``calibrates``) first measures its unloaded latency (:func:`~optimizer.study.calibrate.light_load`,
+one user; this run also warms the server up) and judges its whole search by the limit calibrated
+from it, returned in
+:attr:`CapacityMeasure.calibration` for the loop to store with the study; any other trial whose
+config still says ``auto`` (the study had no calibration when it started: parallel workers) waits
+for the baseline's before its first probe (:func:`~optimizer.study.calibrate.wait`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
-from optimizer.capacity import default_cap, find_capacity
+from optimizer.capacity import default_cap, find_capacity, probe_workload
 from optimizer.config import Config
+from optimizer.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
+from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
+from optimizer.metrics import summarize
 from optimizer.objective import Outcome
 from optimizer.stats import thin_sample
 from optimizer.record import Capacity, Measurement
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
+from optimizer.study import calibrate
+from optimizer.study.calibrate import Calibration
 
-__all__ = ["CapacityMeasure", "Incumbent", "Reporter", "measure_capacity", "outcome_of"]
+__all__ = ["CalibrationHooks", "CapacityMeasure", "Incumbent", "Reporter", "measure_capacity", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[float, int], None]  # (intermediate value, step): optuna.Trial.report
+# slo.p99_ms=auto, a trial other than the baseline: (the study's calibration, is a baseline running?)
+CalibrationHooks = tuple[Callable[[], Optional[Calibration]], Callable[[], bool]]
 
 
 class Incumbent(NamedTuple):
@@ -61,6 +78,7 @@ class CapacityMeasure:
     outcome: Outcome
     warmup_s: float  # the first probe's warm-up
     load_s: float  # the whole search, its warm-up excluded
+    calibration: Optional[Calibration] = None  # slo.p99_ms=auto: what this (baseline) trial calibrated
 
 
 def outcome_of(r: CapacityResult, value: str) -> Outcome:
@@ -88,13 +106,31 @@ def _measurement(run: ProbeRun) -> Measurement:
 async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],
                            max_num_seqs: Optional[int], tag: str, report: Optional[Reporter] = None,
                            progress: Optional[Callable[[str, int], None]] = None,
-                           incumbent: Optional[Callable[[], Optional[Incumbent]]] = None) -> CapacityMeasure:
+                           incumbent: Optional[Callable[[], Optional[Incumbent]]] = None,
+                           calibrates: bool = False, calibration: Optional[CalibrationHooks] = None,
+                           ) -> CapacityMeasure:
     """Search the warm server at ``ep`` (see the module docstring); ``incumbent`` reads the
-    study's incumbent (None: none yet), for the early stop."""
+    study's incumbent (None: none yet), for the early stop. With ``cfg.slo.p99_ms=auto``:
+    ``calibrates`` (the baseline) measures the limit first, else ``calibration`` gives the study's.
+
+    Raises:
+        ServerDied: the baseline's light-load run served no request to calibrate on.
+        NotCalibrated: no baseline calibrated the limit in time."""
     c = cfg.load.capacity
     plan = SearchPlan.of(c, default_cap(cfg.load, max_num_seqs))
     probe = LoadProbe(ep, rs, cfg.load, cfg.slo, progress=progress,
                       telemetry=lambda: TelemetrySampler(ep.base_url, 1.0, headers))
+    cal: Optional[Calibration] = None
+    light_warmup_s = math.nan
+    t0 = time.monotonic()
+    if cfg.slo.is_auto and calibrates:
+        cal, light_warmup_s = await _calibrate(cfg, ep, rs, progress, tag)
+        cfg = calibrate.resolved(cfg, cal)
+    elif cfg.slo.is_auto:
+        get, coming = calibration or ((lambda: None), (lambda: False))
+        cfg = calibrate.resolved(cfg, calibrate.wait(get, coming, cfg.server.start_timeout_s))
+    probe.slo = cfg.slo  # resolved: the limit the search judges by
+    before_s = time.monotonic() - t0  # the calibration run (or the wait for it), with its warm-up
     unit = "users" if plan.control == "concurrency" else "req/s"
     log.info("%s capacity search: %s from %g up to %g %s, P99 %s <= %g ms", tag, plan.control, plan.start, plan.cap,
              unit, cfg.slo.metric, cfg.slo.limit_ms)
@@ -131,7 +167,31 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
     at = result.value if result.feasible else min((p.load for p in result.probes if not p.aborted), default=math.nan)
     run = probe.runs.get(at)
     first = probe.runs.get(plan.start)
-    warmup_s = first.warmup_s if first is not None else math.nan
-    load_s = result.duration_s - warmup_s if warmup_s == warmup_s else result.duration_s
+    # the run that carried the server's warm-up: the calibration's, when this trial calibrated
+    warmup_s = light_warmup_s if cal is not None else first.warmup_s if first is not None else math.nan
+    spent_s = result.duration_s + before_s
+    load_s = spent_s - warmup_s if warmup_s == warmup_s else spent_s
     return CapacityMeasure(Capacity(result, by if result.stopped_early else None), _measurement(run) if run is not None else None,
-                           outcome_of(result, str(c.value)), warmup_s, load_s)
+                           outcome_of(result, str(c.value)), warmup_s, load_s, cal)
+
+
+async def _calibrate(cfg: Config, ep: Endpoint, rs: RequestSet, progress: Optional[Callable[[str, int], None]],
+                     tag: str) -> tuple[Calibration, float]:
+    """The baseline's light-load run on its warm server, the limit calibrated from it, and the
+    run's warm-up time (the server's warm-up: the search's first probe comes after it)."""
+    light = calibrate.light_load(cfg.load)
+    log.info("%s slo.p99_ms=auto: measuring vLLM's defaults unloaded (1 user, %d requests after %d warm-up) "
+             "to calibrate the SLO", tag, light.num_requests, light.warmup_requests)
+    run = await run_load(ep, dataclasses.replace(rs, workload=probe_workload(rs.workload, -1)), light, progress)
+    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
+    try:
+        cal = calibrate.from_summary(summary, cfg, users=1)
+    except ValueError as exc:
+        raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
+                         f"request at one user ({summary.n_requests} sent, first error: "
+                         f"{next((r.error for r in run.results if not r.ok), 'none')})",
+                         reason="calibration", deterministic=False) from None
+    log.info("%s %s", tag, cal.describe())
+    if (warning := cal.spread_warning()) is not None:
+        log.warning("%s %s", tag, warning)
+    return cal, run.warmup_s

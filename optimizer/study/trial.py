@@ -221,9 +221,10 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
     headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
     if cfg.load.mode == "capacity":  # the capacity search on this warm server (optimizer/study/capacity_trial.py)
         cm = await measure_capacity(cfg, ep, rs, headers, params.max_num_seqs if params else None, tag, report,
-                                    _progress(tag), ctx.incumbent)
+                                    _progress(tag), ctx.incumbent, ctx.calibrates, ctx.calibration)
         p.seconds["warmup_s"], p.seconds["load_s"] = cm.warmup_s, cm.load_s
-        p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings())
+        p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings(),
+                        calibration=cm.calibration.as_attr() if cm.calibration else None)  # [calibrate]
         _raise_if_died(server, p)
         p.rec = replace(p.rec, outcome=cm.outcome)
         return

@@ -101,3 +101,24 @@ def test_a_ladder_that_cannot_reach_the_incumbent_stops_early_and_says_so(compos
         assert not r.stopped_early and 8 in [p.load for p in r.probes] and 6 in [p.load for p in r.probes]
         assert r.limited_by is LimitedBy.SLO and cm.capacity.incumbent_trial is None
         assert cm.capacity.to_attrs()["cap_stopped_early"] is False and "cap_below_incumbent" not in cm.capacity.to_attrs()
+
+
+def test_an_auto_slo_is_calibrated_by_the_baselines_unloaded_run_before_its_search(compose):
+    # slo.p99_ms=auto, factor 2: the baseline's median at one user (E2E 135 ms) x 2 = ~270 ms, so the capacity
+    # is where 90 + 45 C ms crosses it: 4 users (5 would take 315 ms)
+    cfg = _cfg(compose, 382.5)
+    cfg.slo = SloConfig(metric="e2e", p99_ms="auto", auto_factor=2.0)
+    with spawn_loaded_server(LAW) as url:
+        cm = asyncio.run(measure_capacity(cfg, Endpoint(url, "fake"), RS, None, 4, "[t]", calibrates=True))
+    cal, r = cm.calibration, cm.capacity.result
+    assert cal is not None and cal.users == 1 and cal.n_ok == 101 and cal.factor == 2.0
+    assert 200 <= cal.slo_ms <= 400 and abs(cal.slo_ms - 2 * cal.base_p50_ms) <= 1
+    assert r.slo_p99_ms == cal.slo_ms  # every probe judged by the calibrated limit
+    assert r.probes[0].load == 1 and r.probes[0].n_requests == 24  # the search's own first probe
+    assert r.feasible and 3 <= r.value <= 5, [(p.load, p.p99_ms) for p in r.probes]
+    assert cm.warmup_s > 0 and cm.load_s > 0
+    # another trial of the study reads the stored limit (waiting for it as in fixed-load mode)
+    with spawn_loaded_server(LAW) as url:
+        other = asyncio.run(measure_capacity(cfg, Endpoint(url, "fake"), RS, None, 4, "[t]",
+                                             calibration=(lambda: cal, lambda: True)))
+    assert other.calibration is None and other.capacity.result.slo_p99_ms == cal.slo_ms

@@ -56,3 +56,5 @@ def test_capacity_mode_exits_1_when_even_the_lowest_load_fails_and_refuses_recor
     assert [q["load"] for q in doc["probes"]] == [1]
     assert "capacity: none" in p.stdout
     assert bad.returncode == 2 and "records=true" in bad.stderr
+    auto = _cli("endpoint=http://127.0.0.1:9", "load.mode=capacity", "slo.p99_ms=auto")  # no study to calibrate it
+    assert auto.returncode == 2 and "slo.p99_ms=auto" in auto.stderr and "Traceback" not in auto.stderr

@@ -101,3 +101,45 @@ def test_a_trial_that_finishes_before_the_baseline_waits_for_its_calibration_or_
     with pytest.raises(calibrate.NotCalibrated):  # no baseline running: no point waiting
         calibrate.wait(lambda: None, lambda: False, timeout_s=60, poll_s=0.01)
     assert time.monotonic() - t0 < 5
+
+
+# ---- load.mode=capacity: the limit from the baseline's unloaded latency (one user) ------------------------
+
+def test_the_capacity_calibration_run_is_one_user_warmed_up_and_counted(compose):
+    cfg = compose("load.mode=capacity", "load.num_requests=8", "load.warmup_requests=3", "load.duration_s=5")
+    light = calibrate.light_load(cfg.load)
+    assert light.mode == "concurrency" and light.concurrency == 1
+    assert light.warmup_requests == 3 and light.num_requests == calibrate.LIGHT_MIN_REQUESTS == 101
+    assert light.duration_s == 0  # counted: a timed run at one user could end after a handful of requests
+    assert calibrate.light_load(compose("load.mode=capacity", "load.num_requests=368").load).num_requests == 368
+
+
+def test_the_capacity_rule_is_the_factor_times_the_unloaded_median_which_host_noise_cannot_move(compose):
+    cfg = compose("load.mode=capacity", "slo.metric=ttft", "slo.auto_factor=3")
+    # one user on a shared host: TTFT 131 ms, but a noise burst hit 3 requests (875 ms at the P99)
+    unloaded = _summary([0.524] * 95 + [3.5] * 3 + [0.524] * 3)  # TTFT = latency / 4: 131 ms, 875 ms
+    assert unloaded.ttft.p99 > 800
+    cal = calibrate.from_summary(unloaded, cfg, users=1)
+    assert cal.users == 1 and cal.base_p50_ms == pytest.approx(131.0) and cal.slo_ms == 393.0
+    assert calibrate.from_summary(unloaded, cfg).slo_ms > 2600  # fixed-load mode's rule: the P99, burst and all
+    judged = calibrate.resolved(cfg, cal).slo
+    at4 = _summary([0.6] * 8)  # the defaults at 4 users: TTFT 150 ms
+    queued = _summary([0.6 * 3.5] * 8)  # one request at a time: waits for the other three, 525 ms
+    assert score(at4, judged).feasible and not score(queued, judged).feasible
+    d = cal.describe()
+    assert "393 ms" in d and "3 x 131 ms, the median ttft" in d and "at 1 user (unloaded)" in d and "P99 875" in d
+    again = calibrate.Calibration.from_attr(cal.as_attr())
+    assert again == cal and again is not None and again.users == 1
+    legacy = {k: v for k, v in cal.as_attr().items() if k != "users"}  # stored before capacity mode had it
+    assert calibrate.Calibration.from_attr(legacy).users == 0
+
+
+def test_a_one_user_p99_above_the_limit_is_warned_about_with_the_factor_to_use(compose):
+    cfg = compose("load.mode=capacity", "slo.auto_factor=1.3")
+    spread = _summary([0.16] * 34 + [0.28] * 33 + [0.4] * 34)  # spread output lengths: P99 1.43x the median
+    cal = calibrate.from_summary(spread, cfg, users=1)
+    w = cal.spread_warning()
+    assert w is not None and "slo.auto_factor above 1.4" in w and "364 ms" in w
+    assert calibrate.from_summary(spread, compose("load.mode=capacity", "slo.auto_factor=2"), users=1).spread_warning() \
+        is None
+    assert calibrate.from_summary(spread, cfg).spread_warning() is None  # fixed-load mode: the limit is above its P99

@@ -53,10 +53,14 @@ def test_cli_exit_code_2_and_no_traceback(repo, tmp_path):
     assert "slo.p99_ms" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_an_auto_slo_is_refused_with_the_capacity_search():
+def test_an_auto_slo_is_accepted_with_the_capacity_search_and_still_checked():
     from optimizer.cli import compose as _compose
     from optimizer.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="load.mode=capacity"):
-        _compose(["load.mode=capacity", "slo.p99_ms=auto"])
+    cfg = _compose(["load.mode=capacity", "slo.p99_ms=auto"])  # calibrated at one user (optimizer.study.calibrate)
+    assert cfg.slo.is_auto and cfg.load.mode == "capacity"
     assert _compose(["load.mode=capacity", "slo.p99_ms=2000"]).slo.p99_ms == 2000
+    with pytest.raises(ConfigError, match="study.enqueue_baseline"):  # the baseline calibrates it, in either mode
+        _compose(["load.mode=capacity", "slo.p99_ms=auto", "study.enqueue_baseline=false"])
+    with pytest.raises(ConfigError, match="slo.auto_factor"):
+        _compose(["load.mode=capacity", "slo.p99_ms=auto", "slo.auto_factor=0.9"])
