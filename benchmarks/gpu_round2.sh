@@ -41,6 +41,7 @@ pipe_a() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site2 \
     $CARGO/w/psycopg-*.whl $CARGO/w/psycopg_binary-*.whl $CARGO/w/pgserver-*.whl $CARGO/w/gguf-*.whl >> $LOG 2>&1
   id postgres >/dev/null 2>&1 || useradd -r -M postgres
+  chmod o+x /root /root/site2  # PostgreSQL runs as postgres and must reach the wheel's binaries
   rm -f /tmp/pg.url
   setsid nohup python3 -m optimizer.testing.postgres --url-file /tmp/pg.url > /tmp/pg.log 2>&1 < /dev/null &
   for _ in $(seq 120); do [ -f /tmp/pg.url ] && break; sleep 0.5; done

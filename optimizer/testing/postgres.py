@@ -149,6 +149,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("running as root, PostgreSQL needs an ordinary user to run as: `useradd -r -M postgres`, "
                   "then run this again", file=sys.stderr)
             return 1
+        shut = [str(p) for p in (bin_dir, *bin_dir.parents) if not os.stat(p).st_mode & 0o001]
+        if shut:
+            print(f"the postgres user cannot reach {bin_dir}: {', '.join(shut)} not searchable by others "
+                  f"(e.g. a wheel installed under /root); run `chmod o+x {' '.join(shut)}`, or install the "
+                  f"binaries elsewhere", file=sys.stderr)
+            return 1
     server = PostgresServer(bin_dir).start()
     stop: list[int] = []
     for s in (signal.SIGTERM, signal.SIGINT):
