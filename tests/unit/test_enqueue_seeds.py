@@ -11,22 +11,16 @@ from optuna.trial import TrialState
 from optimizer.errors import ConfigError
 from optimizer.record import TrialRecord
 from optimizer.space.search_space import baseline_params, build_space, seed_params
-from tests.unit.test_loop_policy import Script, _run, _trials, measured
+from tests.unit.test_loop_policy import Script, _run, _trials, measured, study_cfg  # noqa: F401 (a fixture)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture
-def seeded_cfg(compose, tmp_path: Path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-
+def seeded_cfg(study_cfg):
     def make(*overrides: str):
-        return compose("model.generate=", f"model.path={model}", "study.name=seeds", "slo.p99_ms=1500",
-                       f"study.storage=sqlite:///{tmp_path / 'seeds.db'}", f"study.runs_dir={tmp_path / 'runs'}",
-                       f"server.cache_dir={tmp_path / 'cache'}", "search.sampler=random",
-                       "search.enable_prefix_caching=[true,false]", "search.enable_chunked_prefill=[true,false]", *overrides)
+        return study_cfg("search.enable_prefix_caching=[true,false]", "search.enable_chunked_prefill=[true,false]",
+                         *overrides)
     return make
 
 
