@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -20,12 +21,21 @@ def vllm_installed() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.support.shared_server import group_shared_server_tests
+
+    group_shared_server_tests(items)  # one start of the shared server for all its tests
     if vllm_installed():
         return
     skip = pytest.mark.skip(reason="vLLM is not installed in this environment (run `make test`)")
     for item in items:
         if "vllm" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+    from tests.support.shared_server import release_after
+
+    release_after(item, nextitem)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +67,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return dict(os.environ)
 
 
+# one warm real vLLM server for the tests that only need "a server": `shared_server`
+from tests.support.shared_server import shared_server  # noqa: E402,F401
+
 # the fault-injecting fake vLLM server's fixtures: `fake_server`, `fake_server_factory`
 from tests.support.fake_server import fake_server, fake_server_factory  # noqa: E402,F401
 
@@ -66,6 +79,12 @@ def fault_ledger():
     from tests.support.fault_ledger import LEDGER
 
     return LEDGER
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    from tests.support.shared_server import release
+
+    release()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001

@@ -1,4 +1,5 @@
-"""The capacity search against a real vLLM (CPU build) server on the tiny model.
+"""The capacity search against a real vLLM (CPU build) server: the session's shared one
+(tests/support/shared_server.py: the tiny architecture with dummy weights, ``--enforce-eager``).
 
 The server runs with ``--max-num-seqs 2``: from three users on, requests queue for a whole
 service time, so the P99 E2E roughly doubles past two users. The limit is 1.5 x the P99 measured
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 
 import pytest
 
@@ -22,32 +21,15 @@ from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.metrics import summarize
-from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import TelemetrySampler
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def server(repo, tiny_model, tmp_path_factory):
-    cache = repo / ".cache"
-    port = free_port()
-    argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--served-model-name", "tiny",
-            "--host", "127.0.0.1", "--port", str(port), "--kv-cache-memory-bytes", str(2**30),
-            "--max-num-seqs", "2", "--enforce-eager"]
-    env = dict(os.environ) | {"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"), "PYTHONUNBUFFERED": "1",
-                              "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = VllmServer(argv, python=sys.executable, host="127.0.0.1", port=port, log_path=log, env=env,
-                     pid_dir=cache / "pids", stop_timeout_s=30)
-    with srv:
-        srv.wait_ready(600)
-        yield srv
-
-
-def test_capacity_search_on_a_real_vllm_server(server, compose):
-    ep = Endpoint(server.url, "tiny")
-    model = compose().model  # conf/model/tiny.yaml: the prompt token range of the tiny tokenizer
+def test_capacity_search_on_a_real_vllm_server(shared_server):
+    server = shared_server.server
+    ep = Endpoint(server.url, shared_server.name)
+    model = shared_server.cfg.model  # its prompt token range; dummy weights and ignore_eos: exact lengths
     rs = RequestSet.build(WorkloadConfig(name="cap", prompt_tokens=64, output_tokens=16), model)
     load = LoadConfig(num_requests=16, warmup_requests=8, p99_sizing="off",
                       capacity=CapacityConfig(start=1, max=8, max_probes=7, max_s=240))

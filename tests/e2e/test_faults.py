@@ -1,10 +1,11 @@
-"""Faults against the real vLLM (CPU build) server: kills, signals, start failures, a dying server.
+"""Faults against the real vLLM (CPU build) server: start failures, a dying server. (The optimizer
+SIGKILLed and SIGTERMed mid-start, then resumed, is in tests/e2e/test_study_e2e.py: it shares that
+study's server starts.)
 
 Each test records what it injected in the fault ledger, printed at the end of the session."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -14,88 +15,9 @@ import pytest
 from optuna.trial import TrialState
 
 from optimizer.record import TrialRecord
-from tests.support.study_runner import StudyDir, group_members, server_groups
+from tests.support.study_runner import StudyDir, group_members, orphans_after, server_groups, wait_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def live_groups(root: Path) -> list[int]:
-    return [g for g in server_groups(root) if group_members(g)]
-
-
-def orphans_after(root: Path, timeout: float = 40.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and live_groups(root):
-        time.sleep(0.2)
-    return sum(len(group_members(g)) for g in server_groups(root))
-
-
-def engine_started(root: Path) -> bool:
-    """A server of this study is up to its EngineCore (well into its start)."""
-    for g in server_groups(root):
-        for pid in group_members(g):
-            try:
-                if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return True
-            except OSError:
-                pass
-    return False
-
-
-def test_sigkill_then_sigterm_mid_trial_lose_nothing_and_resume(tmp_path, fault_ledger):
-    sd = StudyDir(tmp_path)
-    r = sd.run("study.n_trials=1")
-    assert r.returncode == 0, r.stderr[-2000:]
-    t0 = sd.study().trials[0]
-    assert t0.state == TrialState.COMPLETE
-
-    # 1. SIGKILL the optimizer while trial 1's server starts: its server group must die with it
-    p = sd.popen("study.n_trials=3")
-    wait_for(lambda: engine_started(tmp_path), 300, "trial 1's server to start its engine")
-    p.kill()
-    p.wait()
-    orphans = orphans_after(tmp_path)
-    assert orphans == 0
-    assert sd.study().trials[1].state == TrialState.RUNNING  # nobody could record it: the next run must
-    fault_ledger.add("SIGKILL of the optimizer mid-start", survived=True, orphans=orphans)
-
-    # 2. the next run records it as failed and retries its config; then SIGTERM during that retry
-    p = sd.popen("study.n_trials=3")
-    wait_for(lambda: "starting server" in sd.output(), 120, "the retry to start")
-    wait_for(lambda: engine_started(tmp_path), 300, "the retry's server engine")
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=120) == 143
-    orphans = orphans_after(tmp_path)
-    assert orphans == 0
-    out = sd.output()
-    assert "terminated (SIGTERM)" in out and "Traceback" not in out
-    assert (tmp_path / "reports" / "t" / "index.html").exists()  # the report is still written
-    study = sd.study()
-    t1, t2 = study.trials[1], study.trials[2]
-    assert t1.state == TrialState.FAIL
-    assert t2.params == t1.params and t2.user_attrs["retry_of"] == 1
-    assert t2.state == TrialState.FAIL and t2.user_attrs.get("interrupted") is True
-    fault_ledger.add("SIGTERM of the optimizer mid-start", survived=True, orphans=orphans, note="exit 143")
-
-    # 3. resume: completed trials intact, the study reaches its total
-    r = sd.run("study.n_trials=2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    study = sd.study()
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 2
-    assert study.trials[0].value == t0.value and study.trials[0].user_attrs == t0.user_attrs
-    assert orphans_after(tmp_path) == 0
-    fault_ledger.add("resume after kill + term", survived=True, trials_lost=0)
 
 
 def test_configs_that_cannot_start_are_recorded_with_the_reason_and_the_study_goes_on(tmp_path, fault_ledger):

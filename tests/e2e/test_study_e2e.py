@@ -1,8 +1,13 @@
-"""The foundation, end to end: the real CLI, a real vLLM (CPU build) server, a real SQLite study."""
+"""The foundation, end to end: the real CLI, a real vLLM (CPU build) server, a real SQLite study.
+
+One study carries two proofs with independent assertions (one study's server starts instead of two):
+a two-trial study that resumes to three, and, between the two, an optimizer SIGKILLed and then
+SIGTERMed while a trial's server starts, after which nothing is lost or left running."""
 
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 from optuna.trial import TrialState
@@ -10,9 +15,9 @@ from optuna.trial import TrialState
 from optimizer.errors import FailureReason
 from optimizer.record import TrialRecord
 from optimizer.reporting.data import build_report_data
-from tests.support.study_runner import StudyDir
+from tests.support.study_runner import StudyDir, engine_started, orphans_after, wait_for
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SECRET = "sk-test-e2e-5b0c1d"
 
@@ -22,7 +27,7 @@ def _snapshot(study):
             for t in study.get_trials(deepcopy=True) if t.state == TrialState.COMPLETE}
 
 
-def test_two_trial_study_then_resume_to_three(tmp_path):
+def test_two_trial_study_killed_mid_start_then_resumed_to_three(tmp_path, fault_ledger):
     sd = StudyDir(tmp_path)
     env = sd.env(E2E_KEY=SECRET)
     r = sd.run("study.n_trials=2", "server.api_key_env=E2E_KEY", env=env)
@@ -68,6 +73,36 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
                                                            abs=1e-3)
 
     before = _snapshot(study)
+    # 1. SIGKILL the optimizer while trial 2's server starts: its server group must die with it
+    p = sd.popen("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)
+    wait_for(lambda: engine_started(tmp_path), 300, "trial 2's server to start its engine")
+    p.kill()
+    p.wait()
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    assert sd.study().trials[2].state == TrialState.RUNNING  # nobody could record it: the next run must
+    fault_ledger.add("SIGKILL of the optimizer mid-start", survived=True, orphans=orphans)
+
+    # 2. the next run records it as failed and retries its config; then SIGTERM during that retry
+    p = sd.popen("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)
+    wait_for(lambda: "starting server" in sd.output(), 120, "the retry to start")
+    wait_for(lambda: engine_started(tmp_path), 300, "the retry's server engine")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 143
+    orphans = orphans_after(tmp_path)
+    assert orphans == 0
+    out = sd.output()
+    assert "terminated (SIGTERM)" in out and "Traceback" not in out
+    assert (tmp_path / "reports" / "t" / "index.html").exists()  # the report is still written
+    study = sd.study()
+    t2, t3 = study.trials[2], study.trials[3]
+    assert t2.state == TrialState.FAIL
+    assert t3.params == t2.params and t3.user_attrs["retry_of"] == 2
+    assert t3.state == TrialState.FAIL and t3.user_attrs.get("interrupted") is True
+    assert _snapshot(study) == before  # the completed trials untouched by the kills
+    fault_ledger.add("SIGTERM of the optimizer mid-start", survived=True, orphans=orphans, note="exit 143")
+
+    # 3. resume: completed trials intact, the study reaches its total
     r = sd.run("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     study = sd.study()
@@ -76,6 +111,8 @@ def test_two_trial_study_then_resume_to_three(tmp_path):
     for n, snap in before.items():
         assert after[n] == snap  # resumed: earlier trials untouched
     assert "2 of 3 trials finished" in r.stderr
+    assert orphans_after(tmp_path) == 0
+    fault_ledger.add("resume after kill + term", survived=True, trials_lost=0)
     assert "SLO calibrated on this host" in r.stderr and study.user_attrs["slo_calibration"] == cal  # reused
     # a third run with the same total starts nothing and changes nothing
     r = sd.run("study.n_trials=3", "server.api_key_env=E2E_KEY", env=env)

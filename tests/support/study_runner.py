@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -103,3 +104,36 @@ def group_members(pgid: int) -> list[int]:
             except OSError:
                 pass
     return members
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def live_groups(root: Path) -> list[int]:
+    return [g for g in server_groups(root) if group_members(g)]
+
+
+def orphans_after(root: Path, timeout: float = 40.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and live_groups(root):
+        time.sleep(0.2)
+    return sum(len(group_members(g)) for g in server_groups(root))
+
+
+def engine_started(root: Path) -> bool:
+    """A server of this study is up to its EngineCore (well into its start)."""
+    for g in server_groups(root):
+        for pid in group_members(g):
+            try:
+                if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+            except OSError:
+                pass
+    return False
