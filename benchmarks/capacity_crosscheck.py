@@ -19,30 +19,15 @@ import argparse
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url + "/health", timeout=2).status == 200
-    except OSError:
-        return False
+from optimizer.server.process import VllmServer, free_port  # noqa: E402
 
 
 def _arg(argv: list[str], flag: str) -> str:
@@ -78,26 +63,17 @@ def _check(label: str, t: Any, a: argparse.Namespace) -> dict[str, Any]:
     argv = json.loads(t.user_attrs["server_argv"])
     users = int(round(float(t.user_attrs["cap_value"])))
     above = int(math.ceil(users * a.factor))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")  # the benchmark empties the prefix cache between runs
     if a.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(a.gpu)
     logs = Path(a.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    server_log = logs / f"server-{t.number}.log"
-    t0 = time.monotonic()
-    with open(server_log, "w") as log:
-        proc = subprocess.Popen([a.python] + _with_port(argv, port), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
-        while not _healthy(url):
-            if proc.poll() is not None:
-                raise SystemExit(f"{label}: the server exited with {proc.returncode}; see {server_log}")
-            if time.monotonic() - t0 > a.start_timeout_s:
-                raise SystemExit(f"{label}: not ready within {a.start_timeout_s} s; see {server_log}")
-            time.sleep(2)
-        start_s = time.monotonic() - t0
+    # the product's server: its own process group, killed whole on the way out
+    with VllmServer(_with_port(argv, port), python=a.python, host="127.0.0.1", port=port,
+                    log_path=logs / f"server-{t.number}.log", env=env, pid_dir=logs / "pids") as srv:
+        start_s = srv.wait_ready(a.start_timeout_s)
+        url = srv.url
         out = logs / f"fidelity-{t.number}.json"
         cases = [f"closed:{c}:{a.prompt}:{a.output}:{max(a.min_requests, a.requests_per_user * c)}"
                  for c in (users, above)]
@@ -108,12 +84,6 @@ def _check(label: str, t: Any, a: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--case", c]
         subprocess.run(cmd, check=True, env=env)
         doc = json.loads(out.read_text())
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
     verdicts = []
     for name, users_at in zip(cases, (users, above)):
         med = doc["cases"][name.replace(":", "-")]["summary"]["median"]

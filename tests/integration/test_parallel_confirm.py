@@ -37,6 +37,14 @@ def _confirm_argv(fleet: Fleet, *extra: str) -> list[str]:
     return [argv[0], "-m", "optimizer.confirm", *argv[3:], *extra]
 
 
+def _searched(tmp_path: Path, pg_url: str, name: str) -> Fleet:
+    """A study of 3 trials searched by 2 workers on the two simulated GPUs."""
+    fleet = Fleet(tmp_path, pg_url, name)
+    p = fleet.popen("search", "study.workers=2", "study.n_trials=3", *GPUS)
+    assert _wait(p, fleet, "search") == 0, fleet.output("search")[-3000:]
+    return fleet
+
+
 def _confirm(fleet: Fleet, tag: str, *extra: str) -> str:
     with open(fleet.root / f"{tag}.out", "w") as out:
         p = subprocess.Popen(_confirm_argv(fleet, *GPUS, *CONFIRM, *extra), cwd=fleet.root, stdout=out,
@@ -65,9 +73,7 @@ def _seen_gpus(fleet: Fleet, rec: TrialRecord) -> str:
 @pytest.mark.timeout(300)
 def test_a_confirmation_runs_on_both_gpu_groups_at_once_and_rotates_each_config_over_them(tmp_path, pg_url,
                                                                                          tiny_model):
-    search = Fleet(tmp_path, pg_url, "par")
-    p = search.popen("search", "study.workers=2", "study.n_trials=3", *GPUS)
-    assert _wait(p, search, "search") == 0, search.output("search")[-3000:]
+    search = _searched(tmp_path, pg_url, "par")
     optuna.copy_study(from_study_name="par", from_storage=pg_url, to_storage=pg_url, to_study_name="ser")
     serial = Fleet(tmp_path, pg_url, "ser")
 
@@ -118,9 +124,7 @@ def test_a_confirmation_runs_on_both_gpu_groups_at_once_and_rotates_each_config_
 @pytest.mark.timeout(300)
 def test_sigterm_stops_both_confirmation_workers_and_the_next_call_resumes_on_both_groups(tmp_path, pg_url,
                                                                                          tiny_model):
-    fleet = Fleet(tmp_path, pg_url, "sig")
-    p = fleet.popen("search", "study.workers=2", "study.n_trials=3", *GPUS)
-    assert _wait(p, fleet, "search") == 0, fleet.output("search")[-3000:]
+    fleet = _searched(tmp_path, pg_url, "sig")
     with open(tmp_path / "stopped.out", "w") as out:
         proc = subprocess.Popen(_confirm_argv(fleet, *GPUS, *CONFIRM, "study.workers=2"), cwd=tmp_path, stdout=out,
                                 stderr=subprocess.STDOUT, text=True, env=fleet.env(start_delay_s=3.0))
