@@ -4,19 +4,22 @@ study of two trials with small caps, the SLO calibrated on this host, and the re
 The first command runs under ``study.budget=0.5``: the baseline starts (nothing timed yet: the first
 trial always starts), after it the next trial would not fit in 30 s, so the command ends with one
 trial and records why. The baseline calibrates ``slo.p99_ms=auto`` from its own unloaded latency
-(one user, 101 requests after warm-up) before its search: the limit is 4 x its median TTFT there.
+(one user, 101 requests after warm-up) before its search: the limit is 3 x its median E2E there.
 The same study resumed without a budget runs its second trial, a config that queues (max_num_seqs=1:
-at C users a request waits for up to C - 1 whole requests before its prefill, so its TTFT grows by
-~the unloaded E2E, ~2.5x the unloaded TTFT here, per waiting request), while the defaults prefill new
-requests within a step or two. It passes at one user and fails at a load the defaults carry, so its
-ladder stops early against the baseline, the incumbent. Everything is relative to the host's own
-unloaded latency, so nothing depends on how fast this host is.
+at C users a request waits for up to C - 1 whole requests, so its E2E is ~C x the unloaded one),
+while the defaults batch (their E2E at 4 users was 2.2-2.7x the unloaded median on this 2-core
+host). It passes at one user and, where it fails at a load the defaults carry, its ladder stops early
+against the baseline, the incumbent. Everything is relative to the host's own unloaded latency, so
+nothing depends on how fast this host is.
 
-Why TTFT and not E2E: on this 2-core host, shared and CPU-bound, the defaults' batching gain at 4
-users was only 1.7-2x, so their E2E at 4 users was 2.2-2.7x the unloaded median against ~4x for the
-queued config; host noise moves single P99s by 2-3x: E2E did not separate the two reliably, the
-queue's TTFT does. (The early stop's rules are tested in detail against the loaded fake server:
-tests/integration/test_capacity_trial.py.)"""
+Why E2E and not TTFT: on a 2-core host the server's processes keep both cores busy while they
+generate, and the client, woken by each token, then waited 45-120 ms for a core per wake-up
+(``/proc/self/schedstat``: 2.5 s of run-queue wait in 20 one-user requests, against 33 ms in a
+good spell); it read each whole stream at its end, so its TTFT was the request's E2E (~190 ms)
+for minutes at a time, then ~12 ms again. A limit of 4 x a median TTFT calibrated in a good spell
+(49 ms on CI, 62 ms here) failed even the unloaded defaults in a bad one (P99 148-222 ms). E2E is
+read at the end of the stream either way. (The early stop's rules are tested in detail against the
+loaded fake server: tests/integration/test_capacity_trial.py.)"""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 CAPACITY = ["load.mode=capacity", "load.capacity.max=4", "load.capacity.max_probes=4", "load.capacity.min_windows=2",
             "load.capacity.lengthen=1", "load.num_requests=8", "load.warmup_requests=8", "load.p99_sizing=off",
-            "slo.metric=ttft", "slo.p99_ms=auto", "slo.auto_factor=4", "workload.output_tokens=48",
+            "slo.metric=e2e", "slo.p99_ms=auto", "slo.auto_factor=3", "workload.output_tokens=48",
             # the proposed trial queues: one sequence at a time
             "search.max_num_seqs.low=1", "search.max_num_seqs.high=1"]
 
@@ -48,9 +51,9 @@ def test_a_two_trial_capacity_study_calibrates_its_slo_and_stops_a_queued_ladder
     out = r.stderr + r.stdout
     assert "stopping the study (study.budget)" in out and "1/3 done, 2 left" in out and "of 30 s left" in out
     cal = study.user_attrs["slo_calibration"]  # measured by the baseline at one user, stored with the study
-    assert cal["users"] == 1 and cal["trial"] == 0 and cal["n_ok"] == 101 and cal["factor"] == 4
-    assert cal["slo_ms"] == pytest.approx(4 * cal["base_p50_ms"], abs=1)
-    assert f"P99 ttft <= {cal['slo_ms']:.0f} ms" in out and "at 1 user (unloaded)" in out
+    assert cal["users"] == 1 and cal["trial"] == 0 and cal["n_ok"] == 101 and cal["factor"] == 3
+    assert cal["slo_ms"] == pytest.approx(3 * cal["base_p50_ms"], abs=1)
+    assert f"P99 e2e <= {cal['slo_ms']:.0f} ms" in out and "at 1 user (unloaded)" in out
 
     r = sd.run("study.n_trials=2", *CAPACITY)  # resumed: the budget counts each command's own time
     assert r.returncode == 0, r.stderr[-3000:]
