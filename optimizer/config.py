@@ -188,6 +188,9 @@ class LoadConfig:
     client_workers: int = 0
     # warn when the busiest client process uses more than this share of one core during the run
     client_cpu_warn: float = 0.8
+    # warn when a client process waited for a CPU (run queue) more than this share of the run: it
+    # read the streams late (optimizer/loadgen/schedwait.py)
+    client_wait_warn: float = 0.1
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
@@ -489,6 +492,8 @@ def validate(cfg: Config) -> None:
         _fail("load.client_workers", ld.client_workers, "must be >= 1 (client processes), or 0 for automatic")
     if not ld.client_cpu_warn > 0:
         _fail("load.client_cpu_warn", ld.client_cpu_warn, "a share of one core, > 0 (default 0.8)")
+    if not ld.client_wait_warn > 0:
+        _fail("load.client_wait_warn", ld.client_wait_warn, "a share of the run's wall time, > 0 (default 0.1)")
     if not w.temperature >= 0:
         _fail("workload.temperature", w.temperature, "must be >= 0 (0: greedy)")
     if not 0 < w.top_p <= 1:

@@ -162,6 +162,8 @@ def _body(overrides: list[str], debug: bool) -> int:
     print(summary_table(summary, cfg.load.p99_confidence))
     cpu_share = run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan
     print(f"client: {run.client_workers} process(es), {run.client_cpu_s:.2f} s CPU ({cpu_share:.0%} of one core)"
+          + ("" if not math.isfinite(run.client_wait_s) else
+             f", waited {run.client_wait_s:.2f} s for a CPU ({run.client_wait_max_share:.0%} of the run)")
           + ("" if not run.dispatch_lag_ms[0] == run.dispatch_lag_ms[0] else
              f", dispatch lag p50/p99/max {run.dispatch_lag_ms[0]:.2f}/{run.dispatch_lag_ms[1]:.2f}/"
              f"{run.dispatch_lag_ms[2]:.2f} ms"))
@@ -193,7 +195,9 @@ def _body(overrides: list[str], debug: bool) -> int:
             "client": {"cpu_s": run.client_cpu_s, "cpu_share": cpu_share, "loop": "uvloop" if use_uvloop else "asyncio",
                        "dispatch_lag_ms": dict(zip(("p50", "p99", "max"), run.dispatch_lag_ms)),
                        "workers": run.client_workers, "cpu_s_by_process": run.client_cpu_by_process,
-                       "cpu_max_share": run.client_cpu_max_share, **_from_send(run)},
+                       "cpu_max_share": run.client_cpu_max_share, "wait_s": run.client_wait_s,
+                       "wait_s_by_process": run.client_wait_by_process,
+                       "wait_max_share": run.client_wait_max_share, **_from_send(run)},
             "warmup": {"requests": len(run.warmup), "errors": sum(1 for r in run.warmup if not r.ok),
                        "duration_s": run.warmup_s},
             "tokens": tokens, "prefix_cache_reset": cache_reset,

@@ -43,6 +43,8 @@ class ProbeRun:
     warmup_s: float = 0.0
     warmup_errors: int = 0
     client_cpu_s: float = math.nan
+    client_wait_s: float = math.nan  # the client's run-queue wait, and its busiest process's share
+    client_wait_share: float = math.nan
 
 
 class Telemetry(Protocol):
@@ -97,7 +99,8 @@ class LoadProbe:
         self._last = (step.load, results, duration, tel_stats)
         summary = summarize(results, duration, self.load.p99_confidence)
         self.runs[step.load] = ProbeRun(summary, tuple(results), st, timeline, run.warmup_s,
-                                        sum(1 for r in run.warmup if not r.ok), run.client_cpu_s)
+                                        sum(1 for r in run.warmup if not r.ok), run.client_cpu_s,
+                                        run.client_wait_s, run.client_wait_max_share)
         return judge(step.load, summary, self.slo, seed=seed, lengthened=step.extend is not None,
                      aborted=run.aborted, telemetry=tel_stats)
 

@@ -37,6 +37,7 @@ from optimizer.config import LoadConfig, WorkloadConfig
 from optimizer.loadgen import phases
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
+from optimizer.loadgen.schedwait import runqueue_wait_s, waited
 from optimizer.loadgen.workload import RequestSet
 
 __all__ = ["EVENTS_PER_WORKER", "STREAMS_PER_WORKER", "run_pool", "suggest_workers", "usable_cores", "workers_for"]
@@ -144,7 +145,7 @@ async def _worker(conn: Any, job: _Job, warm_counter: Any, counter: Any, brake_s
         t0: float = msg[1]
         gc.collect()
         gc.freeze()
-        cpu0 = time.process_time()
+        cpu0, wait0 = time.process_time(), runqueue_wait_s()
         lags: list[float] = []
         if cfg.mode == "concurrency":
             limit = phases.closed_loop_limit_s(ep, job.n, cfg.duration_s, cfg.concurrency)
@@ -154,9 +155,9 @@ async def _worker(conn: Any, job: _Job, warm_counter: Any, counter: Any, brake_s
             res, lags = await phases.open_loop(ep, prepared, mine, list(job.offsets), t0, job.max_inflight, tick,
                                                clients, brake)
         end = time.perf_counter()
-        cpu = time.process_time() - cpu0
+        cpu, wait = time.process_time() - cpu0, waited(wait0)
         gc.unfreeze()
-        conn.send(("done", res, lags, cpu, end, brake.reason))
+        conn.send(("done", res, lags, cpu, end, brake.reason, wait))
     finally:
         await clients.aclose()
 
@@ -209,7 +210,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
                                     "a client process did not finish its warm-up")
         if progress:
             progress("warmup", len(run.warmup))
-        cpu0 = time.process_time()
+        cpu0, wait0 = time.process_time(), runqueue_wait_s()
         t0 = time.perf_counter() + 0.05
         for c, m in zip(conns, ready):
             if m is not None:
@@ -222,6 +223,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         results: list[RequestResult] = []
         lags: list[float] = []
         cpu: list[float] = []
+        waits: list[float] = []
         ends: list[float] = []
         pending = {k: (conns[k], procs[k]) for k, m in enumerate(ready) if m is not None}
         last = -1
@@ -235,6 +237,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
                         lags += m[2]
                         cpu.append(m[3])
                         ends.append(m[4])
+                        waits.append(m[6])
                         if m[5]:
                             reasons.append(m[5])
             if progress and done.value != last:
@@ -245,6 +248,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         own = time.process_time() - cpu0
         run.client_cpu_by_process = [own, *cpu]
         run.client_cpu_s = sum(run.client_cpu_by_process)
+        run.client_wait_by_process = [waited(wait0), *waits]
         expected = n if cfg.mode == "concurrency" else len(offsets)
         why = "a client process died or missed the run's hard deadline; not sent or not returned"
         if cfg.mode == "concurrency" and cfg.duration_s > 0:

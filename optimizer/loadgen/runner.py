@@ -39,6 +39,7 @@ from optimizer.config import LoadConfig
 from optimizer.loadgen import phases
 from optimizer.loadgen.client import Endpoint, Sampling
 from optimizer.loadgen.records import RequestResult
+from optimizer.loadgen.schedwait import runqueue_wait_s, waited
 from optimizer.loadgen.workload import RequestSet
 from optimizer.stats import min_samples_for_upper_bound
 
@@ -63,6 +64,9 @@ class LoadRun:
     client_workers: int = 1  # client processes that sent the load
     # CPU seconds of each client process during the measured run (the parent first when several)
     client_cpu_by_process: list[float] = field(default_factory=list)
+    # seconds each client process's threads waited in the run queue for a CPU during the measured
+    # run (same order; NaN where /proc has no schedstat): optimizer/loadgen/schedwait.py
+    client_wait_by_process: list[float] = field(default_factory=list)
 
     @property
     def client_cpu_max_share(self) -> float:
@@ -70,6 +74,19 @@ class LoadRun:
         if not self.client_cpu_by_process or not self.duration_s > 0:
             return math.nan
         return max(self.client_cpu_by_process) / self.duration_s
+
+    @property
+    def client_wait_s(self) -> float:
+        """Run-queue wait of all client processes during the measured run (NaN: not measured)."""
+        return math.fsum(self.client_wait_by_process) if self.client_wait_by_process else math.nan
+
+    @property
+    def client_wait_max_share(self) -> float:
+        """The most-delayed client process's run-queue wait, as a share of the measured run."""
+        known = [w for w in self.client_wait_by_process if math.isfinite(w)]
+        if not known or not self.duration_s > 0:
+            return math.nan
+        return max(known) / self.duration_s
 
 
 def arrival_times(n: int, rate: float, kind: str, seed: int) -> list[float]:
@@ -109,12 +126,13 @@ def plan_requests(cfg: LoadConfig) -> tuple[int, str]:
                f"with its CI. Set load.num_requests>={need} or load.p99_sizing=auto")
 
 
-def _note(run: LoadRun, msg: str) -> None:
+def _note(run: LoadRun, msg: str, key: str = "") -> None:
+    """Add ``msg`` to the run's notes and log it once per process (per ``key``: one of its kind)."""
     if not msg:
         return
     run.notes.append(msg)
-    if msg not in _warned:
-        _warned.add(msg)
+    if (key or msg) not in _warned:
+        _warned.add(key or msg)
         log.warning("%s", msg)
 
 
@@ -158,18 +176,19 @@ async def _run_here(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
             prepared = phases.prepare(ep, rs, range(len(offsets)))
         gc.collect()
         gc.freeze()
-        t0 = cpu0 = math.nan
+        t0 = cpu0 = wait0 = math.nan
         try:
             if cfg.mode == "concurrency":
                 def started(t: float) -> None:
-                    nonlocal t0, cpu0
-                    t0, cpu0 = t, time.process_time()
+                    nonlocal t0, cpu0, wait0
+                    t0, cpu0, wait0 = t, time.process_time(), runqueue_wait_s()
 
                 res = await phases.closed_loop(ep, rs, prepared, n, cfg.duration_s, cfg.concurrency, False, tick,
                                                clients, brake, phases.LocalIndices(), on_start=started)
                 run.results = res if cfg.duration_s > 0 else phases.missing(res, n, False, _HARD_DEADLINE)
             else:
-                t0, cpu0 = time.perf_counter() + 0.01, time.process_time()  # the first arrival starts the phase
+                # the first arrival starts the phase
+                t0, cpu0, wait0 = time.perf_counter() + 0.01, time.process_time(), runqueue_wait_s()
                 res, lags = await phases.open_loop(ep, prepared, list(range(len(offsets))), offsets, t0,
                                                    cfg.max_inflight, tick, clients, brake)
                 run.results = phases.missing(res, len(offsets), False, _HARD_DEADLINE)
@@ -182,6 +201,7 @@ async def _run_here(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
                 run.client_cpu_s = time.process_time() - cpu0
                 run.duration_s = time.perf_counter() - t0
                 run.client_cpu_by_process = [run.client_cpu_s]
+                run.client_wait_by_process = [waited(wait0)]
             gc.unfreeze()
     finally:
         await clients.aclose()
@@ -226,6 +246,15 @@ async def run_load(ep: Endpoint, rs: RequestSet, cfg: LoadConfig,
         _note(run, f"the busiest load-generator process used {share:.0%} of a core (load.client_cpu_warn="
                    f"{cfg.client_cpu_warn:g}): the client may be adding to the latencies it measures. Run it with "
                    f"more processes (load.client_workers={more}, now {run.client_workers}) or on more free cores")
+    wait = run.client_wait_max_share
+    if wait > cfg.client_wait_warn:
+        _note(run, f"the load generator waited {run.client_wait_s:.1f} s for a CPU during the {run.duration_s:.1f} s "
+                   f"run (its busiest process {wait:.0%} of it; load.client_wait_warn={cfg.client_wait_warn:g}): "
+                   f"the host's cores were busy, so it read the streams late and its TTFT and ITL read high "
+                   f"(a stream read in one piece makes TTFT equal E2E; E2E only gains the last wait). Judge E2E "
+                   f"(slo.metric=e2e), leave the client a free core, or run `python -m optimizer.loadtest` "
+                   f"from another host",
+              key="client_wait")
     return run
 
 

@@ -60,6 +60,9 @@ class Measurement:
     first_error: str = ""
     latency_samples: dict[str, list[float]] = field(default_factory=dict)  # metric -> ms (a sample of them)
     kv_timeline: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (s, gauge -> value)
+    # the client's run-queue wait for a CPU (all processes) and its busiest process's share of the run
+    client_wait_s: float = math.nan
+    client_wait_share: float = math.nan
 
     def to_attrs(self) -> dict[str, Any]:
         out = summary_to_attrs(self.summary)
@@ -67,6 +70,9 @@ class Measurement:
         out.update({"client_cpu_s": attr_value(self.client_cpu_s, 2),
                     "client_cpu_share": attr_value(self.client_cpu_share, 3),
                     "warmup_errors": self.warmup_errors, "kv_timeline": json.dumps(self.kv_timeline)})
+        if math.isfinite(self.client_wait_s):  # absent when not measured (and in studies older than it)
+            out.update({"client_wait_s": attr_value(self.client_wait_s, 3),
+                        "client_wait_share": attr_value(self.client_wait_share, 3)})
         if self.first_error:
             out["first_error"] = self.first_error[:300]
         if self.latency_samples:
@@ -85,4 +91,4 @@ class Measurement:
                     and isinstance(r[1], dict)]
         return cls(summary_from_attrs(a), ServerStats(**{n: num(a, f"srv_{n}") for n in _STATS_FIELDS}),
                    num(a, "client_cpu_s"), num(a, "client_cpu_share"), integer(a, "warmup_errors"),
-                   text(a, "first_error"), samples, timeline)
+                   text(a, "first_error"), samples, timeline, num(a, "client_wait_s"), num(a, "client_wait_share"))

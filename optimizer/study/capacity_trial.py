@@ -100,7 +100,8 @@ def _measurement(run: ProbeRun) -> Measurement:
         warmup_errors=run.warmup_errors, first_error=next((r.error for r in run.results if not r.ok), ""),
         latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
                          "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
-        kv_timeline=list(run.timeline[-600:]))
+        kv_timeline=list(run.timeline[-600:]), client_wait_s=run.client_wait_s,
+        client_wait_share=run.client_wait_share)
 
 
 async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],

@@ -241,7 +241,7 @@ async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str
         first_error=next((r.error for r in run.results if not r.ok), ""),
         latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
                          "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
-        kv_timeline=tel.timeline[-600:])
+        kv_timeline=tel.timeline[-600:], client_wait_s=run.client_wait_s, client_wait_share=run.client_wait_max_share)
     p.rec = replace(p.rec, measurement=measurement, timings=p.timings(),
                     throughput_ci=throughput_interval(run.results, cfg.load.p99_confidence))
     died = _death(server)

@@ -47,6 +47,7 @@ def test_worker_processes_return_exactly_the_records_of_one_process(fake_server_
     three = _go(srv.url, 3, mode=mode)
     assert one.client_workers == 1 and three.client_workers == 3
     assert len(three.client_cpu_by_process) == 4  # the parent and its three workers, each measured
+    assert len(three.client_wait_by_process) == 4 and all(w >= 0 for w in three.client_wait_by_process)
     assert [r.index for r in three.results] == list(range(48))
     assert _fingerprint(three.results) == _fingerprint(one.results)
     assert _fingerprint(three.warmup) == _fingerprint(one.warmup)

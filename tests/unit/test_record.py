@@ -94,7 +94,7 @@ def _full_record() -> TrialRecord:
         start_log=StartLog(kv_tokens=4096, engine_init_s=40.09),
         timings=Timings(0.0, 41.5, 0.9, 2.0, 0.3, 45.0),
         measurement=Measurement(summary, stats, 0.5, 0.25, 1, "timeout after 30 s", {"e2e": [90.0, 100.0]},
-                                [(0.0, {"vllm:kv_cache_usage_perc": 0.5})]),
+                                [(0.0, {"vllm:kv_cache_usage_perc": 0.5})], client_wait_s=1.25, client_wait_share=0.125),
         failure=Failure(FailureReason.OUT_OF_MEMORY, "CUDA out of memory", during_load=True),
         interrupted=False)
 
