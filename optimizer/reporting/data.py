@@ -258,6 +258,12 @@ def _timeline(rec: TrialRecord, number: int, label: str) -> Optional[Timeline]:
                      "waiting": _gauge(rows, "vllm:num_requests_waiting")})
 
 
+def _client_waits(records: dict[int, TrialRecord], warn: float) -> dict[int, float]:
+    """Trial -> the client's run-queue wait share of its measured run, where above ``warn``."""
+    return {n: r.measurement.client_wait_share for n, r in records.items()
+            if r.measurement is not None and r.measurement.client_wait_share > warn}
+
+
 def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialRecord], infos: list[TrialInfo],
              cfg: dict[str, Any]) -> SummaryInfo:
     slo = cfg.get("slo") or {}
@@ -286,6 +292,13 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         notes.append(f"{failed} trial(s) failed without a measurement; the table at the bottom says why.")
     if counts[Status.RUNNING.value]:
         notes.append(f"{counts[Status.RUNNING.value]} trial(s) are unfinished (running, or left by a killed run).")
+    waits = _client_waits(records, float((cfg.get("load") or {}).get("client_wait_warn") or 0.1))
+    if waits:
+        worst, share = max(waits.items(), key=lambda kv: kv[1])
+        notes.append(f"The load generator waited for a CPU in {len(waits)} of {len(records)} trial(s), up to "
+                     f"{share:.0%} of a measured run (trial {worst}): this host's cores were busy with the server, so "
+                     f"its TTFT and ITL read high (a stream read in one piece makes TTFT equal E2E); E2E is "
+                     f"affected least. Give the client a free core, or measure from another host.")
     launch = records[res.best.number].launch if res.best else None
     server = cfg.get("server") or {}
     hw = cfg.get("hardware") or {}

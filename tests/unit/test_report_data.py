@@ -293,3 +293,16 @@ def test_trials_from_before_parallel_workers_show_no_host():
     info = trial_info(t, "e2e")
     assert info.worker == "" and info.gpus == ""
     assert "ran on" not in json.dumps(F.scatter_figure(_data([t])).to_plotly_json()["data"])
+
+
+def test_a_study_whose_client_waited_for_a_cpu_says_so_and_by_how_much():
+    quiet = [make_trial(0, P, kind="baseline", throughput=1500), make_trial(1, P, throughput=2000),
+             make_trial(2, P, throughput=2100)]
+    assert not any("waited for a CPU" in n for n in _data(quiet).summary.notes)  # not measured: no note
+    waits = {0: 0.05, 1: 0.62, 2: 0.31}
+    starved = [make_trial(t.number, P, kind=t.user_attrs.get("kind", ""), throughput=t.value,
+                          extra={"client_wait_s": 9.9, "client_wait_share": waits[t.number]}) for t in quiet]
+    note = next(n for n in _data(starved).summary.notes if "waited for a CPU" in n)
+    assert "in 2 of 3 trial(s), up to 62% of a measured run (trial 1)" in note  # above load.client_wait_warn=0.1
+    cfg = {**CFG, "load": {**CFG["load"], "client_wait_warn": 0.5}}
+    assert "in 1 of 3 trial(s)" in next(n for n in _data(starved, cfg).summary.notes if "waited for a CPU" in n)
