@@ -64,8 +64,8 @@ class LoadRun:
     client_workers: int = 1  # client processes that sent the load
     # CPU seconds of each client process during the measured run (the parent first when several)
     client_cpu_by_process: list[float] = field(default_factory=list)
-    # seconds each client process's threads waited in the run queue for a CPU during the measured
-    # run (same order; NaN where /proc has no schedstat): optimizer/loadgen/schedwait.py
+    # seconds each client process's event-loop thread waited in the run queue for a CPU during the
+    # measured run (same order; NaN where /proc has no schedstat): optimizer/loadgen/schedwait.py
     client_wait_by_process: list[float] = field(default_factory=list)
 
     @property
