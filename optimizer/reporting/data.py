@@ -14,7 +14,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.config import SloConfig
+from optimizer.config import LoadConfig, SloConfig
 from optimizer.errors import FailureReason
 from optimizer.record import Timings, TrialRecord
 from optimizer.server.startlog import START_PHASES
@@ -36,6 +36,7 @@ PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", 
 # log did not split (no log, or one that ended before the engine was up)
 START_LABELS = tuple(f"start: {label}" for label, _ in START_PHASES)
 _DEFAULT_SLO = SloConfig()  # for a study whose stored config lacks the SLO
+_DEFAULT_WAIT_WARN = LoadConfig().client_wait_warn  # ... or load.client_wait_warn (older studies)
 _CDF_POINTS = 400
 
 
@@ -292,7 +293,7 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         notes.append(f"{failed} trial(s) failed without a measurement; the table at the bottom says why.")
     if counts[Status.RUNNING.value]:
         notes.append(f"{counts[Status.RUNNING.value]} trial(s) are unfinished (running, or left by a killed run).")
-    waits = _client_waits(records, float((cfg.get("load") or {}).get("client_wait_warn") or 0.1))
+    waits = _client_waits(records, float((cfg.get("load") or {}).get("client_wait_warn") or _DEFAULT_WAIT_WARN))
     if waits:
         worst, share = max(waits.items(), key=lambda kv: kv[1])
         notes.append(f"The load generator waited for a CPU in {len(waits)} of {len(records)} trial(s), up to "
