@@ -252,7 +252,11 @@ class ConfirmConfig:
 
     top_k: int = 3  # 0: no confirmation
     repeats: int = 3  # rounds; an interval needs at least 2
-    confidence: float = 0.95  # of the uplift's interval (paired t on the per-round log ratios)
+    confidence: float = 0.95  # of the uplift's interval (block design on the log scale, simultaneous over the configs)
+    # a simpler config (fewer flags changed) that beats the defaults replaces the best only when shown to lose at
+    # most this share of its throughput (non-inferiority); 5 % = load.capacity.resolution's default: see
+    # optimizer/study/uplift.py
+    margin: float = 0.05
     seed_offset: int = 1000  # held-out prompts: the study's prompts use workload.seed itself
 
 
@@ -404,6 +408,8 @@ def validate(cfg: Config) -> None:
               "(turn confirmation off with study.confirm.top_k=0)")
     if not 0 < c.confidence < 1:
         _fail("study.confirm.confidence", c.confidence, "must be in (0, 1), e.g. 0.95")
+    if not 0 <= c.margin < 1:
+        _fail("study.confirm.margin", c.margin, "must be in [0, 1), e.g. 0.05 (a simpler config may give up 5 %)")
     if c.seed_offset == 0:
         _fail("study.confirm.seed_offset", c.seed_offset, "0 would re-use the study's own prompts; use e.g. 1000")
     if st.workers < 0:
