@@ -154,7 +154,7 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_load=self._needed)
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_load=self._needed).with_fit()
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:

@@ -52,6 +52,8 @@ class CapacityBar(NamedTuple):
     output_tok_s: float
     limited_by: str
     feasible: bool
+    low: float = math.nan  # the fitted capacity's interval (optimizer.capacity.curve); high NaN: open
+    high: float = math.nan
 
 
 class CapacityData(NamedTuple):
@@ -71,6 +73,12 @@ def _amount(control: str, value: float, req_s: float = math.nan) -> str:
     return f"{value:g} req/s"
 
 
+def _fitted(r: CapacityResult) -> str:
+    """" (fitted over every probe: ~12 users (95 % CI 10-14))", or ''."""
+    t = r.interval_text()
+    return f" (fitted over every probe: {t}{'; ' + '; '.join(r.flags) if r.flags else ''})" if t else ""
+
+
 def capacity_line(best: Optional[CapacityTrial], baseline: Optional[CapacityTrial], metric: str,
                   slo_ms: float) -> str:
     """"config #X carries N concurrent users / R req/s at P99 <= L ms, the defaults carry M"."""
@@ -78,10 +86,11 @@ def capacity_line(best: Optional[CapacityTrial], baseline: Optional[CapacityTria
         return ""
     r = best.result
     text = (f"config #{best.number} carries {_amount(r.control, r.value, r.req_s)} at P99 {metric} <= {slo_ms:g} ms"
-            + (" (the cap of the search: it may carry more)" if r.limited_by.value == "cap" else ""))
+            + (" (the cap of the search: it may carry more)" if r.limited_by.value == "cap" else "")
+            + _fitted(r))
     if baseline is not None and baseline.number != best.number:
         b = baseline.result
-        text += f", the defaults (#{baseline.number}) carry {_amount(b.control, b.value, b.req_s)}"
+        text += f", the defaults (#{baseline.number}) carry {_amount(b.control, b.value, b.req_s)}{_fitted(b)}"
         if b.feasible and b.value > 0:
             text += f" ({r.value / b.value:.2f}x)"
     elif baseline is not None:
@@ -96,6 +105,7 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
     trials of the highest capacity."""
     if not trials:
         return None
+    trials = [t._replace(result=t.result.with_fit()) for t in trials]  # studies recorded before the fit: from probes
     by_n = {t.number: t for t in trials}
     curves = []
     ranked = sorted(trials, key=lambda t: -t.result.value if t.result.feasible else math.inf)
@@ -109,7 +119,7 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
         curves.append(CapacityCurve(n, t.label, [p.load for p in ps], [p.output_tok_s for p in ps],
                                     [_p99(p, metric) for p in ps], [p.passed for p in ps], t.result.value))
     bars = [CapacityBar(t.number, t.label, t.result.value, t.result.output_tok_s, t.result.limited_by.value,
-                        t.result.feasible) for t in sorted(trials, key=lambda t: t.number)]
+                        t.result.feasible, t.result.low, t.result.high) for t in sorted(trials, key=lambda t: t.number)]
     base = next((t for t in trials if t.baseline), None)
     control = trials[0].result.control
     return CapacityData(control, metric, slo_ms, curves, bars,
@@ -167,7 +177,9 @@ def capacity_bars_figure(c: Optional[CapacityData]) -> Optional[go.Figure]:
         return None
     xs = [b.label for b in c.bars]
     ys = [b.value if b.value == b.value else 0.0 for b in c.bars]
-    text = [f"{b.value:g} ({b.limited_by})" if b.feasible else "infeasible" for b in c.bars]
+    text = [f"{b.value:g} ({b.limited_by})" + (f", CI {b.low:g}-{b.high:g}" if b.low == b.low and b.high == b.high
+                                                else f", CI {b.low:g}-open" if b.low == b.low else "")
+            if b.feasible else "infeasible" for b in c.bars]
     colors = [_BAR["feasible" if b.feasible else "infeasible"] for b in c.bars]
     fig = go.Figure(go.Bar(x=[_e(x) for x in xs], y=ys, text=text, textposition="outside", marker_color=colors,
                            customdata=[b.output_tok_s for b in c.bars],
