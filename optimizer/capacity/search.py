@@ -21,11 +21,19 @@ The rules:
    the search stops there (``limited_by=aborted``), keeping the passes it has.
 5. ``max_probes`` (probe runs, lengthening included) and ``max_s`` (no new probe once the search
    has run that long, or would by the end of a probe as long as the last one) end it with
-   ``limited_by=budget``; ``stop_below()`` (the caller's hook, e.g. "what the incumbent carries")
-   ends it with ``limited_by=early_stop`` as soon as a failure at or below that load proves the
-   capacity lower (``hi``, the search's own bound: the lowest failure, judged on a lengthened run
-   when its interval straddled the limit, above which the search never probes a pass). The result
-   keeps that load (``early_stop_load``) and the passes so far: ``value`` is then a lower bound.
+   ``limited_by=budget``.
+6. Early stop: ``stop_below()`` (the caller's hook) gives a bar **in the unit the study ranks**
+   (``value``: output tok/s or req/s at the capacity), the incumbent's *lower* confidence bound,
+   not its point value (which the winner's curse inflates). After each judged probe (once a pass
+   and a failure exist) the search computes its own *upper* bound on that value: the capacity's
+   fitted interval over the probes so far (:mod:`optimizer.capacity.curve`) has an upper end
+   ``high``, a probed load, and the value at the capacity is at most the largest value measured
+   at or below ``high`` (throughput does not fall as the load rises to the capacity). Only when
+   that upper bound is below the bar does it stop (``limited_by=early_stop``): the config is then
+   shown, at the interval's confidence, to score less than the incumbent's lower bound. The
+   result keeps the bar (``early_stop_bound``) and the bound (``upper_value``); ``value`` and the
+   throughput there are the highest pass so far: the record says they are bounds
+   (``value <= true <= upper_value``). An open-ended fit (``high`` NaN) never stops.
 """
 
 from __future__ import annotations
@@ -85,8 +93,8 @@ class Step:
 
 class CapacitySearch:
     def __init__(self, plan: SearchPlan, slo: SloConfig,
-                 stop_below: Optional[Callable[[], float]] = None) -> None:
-        self.plan, self.slo, self.stop_below = plan, slo, stop_below
+                 stop_below: Optional[Callable[[], float]] = None, value: str = "output_tok_s") -> None:
+        self.plan, self.slo, self.stop_below, self.value = plan, slo, stop_below, value
         self.probes: list[ProbeResult] = []
         self.runs = 0
         self.lo: Optional[ProbeResult] = None  # highest pass
@@ -96,6 +104,7 @@ class CapacitySearch:
         self.reason = ""
         self._last_run_s = 0.0
         self._needed = math.nan  # stop_below()'s value when it stopped the search
+        self._upper = math.nan  # the search's upper bound on its value then
 
     # ---- the state machine ------------------------------------------------------------------
     def next_step(self, elapsed_s: float = 0.0) -> Optional[Step]:
@@ -154,7 +163,8 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_load=self._needed).with_fit()
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_bound=self._needed,
+            upper_value=self._upper).with_fit()
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:
@@ -169,12 +179,27 @@ class CapacitySearch:
                 self.lo = probe
         elif self.hi is None or probe.load < self.hi.load:
             self.hi = probe
-        if self.hi is not None and self.stop_below is not None and self.lo is not None:
+        if self.hi is not None and self.stop_below is not None and self.lo is not None and self.done is None:
             x = self.stop_below()
-            if self.hi.load <= x and self.done is None:
-                self._needed = x
-                self._finish(LimitedBy.EARLY_STOP, f"the capacity is below {self._fmt(self.hi.load)} "
-                                                    f"(a failure there), not above {self._fmt(x)} as needed")
+            if x == x:
+                ub = self.upper_value()
+                if ub < x:
+                    self._needed, self._upper = x, ub
+                    self._finish(LimitedBy.EARLY_STOP, f"its {self.value} is at most {ub:.4g} (the capacity's "
+                                                        f"upper bound), below the incumbent's lower bound {x:.4g}")
+
+    def upper_value(self) -> float:
+        """The upper confidence bound on this config's value from the probes so far (rule 6): the
+        largest value measured at or below the fitted capacity's upper end; +inf while that end is
+        open."""
+        from optimizer.capacity.curve import estimate_capacity
+
+        e = estimate_capacity([p for p in self.probes], self.slo.limit_ms, self.plan.control)
+        if not e.high == e.high:
+            return math.inf
+        vals = [getattr(p, self.value) for p in self.probes if not p.aborted and p.load <= e.high]
+        vals = [v for v in vals if v == v]
+        return max(vals) if vals else math.inf
 
     def _next_load(self) -> Optional[float]:
         p, lo, hi = self.plan, self.lo, self.hi

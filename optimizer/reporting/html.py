@@ -212,7 +212,8 @@ def _row(i: TrialInfo, best: Optional[int], capacity: bool = False) -> str:
              f'<div class="detail">{_e(i.detail[:600])}</div>',
              _e(i.worker) + (f'<br><span class="params">GPU {_e(i.gpus)}</span>' if i.gpus else "")]
     if capacity:  # load.mode=capacity: the capacity and what limited it, after the throughput
-        cells[4:4] = [_n(i.capacity, "g"), _e(i.cap_limited_by)]
+        cells[4:4] = [_n(i.capacity, "g") + (f"<br><small>{_e(i.cap_interval)}</small>" if i.cap_interval else ""),
+                      _e(i.cap_limited_by)]
     num_cols = {0, 3, 4, 6, 7, 8, 9, 10} if capacity else {0, 3, 4, 5, 6, 7, 8}
     tds = "".join(f'<td class="num">{c}</td>' if k in num_cols else f"<td>{c}</td>" for k, c in enumerate(cells))
     return f'<tr class="{"best" if i.number == best else ""}">{tds}</tr>'

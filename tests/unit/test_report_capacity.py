@@ -55,6 +55,10 @@ def test_the_data_holds_curves_bars_and_the_summary_line():
     assert d.summary.best.number == 1
     assert c.line.startswith("config #1 carries 11 concurrent users / 5.50 req/s at P99 e2e <= ")
     assert "the defaults (#0) carry 6 concurrent users" in c.line and "(1.83x)" in c.line
+    # every capacity shown with its interval: the line, the bars, the trials table
+    assert c.line.count("fitted over every probe: ~") == 2 and c.line.count("95% CI") == 2
+    assert all(b.low == b.low for b in c.bars if b.feasible)
+    assert "95% CI" in d.trials[0].cap_interval
     assert [b.number for b in c.bars] == [0, 1, 2, 3]
     assert math.isnan(c.bars[2].value) and not c.bars[2].feasible and c.bars[1].limited_by == "slo"
     curves = {cur.number: cur for cur in c.curves}
