@@ -157,9 +157,13 @@ class CapacityConfig:
     min_windows: int = 4  # measured requests per probe >= this x the concurrency
     lengthen: float = 2.0  # a probe whose P99 interval straddles the limit: this many times its requests
     value: CapacityValue = CapacityValue.output_tok_s  # the trial's value at the capacity
-    # stop a trial's search once a failed probe at or below the incumbent's capacity (the best
-    # feasible trial's load) proves this config carries less; its value is then what it carried so far
+    # stop a trial's search once its upper confidence bound on its value is below the incumbent's lower
+    # bound (optimizer/capacity/search.py, rule 6); its value is then what it carried so far, a lower bound
     early_stop: bool = True
+    # after the bisection: probe on, one load at a time where the pass/fail verdict is least certain, until
+    # the fitted capacity's interval is at most this share of the capacity wide (or max_probes / max_s);
+    # 0: off (the bisection's bracket ends the search)
+    precision: float = 0.0
 
 
 @dataclass
@@ -520,6 +524,8 @@ def _validate_capacity(c: CapacityConfig) -> None:
         _fail("load.capacity.max_factor", c.max_factor, "must be > 0")
     if not 0 < c.resolution < 1:
         _fail("load.capacity.resolution", c.resolution, "must be in (0, 1), e.g. 0.05 for 5 %")
+    if c.precision < 0:
+        _fail("load.capacity.precision", c.precision, "must be >= 0 (0: off), e.g. 0.2 for an interval 20 % wide")
     if c.max_probes < 1:
         _fail("load.capacity.max_probes", c.max_probes, "must be >= 1")
     if c.max_s < 0:

@@ -61,6 +61,9 @@ class CapacityEstimate:
     high: float  # NaN: open above (the fit does not reach the limit within the probes)
     confidence: float
     flags: tuple[str, ...] = ()
+    # the median of the resampled crossings: the load whose verdict is least certain, where one more probe
+    # narrows the interval most (NaN: none)
+    pivot: float = math.nan
 
 
 def upper_tail(values_ms: Sequence[float], share: float = TAIL_SHARE) -> tuple[float, ...]:
@@ -120,7 +123,7 @@ def _replicates(p: ProbeResult, rng: np.random.Generator, b: int) -> np.ndarray:
         ok = above[:, -1] >= n - target + 1
         vals = tail[k - 1 - idx]
         vals = np.where(ok, vals, tail[0])  # the rank fell below the tail (never, with 5 % kept): its floor
-        return np.log(vals)
+        return np.log(np.maximum(vals, 1e-3))
     c = math.log(p.p99_ms)
     lo, hi = p.p99_low_ms, p.p99_high_ms
     if not hi == hi:
@@ -175,7 +178,9 @@ def estimate_capacity(probes: Sequence[ProbeResult], limit_ms: float, control: s
         est = math.floor(point) if control == "concurrency" else point
     if est == est:
         est = min(max(est, low), high) if high == high else max(est, low)
-    return CapacityEstimate(float(est), low, high, confidence, flags)
+    finite = cross[(cross > 0) & (cross < beyond)]
+    pivot = float(np.median(finite)) if finite.size else math.nan
+    return CapacityEstimate(float(est), low, high, confidence, flags, pivot)
 
 
 def _extra_sd(y: np.ndarray, fit: np.ndarray, reps: np.ndarray, ps: list[ProbeResult]) -> float:

@@ -267,3 +267,23 @@ def test_plan_from_config_uses_the_derived_cap_unless_max_is_set():
     rate = SearchPlan.of(CapacityConfig(control="rate", start=0.5, max=0), 40.5)
     assert rate.cap == 40.5 and rate.step_size(10.0) == pytest.approx(0.5)
     assert SearchPlan("concurrency", 1, 10).step_size(30) == 1 and SearchPlan("concurrency", 1, 10).step_size(60) == 3
+
+
+def test_precision_probes_on_where_the_verdict_is_least_certain_until_the_interval_is_narrow():
+    from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw
+
+    law, limit = LatencyLaw(), 2500.0
+    runs = {}
+    for precision in (0.0, 0.35, 0.05):  # the same budget (24 probe runs) each
+        s = CapacitySearch(SearchPlan("concurrency", 1, 256, 0.05, 24, 0, 2.0, precision), SloConfig(p99_ms=limit))
+        runs[precision] = asyncio.run(find_capacity(FakeProbe(law, limit, 400, seed=4), s))
+    off, on, capped = runs[0.0], runs[0.35], runs[0.05]
+    assert "precision" not in off.stop_reason
+    width = lambda r: (r.high - r.low) / r.estimate  # noqa: E731
+    assert width(off) > 0.7 and width(on) <= 0.35 and len(on.probes) > len(off.probes)
+    assert "within load.capacity.precision=0.35" in on.stop_reason and on.limited_by is LimitedBy.SLO
+    assert sum(1 + p.lengthened for p in capped.probes) <= 24 and capped.limited_by is LimitedBy.SLO
+    assert "not reached within the budget" in capped.stop_reason
+    # each extra probe sits inside the interval the probes before it gave, at a load not probed before
+    extra = [p.load for p in on.probes if p.load not in {q.load for q in off.probes}]
+    assert extra and all(off.low <= x <= off.high for x in extra)
