@@ -43,6 +43,10 @@ class CapacityCurve(NamedTuple):
     p99_ms: list[float]  # of the SLO metric (NaN: not measured)
     passed: list[bool]
     value: float  # the capacity (NaN: none)
+    p99_low: list[float] = []  # each probe's P99 interval (slo.metric; NaN: too few requests to bound it)
+    p99_high: list[float] = []
+    low: float = math.nan  # the fitted capacity's interval (high NaN: open above)
+    high: float = math.nan
 
 
 class CapacityBar(NamedTuple):
@@ -117,7 +121,9 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
             continue
         ps = sorted(t.result.probes, key=lambda p: p.load)
         curves.append(CapacityCurve(n, t.label, [p.load for p in ps], [p.output_tok_s for p in ps],
-                                    [_p99(p, metric) for p in ps], [p.passed for p in ps], t.result.value))
+                                    [_p99(p, metric) for p in ps], [p.passed for p in ps], t.result.value,
+                                    [p.p99_low_ms for p in ps], [p.p99_high_ms for p in ps], t.result.low,
+                                    t.result.high))
     bars = [CapacityBar(t.number, t.label, t.result.value, t.result.output_tok_s, t.result.limited_by.value,
                         t.result.feasible, t.result.low, t.result.high) for t in sorted(trials, key=lambda t: t.number)]
     base = next((t for t in trials if t.baseline), None)
@@ -140,7 +146,7 @@ def _unit(control: str) -> str:
 
 def capacity_curves_figure(c: Optional[CapacityData]) -> Optional[go.Figure]:
     """Load against output tok/s and against P99 (the SLO line), one curve per config; failed
-    probes as crosses, the capacity as a ring."""
+    probes as crosses, each P99 with its interval, the capacity as a ring with its interval."""
     if c is None or not c.curves:
         return None
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
@@ -149,14 +155,26 @@ def capacity_curves_figure(c: Optional[CapacityData]) -> Optional[go.Figure]:
         color = _SERIES[k % len(_SERIES)]
         symbols = ["circle" if ok else "x" for ok in cur.passed]
         for col, ys in ((1, cur.output_tok_s), (2, cur.p99_ms)):
+            err = None
+            if col == 2 and cur.p99_low and any(v == v for v in cur.p99_high):
+                err = dict(type="data", symmetric=False, color=color, thickness=1,
+                           array=[h - y if h == h and y == y else 0.0 for h, y in zip(cur.p99_high, ys)],
+                           arrayminus=[y - lo if lo == lo and y == y else 0.0 for lo, y in zip(cur.p99_low, ys)])
             fig.add_trace(go.Scatter(
                 x=cur.loads, y=ys, mode="lines+markers", name=_e(cur.label), legendgroup=cur.label,
                 showlegend=col == 1, line=dict(color=color, width=2), marker=dict(symbol=symbols, size=9),
+                error_y=err,
                 hovertemplate=f"{_e(cur.label)}<br>load %{{x:g}}: %{{y:.1f}}<extra></extra>"), row=1, col=col)
         if cur.value == cur.value:
             i = cur.loads.index(cur.value) if cur.value in cur.loads else None
             if i is not None:
+                band = None
+                if cur.low == cur.low:
+                    top = cur.high if cur.high == cur.high else max(cur.loads)
+                    band = dict(type="data", symmetric=False, color=color, thickness=3, width=8,
+                                array=[max(0.0, top - cur.value)], arrayminus=[max(0.0, cur.value - cur.low)])
                 fig.add_trace(go.Scatter(x=[cur.value], y=[cur.output_tok_s[i]], mode="markers", showlegend=False,
+                                         error_x=band,
                                          marker=dict(symbol="circle-open", size=18, color=color, line=dict(width=2)),
                                          hovertemplate=f"{_e(cur.label)}: capacity %{{x:g}}<extra></extra>"),
                               row=1, col=1)
@@ -166,7 +184,7 @@ def capacity_curves_figure(c: Optional[CapacityData]) -> Optional[go.Figure]:
     fig.update_xaxes(title=_unit(c.control))
     fig.update_layout(template="plotly_white", height=440, margin=dict(l=60, r=30, t=70, b=110),
                       title=dict(text="Latency-throughput curves of the capacity search (x: a probe that broke "
-                                      "the limit; ring: the capacity)", font=dict(size=15)),
+                                      "the limit; ring: the capacity, its bar the 95 % interval)", font=dict(size=15)),
                       legend=dict(orientation="h", y=-0.22))
     return fig
 

@@ -80,6 +80,8 @@ def test_figures_draw_the_curves_the_slo_line_and_the_bars():
     xs = [t["x"] for t in curves["data"] if t.get("mode") == "lines+markers"]
     assert list(xs[0]) and any(list(x) == [1, 2, 4, 8, 11, 12] for x in xs)
     assert any(s.get("y0") == SLO_MS for s in curves["layout"]["shapes"])  # the SLO line
+    rings = [t for t in curves["data"] if t.get("mode") == "markers"]
+    assert rings and all("error_x" in t for t in rings)  # each capacity with its interval
     bars = capacity_bars_figure(d.capacity).to_plotly_json()["data"][0]
     assert list(bars["y"]) == [6, 11, 0.0, 3] and "infeasible" in list(bars["text"])
 
