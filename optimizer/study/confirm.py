@@ -94,6 +94,14 @@ class ConfirmResult:
                    None: ""}[self.pick_survived]
         return f"the search's best, trial {self.study_pick}: {where}; {verdict}"
 
+    def answer_line(self) -> str:
+        """The confirmed answer in one line, for the head and the end of the log."""
+        rec = self.recommendation
+        return (f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
+                + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
+                   ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
+                   f": {rec.reason}"))
+
     @property
     def pick_survived(self) -> Optional[bool]:
         chosen = self.recommendation.chosen
@@ -114,10 +122,7 @@ def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: f
 
 def describe_confirmation(res: ConfirmResult) -> str:
     rec = res.recommendation
-    lines = [f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
-             + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
-                ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else ""),
-             f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
+    lines = [res.answer_line(), f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
     for r in res.runs:
         vals = ", ".join("—" if f is None else f"{v:.1f}{'' if f else ' (infeasible)'}"
                          for v, f in zip(r.values, r.feasible))

@@ -17,7 +17,7 @@ from optimizer.objective import score
 from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
-from optimizer.study.confirm import run_confirmation
+from optimizer.study.confirm import describe_confirmation, run_confirmation
 from optimizer.study.confirm_plan import Candidate, assign, candidates, plan, remaining, round_order
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result
@@ -168,6 +168,11 @@ def test_runs_are_stored_marked_on_held_out_prompts_and_never_count_as_study_tri
     result = study_result(study.trials)
     assert result.n_complete == 5 and result.best.number == best_before
     assert res.recommendation.chosen.of == best_before and res.pick_survived
+    # the log leads with the confirmed answer, and labels the search's best as the search's
+    text = describe_confirmation(res).splitlines()
+    assert text[0] == res.answer_line() and text[0].startswith(f"RECOMMENDATION (confirmed on fresh servers): "
+                                                               f"trial {best_before}, x")
+    assert text[-1].startswith(f"the search's best, trial {best_before}: on fresh servers over the defaults: x")
     # a second call finds every run done and starts nothing
     again = Runner()
     run_confirmation(cfg, RT, runner=again)
