@@ -157,9 +157,13 @@ class CapacityConfig:
     min_windows: int = 4  # measured requests per probe >= this x the concurrency
     lengthen: float = 2.0  # a probe whose P99 interval straddles the limit: this many times its requests
     value: CapacityValue = CapacityValue.output_tok_s  # the trial's value at the capacity
-    # stop a trial's search once a failed probe at or below the incumbent's capacity (the best
-    # feasible trial's load) proves this config carries less; its value is then what it carried so far
+    # stop a trial's search once its upper confidence bound on its value is below the incumbent's lower
+    # bound (optimizer/capacity/search.py, rule 6); its value is then what it carried so far, a lower bound
     early_stop: bool = True
+    # after the bisection: probe on, one load at a time where the pass/fail verdict is least certain, until
+    # the fitted capacity's interval is at most this share of the capacity wide (or max_probes / max_s);
+    # 0: off (the bisection's bracket ends the search)
+    precision: float = 0.0
 
 
 @dataclass
@@ -252,7 +256,11 @@ class ConfirmConfig:
 
     top_k: int = 3  # 0: no confirmation
     repeats: int = 3  # rounds; an interval needs at least 2
-    confidence: float = 0.95  # of the uplift's interval (paired t on the per-round log ratios)
+    confidence: float = 0.95  # of the uplift's interval (block design on the log scale, simultaneous over the configs)
+    # a simpler config (fewer flags changed) that beats the defaults replaces the best only when shown to lose at
+    # most this share of its throughput (non-inferiority); 5 % = load.capacity.resolution's default: see
+    # optimizer/study/uplift.py
+    margin: float = 0.05
     seed_offset: int = 1000  # held-out prompts: the study's prompts use workload.seed itself
 
 
@@ -404,6 +412,8 @@ def validate(cfg: Config) -> None:
               "(turn confirmation off with study.confirm.top_k=0)")
     if not 0 < c.confidence < 1:
         _fail("study.confirm.confidence", c.confidence, "must be in (0, 1), e.g. 0.95")
+    if not 0 <= c.margin < 1:
+        _fail("study.confirm.margin", c.margin, "must be in [0, 1), e.g. 0.05 (a simpler config may give up 5 %)")
     if c.seed_offset == 0:
         _fail("study.confirm.seed_offset", c.seed_offset, "0 would re-use the study's own prompts; use e.g. 1000")
     if st.workers < 0:
@@ -514,6 +524,8 @@ def _validate_capacity(c: CapacityConfig) -> None:
         _fail("load.capacity.max_factor", c.max_factor, "must be > 0")
     if not 0 < c.resolution < 1:
         _fail("load.capacity.resolution", c.resolution, "must be in (0, 1), e.g. 0.05 for 5 %")
+    if c.precision < 0:
+        _fail("load.capacity.precision", c.precision, "must be >= 0 (0: off), e.g. 0.2 for an interval 20 % wide")
     if c.max_probes < 1:
         _fail("load.capacity.max_probes", c.max_probes, "must be >= 1")
     if c.max_s < 0:

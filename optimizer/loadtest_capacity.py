@@ -5,7 +5,9 @@ Probes double from ``load.capacity.start`` then bisect (the same search as a ``l
 trial), each judged on ``slo.metric``'s P99 against ``slo.p99_ms`` and the error limit. Each probe
 is printed as it finishes, then the answer; ``out=FILE.json`` gets the top-level object
 ``capacity`` (``control``, ``value``, ``output_tok_s``, ``req_s``, ``p99_ms``, ``limited_by``,
-``probes``, ...: :meth:`optimizer.capacity.CapacityResult.to_json`). The cap is
+``probes``, ...: :meth:`optimizer.capacity.CapacityResult.to_json`), with the capacity fitted over
+every probe and its confidence interval (``estimate``, ``low``, ``high``, ``confidence``; ``high``
+null: open above; ``flags``: a non-monotone curve or a cliff; :mod:`optimizer.capacity.curve`). The cap is
 ``load.capacity.max``, or, when 0, ``load.max_inflight`` (a running server's max-num-seqs is not
 known from outside).
 """
@@ -53,7 +55,9 @@ def capacity_answer(r: CapacityResult) -> str:
                 f"limit (P99 {r.slo_metric.upper()} <= {r.slo_p99_ms:g} ms) [{r.limited_by.value}: {r.stop_reason}]")
     return (f"capacity: {_load(r.control, r.value)} at P99 {r.slo_metric.upper()} {_fmt(r.p99_ms)} ms <= "
             f"{r.slo_p99_ms:g} ms: {_fmt(r.output_tok_s)} output tok/s, {_fmt(r.req_s, 2)} req/s; limited by "
-            f"{r.limited_by.value} ({r.stop_reason}); {len(r.probes)} probes in {_fmt(r.duration_s)} s")
+            f"{r.limited_by.value} ({r.stop_reason}); {len(r.probes)} probes in {_fmt(r.duration_s)} s"
+            + (f"\nfitted over every probe: {r.interval_text()}" if r.interval_text() else "")
+            + "".join(f"\nflag: {f}" for f in r.flags))
 
 
 def run_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],

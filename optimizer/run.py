@@ -64,17 +64,21 @@ def _body(overrides: list[str], debug: bool) -> int:
     shown = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, storage=redact_url(cfg.study.storage)))
     (runs / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump_config(shown))
     host = cfg.study.host or socket.gethostname()
+    confirmed = None
     try:
         run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,
                     log_file=runs / "optimizer.log", debug=debug)
         if cfg.study.confirm.top_k > 0:  # once, here: after every worker, on the same GPU groups
             from optimizer.study.confirm import run_confirmation
 
-            run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable, worker=f"{host}/confirm"),
-                             plan=plan, log_file=runs / "optimizer.log", debug=debug)
+            confirmed = run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
+                                                      worker=f"{host}/confirm"),
+                                         plan=plan, log_file=runs / "optimizer.log", debug=debug)
     finally:
         if cfg.report:
             _report(cfg)
+    if confirmed is not None:  # the log ends with the confirmed answer, not the search's best
+        log.info("%s", confirmed.answer_line())
     return 0
 
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol
 
+from optimizer.capacity.curve import upper_tail
 from optimizer.capacity.judge import judge
 from optimizer.capacity.result import ProbeResult
 from optimizer.capacity.search import Step
@@ -101,8 +102,20 @@ class LoadProbe:
         self.runs[step.load] = ProbeRun(summary, tuple(results), st, timeline, run.warmup_s,
                                         sum(1 for r in run.warmup if not r.ok), run.client_cpu_s,
                                         run.client_wait_s, run.client_wait_max_share)
-        return judge(step.load, summary, self.slo, seed=seed, lengthened=step.extend is not None,
-                     aborted=run.aborted, telemetry=tel_stats)
+        judged = judge(step.load, summary, self.slo, seed=seed, lengthened=step.extend is not None,
+                       aborted=run.aborted, telemetry=tel_stats)
+        sample = _metric_ms(results, self.slo.metric)
+        return dataclasses.replace(judged, tail_ms=upper_tail(sample), tail_n=len(sample))
+
+
+def _metric_ms(results: list[RequestResult], metric: str) -> list[float]:
+    """The successful requests' values of ``metric`` in ms, as :func:`optimizer.metrics.summarize` reads them."""
+    ok = [r for r in results if r.ok]
+    if metric == "ttft":
+        return [r.ttft * 1000.0 for r in ok]
+    if metric == "itl":
+        return [x * 1000.0 for r in ok for x in r.itl]
+    return [r.latency * 1000.0 for r in ok]
 
 
 def _merge_telemetry(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:

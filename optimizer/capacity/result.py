@@ -69,6 +69,10 @@ class ProbeResult:
     seed: int = 0  # the workload seed of the (first) run: its prompts are reproducible
     lengthened: bool = False  # its P99 interval straddled the limit: measured again, judged on both runs
     aborted: str = ""  # why the run stopped issuing requests early
+    # the largest values of slo.metric's sample (ms, ascending) and the sample's size: what a bootstrap of the
+    # P99 reads (optimizer.capacity.curve); empty in probes recorded before they were kept
+    tail_ms: tuple[float, ...] = ()
+    tail_n: int = 0
 
     def straddles(self, limit_ms: float) -> bool:
         """Whether the P99's confidence interval holds values on both sides of ``limit_ms``
@@ -90,7 +94,10 @@ class ProbeResult:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ProbeResult":
-        return cls(**_restore(cls, d))
+        kw = _restore(cls, d)
+        if "tail_ms" in kw:
+            kw["tail_ms"] = tuple(float(v) for v in kw["tail_ms"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -115,10 +122,45 @@ class CapacityResult:
     # limited_by=early_stop: the load the caller needed this config to exceed (the incumbent's
     # capacity); a failure at or below it proved the capacity lower, so ``value`` is a lower bound
     early_stop_load: float = NAN
+    # limited_by=early_stop: the bar in the study's unit (the incumbent's lower confidence bound on its value) and
+    # this search's upper bound on its own value when it stopped (below the bar): the true value is at most that
+    early_stop_bound: float = NAN
+    upper_value: float = NAN
+    # the capacity fitted over every probe (optimizer.capacity.curve): the point, its interval (low 0: may be
+    # below the lowest probe; high NaN: open above), the interval's confidence and the curve's flags
+    # (non-monotone, cliff). NaN in results recorded before the fit: CapacityResult.with_fit() computes it
+    estimate: float = NAN
+    low: float = NAN
+    high: float = NAN
+    confidence: float = NAN
+    flags: tuple[str, ...] = ()
 
     @property
     def stopped_early(self) -> bool:
         return self.limited_by is LimitedBy.EARLY_STOP
+
+    @property
+    def has_fit(self) -> bool:
+        return self.confidence == self.confidence
+
+    def with_fit(self, confidence: float = 0.95, seed: int = 0) -> "CapacityResult":
+        """This result with the fitted capacity and its interval (:mod:`optimizer.capacity.curve`),
+        computed from its probes; itself when it has one already."""
+        if self.has_fit:
+            return self
+        from optimizer.capacity.curve import estimate_capacity
+
+        e = estimate_capacity(self.probes, self.slo_p99_ms, self.control, confidence, seed=seed)
+        return dataclasses.replace(self, estimate=e.estimate, low=e.low, high=e.high, confidence=e.confidence,
+                                   flags=e.flags)
+
+    def interval_text(self) -> str:
+        """``~12 users (95 % CI 10-14)``, for people; '' without a fit."""
+        if not self.has_fit or not self.estimate == self.estimate:
+            return ""
+        unit = " users" if self.control == "concurrency" else " req/s"
+        hi = f"{self.high:g}" if self.high == self.high else "open above"
+        return f"~{self.estimate:g}{unit} ({self.confidence:.0%} CI {self.low:g}-{hi})"
 
     @property
     def at_capacity(self) -> ProbeResult | None:
@@ -144,6 +186,7 @@ class CapacityResult:
     def from_json(cls, d: Mapping[str, Any]) -> "CapacityResult":
         kw = _restore(cls, {k: v for k, v in d.items() if k != "probes"})
         kw["limited_by"] = LimitedBy(d["limited_by"])
+        kw["flags"] = tuple(str(f) for f in kw.get("flags", ()))
         kw["probes"] = tuple(ProbeResult.from_json(p) for p in d.get("probes", ()))
         return cls(**kw)
 

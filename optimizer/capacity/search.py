@@ -21,11 +21,25 @@ The rules:
    the search stops there (``limited_by=aborted``), keeping the passes it has.
 5. ``max_probes`` (probe runs, lengthening included) and ``max_s`` (no new probe once the search
    has run that long, or would by the end of a probe as long as the last one) end it with
-   ``limited_by=budget``; ``stop_below()`` (the caller's hook, e.g. "what the incumbent carries")
-   ends it with ``limited_by=early_stop`` as soon as a failure at or below that load proves the
-   capacity lower (``hi``, the search's own bound: the lowest failure, judged on a lengthened run
-   when its interval straddled the limit, above which the search never probes a pass). The result
-   keeps that load (``early_stop_load``) and the passes so far: ``value`` is then a lower bound.
+   ``limited_by=budget``.
+5b. Precision (``load.capacity.precision`` > 0): once the bisection's bracket has closed, the
+   search goes on while the fitted capacity's interval (:mod:`optimizer.capacity.curve`) is wider
+   than that share of the capacity and budget is left, each time probing the unprobed load inside
+   the interval nearest the median of the resampled crossings: the load whose verdict is least
+   certain (probability ~1/2 of passing), where one more probe moves the interval's ends most.
+   It ends with the bracket's own ``limited_by`` and says why in ``stop_reason``.
+6. Early stop: ``stop_below()`` (the caller's hook) gives a bar **in the unit the study ranks**
+   (``value``: output tok/s or req/s at the capacity), the incumbent's *lower* confidence bound,
+   not its point value (which the winner's curse inflates). After each judged probe (once a pass
+   and a failure exist) the search computes its own *upper* bound on that value: the capacity's
+   fitted interval over the probes so far (:mod:`optimizer.capacity.curve`) has an upper end
+   ``high``, a probed load, and the value at the capacity is at most the largest value measured
+   at or below ``high`` (throughput does not fall as the load rises to the capacity). Only when
+   that upper bound is below the bar does it stop (``limited_by=early_stop``): the config is then
+   shown, at the interval's confidence, to score less than the incumbent's lower bound. The
+   result keeps the bar (``early_stop_bound``) and the bound (``upper_value``); ``value`` and the
+   throughput there are the highest pass so far: the record says they are bounds
+   (``value <= true <= upper_value``). An open-ended fit (``high`` NaN) never stops.
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ class SearchPlan:
     max_probes: int = 16
     max_s: float = 0.0  # 0: no limit
     lengthen: float = 2.0  # 1: never lengthen
+    precision: float = 0.0  # > 0: probe on until the fitted interval is this share of the capacity wide
 
     @classmethod
     def of(cls, c: CapacityConfig, cap: float) -> "SearchPlan":
@@ -61,7 +76,8 @@ class SearchPlan:
         cap = c.max or cap
         if c.control == "concurrency":
             cap = math.floor(cap)
-        return cls(c.control, c.start, max(cap, c.start), c.resolution, c.max_probes, c.max_s, c.lengthen)
+        return cls(c.control, c.start, max(cap, c.start), c.resolution, c.max_probes, c.max_s, c.lengthen,
+                   c.precision)
 
     def step_size(self, lo: float) -> float:
         """How close pass and failure must be for the search to stop."""
@@ -85,8 +101,8 @@ class Step:
 
 class CapacitySearch:
     def __init__(self, plan: SearchPlan, slo: SloConfig,
-                 stop_below: Optional[Callable[[], float]] = None) -> None:
-        self.plan, self.slo, self.stop_below = plan, slo, stop_below
+                 stop_below: Optional[Callable[[], float]] = None, value: str = "output_tok_s") -> None:
+        self.plan, self.slo, self.stop_below, self.value = plan, slo, stop_below, value
         self.probes: list[ProbeResult] = []
         self.runs = 0
         self.lo: Optional[ProbeResult] = None  # highest pass
@@ -96,6 +112,8 @@ class CapacitySearch:
         self.reason = ""
         self._last_run_s = 0.0
         self._needed = math.nan  # stop_below()'s value when it stopped the search
+        self._upper = math.nan  # the search's upper bound on its value then
+        self._oob = False  # the budget is spent (next_step's view, for the precision phase)
 
     # ---- the state machine ------------------------------------------------------------------
     def next_step(self, elapsed_s: float = 0.0) -> Optional[Step]:
@@ -111,6 +129,7 @@ class CapacitySearch:
             self.pending = None
             if self.done is not None:
                 return None
+        self._oob = out_of_budget
         load = self._next_load()
         if load is None:
             return None
@@ -154,7 +173,8 @@ class CapacitySearch:
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
-            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_load=self._needed)
+            slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_bound=self._needed,
+            upper_value=self._upper).with_fit()
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:
@@ -169,12 +189,27 @@ class CapacitySearch:
                 self.lo = probe
         elif self.hi is None or probe.load < self.hi.load:
             self.hi = probe
-        if self.hi is not None and self.stop_below is not None and self.lo is not None:
+        if self.hi is not None and self.stop_below is not None and self.lo is not None and self.done is None:
             x = self.stop_below()
-            if self.hi.load <= x and self.done is None:
-                self._needed = x
-                self._finish(LimitedBy.EARLY_STOP, f"the capacity is below {self._fmt(self.hi.load)} "
-                                                    f"(a failure there), not above {self._fmt(x)} as needed")
+            if x == x:
+                ub = self.upper_value()
+                if ub < x:
+                    self._needed, self._upper = x, ub
+                    self._finish(LimitedBy.EARLY_STOP, f"its {self.value} is at most {ub:.4g} (the capacity's "
+                                                        f"upper bound), below the incumbent's lower bound {x:.4g}")
+
+    def upper_value(self) -> float:
+        """The upper confidence bound on this config's value from the probes so far (rule 6): the
+        largest value measured at or below the fitted capacity's upper end; +inf while that end is
+        open."""
+        from optimizer.capacity.curve import estimate_capacity
+
+        e = estimate_capacity([p for p in self.probes], self.slo.limit_ms, self.plan.control)
+        if not e.high == e.high:
+            return math.inf
+        vals = [getattr(p, self.value) for p in self.probes if not p.aborted and p.load <= e.high]
+        vals = [v for v in vals if v == v]
+        return max(vals) if vals else math.inf
 
     def _next_load(self) -> Optional[float]:
         p, lo, hi = self.plan, self.lo, self.hi
@@ -193,10 +228,39 @@ class CapacitySearch:
                                 f"{'error-rate' if limit is LimitedBy.ERRORS else 'P99'} limit")
             return None
         if hi.load - lo.load <= p.step_size(lo.load):
-            self._finish(limit, f"{self._fmt(lo.load)} passed, {self._fmt(hi.load)} broke the "
-                                f"{'error-rate' if limit is LimitedBy.ERRORS else 'P99'} limit")
+            why = (f"{self._fmt(lo.load)} passed, {self._fmt(hi.load)} broke the "
+                   f"{'error-rate' if limit is LimitedBy.ERRORS else 'P99'} limit")
+            refine = self._refine() if p.precision > 0 and limit is LimitedBy.SLO else None
+            if isinstance(refine, float):
+                return refine
+            self._finish(limit, why + (f"; {refine}" if refine else ""))
             return None
         return p.between(lo.load, hi.load)
+
+    def _refine(self) -> "float | str":
+        """After the bisection (``plan.precision`` > 0): the next load to probe, where the verdict
+        is least certain (the median of the resampled crossings), or why the search ends: the
+        interval is narrow enough, the budget is spent, or no unprobed load is left in it."""
+        from optimizer.capacity.curve import estimate_capacity
+
+        p = self.plan
+        e = estimate_capacity(self.probes, self.slo.limit_ms, p.control)
+        width = (e.high - e.low) / e.estimate if e.estimate > 0 and e.high == e.high else math.inf
+        if width <= p.precision:
+            return f"the fitted interval {e.low:g}-{e.high:g} is within load.capacity.precision={p.precision:g}"
+        if self._oob:
+            return f"load.capacity.precision={p.precision:g} not reached within the budget (max_probes / max_s)"
+        probed = {q.load for q in self.probes}
+        top = e.high if e.high == e.high else max(probed)
+        if p.control == "concurrency":
+            grid = [float(x) for x in range(int(math.ceil(e.low)), int(math.floor(top)) + 1) if x not in probed]
+        else:
+            step = p.step_size(max(e.low, p.start)) / 2
+            grid = [e.low + i * step for i in range(1, int((top - e.low) / step) + 1)]
+            grid = [x for x in grid if all(abs(x - q) > step / 2 for q in probed)]
+        if not grid or not e.pivot == e.pivot:
+            return "no unprobed load left inside the fitted interval"
+        return min(grid, key=lambda x: (abs(x - e.pivot), x))
 
     @staticmethod
     def _limit(hi: ProbeResult) -> LimitedBy:

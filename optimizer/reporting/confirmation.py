@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
 from optimizer.study.confirm import ConfirmResult, summarize_confirmation
+from optimizer.study.uplift import DEFAULT_MARGIN
 from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
 from optimizer.study.uplift import ConfigRuns, mean_interval
 
@@ -39,8 +40,10 @@ class ConfirmationView(NamedTuple):
 
 def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
     """None when the study has no confirmation runs. ``cfg`` is the study's stored config."""
-    conf = float(((cfg.get("study") or {}).get("confirm") or {}).get("confidence") or 0.95)
-    res = summarize_confirmation(list(trials), conf)
+    cc = (cfg.get("study") or {}).get("confirm") or {}
+    conf = float(cc.get("confidence") or 0.95)
+    margin = cc.get("margin")  # absent in studies from before the setting: its default
+    res = summarize_confirmation(list(trials), conf, DEFAULT_MARGIN if margin is None else float(margin))
     if res is None:
         return None
     serve: dict[str, Any] = {}
@@ -125,8 +128,8 @@ def verdict(v: ConfirmationView) -> str:
     if rec.chosen is None:
         return f"No config can be recommended: {rec.reason}"
     if not rec.beats_baseline:
-        return (f"No config beat vLLM's defaults beyond noise on fresh servers; the recommendation is vLLM's defaults "
-                f"(best.yaml holds them). {rec.reason}")
+        return (f"No config was shown to beat vLLM's defaults on fresh servers (which does not show them equivalent); "
+                f"the recommendation is vLLM's defaults (best.yaml holds them). {rec.reason}")
     survived = {True: f"The study's pick (trial {res.study_pick}) survived the confirmation.",
                 False: f"The study's pick (trial {res.study_pick}) did not survive the confirmation.",
                 None: ""}[res.pick_survived]
@@ -141,12 +144,15 @@ def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
         f"<p>The study's pick (trial {res.study_pick}) {'survived' if res.pick_survived else 'did not survive'} "
         f"the confirmation.</p>")
     return ('<section id="confirmation"><h2>Confirmation on fresh servers</h2><p class=sub>The baseline and the top '
-            f"configs, each started again {res.rounds} times on a fresh server in interleaved rounds (baseline, A, B, "
-            "baseline, A, B, ...), measured with the study's own load on held-out prompts (the same shape, another "
-            "seed). The recommendation comes from these runs only: the best median among the configs feasible in "
-            "every repeat; configs within its noise lose to the one with fewer flags changed from vLLM's defaults. "
-            "The uplift is the geometric mean of the per-round ratios over the baseline, with the Student-t "
-            f"interval of the per-round log ratios ({v.confidence:.0%}; paired by round)."
+            f"configs, each started again {res.rounds} times on a fresh server, once per round in an order drawn at "
+            "random per round, measured with the study's own load on held-out prompts (the same shape, another "
+            "seed). The recommendation comes from these runs only, among the configs feasible in every repeat: a "
+            "config beats vLLM's defaults when its uplift's interval lies above 1; of those, the largest uplift "
+            "wins, unless one with fewer flags changed from the defaults is shown non-inferior to it within "
+            f"{res.recommendation.margin:.0%} (study.confirm.margin); none: the defaults. The uplift is the "
+            "geometric mean of the per-round ratios over the baseline; its interval comes from the block design "
+            "(rounds x configs, log scale) and is simultaneous over every config compared with the defaults "
+            f"(Bonferroni, {v.confidence:.0%} together), so picking the best does not shrink its coverage."
             + (" A repeat's GPUs (its server's CUDA_VISIBLE_DEVICES) follow its value; with several GPU groups the "
                "runs went to them at once, each config to another group every round." if v.gpus else "") + "</p>"
             f'<p class="headline">{html.escape(verdict(v))}</p>{pick}'
@@ -167,8 +173,8 @@ def confirmed_yaml(v: ConfirmationView) -> str:
                 f"median {c.median:.1f} output tokens/s, all repeats within the SLO (P99 {v.slo_metric} <= "
                 f"{v.slo_ms:g} ms)", f"uplift over vLLM's defaults: {rec.uplift.text()}"]
     else:
-        head = ["vLLM's defaults: no config beat them beyond noise on fresh servers"
-                + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)"
+        head = ["vLLM's defaults: no config was shown to beat them on fresh servers"
+                + (f" (closest: {rec.top.label}, {rec.uplift.text()} over the defaults)"
                    if rec.top is not None and rec.top is not c else "")]
     if res.pick_survived is False:
         head.append(f"the study's pick (trial {res.study_pick}) did not survive the confirmation")

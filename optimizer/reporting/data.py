@@ -68,6 +68,7 @@ class TrialInfo(NamedTuple):
     gpus: str = ""  # the CUDA_VISIBLE_DEVICES its server got ("" where none were pinned)
     capacity: float = math.nan  # load.mode=capacity: the highest passing load (NaN: none, or no search)
     cap_limited_by: str = ""  # what limited it ("" without a search)
+    cap_interval: str = ""  # the capacity fitted over every probe with its interval ("" without one)
 
     @property
     def measured(self) -> bool:
@@ -192,7 +193,8 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
         detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
         gpus=rec.setup.gpus, capacity=rec.capacity.result.value if rec.capacity else math.nan,
-        cap_limited_by=rec.capacity.limit_label() if rec.capacity else "")  # early stop: below which incumbent
+        cap_limited_by=rec.capacity.limit_label() if rec.capacity else "",
+        cap_interval=rec.capacity.result.with_fit().interval_text() if rec.capacity else "")  # early stop: below which incumbent
 
 
 def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:

@@ -115,11 +115,13 @@ def _kv_table(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _headline(s: SummaryInfo) -> str:
+def _headline(s: SummaryInfo, search_pick: str = "") -> str:
     if s.best is None:
         return ""
     b, base = s.best, s.baseline
-    text = (f"Best feasible config: <b>trial {b.number}</b>, <b>{_n(b.throughput)} output tokens/s</b> at P99 "
+    what = ("The search's best feasible config (one measurement each, selected among many: biased upward; the "
+            "recommendation is the Confirmation's, above)" if search_pick else "Best feasible config")
+    text = (f"{what}: <b>trial {b.number}</b>, <b>{_n(b.throughput)} output tokens/s</b> at P99 "
             f"{_e(s.slo_metric)} {_n(b.p99, '.0f')} ms (SLO {_n(s.slo_ms, 'g')} ms, "
             f"margin {_n(s.margin * 100, '.0f')}%).")
     if base is not None and base.number == b.number:
@@ -127,6 +129,8 @@ def _headline(s: SummaryInfo) -> str:
     elif base is not None and math.isfinite(s.gain):
         text += (f" That is <b>{_pct(s.gain)}</b> over the baseline (vLLM defaults, trial {base.number}: "
                  f"{_n(base.throughput)} tokens/s, P99 {_n(base.p99, '.0f')} ms).")
+    if search_pick:
+        text += f" Confirmation: {_e(search_pick[0].upper() + search_pick[1:])}."
     return f'<p class="headline">{text}</p>'
 
 
@@ -150,14 +154,17 @@ def _levers(s: SummaryInfo) -> str:
     return "".join(out)
 
 
-def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str = "") -> str:
-    out = [_headline(s)] + ([f'<p class="headline" id="capacity-line">{_e(capacity_line)}</p>'] if capacity_line
+def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str = "", search_pick: str = "") -> str:
+    """``search_pick``: where a confirmation exists, its line on the search's best; every "best" here is
+    then labelled as the search's (the recommendation is the confirmation's)."""
+    searchs = "search's " if search_pick else ""
+    out = [_headline(s, search_pick)] + ([f'<p class="headline" id="capacity-line">{_e(capacity_line)}</p>'] if capacity_line
                             else []) + [f'<p class="note">{_e(n)}</p>' for n in s.notes]
     out.append(_levers(s))
     b, base = s.best, s.baseline
     none = "none feasible" if s.counts.get("trials") else "no trials"
-    cards = [("best output tokens/s", _n(b.throughput) if b else none),
-             (f"best P99 {s.slo_metric} (ms)", _n(b.p99, ".0f") if b else "n/a"),
+    cards = [(f"{searchs}best output tokens/s", _n(b.throughput) if b else none),
+             (f"{searchs}best P99 {s.slo_metric} (ms)", _n(b.p99, ".0f") if b else "n/a"),
              ("gain over baseline", _pct(s.gain)), ("margin to the SLO", _n(s.margin * 100, ".0f", "%")),
              ("baseline output tokens/s", _n(base.throughput) if base else "n/a"),
              ("trials (feasible / total)", f"{s.counts.get('feasible', 0)} / {s.counts.get('trials', 0)}")]
@@ -176,14 +183,17 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
     if b is not None:
         params = [(k, str(v)) for k, v in sorted(b.params.items())]
         extra = (" " + " ".join(s.extra_args)) if s.extra_args else ""
-        out.append(f"<h3>The best config (trial {b.number})</h3>" + f'<div class="grid"><div class="box">'
+        title = (f"The search's best config (trial {b.number}; the recommendation is the Confirmation's)" if search_pick
+                 else f"The best config (trial {b.number})")
+        out.append(f"<h3>{_e(title)}</h3>" + f'<div class="grid"><div class="box">'
                    f"{_kv_table(params)}</div></div>")
         out.append(f"<h3>Serve it</h3><p class=sub>{_e(yaml_name)} is written beside this page "
                    f"(vLLM reads it with <code>--config</code>; flags given on the command line win).</p>")
         out.append(f"<pre>vllm serve --config {_e(yaml_name)}{_e(extra)}\n# or, where the `vllm` script does not work "
                    f"(vLLM's CPU build):\npython -m vllm.entrypoints.openai.api_server --config {_e(yaml_name)}"
                    f"{_e(extra)}</pre>")
-        out.append(f"<h3>{_e(yaml_name)}</h3><pre>{_e(yaml_text)}</pre>")
+        out.append(f"<h3>{_e(yaml_name)}{' (the confirmed recommendation)' if search_pick else ''}</h3>"
+                   f"<pre>{_e(yaml_text)}</pre>")
         if s.trial_command:
             out.append(f"<h3>The command the trial's server ran</h3><p class=sub>python: the interpreter of the study's host; a generated model folder is shown under server.cache_dir.</p><pre>{_e(s.trial_command)}</pre>")
     return "\n".join(out)
@@ -202,7 +212,8 @@ def _row(i: TrialInfo, best: Optional[int], capacity: bool = False) -> str:
              f'<div class="detail">{_e(i.detail[:600])}</div>',
              _e(i.worker) + (f'<br><span class="params">GPU {_e(i.gpus)}</span>' if i.gpus else "")]
     if capacity:  # load.mode=capacity: the capacity and what limited it, after the throughput
-        cells[4:4] = [_n(i.capacity, "g"), _e(i.cap_limited_by)]
+        cells[4:4] = [_n(i.capacity, "g") + (f"<br><small>{_e(i.cap_interval)}</small>" if i.cap_interval else ""),
+                      _e(i.cap_limited_by)]
     num_cols = {0, 3, 4, 6, 7, 8, 9, 10} if capacity else {0, 3, 4, 5, 6, 7, 8}
     tds = "".join(f'<td class="num">{c}</td>' if k in num_cols else f"<td>{c}</td>" for k, c in enumerate(cells))
     return f'<tr class="{"best" if i.number == best else ""}">{tds}</tr>'
@@ -223,11 +234,12 @@ def _table(d: ReportData) -> str:
 
 def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
                 yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "",
-                quality_html: str = "", confirmation: str = "") -> str:
+                quality_html: str = "", confirmation: str = "", search_pick: str = "") -> str:
     """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
     cdf, telemetry, timeline, phases, quality) to figures or ``None``; ``quality_html`` is the quality
     section (:mod:`optimizer.reporting.quality`), left out when empty; ``confirmation`` is the
-    confirmation section's HTML (:mod:`optimizer.reporting.confirmation`), first when there is one."""
+    confirmation section's HTML (:mod:`optimizer.reporting.confirmation`), first when there is one;
+    ``search_pick`` its line on the search's best (``ConfirmResult.search_pick_text``)."""
     s = d.summary
     why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"
     few = "Needs at least two completed trials."
@@ -237,7 +249,7 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
         "<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS if k != "confirmation" or confirmation)
         + "</nav>", confirmation,
         '<section id="summary"><h2>1. Summary</h2>' + _summary(s, yaml_text, yaml_name,
-                                                               d.capacity.line if d.capacity else "") + "</section>",
+                                                               d.capacity.line if d.capacity else "", search_pick) + "</section>",
         *(['<section id="capacity"><h2>Capacity under the SLO</h2><p class=sub>Each config\'s capacity search on '
            "one warm server: the load doubled, then bisected, until a probe broke the P99 limit or the error limit."
            "</p>" + _fig("capacity_curves", figs.get("capacity_curves"), "No probes recorded.")

@@ -103,6 +103,7 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
                        f"{len(trials)} trial(s) in the study.",
                        quality_html=quality_section(qinfo, figs["quality"]) if qinfo.rows else "",
                        confirmation=confirmation_html(cv, figure_div("confirmation", confirmation_figure(cv)))
+                       if cv else "", search_pick=(cv.result.search_pick_text() or "(no feasible search trial)")
                        if cv else "")
     index = out_dir / "index.html"
     tmp = index.with_suffix(".html.tmp")

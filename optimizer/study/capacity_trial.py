@@ -14,13 +14,13 @@ the probe at the capacity (infeasible: the lowest probe), and its outcome is the
 :class:`~optimizer.record.Capacity` part keeps every probe.
 
 Early stop (``load.capacity.early_stop``, on by default): given the study's incumbent (the best
-feasible trial so far and its capacity, read again after each judged probe, so an incumbent found
-meanwhile by another worker counts), the search stops as soon as its lowest failure is at or below
-the incumbent's capacity: this config cannot carry as much, whatever the bisection would find
-(the failure is the search's own bound, a probe judged on a lengthened run where its P99 interval
-straddled the limit, not one noisy sample). The trial's value is then its throughput at the highest
-load that passed, a lower bound the sampler still learns from; the record says it stopped early
-and against which trial.
+feasible trial so far, read again after each judged probe, so an incumbent found meanwhile by
+another worker counts) and its lower confidence bound in the unit the study ranks
+(``Incumbent.low_value``: ``load.capacity.value`` at the lower end of its capacity's interval), the
+search stops as soon as its own upper bound on that value is below it (rule 6 of
+:mod:`optimizer.capacity.search`). The trial's value is then its throughput at the highest load
+that passed, a lower bound; the record keeps the upper bound too (``cap_upper_value``) and says it
+stopped early and against which trial.
 
 ``slo.p99_ms=auto`` (:mod:`optimizer.study.calibrate`, "Capacity mode"): the baseline trial
 (``calibrates``) first measures its unloaded latency (:func:`~optimizer.study.calibrate.light_load`,
@@ -55,7 +55,8 @@ from optimizer.server.telemetry import ServerStats, TelemetrySampler
 from optimizer.study import calibrate
 from optimizer.study.calibrate import Calibration
 
-__all__ = ["CalibrationHooks", "CapacityMeasure", "Incumbent", "Reporter", "measure_capacity", "outcome_of"]
+__all__ = ["CalibrationHooks", "CapacityMeasure", "Incumbent", "Reporter", "lower_value", "measure_capacity",
+           "outcome_of"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,26 @@ CalibrationHooks = tuple[Callable[[], Optional[Calibration]], Callable[[], bool]
 
 
 class Incumbent(NamedTuple):
-    """The study's best feasible trial so far and its capacity (users or requests/s)."""
+    """The study's best feasible trial so far, its capacity (users or requests/s) and the lower
+    confidence bound of its value (``load.capacity.value`` at the low end of its capacity's interval;
+    NaN: none, and no early stop against it)."""
 
     number: int
     load: float
+    low_value: float = math.nan
+
+
+def lower_value(r: CapacityResult, value: str) -> float:
+    """The lower confidence bound of a search's value: ``value`` measured at the low end of its
+    fitted capacity interval (a probed load; 0.0 where the interval reaches below every probe)."""
+    r = r.with_fit()
+    if not r.low == r.low:
+        return math.nan
+    if r.low <= 0:
+        return 0.0
+    vals = [getattr(p, value) for p in r.probes if p.load == r.low and not p.aborted]
+    vals = [v for v in vals if v == v]
+    return min(vals) if vals else math.nan
 
 
 @dataclass(frozen=True)
@@ -150,19 +167,23 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
 
     def needed() -> float:
         inc = incumbent() if incumbent is not None else None
-        if inc is None or not inc.load == inc.load:
-            return math.nan  # no incumbent: nothing to stop below
+        if inc is None or not inc.low_value == inc.low_value:
+            return math.nan  # no incumbent (or no bound of it): nothing to stop below
         seen.append(inc)
-        return inc.load
+        return inc.low_value
 
     early = c.early_stop and incumbent is not None
-    result = await find_capacity(probe, CapacitySearch(plan, cfg.slo, stop_below=needed if early else None),
-                                 on_probe=on_probe)
-    by = next((i.number for i in reversed(seen) if i.load == result.early_stop_load), None)
+    result = await find_capacity(probe, CapacitySearch(plan, cfg.slo, stop_below=needed if early else None,
+                                                       value=c.value), on_probe=on_probe)
+    inc_by = next((i for i in reversed(seen) if i.low_value == result.early_stop_bound), None)
+    by = inc_by.number if inc_by is not None else None
+    if result.stopped_early and inc_by is not None:
+        result = dataclasses.replace(result, early_stop_load=inc_by.load)
     if result.stopped_early:
-        log.info("%s stopped early: it carries less than the incumbent (trial %s, %g %s): %s; its value is the "
-                 "throughput at %g %s, a lower bound (load.capacity.early_stop=false measures it to the end)", tag,
-                 by, result.early_stop_load, unit, result.stop_reason, result.value, unit)
+        log.info("%s stopped early: its %s is at most %.4g, below the incumbent's lower bound %.4g (trial %s): %s; "
+                 "its value is the throughput at %g %s, a lower bound (load.capacity.early_stop=false measures it "
+                 "to the end)", tag, c.value, result.upper_value, result.early_stop_bound, by, result.stop_reason,
+                 result.value, unit)
     else:
         log.info("%s capacity %g %s (%s: %s)", tag, result.value, unit, result.limited_by.value, result.stop_reason)
     at = result.value if result.feasible else min((p.load for p in result.probes if not p.aborted), default=math.nan)

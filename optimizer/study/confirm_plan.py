@@ -2,10 +2,14 @@
 
 The candidates are the study's baseline (vLLM's defaults) and its ``top_k`` best feasible
 search trials with distinct server configs (two trials whose engine parameters are equal are one
-config: the better one stands for it). The plan runs every candidate once per round, in the
-same order each round (baseline, A, B, ..., baseline, A, B, ...), round ``r`` on the held-out
-prompts of workload seed ``seed0 + r`` (every config of a round sees the same prompts, so a
-round is a paired comparison). A slot is done when a COMPLETE confirmation trial of the same
+config: the better one stands for it). The plan runs every candidate once per round, round
+``r`` on the held-out prompts of workload seed ``seed0 + r`` (every config of a round sees the
+same prompts, so a round is a paired comparison), in an order drawn at random for each round
+(seeded by that round's seed, so the plan is a function of the study: a resumed stage draws the
+same order, and each run's record keeps its position, ``Confirmation.slot``). A fixed order
+(baseline first) would confound a drift within the round (a server that warms the host's page
+cache, a GPU clock that settles) with the config; randomized, it is noise that the block
+design's residual carries. A slot is done when a COMPLETE confirmation trial of the same
 config and round exists, so an interrupted stage resumes at its first missing slot, and a study
 continued after a confirmation re-uses the rounds it already measured.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -25,7 +30,7 @@ from optimizer.study.uplift import ConfigRuns
 
 __all__ = ["Candidate", "Slot", "assign", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
            "failed_attempts", "flags_changed",
-           "is_confirmation", "plan", "remaining", "run_gpus", "search_trials"]
+           "is_confirmation", "plan", "remaining", "round_order", "run_gpus", "search_trials"]
 
 
 def is_confirmation(t: FrozenTrial) -> bool:
@@ -76,8 +81,9 @@ class Candidate:
 class Slot:
     candidate: Candidate
     repeat: int  # the round
-    slot: int  # position within the round
+    slot: int  # position within the round (its run order, drawn per round)
     seed: int  # workload seed of this round's held-out prompts
+    rank: int = -1  # the candidate's index in the plan's list (-1: ``slot``); assign() rotates on it
 
     @property
     def index(self) -> int:
@@ -113,15 +119,24 @@ def candidates(trials: Sequence[FrozenTrial], top_k: int) -> list[Candidate]:
     return out
 
 
+def round_order(n: int, seed: int) -> list[int]:
+    """The run order of a round of ``n`` candidates (indices), drawn with the round's seed."""
+    order = list(range(n))
+    random.Random(f"confirm-order:{seed}").shuffle(order)
+    return order
+
+
 def plan(cands: Sequence[Candidate], repeats: int, seed0: int) -> list[Slot]:
-    """Every candidate once per round, rounds one after the other."""
-    return [Slot(c, r, i, seed0 + r) for r in range(repeats) for i, c in enumerate(cands)]
+    """Every candidate once per round, rounds one after the other, each round in its own random
+    order (:func:`round_order`)."""
+    return [Slot(cands[i], r, pos, seed0 + r, i) for r in range(repeats)
+            for pos, i in enumerate(round_order(len(cands), seed0 + r))]
 
 
 def assign(slots: Sequence[Slot], workers: int) -> list[list[Slot]]:
     """The slots of each of ``workers`` parallel workers, each share in plan order.
 
-    Slot (round ``r``, position ``i``) goes to worker ``(i + r) mod workers``: within a round the
+    Slot (round ``r``, candidate ``i``) goes to worker ``(i + r) mod workers``: within a round the
     configs run on different workers (as far as there are workers), and from one round to the
     next each config moves to the next worker, so a difference between GPUs is spread over the
     configs instead of passing for a difference between configs. Deterministic, so a resumed
@@ -132,7 +147,7 @@ def assign(slots: Sequence[Slot], workers: int) -> list[list[Slot]]:
         raise ValueError(f"workers={workers}: must be >= 1")
     shares: list[list[Slot]] = [[] for _ in range(workers)]
     for s in slots:
-        shares[(s.slot + s.repeat) % workers].append(s)
+        shares[((s.rank if s.rank >= 0 else s.slot) + s.repeat) % workers].append(s)
     return shares
 
 

@@ -50,7 +50,7 @@ from optimizer.study.storage import (
     sqlite_path,
 )
 from optimizer.study.stopping import StudyStopper
-from optimizer.study.capacity_trial import Incumbent
+from optimizer.study.capacity_trial import Incumbent, lower_value
 from optimizer.study.trial import TrialContext, TrialRunner, run_trial
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
@@ -146,7 +146,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
                                     calibrates=baseline,
                                     calibration=(lambda: calibrate.stored(study.user_attrs),
                                                  lambda: _baseline_running(study)),
-                                    incumbent=(lambda: _incumbent(study)) if cfg.load.mode == "capacity" else None)
+                                    incumbent=(lambda: _incumbent(study, cfg.load.capacity.value))
+                                    if cfg.load.mode == "capacity" else None)
         try:
             if cfg.load.mode == "capacity":  # each probe of the search: an intermediate value of the trial
                 rec = runner(ctx_t, trial.number, params, tag, not baseline, report=trial.report)
@@ -190,13 +191,14 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
     return guarded
 
 
-def _incumbent(study: optuna.Study) -> Optional[Incumbent]:
-    """load.mode=capacity: the study's best feasible trial and its capacity (the early stop's bar)."""
+def _incumbent(study: optuna.Study, value: str = "output_tok_s") -> Optional[Incumbent]:
+    """load.mode=capacity: the study's best feasible trial, its capacity and the lower confidence bound
+    of its ``value`` (the early stop's bar)."""
     best = study_result(study.get_trials(deepcopy=False)).best
     cap = TrialRecord.from_trial(best).capacity if best is not None else None
     if best is None or cap is None or not cap.result.feasible:
         return None
-    return Incumbent(best.number, cap.result.value)
+    return Incumbent(best.number, cap.result.value, lower_value(cap.result, value))
 
 
 def _baseline_running(study: optuna.Study) -> bool:

@@ -69,14 +69,15 @@ def test_outcome_of_uses_the_configured_value():
 
 
 def test_a_ladder_that_cannot_reach_the_incumbent_stops_early_and_says_so(compose):
-    # capacity 6 (E2E 360 ms at 6, 405 at 7); the incumbent (trial 3) carries 8: the failure at 8 proves
-    # this config carries less, so the search stops there instead of bisecting 6 and 7
+    # capacity 6 (E2E 360 ms at 6, 405 at 7); the incumbent (trial 3) carries 8 and its lower bound is out of
+    # reach: once the failure at 8 is certain, this config's upper bound (its tok/s at or below 8) is below
+    # that bar, so the search stops there instead of bisecting 6 and 7
     cfg = _cfg(compose, 382.5)
     reads: list[int] = []
 
     def incumbent():
         reads.append(1)
-        return Incumbent(3, 8.0)
+        return Incumbent(3, 8.0, 1e9)
 
     with spawn_loaded_server(LAW) as url:
         cm = asyncio.run(measure_capacity(cfg, Endpoint(url, "fake"), RS, None, 4, "[t]", incumbent=incumbent))
@@ -86,7 +87,9 @@ def test_a_ladder_that_cannot_reach_the_incumbent_stops_early_and_says_so(compos
     assert cm.capacity.incumbent_trial == 3 and reads  # read while searching, after the failure at 8
     attrs = cm.capacity.to_attrs()
     assert attrs["cap_stopped_early"] is True and attrs["cap_below_incumbent"] == 8 and attrs["cap_incumbent_trial"] == 3
-    assert cm.capacity.limit_label() == "early stop: < 8 (incumbent #3 carries 8)"
+    assert cm.capacity.limit_label().startswith("early stop: value <= ") and "< incumbent #3 lower bound" in \
+        cm.capacity.limit_label()
+    assert attrs["cap_value_is_bound"] is True and attrs["cap_upper_value"] < attrs["cap_incumbent_low_value"]
     # the sampler still learns: the throughput at the highest load that passed, feasible
     assert cm.outcome.feasible and cm.outcome.value == r.output_tok_s == r.at_capacity.output_tok_s > 0
 

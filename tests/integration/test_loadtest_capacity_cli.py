@@ -43,6 +43,10 @@ def test_capacity_mode_prints_each_probe_and_writes_the_capacity_object(tmp_path
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("probe ")]
     assert len(lines) == len(doc["probes"]) and "1 users" in lines[0]  # printed as they finished
     assert f"capacity: {doc['value']} users" in p.stdout and "limited by slo" in p.stdout
+    # the capacity fitted over every probe, with its interval (README: capacity.low / capacity.high)
+    assert {"estimate", "low", "high", "confidence", "flags"} <= set(doc) and doc["confidence"] == 0.95
+    assert doc["low"] is not None and doc["low"] <= doc["estimate"] and "fitted over every probe: ~" in p.stdout
+    assert all(q["tail_n"] == q["n_ok"] and q["tail_ms"] for q in doc["probes"] if q["n_ok"])
 
 
 def test_capacity_mode_exits_1_when_even_the_lowest_load_fails_and_refuses_records(tmp_path: Path):

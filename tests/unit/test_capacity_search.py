@@ -169,18 +169,71 @@ def test_max_s_starts_no_probe_that_would_end_past_the_budget():
     assert r.duration_s == 30.0
 
 
-def test_early_stop_once_a_failure_proves_the_capacity_below_what_the_caller_needs():
-    m = Model(100.0)  # capacity 10; the incumbent carries 20
-    r = search(m, stop_below=lambda: 20.0)
+def test_early_stop_once_its_upper_bound_is_below_the_incumbents_lower_bound():
+    m = Model(100.0)  # capacity 10, 10 tok/s per user; the incumbent's lower bound: 200 tok/s
+    r = search(m, stop_below=lambda: 200.0)
     assert loads(m) == [1, 2, 4, 8, 16] and r.limited_by is LimitedBy.EARLY_STOP and r.value == 8
-    assert r.stopped_early and r.early_stop_load == 20.0  # what it could not reach, kept in the result
-    assert CapacityResult.from_json(r.to_json()).early_stop_load == 20.0
+    # the bar (in tok/s) and the trial's own upper bound, kept in the result: value <= true <= upper_value < bar
+    assert r.stopped_early and r.early_stop_bound == 200.0 and r.upper_value == 160.0
+    back = CapacityResult.from_json(r.to_json())
+    assert back.early_stop_bound == 200.0 and back.upper_value == 160.0
     m2 = Model(100.0)
-    r2 = search(m2, stop_below=lambda: 5.0)  # needs only 5: the search runs to the end
-    assert r2.value == 10 and r2.limited_by is LimitedBy.SLO and math.isnan(r2.early_stop_load)
+    r2 = search(m2, stop_below=lambda: 50.0)  # its upper bound never falls below 50 tok/s: to the end
+    assert r2.value == 10 and r2.limited_by is LimitedBy.SLO and math.isnan(r2.early_stop_bound)
     m3 = Model(100.0)
     r3 = search(m3, stop_below=lambda: math.nan)  # no incumbent yet: never stops early
     assert r3.value == 10 and not r3.stopped_early
+
+
+class Scripted:
+    """Probes from a table: load -> (P99, its CI half-width); tok/s 10 per user."""
+
+    def __init__(self, table: dict[float, tuple[float, float]]) -> None:
+        self.table, self.steps = table, []  # type: ignore[var-annotated]
+
+    async def __call__(self, step: Step) -> ProbeResult:
+        self.steps.append(step)
+        p99, half = self.table[step.load]
+        return probe_at(step.load, p99, half_ci=half, lengthened=step.extend is not None)
+
+
+def test_a_failure_within_noise_at_the_incumbents_load_does_not_stop_the_search():
+    # non-monotone: 16 users fails by noise (P99 1050 ms, CI 850-1300 around a 1000 ms limit), 24 passes. The
+    # old rule stopped at the failure at 16 <= the incumbent's 16 users; the trial's upper bound on its value
+    # (the load 16's failure is not certain) reaches the incumbent's lower bound, so the search goes on
+    table = {1: (200.0, 20.0), 2: (300.0, 30.0), 4: (400.0, 40.0), 8: (600.0, 60.0), 16: (1050.0, 225.0),
+             12: (700.0, 70.0), 14: (720.0, 70.0), 15: (800.0, 80.0), 24: (990.0, 200.0), 20: (900.0, 100.0),
+             32: (1500.0, 100.0), 28: (1200.0, 100.0), 30: (1400.0, 100.0), 26: (1100.0, 100.0),
+             25: (1000.0, 150.0)}
+    m = Scripted(table)
+    s = CapacitySearch(SearchPlan("concurrency", 1, 256, lengthen=1.0), SLO, stop_below=lambda: 150.0)
+    r = asyncio.run(find_capacity(m, s))
+    assert 16 in [st.load for st in m.steps] and not r.stopped_early
+
+
+def test_the_early_stop_never_stops_a_trial_whose_upper_bound_reaches_the_incumbents_lower_bound():
+    # a rough fake: heavy tail, a 5 % run-to-run shift per probe (non-monotone P99s); bars around its true value
+    from optimizer.capacity.curve import estimate_capacity
+    from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw
+
+    law, limit = LatencyLaw(drift=0.05), 2500.0
+    cap = law.true_capacity(limit)
+    true_value = 100.0 * cap / (1 + cap / 50)  # FakeProbe's tok/s at the true capacity (~2300)
+    stops, wrong = 0, 0
+    for seed in range(30):
+        for bar in (0.9 * true_value, true_value, 1.1 * true_value, 1.4 * true_value):
+            s = CapacitySearch(SearchPlan("concurrency", 1, 256, 0.05, 16, 0, 2.0), SloConfig(p99_ms=limit),
+                               stop_below=lambda b=bar: b)
+            r = asyncio.run(find_capacity(FakeProbe(law, limit, 400, seed=seed), s))
+            if not r.stopped_early:
+                continue
+            stops += 1
+            wrong += true_value >= bar  # stopped a config that truly reaches the bar
+            # the bound from the probes it had when it stopped is below the bar, and the bound is an upper one
+            e = estimate_capacity(r.probes, limit, "concurrency")
+            ub = max(p.output_tok_s for p in r.probes if p.load <= e.high)
+            assert ub == r.upper_value < bar and r.value <= e.high
+    assert stops > 0 and wrong <= 1  # 60 searches whose true value reaches the bar: at most 1 stopped
 
 
 def test_on_probe_gets_every_judged_probe_in_order():
@@ -214,3 +267,23 @@ def test_plan_from_config_uses_the_derived_cap_unless_max_is_set():
     rate = SearchPlan.of(CapacityConfig(control="rate", start=0.5, max=0), 40.5)
     assert rate.cap == 40.5 and rate.step_size(10.0) == pytest.approx(0.5)
     assert SearchPlan("concurrency", 1, 10).step_size(30) == 1 and SearchPlan("concurrency", 1, 10).step_size(60) == 3
+
+
+def test_precision_probes_on_where_the_verdict_is_least_certain_until_the_interval_is_narrow():
+    from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw
+
+    law, limit = LatencyLaw(), 2500.0
+    runs = {}
+    for precision in (0.0, 0.35, 0.05):  # the same budget (24 probe runs) each
+        s = CapacitySearch(SearchPlan("concurrency", 1, 256, 0.05, 24, 0, 2.0, precision), SloConfig(p99_ms=limit))
+        runs[precision] = asyncio.run(find_capacity(FakeProbe(law, limit, 400, seed=4), s))
+    off, on, capped = runs[0.0], runs[0.35], runs[0.05]
+    assert "precision" not in off.stop_reason
+    width = lambda r: (r.high - r.low) / r.estimate  # noqa: E731
+    assert width(off) > 0.7 and width(on) <= 0.35 and len(on.probes) > len(off.probes)
+    assert "within load.capacity.precision=0.35" in on.stop_reason and on.limited_by is LimitedBy.SLO
+    assert sum(1 + p.lengthened for p in capped.probes) <= 24 and capped.limited_by is LimitedBy.SLO
+    assert "not reached within the budget" in capped.stop_reason
+    # each extra probe sits inside the interval the probes before it gave, at a load not probed before
+    extra = [p.load for p in on.probes if p.load not in {q.load for q in off.probes}]
+    assert extra and all(off.low <= x <= off.high for x in extra)

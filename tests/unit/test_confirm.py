@@ -17,8 +17,8 @@ from optimizer.objective import score
 from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
-from optimizer.study.confirm import run_confirmation
-from optimizer.study.confirm_plan import Candidate, assign, candidates, plan, remaining
+from optimizer.study.confirm import describe_confirmation, run_confirmation
+from optimizer.study.confirm_plan import Candidate, assign, candidates, plan, remaining, round_order
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result
 from optimizer.study.storage import finished_count
@@ -97,9 +97,18 @@ def test_the_plan_is_the_baseline_and_the_top_k_distinct_feasible_configs_interl
     assert [c.baseline for c in cands] == [True, False, False]
     assert [c.of for c in cands[1:]] == [t.number for t in ranked[:2]]
     slots = plan(cands, 3, 1000)
-    assert [(s.candidate.label, s.repeat, s.seed) for s in slots[:4]] == [
-        ("baseline", 0, 1000), (cands[1].label, 0, 1000), (cands[2].label, 0, 1000), ("baseline", 1, 1001)]
-    assert len(slots) == 9
+    assert len(slots) == 9 and plan(cands, 3, 1000) == slots  # reproducible: drawn from the rounds' seeds
+    for r in range(3):  # every config once per round, on the round's prompts, in the round's drawn order
+        rnd = [s for s in slots if s.repeat == r]
+        assert [s.candidate.label for s in rnd] == [cands[i].label for i in round_order(3, 1000 + r)]
+        assert [s.slot for s in rnd] == [0, 1, 2] and {s.seed for s in rnd} == {1000 + r}
+
+
+def test_the_run_order_within_a_round_is_random_not_baseline_first():
+    orders = [tuple(round_order(4, seed)) for seed in range(1000, 1200)]
+    firsts = [o[0] for o in orders]
+    assert all(0.15 < firsts.count(i) / len(firsts) < 0.35 for i in range(4))  # each config first ~1/4 of rounds
+    assert round_order(4, 1000) == round_order(4, 1000) and len(set(orders)) > 12
 
 
 def _cands(n: int) -> list[Candidate]:
@@ -114,7 +123,7 @@ def test_assign_gives_every_slot_once_and_moves_each_config_to_the_next_worker_e
     shares = assign(slots, workers)
     assert len(shares) == workers
     assert sorted((s.repeat, s.slot) for share in shares for s in share) == [(s.repeat, s.slot) for s in slots]
-    where = {(s.repeat, s.slot): w for w, share in enumerate(shares) for s in share}
+    where = {(s.repeat, s.rank): w for w, share in enumerate(shares) for s in share}
     for i in range(n_cands):  # round by round, each config one worker further
         assert [where[(r, i)] for r in range(repeats)] == [(i + r) % workers for r in range(repeats)]
         # so a config meets min(repeats, workers) different workers
@@ -123,6 +132,7 @@ def test_assign_gives_every_slot_once_and_moves_each_config_to_the_next_worker_e
         assert len({where[(r, i)] for i in range(n_cands)}) == min(n_cands, workers)
     for share in shares:  # each share in plan order
         assert [(s.repeat, s.slot) for s in share] == sorted((s.repeat, s.slot) for s in share)
+    assert all(0 <= s.rank < n_cands for s in slots)
 
 
 def test_assign_to_one_worker_is_the_plan_order_and_a_resume_keeps_each_slot_where_it_was():
@@ -142,19 +152,27 @@ def test_runs_are_stored_marked_on_held_out_prompts_and_never_count_as_study_tri
     runner = Runner()
     res = run_confirmation(cfg, RT, runner=runner)
     assert [seed for _, _, seed, _ in runner.calls] == [1000, 1000, 1001, 1001]
-    assert [check for *_, check in runner.calls] == [False, True, False, True]  # the baseline: no rule check
+    first = [round_order(2, 1000 + r) for r in range(2)]  # the runs' order: drawn per round, baseline at index 0
+    assert [check for *_, check in runner.calls] == [i != 0 for order in first for i in order]  # baseline: no check
     confs = _confirmations(cfg)
     assert len(confs) == 4 and all(t.state == TrialState.COMPLETE for t in confs)
     marks = [TrialRecord.from_trial(t).confirmation for t in confs]
-    assert [(m.repeat, m.slot, m.baseline) for m in marks] == [(0, 0, True), (0, 1, False), (1, 0, True), (1, 1, False)]
+    assert [(m.repeat, m.slot, m.baseline) for m in marks] == [(r, pos, i == 0) for r, order in enumerate(first)
+                                                               for pos, i in enumerate(order)]
     assert all(m.of == best_before for m in marks if not m.baseline)
-    assert confs[1].params == next(t for t in _trials(cfg) if t.number == best_before).params
+    tuned = next(t for t, m in zip(confs, marks) if not m.baseline)
+    assert tuned.params == next(t for t in _trials(cfg) if t.number == best_before).params
     # the budget and the study's answer skip them, even though a confirmation scored highest
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
     assert finished_count(study) == 5
     result = study_result(study.trials)
     assert result.n_complete == 5 and result.best.number == best_before
     assert res.recommendation.chosen.of == best_before and res.pick_survived
+    # the log leads with the confirmed answer, and labels the search's best as the search's
+    text = describe_confirmation(res).splitlines()
+    assert text[0] == res.answer_line() and text[0].startswith(f"RECOMMENDATION (confirmed on fresh servers): "
+                                                               f"trial {best_before}, x")
+    assert text[-1].startswith(f"the search's best, trial {best_before}: on fresh servers over the defaults: x")
     # a second call finds every run done and starts nothing
     again = Runner()
     run_confirmation(cfg, RT, runner=again)
@@ -228,8 +246,11 @@ def test_when_nothing_beats_the_defaults_beyond_noise_best_yaml_is_the_defaults_
     res = run_confirmation(cfg, RT, runner=Runner(flat=True))
     assert not res.recommendation.beats_baseline and res.pick_survived is False
     page, best = _report(cfg, tmp_path)
-    assert "No config beat vLLM&#x27;s defaults beyond noise" in page
-    assert best.startswith("# vLLM's defaults: no config beat them beyond noise")
+    assert "No config was shown to beat vLLM&#x27;s defaults" in page
+    # the summary leads with the confirmed answer: the search's best is labelled as the search's, with its interval
+    assert "The search's best feasible config" in page and "The best config (trial" not in page
+    assert "on fresh servers over the defaults: x" in page and "The search&#x27;s best config (trial" in page
+    assert best.startswith("# vLLM's defaults: no config was shown to beat them")
     assert "max-num-seqs" not in best  # the baseline server got no tuning flag
 
 

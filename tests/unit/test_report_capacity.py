@@ -55,6 +55,10 @@ def test_the_data_holds_curves_bars_and_the_summary_line():
     assert d.summary.best.number == 1
     assert c.line.startswith("config #1 carries 11 concurrent users / 5.50 req/s at P99 e2e <= ")
     assert "the defaults (#0) carry 6 concurrent users" in c.line and "(1.83x)" in c.line
+    # every capacity shown with its interval: the line, the bars, the trials table
+    assert c.line.count("fitted over every probe: ~") == 2 and c.line.count("95% CI") == 2
+    assert all(b.low == b.low for b in c.bars if b.feasible)
+    assert "95% CI" in d.trials[0].cap_interval
     assert [b.number for b in c.bars] == [0, 1, 2, 3]
     assert math.isnan(c.bars[2].value) and not c.bars[2].feasible and c.bars[1].limited_by == "slo"
     curves = {cur.number: cur for cur in c.curves}
@@ -76,6 +80,8 @@ def test_figures_draw_the_curves_the_slo_line_and_the_bars():
     xs = [t["x"] for t in curves["data"] if t.get("mode") == "lines+markers"]
     assert list(xs[0]) and any(list(x) == [1, 2, 4, 8, 11, 12] for x in xs)
     assert any(s.get("y0") == SLO_MS for s in curves["layout"]["shapes"])  # the SLO line
+    rings = [t for t in curves["data"] if t.get("mode") == "markers"]
+    assert rings and all("error_x" in t for t in rings)  # each capacity with its interval
     bars = capacity_bars_figure(d.capacity).to_plotly_json()["data"][0]
     assert list(bars["y"]) == [6, 11, 0.0, 3] and "infeasible" in list(bars["text"])
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from optimizer.stats import t_quantile
-from optimizer.study.uplift import ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
+from optimizer.study.uplift import NOISE_FLOOR, ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
 
 
 def runs(label: str, values, feasible=None, flags: int = 3, baseline: bool = False, of: int = 0) -> ConfigRuns:
@@ -20,13 +20,17 @@ def test_t_quantile_matches_the_tables(df, expected):
     assert t_quantile(0.975, df) == pytest.approx(expected, rel=2e-3)
 
 
-def test_paired_ratio_cancels_what_a_round_shares():
-    # the host drifts by +-20 % between rounds, A is 10 % faster within every round: paired, that is exact
+def test_paired_ratio_cancels_what_a_round_shares_but_never_gives_a_zero_width_interval():
+    # the host drifts by +-20 % between rounds, A is 10 % faster within every round: paired, the point is
+    # exact; the interval still has the noise floor's width (1 % per run), not zero
     base = [100.0, 120.0, 80.0]
     a = [110.0, 132.0, 88.0]
     r = paired_ratio(a, base)
-    assert r.point == pytest.approx(1.10) and r.low == pytest.approx(1.10) and r.high == pytest.approx(1.10)
-    assert not r.within_noise and r.pairs == 3
+    assert r.point == pytest.approx(1.10) and r.pairs == 3 and not r.within_noise
+    half = t_quantile(0.975, 2) * math.sqrt(2) * NOISE_FLOOR / math.sqrt(3)
+    assert (r.low, r.high) == pytest.approx((1.10 * math.exp(-half), 1.10 * math.exp(half)))
+    blk = block_ratio(runs("a", a, of=1), runs("b", base, baseline=True), [])
+    assert blk.low < 1.10 < blk.high
 
 
 def test_paired_ratio_interval_is_the_t_interval_of_the_log_ratios():
@@ -68,31 +72,56 @@ def test_a_config_that_breaks_the_slo_in_one_repeat_is_not_recommended_whatever_
     assert rec.chosen is b and "trial 3 (infeasible in 1 of 3 repeats)" in rec.reason
 
 
-def test_within_noise_the_config_with_fewer_changed_flags_wins_and_the_reason_says_so():
+def test_a_simpler_winner_replaces_the_best_only_when_shown_non_inferior_within_the_margin():
     base = runs("baseline", [100, 102, 98], baseline=True)
-    a = runs("trial 3", [131, 120, 140], flags=5, of=3)  # best median, noisy
-    b = runs("trial 5", [128, 127, 130], flags=1, of=5)  # within a's noise, fewer flags
+    a = runs("trial 3", [131, 133, 130], flags=5, of=3)  # the best
+    b = runs("trial 5", [129, 132, 128], flags=1, of=5)  # beats the defaults too, within 5 % of a
     rec = recommend([base, a, b])
-    assert rec.top is a and rec.chosen is b and "trial 5" in rec.tied
-    assert "within its noise" in rec.reason and "changes 1 flag(s)" in rec.reason
+    assert rec.top is a and rec.chosen is b and rec.tied == ("trial 5",) and rec.beats_baseline
+    assert "non-inferior to it within 5%" in rec.reason and "changes 1 flag(s)" in rec.reason
+    strict = recommend([base, a, b], margin=0.001)  # a margin it cannot be shown within: the best stays
+    assert strict.chosen is a and strict.tied == ()
 
 
-def test_when_nothing_beats_the_defaults_beyond_noise_the_defaults_are_recommended():
+def test_a_noisy_simpler_config_within_noise_of_the_best_does_not_replace_it():
+    base = runs("baseline", [100, 102, 98], baseline=True)
+    a = runs("trial 3", [138, 128, 142], flags=5, of=3)  # the best, noisy
+    b = runs("trial 5", [124, 126, 121], flags=1, of=5)  # beats the defaults; against a: holds 1, but also 0.9
+    assert block_ratio(b, base, [base, a, b], comparisons=2).low > 1 and block_ratio(b, a, [base, a, b]).within_noise
+    rec = recommend([base, a, b])
+    assert rec.chosen is a and rec.beats_baseline and rec.tied == ()
+    assert "of the 2 shown to beat them (trial 3, trial 5)" in rec.reason
+
+
+def test_when_nothing_beats_the_defaults_the_defaults_are_recommended_without_claiming_equivalence():
     base = runs("baseline", [100, 120, 90], baseline=True)
     a = runs("trial 3", [104, 112, 99], of=3)
     rec = recommend([base, a])
-    assert rec.chosen is base and not rec.beats_baseline
-    assert rec.uplift.within_noise and "no config beats vLLM's defaults beyond noise" in rec.reason
+    assert rec.chosen is base and not rec.beats_baseline and rec.uplift.within_noise
+    assert "no config was shown to beat vLLM's defaults" in rec.reason and "not a proof" in rec.reason
 
 
-def test_a_simpler_pick_within_the_defaults_noise_gives_way_to_the_defaults():
-    base = runs("baseline", [100, 101, 99], baseline=True)
-    a = runs("trial 3", [130, 131, 129], flags=5, of=3)  # clearly above the baseline
-    b = runs("trial 5", [100, 125, 112], flags=1, of=5)  # within a's noise, and within the baseline's
-    assert not paired_ratio(a.values, base.values).within_noise
-    assert paired_ratio(b.values, a.values).within_noise and paired_ratio(b.values, base.values).within_noise
-    rec = recommend([base, a, b])
-    assert rec.chosen is base and not rec.beats_baseline
+def test_a_config_that_beats_the_defaults_is_never_lost_through_a_chain_of_within_noise_steps():
+    # issue #25: B the defaults, T at x1.30 (95 % CI 1.12-1.51), X one flag, within noise of both. The old
+    # rule chose X over T (within T's noise, fewer flags), then B over X (within B's noise): "nothing beats
+    # the defaults". X was never shown to beat the defaults, so it can replace nothing: T is recommended.
+    b = runs("baseline", [100, 100, 100], baseline=True)
+    t = runs("trial 3", [122, 138, 131], flags=5, of=3)
+    x = runs("trial 5", [100, 130, 115], flags=1, of=5)
+    single = block_ratio(t, b, [b, t, x])
+    assert (single.point, single.low, single.high) == pytest.approx((1.30, 1.12, 1.51), abs=0.01)
+    assert block_ratio(x, b, [b, t, x]).within_noise and block_ratio(x, t, [b, t, x]).within_noise
+    rec = recommend([b, t, x])
+    assert rec.chosen is t and rec.beats_baseline and rec.uplift.low > 1.0 and rec.uplift.comparisons == 2
+
+
+def test_the_recommended_uplift_is_simultaneous_over_every_config_against_the_defaults():
+    base = runs("baseline", [100, 102, 98], baseline=True)
+    cfgs = [runs(f"trial {i}", [120 + i, 124 + i, 119 + i], of=i) for i in (1, 2, 3)]
+    rec = recommend([base, *cfgs])
+    plain = block_ratio(rec.chosen, base, [base, *cfgs])
+    assert rec.uplift.comparisons == 3 and rec.uplift.low < plain.low and rec.uplift.high > plain.high
+    assert rec.uplift.point == pytest.approx(plain.point)
 
 
 def test_a_baseline_that_breaks_the_slo_loses_to_a_feasible_config_even_within_noise():
