@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
-from optimizer.study.confirm import ConfirmResult, summarize_confirmation
+from optimizer.study.confirm_result import ConfirmResult, summarize_confirmation
 from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
 from optimizer.study.uplift import ConfigRuns, mean_interval
 

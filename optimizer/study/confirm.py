@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -48,58 +48,20 @@ from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import baseline_params, build_space
 from optimizer.study import calibrate
-from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates, config_runs, confirmed,
+from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates,
                                           failed_attempts, flags_changed, remaining)
 from optimizer.study.confirm_plan import plan as plan_slots
+from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, summarize_confirmation
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.gpus import WorkerPlan, trial_gpus
 from optimizer.study.loop import Runtime, make_context
-from optimizer.study.results import study_result
 from optimizer.study.storage import StudyLock, open_study, sqlite_path
 from optimizer.study.trial import TrialContext, TrialRunner, run_trial
-from optimizer.study.uplift import ConfigRuns, Recommendation, recommend
 from optimizer.study.workers import WorkerJob, exit_text, spawn_and_wait
 
-__all__ = ["ConfirmResult", "describe_confirmation", "run_confirmation", "summarize_confirmation"]
+__all__ = ["run_confirmation"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConfirmResult:
-    runs: list[ConfigRuns]  # baseline first
-    recommendation: Recommendation
-    study_pick: Optional[int]  # the search's best trial (None: no feasible one)
-    rounds: int
-
-    @property
-    def pick_survived(self) -> Optional[bool]:
-        chosen = self.recommendation.chosen
-        return None if self.study_pick is None else chosen is not None and chosen.of == self.study_pick
-
-
-def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: float) -> Optional[ConfirmResult]:
-    """The confirmation result of a study's trials (None: no confirmation runs)."""
-    cands, rounds = confirmed(trials)
-    if not cands:
-        return None
-    runs = config_runs(cands, trials, rounds)
-    best = study_result(trials).best
-    return ConfirmResult(runs, recommend(runs, confidence), best.number if best is not None else None, rounds)
-
-
-def describe_confirmation(res: ConfirmResult) -> str:
-    lines = [f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
-    for r in res.runs:
-        vals = ", ".join("—" if f is None else f"{v:.1f}{'' if f else ' (infeasible)'}"
-                         for v, f in zip(r.values, r.feasible))
-        lines.append(f"  {r.label}: median {r.median:.1f} [{vals}]")
-    rec = res.recommendation
-    lines.append(f"recommendation: {rec.chosen.label if rec.chosen else 'none'}: {rec.reason}")
-    if res.pick_survived is not None:
-        verb = "survived" if res.pick_survived else "did not survive"
-        lines.append(f"the study's pick (trial {res.study_pick}) {verb} the confirmation.")
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager
