@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from optimizer.cli import compose
+from optimizer.cli import compose, show_config
 from optimizer.entry import main_wrapper, setup_logging
 
 __all__ = ["main"]
@@ -64,7 +64,7 @@ def _body(overrides: list[str], debug: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":

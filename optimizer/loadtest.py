@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from optimizer.auth import bearer
-from optimizer.cli import compose
+from optimizer.cli import compose, show_config
 from optimizer.config import Config
 from optimizer.entry import main_wrapper, setup_logging
 from optimizer.errors import ConfigError
@@ -230,7 +230,7 @@ def _from_send(run: LoadRun) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=lambda o: show_config(_split_own(o)[1]))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional
 
-from optimizer.cli import compose
+from optimizer.cli import compose, show_config
 from optimizer.config import Config
 from optimizer.entry import main_wrapper, setup_logging
 
@@ -61,7 +61,7 @@ def report_quietly(cfg: Config) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from optimizer.cli import compose, dump_config
+from optimizer.cli import compose, dump_config, show_config
 from optimizer.entry import main_wrapper, setup_logging
 from optimizer.report import report_quietly
 
@@ -80,7 +80,7 @@ def _body(overrides: list[str], debug: bool) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":
