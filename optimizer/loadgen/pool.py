@@ -177,6 +177,26 @@ async def _recv(conn: Any, deadline: float, proc: Any) -> Optional[tuple[Any, ..
     return None
 
 
+async def _collect(pending: dict[int, tuple[Any, Any]], deadline: float, done: Any,
+                   progress: Optional[Callable[[str, int], None]]) -> list[tuple[Any, ...]]:
+    """The workers' ``done`` messages of the measured phase, as they come (a worker that died or
+    missed ``deadline`` sends none), logging progress meanwhile."""
+    msgs: list[tuple[Any, ...]] = []
+    last = -1
+    while pending:
+        for k, (c, p) in list(pending.items()):
+            if c.poll() or not p.is_alive() or time.perf_counter() > deadline:
+                m = await _recv(c, time.perf_counter() + 0.5, p)
+                del pending[k]
+                if m is not None and m[0] == "done":
+                    msgs.append(m)
+        if progress and done.value != last:
+            last = done.value
+            progress("load", last)
+        await asyncio.sleep(0.02)
+    return msgs
+
+
 @dataclass(frozen=True)
 class PoolRun:
     """What the worker processes measured, merged (the runner's ``LoadRun`` takes it over)."""
@@ -194,11 +214,8 @@ class PoolRun:
 async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, workers: int,
                    progress: Optional[Callable[[str, int], None]]) -> PoolRun:
     """Warm up and measure with ``workers`` processes, as the in-process path does."""
-
     ctx = mp.get_context("spawn")
-    offsets: tuple[float, ...] = ()
-    if cfg.mode == "rate":
-        offsets = tuple(schedule(cfg, n, rs.workload.seed))
+    offsets: tuple[float, ...] = tuple(schedule(cfg, n, rs.workload.seed)) if cfg.mode == "rate" else ()
     conc = concurrency_of(cfg)
     warm_counter, counter, done = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
     brake_state = ctx.Array("q", 2)
@@ -220,7 +237,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         ready = [await _recv(c, w0 + warm_limit, p) for c, p in zip(conns, procs)]
         warmup_s = time.perf_counter() - w0
         warmup = phases.missing([r for m in ready if m for r in m[1]], cfg.warmup_requests, True,
-                                    "a client process did not finish its warm-up")
+                                "a client process did not finish its warm-up")
         if progress:
             progress("warmup", len(warmup))
         cpu0, wait0 = time.process_time(), runqueue_wait_s()
@@ -233,30 +250,12 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         else:
             limit = (offsets[-1] if offsets else 0.0) + ep.request_timeout_s + 30.0
         deadline = t0 + limit + 15.0
-        results: list[RequestResult] = []
-        lags: list[float] = []
-        cpu: list[float] = []
-        waits: list[float] = []
-        ends: list[float] = []
-        pending = {k: (conns[k], procs[k]) for k, m in enumerate(ready) if m is not None}
-        last = -1
-        while pending:
-            for k, (c, p) in list(pending.items()):
-                if c.poll() or not p.is_alive() or time.perf_counter() > deadline:
-                    m = await _recv(c, time.perf_counter() + 0.5, p)
-                    del pending[k]
-                    if m is not None and m[0] == "done":
-                        results += m[1]
-                        lags += m[2]
-                        cpu.append(m[3])
-                        ends.append(m[4])
-                        waits.append(m[6])
-                        if m[5]:
-                            reasons.append(m[5])
-            if progress and done.value != last:
-                last = done.value
-                progress("load", last)
-            await asyncio.sleep(0.02)
+        msgs = await _collect({k: (conns[k], procs[k]) for k, m in enumerate(ready) if m is not None}, deadline,
+                              done, progress)
+        results: list[RequestResult] = [r for m in msgs for r in m[1]]
+        lags: list[float] = [x for m in msgs for x in m[2]]
+        cpu, ends, waits = [m[3] for m in msgs], [m[4] for m in msgs], [m[6] for m in msgs]
+        reasons += [m[5] for m in msgs if m[5]]
         duration_s = (max(ends) if ends else time.perf_counter()) - t0
         own = time.process_time() - cpu0
         cpu_by_process, wait_by_process = (own, *cpu), (waited(wait0), *waits)
