@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from optimizer.capacity import CapacityResult
+from optimizer.metrics import LATENCY_METRICS
 
 __all__ = ["CapacityBar", "CapacityCurve", "CapacityData", "CapacityTrial", "build_capacity_data",
            "capacity_bars_figure", "capacity_curves_figure", "capacity_line"]
@@ -117,7 +118,7 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
 
 
 def _p99(p: Any, metric: str) -> float:
-    return {"ttft": p.ttft_p99_ms, "itl": p.itl_p99_ms, "e2e": p.e2e_p99_ms}.get(metric, p.p99_ms)
+    return float(getattr(p, f"{metric}_p99_ms")) if metric in LATENCY_METRICS else float(p.p99_ms)
 
 
 def _e(text: Any) -> str:

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import LoadConfig, SloConfig
 from optimizer.errors import FailureReason
+from optimizer.metrics import LATENCY_METRICS
 from optimizer.record import Timings, TrialRecord
 from optimizer.server.startlog import START_PHASES
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
@@ -29,7 +30,7 @@ __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
            "pareto_front", "study_config", "trial_info"]
 
-METRICS = ("ttft", "itl", "e2e")
+METRICS = LATENCY_METRICS
 PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
 # the server start split by its log (optimizer/server/startlog.py); "server start" holds the starts the
