@@ -3,7 +3,7 @@
 Reads the study database (read-only: a copy in a temporary folder), and for every trial that ran a
 capacity search (search trials and confirmation runs) puts the search's answer (the highest load
 that passed) beside the fitted capacity, its interval and its flags
-(:meth:`optimizer.capacity.CapacityResult.with_fit`; these probes predate the kept latency tails,
+(:func:`optimizer.capacity.curve.fitted`; these probes predate the kept latency tails,
 so each probe's P99 is resampled from its recorded distribution-free interval).
 
 Usage: ``python benchmarks/capacity_reanalysis.py [DB] [--out NAME]`` (default: the committed H200
@@ -25,6 +25,7 @@ import _common as C  # noqa: E402
 
 import optuna  # noqa: E402
 
+from optimizer.capacity.curve import fitted  # noqa: E402
 from optimizer.record import TrialRecord  # noqa: E402
 
 DEFAULT = Path("docs/results/h200-capacity-llama-3-8b/h200-capacity-llama-3-8b.db")
@@ -52,7 +53,7 @@ def main() -> int:
                 if rec.capacity is None:
                     continue
                 r = rec.capacity.result
-                f = r.with_fit()
+                f = fitted(r)
                 conf = rec.confirmation
                 rows.append({"trial": t.number, "state": t.state.name,
                              "confirms": None if conf is None else conf.of,

@@ -46,7 +46,7 @@ def main() -> int:
     import optuna
 
     from optimizer.record import TrialRecord
-    from optimizer.study.confirm import summarize_confirmation
+    from optimizer.study.confirm_result import summarize_confirmation
     from optimizer.study.confirm_plan import search_trials
     from optimizer.study.uplift import mean_interval
 

@@ -64,11 +64,12 @@ class P99Sizing(StrEnum):
 
 
 class SloMetric(StrEnum):
-    """The latency whose P99 the SLO limits."""
+    """The latency whose P99 the SLO limits; every latency a load summary holds, in the report's order
+    (``optimizer.metrics.LATENCY_METRICS``: a new one is added here and as a ``LoadSummary`` field)."""
 
-    e2e = "e2e"
     ttft = "ttft"
     itl = "itl"
+    e2e = "e2e"
 
 
 class Device(StrEnum):

@@ -18,7 +18,7 @@ from optimizer.config import Config, register_configs, to_config
 from optimizer.errors import ConfigError
 from optimizer.hardware_auto import resolve_hardware_overrides
 
-__all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config"]
+__all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config", "show_config"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -55,3 +55,8 @@ def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def show_config(overrides: Sequence[str]) -> str:
+    """The config ``overrides`` compose to, as YAML (what ``--cfg job`` prints)."""
+    return dump_config(compose(overrides))

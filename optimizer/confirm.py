@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from optimizer.cli import compose
+from optimizer.cli import compose, show_config
 from optimizer.entry import main_wrapper, setup_logging
 
 __all__ = ["main"]
@@ -39,10 +39,10 @@ def _body(overrides: list[str], debug: bool) -> int:
     log_file = Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log"
     setup_logging(log_file, debug)
     from optimizer.errors import ConfigError
-    from optimizer.reporting.write import load_study
     from optimizer.server.gpu import list_gpus
     from optimizer.study.confirm import run_confirmation
     from optimizer.study.loop import Runtime
+    from optimizer.study.storage import load_study
     from optimizer.study.workers import host_plan
 
     if cfg.study.confirm.top_k == 0:
@@ -57,14 +57,14 @@ def _body(overrides: list[str], debug: bool) -> int:
                          plan=plan, log_file=log_file, debug=debug)
     finally:
         if cfg.report:
-            from optimizer.run import _report
+            from optimizer.report import report_quietly
 
-            _report(cfg)
+            report_quietly(cfg)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
 
-__all__ = ["EXIT_CONFIG", "EXIT_INT", "EXIT_STUDY", "EXIT_TERM", "main_wrapper", "run_guarded", "setup_logging",
+__all__ = ["EXIT_CONFIG", "EXIT_INT", "EXIT_STUDY", "EXIT_TERM", "cfg_request", "main_wrapper", "run_guarded", "setup_logging",
            "split_args"]
 
 EXIT_CONFIG, EXIT_STUDY, EXIT_INT, EXIT_TERM = 2, 1, 130, 143
@@ -66,12 +66,51 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     return [a for a in argv if a not in ("--debug", "-h", "--help")], debug, want_help
 
 
-def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``body(overrides, debug)`` with signal handling and the exit-code policy."""
+def cfg_request(argv: Sequence[str]) -> tuple[list[str], Optional[str]]:
+    """Hydra's ``--cfg job|hydra|all`` (also ``--cfg=job``, ``-c job``) taken out of ``argv``: (the rest,
+    the part asked for or None); ``--resolve`` goes too (the config shown is always resolved)."""
+    rest: list[str] = []
+    part: Optional[str] = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--cfg", "-c"):
+            part = args[i + 1] if i + 1 < len(args) else ""
+            i += 2
+            continue
+        if a.startswith("--cfg="):
+            part = a.split("=", 1)[1]
+        elif a != "--resolve":
+            rest.append(a)
+        i += 1
+    return rest, part
+
+
+def _show_config(show: Optional[Callable[[list[str]], str]], part: str, overrides: list[str]) -> int:
+    if part not in ("job", "all", "hydra"):
+        raise ConfigError(f"--cfg {part!r}: give job (the composed config), hydra or all, e.g. --cfg job")
+    if show is None:
+        raise ConfigError("--cfg: this command composes no config of its own; run it without --cfg")
+    if part == "hydra":
+        print("# the entry points compose conf/ with Hydra's compose API: no Hydra run config (output dirs, "
+              "launcher) applies; --cfg job shows the composed config")
+        return 0
+    print(show(overrides), end="")
+    return 0
+
+
+def main_wrapper(body: Callable[[list[str], bool], int], usage: str, argv: Optional[Sequence[str]] = None,
+                 show: Optional[Callable[[list[str]], str]] = None) -> int:
+    """Run ``body(overrides, debug)`` with signal handling and the exit-code policy. With Hydra's
+    ``--cfg job`` the body does not run: ``show(overrides)`` (the composed config as YAML) is printed."""
     overrides, debug, want_help = split_args(list(sys.argv[1:] if argv is None else argv))
     if want_help:
         print(usage)
         return 0
+    overrides, part = cfg_request(overrides)
+    if part is not None:
+        return run_guarded(lambda: _show_config(show, part, overrides), debug)
     return run_guarded(lambda: body(overrides, debug), debug)
 
 

@@ -25,10 +25,7 @@ GPU, a timeout), so the trial is failed and retried.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Optional
-
-if TYPE_CHECKING:
-    from optimizer.record import TrialRecord
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -101,7 +98,9 @@ class TrialError(OptimizerError, RuntimeError):
         self.reason = reason if isinstance(reason, FailureReason) else FailureReason.parse(reason)
         self.deterministic = deterministic
         self.log_tail = log_tail
-        self.record: Optional[TrialRecord] = None  # what the trial got to, set by the trial runner
+        # what the trial got to (an optimizer.record.TrialRecord, or None), set by the trial runner; typed Any
+        # because this leaf module sits below the record it carries (naming it made an import circle)
+        self.record: Any = None
 
 
 class ServerStartError(TrialError):
@@ -132,7 +131,7 @@ class TrialInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM arrived during a trial: ``record`` is what the trial got to,
     ``original`` the interrupt itself (the study loop records the trial, then re-raises it)."""
 
-    def __init__(self, record: TrialRecord, original: KeyboardInterrupt) -> None:
+    def __init__(self, record: Any, original: KeyboardInterrupt) -> None:  # record: a TrialRecord (see TrialError)
         super().__init__()
         self.record = record
         self.original = original

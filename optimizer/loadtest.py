@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from optimizer.cli import compose
+from optimizer.auth import bearer
+from optimizer.cli import compose, show_config
 from optimizer.config import Config
 from optimizer.entry import main_wrapper, setup_logging
 from optimizer.errors import ConfigError
@@ -115,7 +116,7 @@ def _body(overrides: list[str], debug: bool) -> int:
         raise ConfigError(f"endpoint={base!r}: give a URL such as http://127.0.0.1:8000")
     records, use_uvloop = _bool(own, "records"), _bool(own, "uvloop")
     api_key = os.environ.get(cfg.server.api_key_env) if cfg.server.api_key_env else None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    headers = bearer(api_key)
     model = own.get("model_name") or served_model(base, cfg.model.served_name or cfg.model.name, headers)
     ep = Endpoint(base, model, cfg.workload.endpoint, api_key, cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model, _tokenizer_for(cfg, model))
@@ -229,7 +230,7 @@ def _from_send(run: LoadRun) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=lambda o: show_config(_split_own(o)[1]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from optimizer.metrics import Dist, LoadSummary
+from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
 
 __all__ = ["json_safe", "request_record", "summary_table", "to_json"]
 
@@ -21,7 +21,7 @@ def summary_table(s: LoadSummary, confidence: float) -> str:
     """The human-readable table: latency distributions, then throughput and errors."""
     rows = [f"{'ms':<6}{'n':>8}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}   "
             f"{'p99 ' + format(confidence, '.0%') + ' CI':<22}{'max':>10}"]
-    for name in ("ttft", "itl", "e2e"):
+    for name in LATENCY_METRICS:
         d: Dist = s.dist(name)
         ci = f"[{_fmt(d.p99_low)}, {_fmt(d.p99_high)}]"
         rows.append(f"{name.upper():<6}{d.n:>8}{_fmt(d.mean):>10}{_fmt(d.p50):>10}{_fmt(d.p90):>10}"

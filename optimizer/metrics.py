@@ -14,10 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
+from optimizer.choices import SloMetric
 from optimizer.loadgen.records import RequestResult
 from optimizer.stats import quantile_ci
 
-__all__ = ["Dist", "LoadSummary", "summarize"]
+__all__ = ["LATENCY_METRICS", "Dist", "LoadSummary", "summarize"]
+
+# every latency a LoadSummary holds as a Dist field of the same name, in the report's order: the one list
+# the record's encoding, the report and the load test's table read (a new metric: choices.SloMetric)
+LATENCY_METRICS: tuple[str, ...] = tuple(m.value for m in SloMetric)
 
 NAN = float("nan")
 
@@ -63,7 +68,11 @@ class LoadSummary:
     tpot_mean_ms: float = NAN
 
     def dist(self, metric: str) -> Dist:
-        return {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e}[metric]
+        """The distribution of ``metric``, one of :data:`LATENCY_METRICS`."""
+        if metric not in LATENCY_METRICS:
+            raise KeyError(f"latency metric {metric!r}: the summary holds {', '.join(LATENCY_METRICS)}")
+        d: Dist = getattr(self, metric)
+        return d
 
 
 def summarize(results: Sequence[RequestResult], duration_s: float, confidence: float = 0.95) -> LoadSummary:

@@ -14,10 +14,11 @@ import logging
 import sys
 from typing import Optional
 
-from optimizer.cli import compose
+from optimizer.cli import compose, show_config
+from optimizer.config import Config
 from optimizer.entry import main_wrapper, setup_logging
 
-__all__ = ["main"]
+__all__ = ["main", "report_quietly"]
 
 log = logging.getLogger("optimizer")
 
@@ -41,8 +42,26 @@ def _body(overrides: list[str], debug: bool) -> int:
     return 0
 
 
+def report_quietly(cfg: Config) -> None:
+    """Write the study's report after a run (optimizer.run, optimizer.confirm) and log where; a report
+    that cannot be written (reporting's libraries missing, an unreadable study) is a warning, never
+    the run's outcome."""
+    try:
+        from optimizer.reporting import write_report
+    except ImportError as exc:
+        log.warning("no report: the reporting libraries are missing (%s); install the package's dependencies "
+                    "and run `python -m optimizer.report`", exc)
+        return
+    try:
+        path = write_report(cfg)
+        log.info("report: %s", path)
+    except Exception as exc:  # a report must never hide the study's own outcome
+        log.warning("could not write the report: %s: %s; run `python -m optimizer.report` with the same "
+                    "overrides to retry", type(exc).__name__, exc)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":

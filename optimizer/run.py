@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from optimizer.cli import compose, dump_config
+from optimizer.cli import compose, dump_config, show_config
 from optimizer.entry import main_wrapper, setup_logging
+from optimizer.report import report_quietly
 
 __all__ = ["main"]
 
@@ -76,26 +77,14 @@ def _body(overrides: list[str], debug: bool) -> int:
                                          plan=plan, log_file=runs / "optimizer.log", debug=debug)
     finally:
         if cfg.report:
-            _report(cfg)
+            report_quietly(cfg)
     if confirmed is not None:  # the log ends with the confirmed answer, not the search's best
         log.info("%s", confirmed.answer_line())
     return 0
 
 
-def _report(cfg) -> None:  # type: ignore[no-untyped-def]
-    try:
-        from optimizer.reporting import write_report
-    except ImportError:
-        return
-    try:
-        path = write_report(cfg)
-        log.info("report: %s", path)
-    except Exception as exc:  # a report must never hide the study's own outcome
-        log.warning("could not write the report: %s: %s", type(exc).__name__, exc)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    return main_wrapper(_body, USAGE, argv)
+    return main_wrapper(_body, USAGE, argv, show=show_config)
 
 
 if __name__ == "__main__":

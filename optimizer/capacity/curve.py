@@ -38,13 +38,14 @@ little, but a probe just past it is far off the limit).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from optimizer.capacity.result import ProbeResult
+from optimizer.capacity.result import CapacityResult, ProbeResult
 
 __all__ = ["CapacityEstimate", "estimate_capacity", "isotonic", "upper_tail"]
 
@@ -216,3 +217,13 @@ def _flags(ps: list[ProbeResult], loads: np.ndarray, fit: np.ndarray, reps: np.n
             out.append(f"cliff: the fitted P99 more than doubles between {loads[i]:g} and {loads[i + 1]:g}")
             break
     return tuple(out)
+
+
+def fitted(result: CapacityResult, confidence: float = 0.95, seed: int = 0) -> CapacityResult:
+    """``result`` with the fitted capacity and its interval, computed from its probes; ``result``
+    itself when it has one already (results recorded before the fit existed decode without one)."""
+    if result.has_fit:
+        return result
+    e = estimate_capacity(result.probes, result.slo_p99_ms, result.control, confidence, seed=seed)
+    return dataclasses.replace(result, estimate=e.estimate, low=e.low, high=e.high, confidence=e.confidence,
+                               flags=e.flags)

@@ -128,7 +128,7 @@ class CapacityResult:
     upper_value: float = NAN
     # the capacity fitted over every probe (optimizer.capacity.curve): the point, its interval (low 0: may be
     # below the lowest probe; high NaN: open above), the interval's confidence and the curve's flags
-    # (non-monotone, cliff). NaN in results recorded before the fit: CapacityResult.with_fit() computes it
+    # (non-monotone, cliff). NaN in results recorded before the fit: optimizer.capacity.curve.fitted() computes it
     estimate: float = NAN
     low: float = NAN
     high: float = NAN
@@ -142,17 +142,6 @@ class CapacityResult:
     @property
     def has_fit(self) -> bool:
         return self.confidence == self.confidence
-
-    def with_fit(self, confidence: float = 0.95, seed: int = 0) -> "CapacityResult":
-        """This result with the fitted capacity and its interval (:mod:`optimizer.capacity.curve`),
-        computed from its probes; itself when it has one already."""
-        if self.has_fit:
-            return self
-        from optimizer.capacity.curve import estimate_capacity
-
-        e = estimate_capacity(self.probes, self.slo_p99_ms, self.control, confidence, seed=seed)
-        return dataclasses.replace(self, estimate=e.estimate, low=e.low, high=e.high, confidence=e.confidence,
-                                   flags=e.flags)
 
     def interval_text(self) -> str:
         """``~12 users (95 % CI 10-14)``, for people; '' without a fit."""

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
+from optimizer.capacity.curve import estimate_capacity, fitted
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
 from optimizer.config import CapacityConfig, SloConfig
 
@@ -168,13 +169,13 @@ class CapacitySearch:
             first = next((q for q in self.probes if not q.aborted), None)
             value = tok = req = p99 = math.nan
             cons = first.constraints if first is not None else {"slo": 1.0, "errors": 1.0}
-        return CapacityResult(
+        return fitted(CapacityResult(
             control=self.plan.control, value=value, output_tok_s=tok, req_s=req, p99_ms=p99,
             limited_by=self.done, feasible=best is not None, constraints=dict(cons),
             probes=tuple(sorted(self.probes, key=lambda q: q.load)), cap=self.plan.cap,
             resolution=self.plan.resolution, stop_reason=self.reason, duration_s=duration_s,
             slo_metric=self.slo.metric, slo_p99_ms=self.slo.limit_ms, early_stop_bound=self._needed,
-            upper_value=self._upper).with_fit()
+            upper_value=self._upper))
 
     # ---- internals --------------------------------------------------------------------------
     def _step(self, load: float, extend: Optional[ProbeResult] = None) -> Step:
@@ -202,7 +203,6 @@ class CapacitySearch:
         """The upper confidence bound on this config's value from the probes so far (rule 6): the
         largest value measured at or below the fitted capacity's upper end; +inf while that end is
         open."""
-        from optimizer.capacity.curve import estimate_capacity
 
         e = estimate_capacity([p for p in self.probes], self.slo.limit_ms, self.plan.control)
         if not e.high == e.high:
@@ -241,7 +241,6 @@ class CapacitySearch:
         """After the bisection (``plan.precision`` > 0): the next load to probe, where the verdict
         is least certain (the median of the resampled crossings), or why the search ends: the
         interval is narrow enough, the budget is spent, or no unprobed load is left in it."""
-        from optimizer.capacity.curve import estimate_capacity
 
         p = self.plan
         e = estimate_capacity(self.probes, self.slo.limit_ms, p.control)

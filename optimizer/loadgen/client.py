@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import httpx
 
+from optimizer.auth import bearer
 from optimizer.loadgen.records import RequestResult, RequestSpec
 
 __all__ = ["Endpoint", "Sampling", "new_client", "send"]
@@ -98,7 +99,7 @@ def new_client(ep: Endpoint) -> httpx.AsyncClient:
     """A client with a pool of one connection, for one worker. All share one SSL context: building
     one per client (httpx's default) costs ~30 ms of CPU, which at C = 64 blocks the event loop
     for two seconds while other requests are being timed."""
-    headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
+    headers = bearer(ep.api_key)
     return httpx.AsyncClient(base_url=ep.base_url, headers=headers, verify=_ssl_context(),
                              limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                              timeout=httpx.Timeout(connect=10.0, read=ep.stall_timeout_s, write=10.0, pool=None))

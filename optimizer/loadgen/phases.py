@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 import time
 from typing import Any, Callable, Iterable, Optional, Protocol
 
 import httpx
 
+from optimizer.config import LoadConfig
 from optimizer.loadgen.client import Endpoint, new_client, send
 from optimizer.loadgen.records import RequestResult, RequestSpec
 from optimizer.loadgen.workload import RequestSet
 
-__all__ = ["Brake", "Clients", "IndexSource", "LocalIndices", "Prepared", "closed_loop", "closed_loop_limit_s",
+__all__ = ["Brake", "arrival_times", "brake_limit", "concurrency_of", "percentiles", "schedule", "Clients", "IndexSource", "LocalIndices", "Prepared", "closed_loop", "closed_loop_limit_s",
            "missing", "open_loop", "prepare", "unsent"]
 
 # failures that say "the server is not there": refused, or silent for load.stall_timeout_s (a
@@ -264,3 +266,38 @@ async def open_loop(ep: Endpoint, prepared: Prepared, mine: list[int], offsets: 
     if not finished:
         results += [_cut_off(i, t, False, limit_s) for i, t in inflight.items()]
     return sorted(results, key=lambda r: r.index), lags
+
+
+def arrival_times(n: int, rate: float, kind: str, seed: int) -> list[float]:
+    """Offsets in seconds of n arrivals at ``rate`` per second. Pure and seeded."""
+    rng = random.Random(f"{seed}-arrivals")
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate) if kind == "poisson" else 1.0 / rate
+    return out
+
+
+def schedule(cfg: LoadConfig, n: int, seed: int) -> list[float]:
+    """The open loop's arrival offsets (s from its start): ``n`` of them, or those within
+    ``load.duration_s``. Pure and seeded: the one schedule every client process shares."""
+    if cfg.duration_s > 0:
+        n = max(n, int(cfg.duration_s * cfg.request_rate) + 1)
+    offsets = arrival_times(n, cfg.request_rate, cfg.arrival, seed)
+    return [o for o in offsets if o < cfg.duration_s] if cfg.duration_s > 0 else offsets
+
+
+def brake_limit(cfg: LoadConfig) -> int:
+    """Requests failing in a row (before reaching the server) that stop a run."""
+    return cfg.abort_after_failures or max(8, 2 * concurrency_of(cfg))
+
+
+def concurrency_of(cfg: LoadConfig) -> int:
+    """The users a run keeps busy: load.concurrency, capped by load.max_inflight in an open loop."""
+    return cfg.concurrency if cfg.mode == "concurrency" else min(cfg.max_inflight, cfg.concurrency)
+
+
+def percentiles(values: list[float], ps: tuple[float, ...]) -> list[float]:
+    import numpy as np
+
+    return [float(x) for x in np.percentile(np.asarray(values, dtype=float), ps)]

@@ -35,12 +35,13 @@ from typing import Any, Callable, Optional
 
 from optimizer.config import LoadConfig, WorkloadConfig
 from optimizer.loadgen import phases
+from optimizer.loadgen.phases import brake_limit, concurrency_of, percentiles, schedule
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.schedwait import runqueue_wait_s, waited
 from optimizer.loadgen.workload import RequestSet
 
-__all__ = ["EVENTS_PER_WORKER", "STREAMS_PER_WORKER", "run_pool", "suggest_workers", "usable_cores", "workers_for"]
+__all__ = ["EVENTS_PER_WORKER", "STREAMS_PER_WORKER", "PoolRun", "run_pool", "suggest_workers", "usable_cores", "workers_for"]
 
 STREAMS_PER_WORKER = 32  # closed loop: concurrent streams per process (C = 32 adds ~12 ms to the P99 on one core)
 EVENTS_PER_WORKER = 3000.0  # open loop: expected token events/s per process
@@ -176,17 +177,46 @@ async def _recv(conn: Any, deadline: float, proc: Any) -> Optional[tuple[Any, ..
     return None
 
 
-async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, workers: int,
-                   progress: Optional[Callable[[str, int], None]], run: Any) -> str:
-    """Warm up and measure with ``workers`` processes; fills ``run`` (a ``LoadRun``) like the
-    in-process path does. Returns the brake's reason ("" if it did not trip)."""
-    from optimizer.loadgen.runner import _concurrency, _percentiles, brake_limit, schedule
+async def _collect(pending: dict[int, tuple[Any, Any]], deadline: float, done: Any,
+                   progress: Optional[Callable[[str, int], None]]) -> list[tuple[Any, ...]]:
+    """The workers' ``done`` messages of the measured phase, as they come (a worker that died or
+    missed ``deadline`` sends none), logging progress meanwhile."""
+    msgs: list[tuple[Any, ...]] = []
+    last = -1
+    while pending:
+        for k, (c, p) in list(pending.items()):
+            if c.poll() or not p.is_alive() or time.perf_counter() > deadline:
+                m = await _recv(c, time.perf_counter() + 0.5, p)
+                del pending[k]
+                if m is not None and m[0] == "done":
+                    msgs.append(m)
+        if progress and done.value != last:
+            last = done.value
+            progress("load", last)
+        await asyncio.sleep(0.02)
+    return msgs
 
+
+@dataclass(frozen=True)
+class PoolRun:
+    """What the worker processes measured, merged (the runner's ``LoadRun`` takes it over)."""
+
+    warmup: tuple[RequestResult, ...]
+    warmup_s: float
+    results: tuple[RequestResult, ...]  # by index, as one process would return them
+    duration_s: float
+    cpu_by_process: tuple[float, ...]  # CPU s of each client process in the measured run, this one first
+    wait_by_process: tuple[float, ...]  # run-queue wait s of each one's event-loop thread, same order
+    dispatch_lag_ms: tuple[float, float, float]  # p50, p99, max (send - due)
+    aborted: str  # why the run stopped issuing early ("": it did not)
+
+
+async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, workers: int,
+                   progress: Optional[Callable[[str, int], None]]) -> PoolRun:
+    """Warm up and measure with ``workers`` processes, as the in-process path does."""
     ctx = mp.get_context("spawn")
-    offsets: tuple[float, ...] = ()
-    if cfg.mode == "rate":
-        offsets = tuple(schedule(cfg, n, rs.workload.seed))
-    conc = _concurrency(cfg)
+    offsets: tuple[float, ...] = tuple(schedule(cfg, n, rs.workload.seed)) if cfg.mode == "rate" else ()
+    conc = concurrency_of(cfg)
     warm_counter, counter, done = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
     brake_state = ctx.Array("q", 2)
     procs, conns = [], []
@@ -205,11 +235,11 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         w0 = time.perf_counter()
         warm_limit = phases.closed_loop_limit_s(ep, cfg.warmup_requests, 0.0, max(1, conc)) + _START_TIMEOUT_S
         ready = [await _recv(c, w0 + warm_limit, p) for c, p in zip(conns, procs)]
-        run.warmup_s = time.perf_counter() - w0
-        run.warmup = phases.missing([r for m in ready if m for r in m[1]], cfg.warmup_requests, True,
-                                    "a client process did not finish its warm-up")
+        warmup_s = time.perf_counter() - w0
+        warmup = phases.missing([r for m in ready if m for r in m[1]], cfg.warmup_requests, True,
+                                "a client process did not finish its warm-up")
         if progress:
-            progress("warmup", len(run.warmup))
+            progress("warmup", len(warmup))
         cpu0, wait0 = time.process_time(), runqueue_wait_s()
         t0 = time.perf_counter() + 0.05
         for c, m in zip(conns, ready):
@@ -220,44 +250,25 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
         else:
             limit = (offsets[-1] if offsets else 0.0) + ep.request_timeout_s + 30.0
         deadline = t0 + limit + 15.0
-        results: list[RequestResult] = []
-        lags: list[float] = []
-        cpu: list[float] = []
-        waits: list[float] = []
-        ends: list[float] = []
-        pending = {k: (conns[k], procs[k]) for k, m in enumerate(ready) if m is not None}
-        last = -1
-        while pending:
-            for k, (c, p) in list(pending.items()):
-                if c.poll() or not p.is_alive() or time.perf_counter() > deadline:
-                    m = await _recv(c, time.perf_counter() + 0.5, p)
-                    del pending[k]
-                    if m is not None and m[0] == "done":
-                        results += m[1]
-                        lags += m[2]
-                        cpu.append(m[3])
-                        ends.append(m[4])
-                        waits.append(m[6])
-                        if m[5]:
-                            reasons.append(m[5])
-            if progress and done.value != last:
-                last = done.value
-                progress("load", last)
-            await asyncio.sleep(0.02)
-        run.duration_s = (max(ends) if ends else time.perf_counter()) - t0
+        msgs = await _collect({k: (conns[k], procs[k]) for k, m in enumerate(ready) if m is not None}, deadline,
+                              done, progress)
+        results: list[RequestResult] = [r for m in msgs for r in m[1]]
+        lags: list[float] = [x for m in msgs for x in m[2]]
+        cpu, ends, waits = [m[3] for m in msgs], [m[4] for m in msgs], [m[6] for m in msgs]
+        reasons += [m[5] for m in msgs if m[5]]
+        duration_s = (max(ends) if ends else time.perf_counter()) - t0
         own = time.process_time() - cpu0
-        run.client_cpu_by_process = [own, *cpu]
-        run.client_cpu_s = sum(run.client_cpu_by_process)
-        run.client_wait_by_process = [waited(wait0), *waits]
+        cpu_by_process, wait_by_process = (own, *cpu), (waited(wait0), *waits)
         expected = n if cfg.mode == "concurrency" else len(offsets)
         why = "a client process died or missed the run's hard deadline; not sent or not returned"
         if cfg.mode == "concurrency" and cfg.duration_s > 0:
-            run.results = sorted(results, key=lambda r: r.index)
+            results = sorted(results, key=lambda r: r.index)
         else:
-            run.results = phases.missing(results, expected, False, why)
+            results = phases.missing(results, expected, False, why)
+        lag_ms = (math.nan, math.nan, math.nan)
         if lags:
-            p50, p99 = _percentiles(lags, (50, 99))
-            run.dispatch_lag_ms = (p50 * 1000.0, p99 * 1000.0, max(lags) * 1000.0)
+            p50, p99 = percentiles(lags, (50, 99))
+            lag_ms = (p50 * 1000.0, p99 * 1000.0, max(lags) * 1000.0)
     finally:
         for c in conns:
             try:
@@ -274,6 +285,7 @@ async def run_pool(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int, worker
                 p.join()
         for c in conns:
             c.close()
-    if reasons:
-        return reasons[0]
-    return "" if not brake_state[1] else f"{brake_limit(cfg)} requests in a row failed to reach the server; stopped issuing"
+    aborted = reasons[0] if reasons else "" if not brake_state[1] else \
+        f"{brake_limit(cfg)} requests in a row failed to reach the server; stopped issuing"
+    return PoolRun(tuple(warmup), warmup_s, tuple(results), duration_s, cpu_by_process, wait_by_process, lag_ms,
+                   aborted)

@@ -30,13 +30,13 @@ import dataclasses
 import gc
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from optimizer.config import LoadConfig
-from optimizer.loadgen import phases
+from optimizer.loadgen import phases, pool
+from optimizer.loadgen.phases import arrival_times, brake_limit, concurrency_of, percentiles, schedule
 from optimizer.loadgen.client import Endpoint, Sampling
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.schedwait import runqueue_wait_s, waited
@@ -89,16 +89,6 @@ class LoadRun:
         return max(known) / self.duration_s
 
 
-def arrival_times(n: int, rate: float, kind: str, seed: int) -> list[float]:
-    """Offsets in seconds of n arrivals at ``rate`` per second. Pure and seeded."""
-    rng = random.Random(f"{seed}-arrivals")
-    t, out = 0.0, []
-    for _ in range(n):
-        out.append(t)
-        t += rng.expovariate(rate) if kind == "poisson" else 1.0 / rate
-    return out
-
-
 def plan_requests(cfg: LoadConfig) -> tuple[int, str]:
     """The measured request count and a note when it is too small to bound the P99.
 
@@ -136,27 +126,10 @@ def _note(run: LoadRun, msg: str, key: str = "") -> None:
         log.warning("%s", msg)
 
 
-def schedule(cfg: LoadConfig, n: int, seed: int) -> list[float]:
-    """The open loop's arrival offsets (s from its start): ``n`` of them, or those within
-    ``load.duration_s``. Pure and seeded: the one schedule every client process shares."""
-    if cfg.duration_s > 0:
-        n = max(n, int(cfg.duration_s * cfg.request_rate) + 1)
-    offsets = arrival_times(n, cfg.request_rate, cfg.arrival, seed)
-    return [o for o in offsets if o < cfg.duration_s] if cfg.duration_s > 0 else offsets
-
-
-def brake_limit(cfg: LoadConfig) -> int:
-    return cfg.abort_after_failures or max(8, 2 * _concurrency(cfg))
-
-
-def _concurrency(cfg: LoadConfig) -> int:
-    return cfg.concurrency if cfg.mode == "concurrency" else min(cfg.max_inflight, cfg.concurrency)
-
-
 async def _run_here(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
                     progress: Optional[Callable[[str, int], None]], run: LoadRun) -> str:
     """Warm up and measure in this process. Returns the brake's reason ("" if it did not trip)."""
-    conc = _concurrency(cfg)
+    conc = concurrency_of(cfg)
     brake = phases.Brake(brake_limit(cfg))
     clients = phases.Clients(ep)
     try:
@@ -193,7 +166,7 @@ async def _run_here(ep: Endpoint, rs: RequestSet, cfg: LoadConfig, n: int,
                                                    cfg.max_inflight, tick, clients, brake)
                 run.results = phases.missing(res, len(offsets), False, _HARD_DEADLINE)
                 if lags:
-                    p50, p99 = _percentiles(lags, (50, 99))
+                    p50, p99 = percentiles(lags, (50, 99))
                     run.dispatch_lag_ms = (p50 * 1000.0, p99 * 1000.0, max(lags) * 1000.0)
         finally:
             # from the first request (prompts are built before) to the last answer, failures included
@@ -216,8 +189,6 @@ async def run_load(ep: Endpoint, rs: RequestSet, cfg: LoadConfig,
     turns it off). With more than one client process (``load.client_workers``; 0 sizes it from
     the load and the host's cores) the load is spread over worker processes, and the records
     merged by index: the same records, in the same order, as one process would return."""
-    from optimizer.loadgen import pool  # imports this module's helpers
-
     run = LoadRun()
     n, msg = plan_requests(cfg)
     if n != cfg.num_requests:
@@ -228,7 +199,10 @@ async def run_load(ep: Endpoint, rs: RequestSet, cfg: LoadConfig,
     ep = dataclasses.replace(ep, sampling=Sampling.of(w), ignore_eos=ep.ignore_eos and w.ignore_eos)
     run.client_workers = pool.workers_for(cfg, w)
     if run.client_workers > 1:
-        reason = await pool.run_pool(ep, rs, cfg, n, run.client_workers, progress, run)
+        pr = await pool.run_pool(ep, rs, cfg, n, run.client_workers, progress)
+        run.warmup, run.warmup_s, run.results, run.duration_s = list(pr.warmup), pr.warmup_s, list(pr.results), pr.duration_s
+        run.client_cpu_by_process, run.client_wait_by_process = list(pr.cpu_by_process), list(pr.wait_by_process)
+        run.client_cpu_s, run.dispatch_lag_ms, reason = sum(pr.cpu_by_process), pr.dispatch_lag_ms, pr.aborted
     else:
         reason = await _run_here(ep, rs, cfg, n, progress, run)
     run.aborted = reason
@@ -256,9 +230,3 @@ async def run_load(ep: Endpoint, rs: RequestSet, cfg: LoadConfig,
                    f"from another host",
               key="client_wait")
     return run
-
-
-def _percentiles(values: list[float], ps: tuple[float, ...]) -> list[float]:
-    import numpy as np
-
-    return [float(x) for x in np.percentile(np.asarray(values, dtype=float), ps)]

@@ -13,7 +13,7 @@ reach (a failure at or below it), ``cap_incumbent_trial`` the incumbent's trial 
 The capacity fitted over every probe with its interval (:mod:`optimizer.capacity.curve`) is in the
 JSON (``estimate``, ``low``, ``high``, ``confidence``, ``flags``) and in ``cap_estimate``,
 ``cap_low``, ``cap_high`` (null high: open above) and ``cap_flags``. A record written before the fit
-existed decodes as it was written (NaN fit); ``result.with_fit()`` computes the fit from its probes
+existed decodes as it was written (NaN fit); ``optimizer.capacity.curve.fitted(result)`` computes the fit from its probes
 (their recorded P99 intervals stand in for the resampled requests), which is what the report and
 the early stop's incumbent bound do, so old studies read like new ones.
 

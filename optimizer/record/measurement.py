@@ -9,13 +9,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from optimizer.metrics import Dist, LoadSummary
+from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
 from optimizer.record._attrs import Attrs, attr_value, integer, json_value, num, text
 from optimizer.server.telemetry import ServerStats
 
 __all__ = ["Measurement", "summary_from_attrs", "summary_to_attrs"]
 
-_DIST_METRICS = ("ttft", "itl", "e2e")
+_DIST_METRICS = LATENCY_METRICS
 
 
 def summary_to_attrs(s: LoadSummary) -> dict[str, Any]:

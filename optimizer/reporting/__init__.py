@@ -6,6 +6,6 @@ tuples (pure, tested without a browser), :mod:`~optimizer.reporting.figures` dra
 loads the study and writes the files.
 """
 
-from optimizer.reporting.write import best_yaml, load_study, trials_frame, write_report, write_study_report
+from optimizer.reporting.write import best_yaml, trials_frame, write_report, write_study_report
 
-__all__ = ["best_yaml", "load_study", "trials_frame", "write_report", "write_study_report"]
+__all__ = ["best_yaml", "trials_frame", "write_report", "write_study_report"]

@@ -17,6 +17,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from optimizer.capacity import CapacityResult
+from optimizer.capacity.curve import fitted
+from optimizer.metrics import LATENCY_METRICS
 
 __all__ = ["CapacityBar", "CapacityCurve", "CapacityData", "CapacityTrial", "build_capacity_data",
            "capacity_bars_figure", "capacity_curves_figure", "capacity_line"]
@@ -109,7 +111,7 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
     trials of the highest capacity."""
     if not trials:
         return None
-    trials = [t._replace(result=t.result.with_fit()) for t in trials]  # studies recorded before the fit: from probes
+    trials = [t._replace(result=fitted(t.result)) for t in trials]  # studies recorded before the fit: from probes
     by_n = {t.number: t for t in trials}
     curves = []
     ranked = sorted(trials, key=lambda t: -t.result.value if t.result.feasible else math.inf)
@@ -133,7 +135,7 @@ def build_capacity_data(trials: Sequence[CapacityTrial], highlight: Sequence[int
 
 
 def _p99(p: Any, metric: str) -> float:
-    return {"ttft": p.ttft_p99_ms, "itl": p.itl_p99_ms, "e2e": p.e2e_p99_ms}.get(metric, p.p99_ms)
+    return float(getattr(p, f"{metric}_p99_ms")) if metric in LATENCY_METRICS else float(p.p99_ms)
 
 
 def _e(text: Any) -> str:

@@ -17,10 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
-from optimizer.study.confirm import ConfirmResult, summarize_confirmation
-from optimizer.study.uplift import DEFAULT_MARGIN
+from optimizer.study.confirm_result import ConfirmResult, summarize_confirmation
 from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
-from optimizer.study.uplift import ConfigRuns, mean_interval
+from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, mean_interval
 
 __all__ = ["ConfirmationView", "confirmation_figure", "confirmation_html", "confirmation_view", "confirmed_yaml"]
 

@@ -14,8 +14,10 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.capacity.curve import fitted
 from optimizer.config import LoadConfig, SloConfig
 from optimizer.errors import FailureReason
+from optimizer.metrics import LATENCY_METRICS
 from optimizer.record import Timings, TrialRecord
 from optimizer.server.startlog import START_PHASES
 from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
@@ -29,7 +31,7 @@ __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
            "pareto_front", "study_config", "trial_info"]
 
-METRICS = ("ttft", "itl", "e2e")
+METRICS = LATENCY_METRICS
 PHASES = (("wait_s", "wait for GPU"), ("start_s", "server start"), ("warmup_s", "warm-up"),
           ("load_s", "load test"), ("stop_s", "server stop"))  # Timings field, label
 # the server start split by its log (optimizer/server/startlog.py); "server start" holds the starts the
@@ -194,7 +196,7 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
         gpus=rec.setup.gpus, capacity=rec.capacity.result.value if rec.capacity else math.nan,
         cap_limited_by=rec.capacity.limit_label() if rec.capacity else "",
-        cap_interval=rec.capacity.result.with_fit().interval_text() if rec.capacity else "")  # early stop: below which incumbent
+        cap_interval=fitted(rec.capacity.result).interval_text() if rec.capacity else "")  # early stop: below which incumbent
 
 
 def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:

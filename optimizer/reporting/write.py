@@ -32,8 +32,9 @@ from optimizer.reporting.confirmation import (confirmation_figure, confirmation_
                                               confirmed_yaml)
 from optimizer.study.confirm_plan import confirmation_trials, search_trials
 from optimizer.study.results import params_as_set
+from optimizer.study.storage import load_study
 
-__all__ = ["best_yaml", "load_study", "serve_yaml_dict", "trials_frame", "write_report", "write_study_report"]
+__all__ = ["best_yaml", "serve_yaml_dict", "trials_frame", "write_report", "write_study_report"]
 
 
 def best_yaml(d: ReportData) -> str:
@@ -132,23 +133,6 @@ class _SearchView(optuna.Study):
 def search_view(study: optuna.Study) -> optuna.Study:
     """A view of ``study`` for Optuna's plots: no confirmation runs, parameters as set."""
     return _SearchView(study_name=study.study_name, storage=study._storage)
-
-
-def load_study(storage_url: str, name: str) -> optuna.Study:
-    """Open an existing study read-only in spirit: a missing SQLite file is not created."""
-    from optimizer.study.storage import make_storage, sqlite_path
-
-    db = sqlite_path(storage_url)
-    if db is not None and not db.exists():
-        raise StudyError(f"no study database at {db}: run `python -m optimizer.run study.name={name}` first, "
-                         f"or point study.storage at the database.")
-    storage = make_storage(storage_url, heartbeat=False)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise StudyError(f"no study named {name!r} in {storage_url}; it holds: "
-                         f"{', '.join(names) or 'no studies'}. Pass study.name=<one of them>.") from None
 
 
 def write_report(cfg: Config) -> Path:

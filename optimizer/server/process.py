@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import httpx
 
+from optimizer.auth import bearer
 from optimizer.errors import EnvironmentBusy, ServerCrashed, ServerStartTimeout
 from optimizer.server import launcher as launchers
 from optimizer.server import pidfile
@@ -177,7 +178,7 @@ class VllmServer:
             EnvironmentBusy: another server answers on the port (reason ``foreign_server``)."""
         t0 = time.monotonic()
         deadline = t0 + timeout_s
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = bearer(self.api_key)
         with httpx.Client(timeout=httpx.Timeout(2.0), headers=headers) as client:
             while True:
                 code = self.poll()

@@ -1,4 +1,7 @@
-"""The measurement of a ``load.mode=capacity`` trial: the capacity search on the trial's warm server.
+"""The load strategy of a ``load.mode=capacity`` trial: the capacity search on the trial's warm server.
+
+:class:`CapacityLadder` is the trial's :class:`~optimizer.study.load.LoadStrategy` in this mode; the
+trial's after-load step (death check, quality probe, record) is the fixed-load trial's.
 
 :func:`measure_capacity` runs :func:`optimizer.capacity.find_capacity` once the server is ready
 (its first probe carries the warm-up), with a :class:`~optimizer.capacity.LoadProbe` that scrapes
@@ -42,6 +45,7 @@ from typing import Callable, NamedTuple, Optional
 
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
 from optimizer.capacity import default_cap, find_capacity, probe_workload
+from optimizer.capacity.curve import fitted
 from optimizer.config import Config
 from optimizer.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
@@ -49,14 +53,15 @@ from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.metrics import summarize
 from optimizer.objective import Outcome
-from optimizer.stats import thin_sample
-from optimizer.record import Capacity, Measurement
-from optimizer.server.telemetry import ServerStats, TelemetrySampler
+from optimizer.record import Capacity, Measurement, ThroughputCI
+from optimizer.server.telemetry import TelemetrySampler
 from optimizer.study import calibrate
 from optimizer.study.calibrate import Calibration
+from optimizer.study.load import Loaded, measurement_of
+from optimizer.study.noise import throughput_interval
 
-__all__ = ["CalibrationHooks", "CapacityMeasure", "Incumbent", "Reporter", "lower_value", "measure_capacity",
-           "outcome_of"]
+__all__ = ["CalibrationHooks", "CapacityLadder", "CapacityMeasure", "Incumbent", "Reporter", "lower_value",
+           "measure_capacity", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class Incumbent(NamedTuple):
 def lower_value(r: CapacityResult, value: str) -> float:
     """The lower confidence bound of a search's value: ``value`` measured at the low end of its
     fitted capacity interval (a probed load; 0.0 where the interval reaches below every probe)."""
-    r = r.with_fit()
+    r = fitted(r)
     if not r.low == r.low:
         return math.nan
     if r.low <= 0:
@@ -96,6 +101,8 @@ class CapacityMeasure:
     warmup_s: float  # the first probe's warm-up
     load_s: float  # the whole search, its warm-up excluded
     calibration: Optional[Calibration] = None  # slo.p99_ms=auto: what this (baseline) trial calibrated
+    # the output tok/s interval of the probe at the capacity (load.capacity.value=output_tok_s, feasible)
+    throughput_ci: Optional[ThroughputCI] = None
 
 
 def outcome_of(r: CapacityResult, value: str) -> Outcome:
@@ -108,17 +115,31 @@ def outcome_of(r: CapacityResult, value: str) -> Outcome:
 
 
 def _measurement(run: ProbeRun) -> Measurement:
-    ok = [r for r in run.results if r.ok]
-    nan = float("nan")
-    stats = run.stats if run.stats is not None else ServerStats(**{k: nan for k in ServerStats.__dataclass_fields__})
-    return Measurement(
-        run.summary, stats, client_cpu_s=run.client_cpu_s,
-        client_cpu_share=run.client_cpu_s / run.summary.duration_s if run.summary.duration_s > 0 else math.nan,
-        warmup_errors=run.warmup_errors, first_error=next((r.error for r in run.results if not r.ok), ""),
-        latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
-                         "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
-        kv_timeline=list(run.timeline[-600:]), client_wait_s=run.client_wait_s,
-        client_wait_share=run.client_wait_share)
+    return measurement_of(run.summary, run.stats, run.results, timeline=run.timeline, warmup_errors=run.warmup_errors,
+                          client_cpu_s=run.client_cpu_s, client_wait_s=run.client_wait_s,
+                          client_wait_share=run.client_wait_share)
+
+
+@dataclass(frozen=True)
+class CapacityLadder:
+    """The capacity search as the trial's load strategy (:class:`~optimizer.study.load.LoadStrategy`);
+    the fields are :func:`measure_capacity`'s arguments."""
+
+    cfg: Config
+    max_num_seqs: Optional[int]
+    tag: str
+    report: Optional[Reporter] = None
+    progress: Optional[Callable[[str, int], None]] = None
+    incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
+    calibrates: bool = False
+    calibration: Optional[CalibrationHooks] = None
+    during: str = "the capacity search"
+
+    async def run(self, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]]) -> Loaded:
+        cm = await measure_capacity(self.cfg, ep, rs, headers, self.max_num_seqs, self.tag, self.report,
+                                    self.progress, self.incumbent, self.calibrates, self.calibration)
+        return Loaded(cm.measurement, cm.warmup_s, cm.load_s, throughput_ci=cm.throughput_ci, outcome=cm.outcome,
+                      capacity=cm.capacity, calibration=cm.calibration)
 
 
 async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: Optional[dict[str, str]],
@@ -193,8 +214,10 @@ async def measure_capacity(cfg: Config, ep: Endpoint, rs: RequestSet, headers: O
     warmup_s = light_warmup_s if cal is not None else first.warmup_s if first is not None else math.nan
     spent_s = result.duration_s + before_s
     load_s = spent_s - warmup_s if warmup_s == warmup_s else spent_s
+    ci = throughput_interval(run.results, cfg.load.p99_confidence) \
+        if run is not None and result.feasible and c.value == "output_tok_s" else None
     return CapacityMeasure(Capacity(result, by if result.stopped_early else None), _measurement(run) if run is not None else None,
-                           outcome_of(result, str(c.value)), warmup_s, load_s, cal)
+                           outcome_of(result, str(c.value)), warmup_s, load_s, cal, ci)
 
 
 async def _calibrate(cfg: Config, ep: Endpoint, rs: RequestSet, progress: Optional[Callable[[str, int], None]],

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -48,89 +48,20 @@ from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import baseline_params, build_space
 from optimizer.study import calibrate
-from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates, config_runs, confirmed,
+from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates,
                                           failed_attempts, flags_changed, remaining)
 from optimizer.study.confirm_plan import plan as plan_slots
+from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, summarize_confirmation
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.gpus import WorkerPlan, trial_gpus
 from optimizer.study.loop import Runtime, make_context
-from optimizer.study.results import study_result
 from optimizer.study.storage import StudyLock, open_study, sqlite_path
 from optimizer.study.trial import TrialContext, TrialRunner, run_trial
-from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 from optimizer.study.workers import WorkerJob, exit_text, spawn_and_wait
 
-__all__ = ["ConfirmResult", "describe_confirmation", "run_confirmation", "summarize_confirmation"]
+__all__ = ["run_confirmation"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConfirmResult:
-    runs: list[ConfigRuns]  # baseline first
-    recommendation: Recommendation
-    study_pick: Optional[int]  # the search's best trial (None: no feasible one)
-    rounds: int
-
-    @property
-    def pick_uplift(self) -> Optional[Ratio]:
-        """The search's pick over the baseline on the fresh servers (simultaneous, as the
-        recommendation's uplift); None when either was not confirmed."""
-        base = next((r for r in self.runs if r.baseline), None)
-        pick = next((r for r in self.runs if not r.baseline and r.of == self.study_pick), None)
-        if base is None or pick is None:
-            return None
-        m = max(1, sum(1 for r in self.runs if not r.baseline))
-        return block_ratio(pick, base, self.runs, self.recommendation.uplift.confidence, m)
-
-    def search_pick_text(self) -> str:
-        """One line on the search's best, labelled as the search's (never as "the best config")."""
-        if self.study_pick is None:
-            return ""
-        u = self.pick_uplift
-        where = (f"on fresh servers over the defaults: {u.text()}" if u is not None
-                 else "not re-measured on fresh servers")
-        verdict = {True: "it is the confirmed recommendation", False: "it is not the confirmed recommendation",
-                   None: ""}[self.pick_survived]
-        return f"the search's best, trial {self.study_pick}: {where}; {verdict}"
-
-    def answer_line(self) -> str:
-        """The confirmed answer in one line, for the head and the end of the log."""
-        rec = self.recommendation
-        return (f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
-                + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
-                   ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
-                   f": {rec.reason}"))
-
-    @property
-    def pick_survived(self) -> Optional[bool]:
-        chosen = self.recommendation.chosen
-        return None if self.study_pick is None else chosen is not None and chosen.of == self.study_pick
-
-
-def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: float,
-                           margin: float = DEFAULT_MARGIN) -> Optional[ConfirmResult]:
-    """The confirmation result of a study's trials (None: no confirmation runs); ``margin``:
-    ``study.confirm.margin``."""
-    cands, rounds = confirmed(trials)
-    if not cands:
-        return None
-    runs = config_runs(cands, trials, rounds)
-    best = study_result(trials).best
-    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds)
-
-
-def describe_confirmation(res: ConfirmResult) -> str:
-    rec = res.recommendation
-    lines = [res.answer_line(), f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
-    for r in res.runs:
-        vals = ", ".join("—" if f is None else f"{v:.1f}{'' if f else ' (infeasible)'}"
-                         for v, f in zip(r.values, r.feasible))
-        lines.append(f"  {r.label}: median {r.median:.1f} [{vals}]")
-    lines.append(f"recommendation: {rec.chosen.label if rec.chosen else 'none'}: {rec.reason}")
-    if res.study_pick is not None:
-        lines.append(res.search_pick_text() + ".")
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional
 
 import optuna
 
+from optimizer.auth import bearer
 from optimizer.choices import QualityMode
 from optimizer.config import Config
 from optimizer.errors import ConfigError
@@ -73,7 +74,7 @@ def probe_server(cfg: Config, url: str, model: str, api_key: Optional[str]) -> Q
     try:
         qset = load_set(cfg.quality.dataset)
         scores = run_probe(url, model, qset, max_tokens=cfg.quality.max_tokens,
-                           headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+                           headers=bearer(api_key))
     except (ProbeError, ConfigError) as exc:
         log.warning("quality probe failed: %s", exc)
         return Quality(error=str(exc))

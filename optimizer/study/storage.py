@@ -31,7 +31,7 @@ from optimizer.record import Confirmation, Failure, Lineage, Setup
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
 
-__all__ = ["METRIC_NAME", "RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "make_storage", "open_study",
+__all__ = ["METRIC_NAME", "RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "load_study", "make_storage", "open_study",
            "reap_interrupted", "redact_url", "retry_trial", "sqlite_path"]
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,21 @@ def _lock_or_config_error(url: str, name: str) -> contextlib.ExitStack:
                           f"host, port, user and database of the URL (postgresql://user:password@host:5432/db) "
                           f"and that the database server runs, or use sqlite:///path/to/file.db.") from exc
     return stack
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    """Open an existing study read-only in spirit: a missing SQLite file is not created."""
+    db = sqlite_path(storage_url)
+    if db is not None and not db.exists():
+        raise StudyError(f"no study database at {db}: run `python -m optimizer.run study.name={name}` first, "
+                         f"or point study.storage at the database.")
+    storage = make_storage(storage_url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise StudyError(f"no study named {name!r} in {storage_url}; it holds: "
+                         f"{', '.join(names) or 'no studies'}. Pass study.name=<one of them>.") from None
 
 
 def redact_url(url: str) -> str:

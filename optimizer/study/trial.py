@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -21,7 +20,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import httpx
 
-from optimizer.config import Config
+from optimizer.auth import bearer
+from optimizer.config import Config, SloConfig
 from optimizer.errors import (
     EnvironmentBusy,
     FailureReason,
@@ -30,25 +30,22 @@ from optimizer.errors import (
     TrialInterrupted,
 )
 from optimizer.loadgen.client import Endpoint
-from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import summarize
+from optimizer.metrics import LoadSummary
 from optimizer.model.resolve import target_for
 from optimizer.objective import infeasible, score
-from optimizer.stats import thin_sample
-from optimizer.record import Failure, LaunchInfo, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
+from optimizer.record import Failure, LaunchInfo, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.startlog import parse_start_log
-from optimizer.server.telemetry import TelemetrySampler
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
 from optimizer.study import calibrate
-from optimizer.study.capacity_trial import Incumbent, Reporter, measure_capacity
+from optimizer.study.capacity_trial import CapacityLadder, Incumbent, Reporter
 from optimizer.study.gpus import trial_gpus
 from optimizer.study.quality import probe_server
-from optimizer.study.noise import throughput_interval
+from optimizer.study.load import FixedLoad, Loaded, LoadStrategy
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
@@ -186,7 +183,7 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
             if _started(server, cfg.server.start_timeout_s, tick, p, t0, tag):
                 p.rec = replace(p.rec, launch=replace(info, vllm_version=_version(server)))
                 log.info("%s server ready in %.0f s; warm-up and load test", tag, p.seconds["start_s"])
-                asyncio.run(_measure(ctx, server, p, tag, params, report))
+                _measure(ctx, server, p, tag, params, report)
     finally:
         p.seconds["stop_s"] = server.stop()
         p.seconds["total_s"] = time.monotonic() - t0
@@ -212,68 +209,67 @@ def _started(server: VllmServer, timeout_s: float, tick: Callable[[float], None]
         return False
 
 
-async def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str,
-                   params: Optional[EngineParams] = None, report: Optional[Reporter] = None) -> None:
+def _strategy(ctx: TrialContext, params: Optional[EngineParams], tag: str,
+              report: Optional[Reporter]) -> LoadStrategy:
+    """The trial's load step for ``load.mode``: the capacity ladder, or one fixed (closed/open loop) load."""
+    cfg = ctx.cfg
+    if cfg.load.mode == "capacity":  # optimizer/study/capacity_trial.py
+        return CapacityLadder(cfg, params.max_num_seqs if params else None, tag, report, _progress(tag),
+                              ctx.incumbent, ctx.calibrates, ctx.calibration)
+    return FixedLoad(cfg.load, _progress(tag))
+
+
+def _measure(ctx: TrialContext, server: VllmServer, p: _Progress, tag: str,
+             params: Optional[EngineParams] = None, report: Optional[Reporter] = None) -> None:
+    """Load the warm server (the strategy of ``load.mode``), then the one after-load step of every mode."""
     cfg = ctx.cfg
     ep = Endpoint(server.url, cfg.model.served_name or cfg.model.name, cfg.workload.endpoint, ctx.api_key,
                   cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model)
-    headers = {"Authorization": f"Bearer {ctx.api_key}"} if ctx.api_key else None
-    if cfg.load.mode == "capacity":  # the capacity search on this warm server (optimizer/study/capacity_trial.py)
-        cm = await measure_capacity(cfg, ep, rs, headers, params.max_num_seqs if params else None, tag, report,
-                                    _progress(tag), ctx.incumbent, ctx.calibrates, ctx.calibration)
-        p.seconds["warmup_s"], p.seconds["load_s"] = cm.warmup_s, cm.load_s
-        p.rec = replace(p.rec, measurement=cm.measurement, capacity=cm.capacity, timings=p.timings(),
-                        calibration=cm.calibration.as_attr() if cm.calibration else None)  # [calibrate]
-        _raise_if_died(server, p)
-        p.rec = replace(p.rec, outcome=cm.outcome)
-        return
-    async with TelemetrySampler(server.url, 1.0, headers) as tel:
-        run = await run_load(ep, rs, cfg.load, _progress(tag))
-    p.seconds["warmup_s"] = run.warmup_s
-    p.seconds["load_s"] = run.duration_s
-    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
-    ok = [r for r in run.results if r.ok]
-    measurement = Measurement(
-        summary, tel.stats(), client_cpu_s=run.client_cpu_s,
-        client_cpu_share=run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan,
-        warmup_errors=sum(1 for r in run.warmup if not r.ok),
-        first_error=next((r.error for r in run.results if not r.ok), ""),
-        latency_samples={"ttft": thin_sample([r.ttft * 1000 for r in ok]), "e2e": thin_sample([r.latency * 1000 for r in ok]),
-                         "itl": thin_sample([x * 1000 for r in ok for x in r.itl])},
-        kv_timeline=tel.timeline[-600:], client_wait_s=run.client_wait_s, client_wait_share=run.client_wait_max_share)
-    p.rec = replace(p.rec, measurement=measurement, timings=p.timings(),
-                    throughput_ci=throughput_interval(run.results, cfg.load.p99_confidence))
+    strategy = _strategy(ctx, params, tag, report)
+    loaded = asyncio.run(strategy.run(ep, rs, bearer(ctx.api_key)))
+    p.seconds["warmup_s"], p.seconds["load_s"] = loaded.warmup_s, loaded.load_s
+    p.rec = replace(p.rec, measurement=loaded.measurement, capacity=loaded.capacity, timings=p.timings(),
+                    throughput_ci=loaded.throughput_ci,
+                    calibration=loaded.calibration.as_attr() if loaded.calibration else None)  # [calibrate]
+    _after_load(ctx, server, p, ep.model, loaded, strategy.during)
+
+
+def _after_load(ctx: TrialContext, server: VllmServer, p: _Progress, model: str, loaded: Loaded,
+                during: str) -> None:
+    """What follows the load in every mode: the death check, the quality probe on the warm server,
+    the latency limit (where the strategy left the outcome to it) and the outcome."""
     died = _death(server)
     if died is not None:
         d = classify(server.log_text(), server.poll())
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
-        raise ServerDied(f"the server {died} during the load test: {d.reason}: {d.evidence}",
+        raise ServerDied(f"the server {died} during {during}: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
-    p.rec = replace(p.rec, quality=probe_server(cfg, server.url, ep.model, ctx.api_key))  # [quality] warm server
-    slo = cfg.slo
-    if slo.is_auto and not ctx.calibrates:  # [calibrate] not calibrated when the trial started: the baseline
+    p.rec = replace(p.rec, quality=probe_server(ctx.cfg, server.url, model, ctx.api_key))  # [quality] warm server
+    outcome = loaded.outcome
+    if outcome is None:
+        if loaded.summary is None:
+            raise TypeError(f"a load strategy returned neither an outcome nor a summary to score: {loaded!r}")
+        outcome = score(loaded.summary, _limit(ctx, p, loaded.summary))
+    p.rec = replace(p.rec, outcome=outcome)
+
+
+def _limit(ctx: TrialContext, p: _Progress, summary: LoadSummary) -> SloConfig:
+    """The latency limit to score a fixed-load trial by: the configured one, or with slo.p99_ms=auto the
+    study's calibrated one (this trial's own when it is the baseline, stored with its record)."""
+    cfg = ctx.cfg
+    if not cfg.slo.is_auto:
+        return cfg.slo
+    if not ctx.calibrates:  # [calibrate] not calibrated when the trial started: the baseline
         get, coming = ctx.calibration or ((lambda: None), (lambda: False))  # may run on another worker
-        cal = calibrate.wait(get, coming, cfg.server.start_timeout_s)
-        slo = calibrate.resolved(cfg, cal).slo
-    elif slo.is_auto:  # [calibrate] this is the baseline: its load test sets the study's SLO
-        try:
-            cal = calibrate.from_summary(summary, cfg)
-        except ValueError as exc:
-            raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
-                             f"request", reason="calibration", deterministic=False) from None
-        p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
-        slo = calibrate.resolved(cfg, cal).slo
-    p.rec = replace(p.rec, outcome=score(summary, slo))
-
-
-def _raise_if_died(server: VllmServer, p: _Progress) -> None:
-    died = _death(server)
-    if died is not None:
-        d = classify(server.log_text(), server.poll())
-        p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
-        raise ServerDied(f"the server {died} during the capacity search: {d.reason}: {d.evidence}",
-                         reason=d.reason, deterministic=d.deterministic)
+        return calibrate.resolved(cfg, calibrate.wait(get, coming, cfg.server.start_timeout_s)).slo
+    try:  # [calibrate] this is the baseline: its load test sets the study's SLO
+        cal = calibrate.from_summary(summary, cfg)
+    except ValueError as exc:
+        raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
+                         f"request", reason="calibration", deterministic=False) from None
+    p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
+    return calibrate.resolved(cfg, cal).slo
 
 
 def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:
@@ -294,7 +290,7 @@ def _death(server: VllmServer, wait_s: float = 15.0) -> Optional[str]:
 
 
 def _healthy(server: VllmServer, tries: int = 3) -> bool:
-    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
+    headers = bearer(server.api_key)
     for i in range(tries):  # an idle server answers at once; a loaded host may be slow once
         try:
             if httpx.get(server.url + "/health", timeout=10.0, headers=headers).status_code == 200:
@@ -309,7 +305,7 @@ def _healthy(server: VllmServer, tries: int = 3) -> bool:
 def _version(server: VllmServer) -> str:
     try:
         r = httpx.get(server.url + "/version", timeout=5.0,
-                      headers={"Authorization": f"Bearer {server.api_key}"} if server.api_key else None)
+                      headers=bearer(server.api_key))
         return str(r.json().get("version", "unknown"))
     except (httpx.HTTPError, ValueError):
         return "unknown"

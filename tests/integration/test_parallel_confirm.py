@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from optimizer.record import TrialRecord
 from optimizer.reporting.confirmation import confirmation_html, confirmation_view
-from optimizer.study.confirm import summarize_confirmation
+from optimizer.study.confirm_result import summarize_confirmation
 from tests.integration.test_parallel_workers import Fleet, _alive, _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from optimizer.capacity.curve import estimate_capacity, isotonic, upper_tail
+from optimizer.capacity.curve import estimate_capacity, fitted, isotonic, upper_tail
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
 from optimizer.capacity.search import CapacitySearch, SearchPlan, Step, find_capacity
 from optimizer.config import SloConfig
@@ -93,7 +93,7 @@ def test_an_old_record_without_the_fit_is_decoded_with_it_from_its_probes():
     assert not back.has_fit and math.isnan(back.low)
     cap = Capacity.from_attrs({"capacity_json": json.dumps(old)})
     assert cap is not None and not cap.result.has_fit  # decoded as written; the fit comes from its probes:
-    fit = cap.result.with_fit()
+    fit = fitted(cap.result)
     assert fit.has_fit and fit.low <= fit.estimate <= fit.high
     attrs = Capacity(r).to_attrs()
     assert attrs["cap_low"] == r.low and attrs["cap_high"] == r.high and attrs["cap_estimate"] == r.estimate

@@ -28,7 +28,7 @@ def test_default_config_composes_to_the_embedded_cpu_study(compose):
     ("load.capacity.early_stop=maybe", "early_stop"),
     ("study.name=../evil", "study.name"),
     ("study.name=a/b", "study.name"),
-    ("slo.metric=tpot", "slo.metric=tpot: Invalid value 'tpot', expected one of [e2e, ttft, itl]"),
+    ("slo.metric=tpot", "slo.metric=tpot: Invalid value 'tpot', expected one of [ttft, itl, e2e]"),
     ("load.mode=open", "expected one of [concurrency, rate, capacity]"),
     ("workload.endpoint=chatty", "expected one of [completions, chat]"),
     ("load.arrival=gamma", "expected one of [poisson, constant]"),

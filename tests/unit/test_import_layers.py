@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
-    {"errors", "stats", "entry"},  # leaves: the exception tree, order statistics, logging/signals/exit codes
+    {"errors", "stats", "entry", "auth"},  # leaves: the exception tree, order statistics, logging/signals/exit codes, the API-key header
     {"config", "choices"},  # the typed config and its closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
@@ -89,3 +89,94 @@ def test_nothing_of_the_optimizer_imports_its_test_doubles():
     users = [f"{p.relative_to(PACKAGE)} line {n}" for p in MODULES if _unit(_module_name(p)) != "testing"
              for n, m in _imports(p) if _unit(m) == "testing"]
     assert not users
+
+
+def _module_imports(path: Path) -> set[str]:
+    """The optimizer modules ``path`` imports anywhere (functions and ``TYPE_CHECKING`` included):
+    ``from optimizer.a import b`` names module ``optimizer.a.b`` where that is one, else ``optimizer.a``."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [f"{node.module}.{a.name}" for a in node.names]
+            found = [t for t in targets if t in GRAPH_MODULES]
+            out.update(found if found else [node.module])
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m in GRAPH_MODULES}
+
+
+GRAPH_MODULES = {_module_name(p) for p in MODULES}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _module_imports(p) - {_module_name(p)} for p in MODULES}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles_between_modules():
+    # a package's __init__ that re-exports its submodules is not a circle with them unless a submodule
+    # imports the package back; every import counts, also those in functions and under TYPE_CHECKING
+    circles = _cycles(_graph())
+    assert not circles, f"modules that import each other in a loop: {circles}; move what they share into a " \
+                        f"module both import, or return values instead of reaching back"
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
+    """Every module ``start`` imports, directly or not, with the module that first imports it."""
+    seen: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        v = todo.pop()
+        for w in graph.get(v, ()):
+            if w not in seen:
+                seen[w] = v
+                todo.append(w)
+    return seen
+
+
+STUDY_RUNNERS = {"optimizer.study.loop", "optimizer.study.trial", "optimizer.study.workers", "optimizer.study.confirm"}
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if _unit(_module_name(p)) == "reporting"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_reporting_never_reaches_the_loop_the_trial_the_workers_or_the_confirmation_runner(path: Path):
+    # the report reads stored studies; it must run where no server, GPU or worker machinery can
+    graph = _graph()
+    seen = _reachable(graph, _module_name(path))
+    bad = {m: seen[m] for m in STUDY_RUNNERS if m in seen}
+    assert not bad, f"{path.relative_to(PACKAGE)} reaches {sorted(bad)} (imported by {bad}); move the pure part it " \
+                    f"needs into a module of its own (as optimizer/study/confirm_result.py)"

@@ -71,3 +71,14 @@ def test_quantile_ci_upper_bound_needs_enough_samples():
     assert math.isnan(quantile_ci(range(300), 0.99, 0.95)[1])
     assert not math.isnan(quantile_ci(range(368), 0.99, 0.95)[1])
     assert all(math.isnan(x) for x in quantile_ci([], 0.99))
+
+
+def test_the_one_list_of_latency_metrics_is_every_slo_metric_and_every_distribution_of_a_summary():
+    from optimizer.choices import SloMetric
+    from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
+
+    assert LATENCY_METRICS == ("ttft", "itl", "e2e") and set(LATENCY_METRICS) == {m.value for m in SloMetric}
+    s = LoadSummary(1, 1, 0.0)
+    assert all(isinstance(s.dist(m), Dist) for m in LATENCY_METRICS)
+    with pytest.raises(KeyError, match="latency metric 'tpot': the summary holds ttft, itl, e2e"):
+        s.dist("tpot")

@@ -1,0 +1,87 @@
+"""The confirmation stage's result, read from a study's trials: pure (no server, no loop).
+
+:func:`summarize_confirmation` groups the confirmation runs stored in a study (the stage itself:
+:mod:`optimizer.study.confirm`) by config and recommends one (:func:`~optimizer.study.uplift.recommend`);
+the report (:mod:`optimizer.reporting.confirmation`) and the stage's closing log line read it here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import optuna
+
+from optimizer.study.confirm_plan import config_runs, confirmed
+from optimizer.study.results import study_result
+from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
+
+__all__ = ["ConfirmResult", "describe_confirmation", "summarize_confirmation"]
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    runs: list[ConfigRuns]  # baseline first
+    recommendation: Recommendation
+    study_pick: Optional[int]  # the search's best trial (None: no feasible one)
+    rounds: int
+
+    @property
+    def pick_uplift(self) -> Optional[Ratio]:
+        """The search's pick over the baseline on the fresh servers (simultaneous, as the
+        recommendation's uplift); None when either was not confirmed."""
+        base = next((r for r in self.runs if r.baseline), None)
+        pick = next((r for r in self.runs if not r.baseline and r.of == self.study_pick), None)
+        if base is None or pick is None:
+            return None
+        m = max(1, sum(1 for r in self.runs if not r.baseline))
+        return block_ratio(pick, base, self.runs, self.recommendation.uplift.confidence, m)
+
+    def search_pick_text(self) -> str:
+        """One line on the search's best, labelled as the search's (never as "the best config")."""
+        if self.study_pick is None:
+            return ""
+        u = self.pick_uplift
+        where = (f"on fresh servers over the defaults: {u.text()}" if u is not None
+                 else "not re-measured on fresh servers")
+        verdict = {True: "it is the confirmed recommendation", False: "it is not the confirmed recommendation",
+                   None: ""}[self.pick_survived]
+        return f"the search's best, trial {self.study_pick}: {where}; {verdict}"
+
+    def answer_line(self) -> str:
+        """The confirmed answer in one line, for the head and the end of the log."""
+        rec = self.recommendation
+        return (f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
+                + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
+                   ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
+                   f": {rec.reason}"))
+
+    @property
+    def pick_survived(self) -> Optional[bool]:
+        chosen = self.recommendation.chosen
+        return None if self.study_pick is None else chosen is not None and chosen.of == self.study_pick
+
+
+def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: float,
+                           margin: float = DEFAULT_MARGIN) -> Optional[ConfirmResult]:
+    """The confirmation result of a study's trials (None: no confirmation runs); ``margin``:
+    ``study.confirm.margin``."""
+    cands, rounds = confirmed(trials)
+    if not cands:
+        return None
+    runs = config_runs(cands, trials, rounds)
+    best = study_result(trials).best
+    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds)
+
+
+def describe_confirmation(res: ConfirmResult) -> str:
+    rec = res.recommendation
+    lines = [res.answer_line(), f"confirmation ({res.rounds} rounds on fresh servers, held-out prompts):"]
+    for r in res.runs:
+        vals = ", ".join("—" if f is None else f"{v:.1f}{'' if f else ' (infeasible)'}"
+                         for v, f in zip(r.values, r.feasible))
+        lines.append(f"  {r.label}: median {r.median:.1f} [{vals}]")
+    lines.append(f"recommendation: {rec.chosen.label if rec.chosen else 'none'}: {rec.reason}")
+    if res.study_pick is not None:
+        lines.append(res.search_pick_text() + ".")
+    return "\n".join(lines)
