@@ -147,6 +147,15 @@ class TrialRecord:
         """Counts toward ``study.n_trials``: a proposal the memory estimate refused does not."""
         return not self.ruled_out
 
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM version this trial ran on: the installed one read before the study started, else
+        (older studies) what its server said at ``/version``; "" where neither is known."""
+        if self.setup.engine.vllm:
+            return self.setup.engine.vllm
+        v = self.launch.vllm_version if self.launch is not None else ""
+        return "" if v == "unknown" else v
+
     def p99(self, metric: str) -> float:
         """The P99 (ms) of ``metric`` (ttft, itl or e2e); NaN when not measured."""
         return self.measurement.summary.dist(metric).p99 if self.measurement is not None else math.nan

