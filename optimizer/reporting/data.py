@@ -94,6 +94,19 @@ class SummaryInfo(NamedTuple):
     levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
     engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
     engine: str = ""  # the vLLM (and torch build) the ranked trials ran on, in words ("" unknown)
+    engines: tuple[EngineRow, ...] = ()  # every vLLM version the study ran on, oldest first
+
+
+class EngineRow(NamedTuple):
+    """One vLLM version a study ran on: its trials and the defaults its baseline resolved."""
+
+    version: str
+    label: str  # vLLM and torch build in words
+    search_trials: int
+    confirmation_runs: int
+    baseline: Optional[int]  # the trial of its latest baseline with recorded defaults (search or confirmation)
+    defaults: dict[str, Any]  # as that vLLM resolved them (EngineArgs), {} unknown
+    logged: dict[str, Any]  # as its baseline server logged them at start-up
 
 
 class CdfSeries(NamedTuple):
@@ -324,6 +337,22 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         engine=engine_label(records.values(), res.version))
 
 
+def engine_rows(trials: Sequence[FrozenTrial]) -> tuple[EngineRow, ...]:
+    """One row per vLLM version of ``trials`` (search trials and confirmation runs), oldest first."""
+    recs = [(t, TrialRecord.from_trial(t)) for t in sorted(trials, key=lambda t: t.number)]
+    out = []
+    for v in engine_versions(trials):
+        mine = [(t, r) for t, r in recs if r.vllm_version == v]
+        base = [(t, r) for t, r in mine if r.vllm_defaults]
+        out.append(EngineRow(v, engine_label([r for _, r in mine], v),
+                             sum(1 for _, r in mine if r.confirmation is None),
+                             sum(1 for _, r in mine if r.confirmation is not None),
+                             base[-1][0].number if base else None,
+                             dict(base[-1][1].vllm_defaults or {}) if base else {},
+                             dict(base[-1][1].vllm_defaults_logged or {}) if base else {}))
+    return tuple(out)
+
+
 def engine_label(records: Iterable[TrialRecord], version: str) -> str:
     """vLLM ``version`` in words, with its torch build where a trial recorded it."""
     for r in records:
@@ -356,10 +385,11 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_config(study_attrs, fallback_config)
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
+    engines = engine_rows(trials)
     trials = sorted(search_trials(trials), key=lambda t: t.number)  # confirmation runs: their own section
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     infos = [trial_info(t, metric, records[t.number]) for t in trials]
-    summary = _summary(name, trials, records, infos, cfg)
+    summary = _summary(name, trials, records, infos, cfg)._replace(engines=engines)
     best_n = summary.best.number if summary.best else None
     picks = _highlighted(infos, best_n, summary.baseline.number if summary.baseline else None)
     info_by = {i.number: i for i in infos}

