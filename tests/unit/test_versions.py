@@ -6,6 +6,7 @@ the best trial, the report and the confirmation take the new version's trials on
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import score
 from optimizer.record import LaunchInfo, Measurement, Setup, TrialRecord
+from optimizer.reporting.confirmation import confirmation_html, confirmation_view, confirmed_yaml
 from optimizer.reporting.data import build_report_data
 from optimizer.reporting.html import render_page
 from optimizer.reporting.write import best_yaml
@@ -26,6 +28,7 @@ from optimizer.space.engine_args import ModelTarget, render
 from optimizer.study.confirm import run_confirmation
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result, trial_version
+from optimizer.study.revalidate import describe_revalidation, run_revalidation
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -180,3 +183,71 @@ def test_the_resolved_defaults_round_trip_through_the_trial_record():
     assert back.vllm_defaults == rec.vllm_defaults and back.vllm_defaults_logged == rec.vllm_defaults_logged
     assert TrialRecord.from_attrs({}).vllm_defaults is None
 
+
+class FlipRunner(Runner):
+    """As Runner, with a round's jitter (1 % per round); ``flip``: on vLLM 0.32 the more max_num_seqs,
+    the slower (the order of the tuned configs reverses), as a new release can do."""
+
+    def __init__(self, flip: bool) -> None:
+        super().__init__([])
+        self.flip = flip
+
+    def __call__(self, ctx, number, params, tag, rule_check):
+        rec = super().__call__(ctx, number, params, tag, rule_check)
+        m = params.max_num_seqs
+        tok_s = rec.measurement.summary.output_tok_s
+        if self.flip and ctx.engine.vllm == NEW.vllm and m is not None:
+            tok_s = 300.0 - m
+        jitter = 1 + 0.01 * max(0, ctx.cfg.workload.seed - 1000)
+        n = 20
+        results = [RequestResult(i, ok=True, ttft=0.02, latency=0.1, output_tokens=max(1, int(tok_s * jitter / n)),
+                                 prompt_tokens=64) for i in range(n)]
+        summary = summarize(results, 1.0)
+        return replace(rec, measurement=replace(rec.measurement, summary=summary), outcome=score(summary, ctx.cfg.slo))
+
+
+def _studied_and_revalidated(cfg_of, flip: bool):
+    cfg = cfg_of("study.n_trials=6", "study.confirm.top_k=2", "study.confirm.repeats=2")
+    run_study(cfg, _runtime(OLD, []), runner=FlipRunner(flip))
+    run_confirmation(cfg, _runtime(OLD, []), runner=FlipRunner(flip))
+    runner = FlipRunner(flip)
+    res = run_revalidation(cfg, _runtime(NEW, []), runner=runner)
+    return cfg, res, runner
+
+
+def test_revalidation_remeasures_the_answer_on_the_installed_vllm_and_says_when_it_no_longer_holds(cfg_of):
+    cfg, res, runner = _studied_and_revalidated(cfg_of, flip=True)
+    trials = _trials(cfg)
+    runs = [t for t in trials if TrialRecord.from_trial(t).confirmation is not None]
+    # the study's own confirmation stays; the new runs are stored beside it, marked with their version
+    assert sorted({trial_version(t) for t in runs}) == ["0.31.0", "0.32.0"]
+    assert len([t for t in runs if trial_version(t) == "0.32.0"]) == 6 == len(runner.calls)  # 3 configs x 2 rounds
+    assert all(v == "0.32.0" for v, _ in runner.calls) and runner.calls[0][1].get("max_num_seqs") is None
+    # the baseline is re-measured as this version's defaults; no new search trial
+    assert sum(1 for t in trials if TrialRecord.from_trial(t).confirmation is None) == 6
+    assert res is not None and (res.then_version, res.now_version) == ("0.31.0", "0.32.0")
+    assert res.holds is False and res.chosen_now != res.study_pick
+    for c in res.changes:  # each config's change, paired by round, with its interval
+        assert c.then_source == "confirmation" and len(c.then) == 2 and math.isfinite(c.change.low)
+    picked = next(c for c in res.changes if c.of == res.study_pick)
+    assert picked.change.point < 1
+    view = confirmation_view(trials, {"study": {"confirm": {"confidence": 0.95}}, "slo": {"p99_ms": 1500}})
+    assert view is not None and view.revalidation is not None
+    text = confirmed_yaml(view)
+    assert "NEW WINNER on vLLM 0.32.0" in text and "measured on vLLM 0.32.0" in text
+    assert "Revalidated: vLLM 0.31.0 → vLLM 0.32.0" in confirmation_html(view, "")
+
+
+def test_revalidation_says_the_recommendation_still_holds_when_it_does(cfg_of):
+    cfg, res, _ = _studied_and_revalidated(cfg_of, flip=False)
+    assert res is not None and res.holds is True
+    view = confirmation_view(_trials(cfg), {"study": {"confirm": {"confidence": 0.95}}, "slo": {"p99_ms": 1500}})
+    assert "revalidated on vLLM 0.32.0: the study's recommendation" in confirmed_yaml(view)
+    assert "still holds" in describe_revalidation(res)
+
+
+def test_revalidation_on_the_studys_own_version_measures_nothing(cfg_of):
+    cfg = cfg_of("study.n_trials=3", "study.confirm.top_k=1", "study.confirm.repeats=2")
+    run_study(cfg, _runtime(OLD, []), runner=Runner([]))
+    runner = Runner([])
+    assert run_revalidation(cfg, _runtime(OLD, []), runner=runner) is None and runner.calls == []
