@@ -107,12 +107,12 @@ def revalidation(trials: Sequence[FrozenTrial], confidence: float = 0.95) -> Opt
     if now is None:
         return None
     then = summarize_confirmation(list(trials), confidence, then_v) if then_v in engine_versions(runs) else None
-    source = "confirmation"
+    pick_source = "confirmation"
     if then is not None and then.recommendation.chosen is not None:
         pick: Optional[int] = then.recommendation.chosen.of
     else:
         best = study_result(of_version(search, then_v)).best
-        pick, source = (best.number if best is not None else None), "search"
+        pick, pick_source = (best.number if best is not None else None), "search"
     by_of = {t.number: t for t in search}
     changes = []
     for r in now.runs:
@@ -126,7 +126,7 @@ def revalidation(trials: Sequence[FrozenTrial], confidence: float = 0.95) -> Opt
             Ratio(_median(r.measured) / values[0] if values[0] else math.nan, math.nan, math.nan, 1,
                   confidence)
         changes.append(ConfigChange(r.label, r.of, r.baseline, tuple(values), source, r, ratio, confidence))
-    return Revalidation(then_v, now_v, then, now, pick, tuple(changes), source)
+    return Revalidation(then_v, now_v, then, now, pick, tuple(changes), pick_source)
 
 
 def _median(values: Sequence[float]) -> float:

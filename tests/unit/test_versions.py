@@ -252,3 +252,22 @@ def test_revalidation_on_the_studys_own_version_measures_nothing(cfg_of):
     run_study(cfg, _runtime(OLD, []), runner=Runner([]))
     runner = Runner([])
     assert run_revalidation(cfg, _runtime(OLD, []), runner=runner) is None and runner.calls == []
+
+
+def test_revalidation_of_a_study_whose_confirmation_recommended_none_names_the_searchs_pick(cfg_of):
+    cfg = cfg_of("study.n_trials=4", "study.confirm.top_k=1", "study.confirm.repeats=2")
+    run_study(cfg, _runtime(OLD, []), runner=Runner([]))
+
+    class Slow(Runner):  # on vLLM 0.31 the second round breaks the SLO for every config
+        def __call__(self, ctx, number, params, tag, rule_check):
+            rec = super().__call__(ctx, number, params, tag, rule_check)
+            if ctx.cfg.workload.seed == 1001:
+                return replace(rec, outcome=replace(rec.outcome, feasible=False, constraints={"slo": 0.5}))
+            return rec
+
+    run_confirmation(cfg, _runtime(OLD, []), runner=Slow([]))
+    res = run_revalidation(cfg, _runtime(NEW, []), runner=Runner([]))
+    best = study_result(_trials(cfg)).best
+    assert res is not None and res.then is not None and res.then.recommendation.chosen is None
+    assert res.pick_source == "search" and res.study_pick == best.number
+    assert "the best of its search on vLLM 0.31.0; its confirmation recommended none" in describe_revalidation(res)
