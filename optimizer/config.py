@@ -80,7 +80,9 @@ class HardwareConfig:
     gpu_ids: list[int] = field(default_factory=list)
     # Flags every server on this hardware gets (not searched), e.g. --enforce-eager on the CPU.
     fixed_args: list[str] = field(default_factory=list)
-    # vLLM's own defaults on this hardware, used as the recorded params of the baseline trial.
+    # What the search space assumes vLLM's defaults are here: grid points, the baseline trial's place in the
+    # space (its Optuna params), the memory estimate. Not what vLLM uses: the baseline trial records the
+    # defaults the installed vLLM resolves (TrialRecord.vllm_defaults), and the study warns where they differ.
     vllm_defaults: dict[str, Any] = field(default_factory=dict)
 
 

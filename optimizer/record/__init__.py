@@ -37,6 +37,7 @@ Optuna 4's constraint format, and studies from before the ``constraint_*`` attrs
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -45,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.errors import FailureReason
 from optimizer.objective import Outcome
-from optimizer.record._attrs import Attrs, text
+from optimizer.record._attrs import Attrs, json_value, text
 from optimizer.record.capacity import Capacity
 from optimizer.record.confirmation import Confirmation, ThroughputCI
 from optimizer.record.measurement import Measurement, summary_from_attrs, summary_to_attrs
@@ -132,6 +133,10 @@ class TrialRecord:
     calibration: Optional[dict[str, Any]] = None
     throughput_ci: Optional[ThroughputCI] = None
     confirmation: Optional[Confirmation] = None
+    # the baseline: vLLM's defaults as the installed vLLM resolved them for its command
+    # (optimizer.server.defaults.resolve_defaults) and as its server logged them at start-up
+    vllm_defaults: Optional[dict[str, Any]] = None
+    vllm_defaults_logged: Optional[dict[str, Any]] = None
 
     @property
     def measured(self) -> bool:
@@ -146,6 +151,15 @@ class TrialRecord:
     def counted(self) -> bool:
         """Counts toward ``study.n_trials``: a proposal the memory estimate refused does not."""
         return not self.ruled_out
+
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM version this trial ran on: the installed one read before the study started, else
+        (older studies) what its server said at ``/version``; "" where neither is known."""
+        if self.setup.engine.vllm:
+            return self.setup.engine.vllm
+        v = self.launch.vllm_version if self.launch is not None else ""
+        return "" if v == "unknown" else v
 
     def p99(self, metric: str) -> float:
         """The P99 (ms) of ``metric`` (ttft, itl or e2e); NaN when not measured."""
@@ -169,6 +183,10 @@ class TrialRecord:
             out |= {f"constraint_{k}": float(v) for k, v in self.outcome.constraints.items()}
         if self.calibration is not None:
             out["slo_calibration"] = self.calibration
+        if self.vllm_defaults is not None:
+            out["vllm_defaults"] = json.dumps(self.vllm_defaults, sort_keys=True)
+        if self.vllm_defaults_logged:
+            out["vllm_defaults_logged"] = json.dumps(self.vllm_defaults_logged, sort_keys=True)
         return out
 
     @classmethod
@@ -180,7 +198,9 @@ class TrialRecord:
                    failure=Failure.from_attrs(a), capacity=Capacity.from_attrs(a), quality=Quality.from_attrs(a),
                    interrupted=a.get("interrupted") is True, outcome=outcome,
                    calibration=a["slo_calibration"] if isinstance(a.get("slo_calibration"), dict) else None,
-                   throughput_ci=ThroughputCI.from_attrs(a), confirmation=Confirmation.from_attrs(a))
+                   throughput_ci=ThroughputCI.from_attrs(a), confirmation=Confirmation.from_attrs(a),
+                   vllm_defaults=json_value(a, "vllm_defaults", {}) or None,
+                   vllm_defaults_logged=json_value(a, "vllm_defaults_logged", {}) or None)
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:

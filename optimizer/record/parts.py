@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from optimizer.record._attrs import Attrs, attr_value, has_any, integer, json_value, num, text
+from optimizer.server.engine import Engine
 from optimizer.server.startlog import StartLog
 from optimizer.space.memory import MemoryEstimate
 
@@ -29,6 +30,9 @@ class Setup:
     engine_params: Optional[dict[str, Any]] = None  # EngineParams.as_dict(): the parameters that are set
     worker: str = ""  # <host>/w<index> ("" in studies from before parallel workers)
     gpus: str = ""  # the CUDA_VISIBLE_DEVICES its server got ("" where none were pinned)
+    # the vLLM and torch build installed for the server's interpreter, read before the study started
+    # (optimizer.server.engine); unknown in studies from before it was recorded
+    engine: Engine = Engine()
 
     def to_attrs(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in (("hardware", self.hardware), ("model", self.model),
@@ -36,13 +40,15 @@ class Setup:
                                                  ("gpus", self.gpus)) if v}
         if self.engine_params is not None:
             out["engine_params"] = json.dumps(self.engine_params, sort_keys=True)
+        if self.engine.known:
+            out["engine"] = json.dumps(self.engine.to_dict(), sort_keys=True)
         return out
 
     @classmethod
     def from_attrs(cls, a: Attrs) -> Setup:
         params = json_value(a, "engine_params", {}) if "engine_params" in a else None
         return cls(text(a, "hardware"), text(a, "model"), text(a, "workload"), params, text(a, "worker"),
-                   text(a, "gpus"))
+                   text(a, "gpus"), Engine.from_dict(json_value(a, "engine", {})))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
-from optimizer.study.confirm_result import ConfirmResult, summarize_confirmation
+from optimizer.reporting.data import engine_label
 from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
+from optimizer.study.confirm_result import ConfirmResult, of_engine, summarize_confirmation
+from optimizer.study.revalidation_result import Revalidation, revalidation
 from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, mean_interval
 
 __all__ = ["ConfirmationView", "confirmation_figure", "confirmation_html", "confirmation_view", "confirmed_yaml"]
@@ -35,6 +37,8 @@ class ConfirmationView(NamedTuple):
     model: dict[str, Any] = {}  # the study's model config section (best.yaml names the model from it)
     engine_params: dict[str, Any] = {}  # the recommended config's engine parameters
     gpus: dict[str, tuple[str, ...]] = {}  # label -> the GPUs of each repeat ({} where none were pinned)
+    engine: str = ""  # the vLLM (and torch build) of the runs, in words ("" unknown)
+    revalidation: Optional[Revalidation] = None  # the runs are of another vLLM than the study's: the comparison
 
 
 def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Optional[ConfirmationView]:
@@ -45,6 +49,10 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
     res = summarize_confirmation(list(trials), conf, DEFAULT_MARGIN if margin is None else float(margin))
     if res is None:
         return None
+    reval = revalidation(trials, conf)
+    trials = of_engine(trials)  # the runs summarize_confirmation took: the newest run's vLLM version
+    runs = [TrialRecord.from_trial(t) for t in confirmation_trials(trials)]
+    version = next((r.vllm_version for r in reversed(runs) if r.vllm_version), "")
     serve: dict[str, Any] = {}
     params: dict[str, Any] = {}
     chosen = res.recommendation.chosen
@@ -60,7 +68,8 @@ def confirmation_view(trials: Sequence[FrozenTrial], cfg: dict[str, Any]) -> Opt
     return ConfirmationView(res, conf, {r.label: mean_interval(r.values, conf) for r in res.runs}, serve,
                             [str(a) for a in list(hw.get("fixed_args") or []) + list(server.get("extra_args") or [])],
                             str(slo.get("metric", "e2e")), float(slo.get("p99_ms") or math.nan),
-                            dict(cfg.get("model") or {}), params, gpus if any(any(g) for g in gpus.values()) else {})
+                            dict(cfg.get("model") or {}), params, gpus if any(any(g) for g in gpus.values()) else {},
+                            engine_label(runs, version), reval)
 
 
 def _n(v: float, fmt: str = ".1f") -> str:
@@ -136,6 +145,37 @@ def verdict(v: ConfirmationView) -> str:
             f"servers, uplift over vLLM's defaults {rec.uplift.text()}. {survived} {rec.reason}")
 
 
+def revalidation_html(r: Revalidation) -> str:
+    """The study's version and the installed one side by side, config by config."""
+    rows = []
+    for c in r.changes:
+        lo_t, hi_t = c.interval(c.then)
+        lo_n, hi_n = c.interval(c.now.values)
+        then = (f"{_n(_median(c.then))} ({_n(lo_t)}–{_n(hi_t)})" if c.then_source == "confirmation"
+                else f"{_n(c.then[0])} (search, one run)")
+        rows.append(f"<tr><td>{html.escape(c.label)}{' (defaults)' if c.baseline else ''}</td>"
+                    f'<td class="num">{html.escape(then)}</td>'
+                    f'<td class="num">{_n(c.now.median)} ({_n(lo_n)}–{_n(hi_n)})</td>'
+                    f"<td>{html.escape(c.change.text())}</td></tr>")
+    verdict_text = ("the study had no recommendation" if r.holds is None else
+                    f"{r.pick_words} still holds on vLLM {r.now_version}"
+                    if r.holds else f"{r.pick_words} does not hold on vLLM {r.now_version}; best.yaml is the new "
+                    f"winner, marked as such")
+    return (f'<h3 id="revalidation">Revalidated: vLLM {html.escape(r.then_version)} → vLLM '
+            f"{html.escape(r.now_version)}</h3><p class=sub>Each config's median output tokens/s on each version "
+            "(the interval of its mean in brackets) and its change, now over then, paired by round (a round's "
+            "held-out prompts are the same on both). The baseline is each version's own defaults.</p>"
+            f'<p class="headline">{html.escape(verdict_text)}.</p>'
+            f'<table class="trials"><thead><tr><th>config</th><th>vLLM {html.escape(r.then_version)}</th>'
+            f"<th>vLLM {html.escape(r.now_version)}</th><th>change</th></tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table>")
+
+
+def _median(values: Sequence[float]) -> float:
+    x = sorted(v for v in values if math.isfinite(v))
+    return (x[(len(x) - 1) // 2] + x[len(x) // 2]) / 2 if x else math.nan
+
+
 def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
     res = v.result
     rows = "".join(_row(r, v) for r in res.runs)
@@ -153,11 +193,13 @@ def confirmation_html(v: ConfirmationView, fig_div: str) -> str:
             "(rounds x configs, log scale) and is simultaneous over every config compared with the defaults "
             f"(Bonferroni, {v.confidence:.0%} together), so picking the best does not shrink its coverage."
             + (" A repeat's GPUs (its server's CUDA_VISIBLE_DEVICES) follow its value; with several GPU groups the "
-               "runs went to them at once, each config to another group every round." if v.gpus else "") + "</p>"
+               "runs went to them at once, each config to another group every round." if v.gpus else "")
+            + (f" These runs ran on {html.escape(v.engine)}." if v.engine else "") + "</p>"
             f'<p class="headline">{html.escape(verdict(v))}</p>{pick}'
             '<table class="trials"><thead><tr><th>config</th><th>flags changed</th><th>repeats (✗: broke the SLO)</th>'
             f"<th>median</th><th>{v.confidence:.0%} interval of the mean</th><th>feasible in every repeat</th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>{fig_div}</section>")
+            f"</thead><tbody>{rows}</tbody></table>{fig_div}"
+            + (revalidation_html(v.revalidation) if v.revalidation is not None else "") + "</section>")
 
 
 def confirmed_yaml(v: ConfirmationView) -> str:
@@ -175,6 +217,13 @@ def confirmed_yaml(v: ConfirmationView) -> str:
         head = ["vLLM's defaults: no config was shown to beat them on fresh servers"
                 + (f" (closest: {rec.top.label}, {rec.uplift.text()} over the defaults)"
                    if rec.top is not None and rec.top is not c else "")]
+    if v.engine:
+        head.append(f"measured on {v.engine}")
+    if (r := v.revalidation) is not None and r.holds is not None:
+        then = r.pick_words
+        head.append(f"revalidated on vLLM {r.now_version}: {then} still holds" if r.holds else
+                    f"NEW WINNER on vLLM {r.now_version}, not the study's recommendation: {then} does not hold "
+                    f"on vLLM {r.now_version}")
     if res.pick_survived is False:
         head.append(f"the study's pick (trial {res.study_pick}) did not survive the confirmation")
     head.append("run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config "

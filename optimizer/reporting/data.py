@@ -25,7 +25,7 @@ from optimizer.reporting.levers import ImportanceInfo, Levers, importance_info, 
 from optimizer.reporting.serving import portable_command
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.confirm_plan import search_trials
-from optimizer.study.results import is_feasible, params_as_set, study_result
+from optimizer.study.results import engine_versions, is_feasible, params_as_set, study_result
 
 __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo", "ImportanceInfo", "PhaseRow", "ReportData", "Status", "SummaryInfo",
            "TelemetryRow", "Timeline", "TrialInfo", "build_report_data", "classify", "importance_info",
@@ -96,6 +96,20 @@ class SummaryInfo(NamedTuple):
     notes: list[str]  # plain-language statements about what is missing or odd
     levers: Levers = Levers([], [], 0, "")  # what drove the result, with its measured effect (reporting.levers)
     engine_params: dict[str, Any] = {}  # what the best trial's server ran (Setup.engine_params)
+    engine: str = ""  # the vLLM (and torch build) the ranked trials ran on, in words ("" unknown)
+    engines: tuple[EngineRow, ...] = ()  # every vLLM version the study ran on, oldest first
+
+
+class EngineRow(NamedTuple):
+    """One vLLM version a study ran on: its trials and the defaults its baseline resolved."""
+
+    version: str
+    label: str  # vLLM and torch build in words
+    search_trials: int
+    confirmation_runs: int
+    baseline: Optional[int]  # the trial of its latest baseline with recorded defaults (search or confirmation)
+    defaults: dict[str, Any]  # as that vLLM resolved them (EngineArgs), {} unknown
+    logged: dict[str, Any]  # as its baseline server logged them at start-up
 
 
 class CdfSeries(NamedTuple):
@@ -307,7 +321,11 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
     launch = records[res.best.number].launch if res.best else None
     server = cfg.get("server") or {}
     hw = cfg.get("hardware") or {}
-    versions = sorted({r.launch.vllm_version for r in records.values() if r.launch and r.launch.vllm_version})
+    versions = engine_versions(trials)
+    if res.set_aside:
+        notes.append(f"This study ran on {len(versions)} vLLM versions ({', '.join(versions)}): the best trial and the "
+                     f"gain are vLLM {res.version}'s trials only; {res.set_aside} trial(s) of the other version(s) "
+                     f"stay in the table (the sampler's prior) but are not ranked with them.")
     return SummaryInfo(
         study_name=name, config=cfg, slo_metric=metric, slo_ms=slo_ms, max_error_rate=max_err,
         use_upper_bound=bool(slo.get("use_upper_bound")), counts=counts, best=best, baseline=base, gain=res.gain,
@@ -319,7 +337,32 @@ def _summary(name: str, trials: Sequence[FrozenTrial], records: dict[int, TrialR
         vllm_version=", ".join(versions), notes=notes,
         levers=main_levers([i.params for i in infos], [i.throughput if i.measured else math.nan for i in infos],
                            [i.status == Status.FEASIBLE for i in infos]),
-        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {})
+        engine_params=dict(records[res.best.number].setup.engine_params or {}) if res.best else {},
+        engine=engine_label(records.values(), res.version))
+
+
+def engine_rows(trials: Sequence[FrozenTrial]) -> tuple[EngineRow, ...]:
+    """One row per vLLM version of ``trials`` (search trials and confirmation runs), oldest first."""
+    recs = [(t, TrialRecord.from_trial(t)) for t in sorted(trials, key=lambda t: t.number)]
+    out = []
+    for v in engine_versions(trials):
+        mine = [(t, r) for t, r in recs if r.vllm_version == v]
+        base = [(t, r) for t, r in mine if r.vllm_defaults]
+        out.append(EngineRow(v, engine_label([r for _, r in mine], v),
+                             sum(1 for _, r in mine if r.confirmation is None),
+                             sum(1 for _, r in mine if r.confirmation is not None),
+                             base[-1][0].number if base else None,
+                             dict(base[-1][1].vllm_defaults or {}) if base else {},
+                             dict(base[-1][1].vllm_defaults_logged or {}) if base else {}))
+    return tuple(out)
+
+
+def engine_label(records: Iterable[TrialRecord], version: str) -> str:
+    """vLLM ``version`` in words, with its torch build where a trial recorded it."""
+    for r in records:
+        if r.setup.engine.known and r.setup.engine.vllm == version:
+            return r.setup.engine.label()
+    return f"vLLM {version}" if version else ""
 
 
 def _margin(best: Optional[TrialInfo], slo_ms: float) -> float:
@@ -346,10 +389,11 @@ def build_report_data(name: str, trials: Sequence[FrozenTrial], study_attrs: dic
     over ``fallback_config`` (the config of this invocation)."""
     cfg = study_config(study_attrs, fallback_config)
     metric = str((cfg.get("slo") or {}).get("metric", _DEFAULT_SLO.metric))
+    engines = engine_rows(trials)
     trials = sorted(search_trials(trials), key=lambda t: t.number)  # confirmation runs: their own section
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     infos = [trial_info(t, metric, records[t.number]) for t in trials]
-    summary = _summary(name, trials, records, infos, cfg)
+    summary = _summary(name, trials, records, infos, cfg)._replace(engines=engines)
     best_n = summary.best.number if summary.best else None
     picks = _highlighted(infos, best_n, summary.baseline.number if summary.baseline else None)
     info_by = {i.number: i for i in infos}

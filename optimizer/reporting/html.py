@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from optimizer.reporting.data import ReportData, Status, SummaryInfo, TrialInfo
+from optimizer.reporting.data import EngineRow, ReportData, Status, SummaryInfo, TrialInfo
 
 __all__ = ["render_page"]
 
@@ -178,8 +178,11 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
     boxes["Trials"] = [(k, str(v)) for k, v in s.counts.items()]
     if s.vllm_version:
         boxes["Trials"].append(("vLLM", s.vllm_version))
+    if s.engine:
+        boxes["Trials"].append(("ranked on", s.engine))
     out.append('<div class="grid">' + "".join(f'<div class="box"><h3>{_e(k)}</h3>{_kv_table(v)}</div>'
                                              for k, v in boxes.items()) + "</div>")
+    out.append(_engines(s))
     if b is not None:
         params = [(k, str(v)) for k, v in sorted(b.params.items())]
         extra = (" " + " ".join(s.extra_args)) if s.extra_args else ""
@@ -197,6 +200,33 @@ def _summary(s: SummaryInfo, yaml_text: str, yaml_name: str, capacity_line: str 
         if s.trial_command:
             out.append(f"<h3>The command the trial's server ran</h3><p class=sub>python: the interpreter of the study's host; a generated model folder is shown under server.cache_dir.</p><pre>{_e(s.trial_command)}</pre>")
     return "\n".join(out)
+
+
+def _engines(s: SummaryInfo) -> str:
+    """The vLLM versions the study ran on, side by side, with the defaults each one's baseline resolved."""
+    rows = s.engines
+    if not rows or not (len(rows) > 1 or any(r.defaults or r.logged for r in rows)):
+        return ""
+    keys = sorted({k for r in rows for k in (*r.defaults, *r.logged)})
+
+    def cell(r: EngineRow, k: str) -> str:
+        v, logged = r.defaults.get(k), r.logged.get(k)
+        text = "—" if v is None and logged is None else _fmt(v if v is not None else logged)
+        if v is not None and logged is not None and logged != v:
+            text += f" (server logged {_fmt(logged)})"
+        return f"<td>{_e(text)}</td>"
+
+    head = "".join(f"<th>{_e(r.label)}</th>" for r in rows)
+    body = [f"<tr><td>trials (search / confirmation runs)</td>"
+            + "".join(f"<td>{r.search_trials} / {r.confirmation_runs}</td>" for r in rows) + "</tr>",
+            "<tr><td>baseline with recorded defaults</td>"
+            + "".join(f"<td>{'—' if r.baseline is None else f'trial {r.baseline}'}</td>" for r in rows) + "</tr>"]
+    body += [f"<tr><td>{_e(k)}</td>" + "".join(cell(r, k) for r in rows) + "</tr>" for k in keys]
+    return ('<h3 id="engines">vLLM versions and their defaults</h3><p class=sub>vLLM\'s defaults as each installed '
+            "version resolved them for the baseline's command (EngineArgs, the API server's own resolution; beside "
+            "what its server logged at start-up), not a table of the hardware preset. Trials of different versions "
+            "are never ranked together.</p>"
+            f'<table class="trials"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
 def _status(st: Status) -> str:

@@ -45,6 +45,9 @@ def best_yaml(d: ReportData) -> str:
     head = [f"vLLM server config found by study {s.study_name}: trial {s.best.number}, "
             f"{s.best.throughput:.1f} output tokens/s at P99 {s.slo_metric} {s.best.p99:.0f} ms (SLO {s.slo_ms:g} ms)",
             "run: vllm serve --config best.yaml   (or: python -m vllm.entrypoints.openai.api_server --config best.yaml)"]
+    if s.engine:
+        head.insert(1, f"measured on {s.engine}; a tuned config holds for the vLLM it was measured on: "
+                       f"`python -m optimizer.revalidate study.name={s.study_name}` re-measures it on another")
     if s.extra_args:
         head.append(f"every trial's server also got: {' '.join(s.extra_args)}")
     return serving_yaml(head, s.serve_config, s.config.get("model") or {}, s.engine_params)

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -48,10 +48,10 @@ from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import baseline_params, build_space
 from optimizer.study import calibrate
-from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates,
-                                          failed_attempts, flags_changed, remaining)
+from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates, failed_attempts, flags_changed,
+                                          remaining)
 from optimizer.study.confirm_plan import plan as plan_slots
-from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, summarize_confirmation
+from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, of_engine, summarize_confirmation
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.gpus import WorkerPlan, trial_gpus
 from optimizer.study.loop import Runtime, make_context
@@ -110,7 +110,8 @@ def _run_slot(study: optuna.Study, ctx: TrialContext, s: Slot, conf: Confirmatio
         gpus = trial_gpus(ctx.gpu_ids, params.tensor_parallel_size)
     log.info("%s seed %d%s: %s", tag, s.seed, f", GPU(s) {','.join(map(str, gpus))}" if ctx.gpu_ids and gpus else "",
              c.key)
-    setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
+    setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker,
+                  engine=ctx.engine)
     try:
         rec = runner(run_ctx, s.index, params, tag, not c.baseline)
     except TrialError as exc:
@@ -156,7 +157,8 @@ def _run_slots(study: optuna.Study, ctx: TrialContext, todo: list[Slot], n_slots
                              f"({ctx.worker}); fix the environment and run `python -m optimizer.confirm study.name="
                              f"{cfg.study.name}` to resume (study.max_consecutive_env_failures="
                              f"{cfg.study.max_consecutive_env_failures}).")
-        if failed_attempts(s, study.get_trials(deepcopy=False)) <= cfg.study.max_retries:
+        if failed_attempts(s, of_engine(study.get_trials(deepcopy=False), ctx.engine.vllm or None)) <= \
+                cfg.study.max_retries:
             todo.append(s)  # once more, after the rest
 
 
@@ -230,14 +232,15 @@ def run_confirmation(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial, 
     with _held(cfg):
         study = open_study(cfg, space, optuna.samplers.RandomSampler())
         ctx = _calibrated(ctx, study)
-        cands = candidates(study.get_trials(deepcopy=False), cc.top_k)
+        version = ctx.engine.vllm or None  # the runs of the installed vLLM
+        cands = candidates(of_engine(study.get_trials(deepcopy=False), version), cc.top_k)
         if not any(c.baseline for c in cands) or len(cands) < 2:
             log.warning("confirmation: nothing to confirm (%s); it needs the baseline and at least one feasible "
                         "search trial", "no completed baseline" if not any(c.baseline for c in cands)
                         else "no feasible search trial besides the baseline")
-            return summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence, cc.margin)
+            return summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence, cc.margin, version)
         slots = plan_slots(cands, cc.repeats, cfg.workload.seed + cc.seed_offset)
-        todo = remaining(slots, study.get_trials(deepcopy=False))
+        todo = remaining(slots, of_engine(study.get_trials(deepcopy=False), version))
         shares = assign(todo, len(runtimes))
         busy = sum(1 for share in shares if share)
         log.info("confirmation of %s: %d rounds, %d of %d runs done%s", ", ".join(c.label for c in cands),
@@ -245,12 +248,13 @@ def run_confirmation(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial, 
                  f"; the rest on {busy} GPU group(s) at once" if busy > 1 else "")
         if busy > 1:
             codes = _run_parallel(cfg, runtimes, shares, len(slots), len(cands), runner, log_file, debug)
-            _after_parallel(cfg, codes, remaining(slots, study.get_trials(deepcopy=False)), len(slots))
+            _after_parallel(cfg, codes, remaining(slots, of_engine(study.get_trials(deepcopy=False), version)),
+                            len(slots))
         elif busy == 1:
             i = next(i for i, share in enumerate(shares) if share)
             ctx = _calibrated(make_context(cfg, runtimes[i], space), study) if i else ctx
             _run_slots(study, ctx, shares[i], len(slots), len(cands), runner)
-        result = summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence, cc.margin)
+        result = summarize_confirmation(study.get_trials(deepcopy=False), cc.confidence, cc.margin, version)
     if result is not None:
         log.info("%s", describe_confirmation(result))
     return result

@@ -8,15 +8,15 @@ the report (:mod:`optimizer.reporting.confirmation`) and the stage's closing log
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import optuna
 
-from optimizer.study.confirm_plan import config_runs, confirmed
-from optimizer.study.results import study_result
+from optimizer.study.confirm_plan import config_runs, confirmation_trials, confirmed, search_trials
+from optimizer.study.results import latest_version, of_version, study_result
 from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 
-__all__ = ["ConfirmResult", "describe_confirmation", "summarize_confirmation"]
+__all__ = ["ConfirmResult", "describe_confirmation", "of_engine", "summarize_confirmation"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,21 @@ class ConfirmResult:
         return None if self.study_pick is None else chosen is not None and chosen.of == self.study_pick
 
 
-def summarize_confirmation(trials: list[optuna.trial.FrozenTrial], confidence: float,
-                           margin: float = DEFAULT_MARGIN) -> Optional[ConfirmResult]:
+def of_engine(trials: Sequence[optuna.trial.FrozenTrial],
+              version: Optional[str] = None) -> list[optuna.trial.FrozenTrial]:
+    """The search trials the study ranks (those of its newest search trial's vLLM version) and the
+    confirmation runs of vLLM ``version`` (None: the newest run's): runs of two engines are never
+    rounds of one comparison, and a config confirmed on one vLLM is not confirmed on another."""
+    search, runs = search_trials(trials), confirmation_trials(trials)
+    return of_version(search, latest_version(search)) + of_version(runs, latest_version(runs) if version is None
+                                                                    else version)
+
+
+def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidence: float,
+                           margin: float = DEFAULT_MARGIN, version: Optional[str] = None) -> Optional[ConfirmResult]:
     """The confirmation result of a study's trials (None: no confirmation runs); ``margin``:
-    ``study.confirm.margin``."""
+    ``study.confirm.margin``; the runs of vLLM ``version`` (None: the newest run's)."""
+    trials = of_engine(trials, version)
     cands, rounds = confirmed(trials)
     if not cands:
         return None

@@ -31,6 +31,8 @@ from optimizer.errors import ConfigError, FailureReason, StudyError, TrialError,
 from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile
+from optimizer.server.defaults import differences
+from optimizer.server.engine import Engine, read_engine, read_flags
 from optimizer.server.environment import server_env
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, seed_params, suggest
@@ -52,6 +54,7 @@ from optimizer.study.storage import (
 from optimizer.study.stopping import StudyStopper
 from optimizer.study.capacity_trial import Incumbent, lower_value
 from optimizer.study.trial import TrialContext, TrialRunner, run_trial
+from optimizer.study.versions import FlagReader, check_engine, enqueue_baseline_for
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]
 
@@ -74,6 +77,10 @@ class Runtime:
     started: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time  # what study.budget reads the time from (a test fakes it)
     workers: int = 1  # this command's workers on this host (the progress line's ETA)
+    # reads the vLLM and torch build installed for the server's interpreter (a test fakes another version)
+    engine_reader: Callable[[str, dict[str, str], str], Engine] = read_engine
+    # reads the installed vLLM's server parser, when the study meets a new version (a test fakes it)
+    flags_reader: FlagReader = read_flags
 
 
 def make_sampler(cfg: Config, n_existing: int, worker: str = "") -> optuna.samplers.BaseSampler:
@@ -102,10 +109,12 @@ def make_context(cfg: Config, rt: Runtime, space: Space) -> TrialContext:
                               f"set. Export it, or leave server.api_key_env empty.")
         env["VLLM_API_KEY"] = api_key  # the server reads it from its environment: never on argv
     env.update(cfg.server.env)
-    return TrialContext(cfg=cfg, model_dir=model_dir, python=cfg.server.python or rt.python, server_env=env,
+    python = cfg.server.python or rt.python
+    return TrialContext(cfg=cfg, model_dir=model_dir, python=python, server_env=env,
                         api_key=api_key, trial_root=Path(cfg.study.runs_dir).resolve() / cfg.study.name,
                         pid_dir=cache / "pids", gpu_ids=rt.gpu_ids,
-                        worker=rt.worker or f"{cfg.study.host or socket.gethostname()}/w0")
+                        worker=rt.worker or f"{cfg.study.host or socket.gethostname()}/w0",
+                        engine=rt.engine_reader(python, env, cfg.server.module.split(".")[0]))
 
 
 def _log_done(tag: str, rec: TrialRecord, cfg: Config) -> None:
@@ -139,7 +148,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             gpus = trial_gpus(ctx.gpu_ids, params.tensor_parallel_size)
             if gpus:
                 trial.set_user_attr("gpus", ",".join(str(g) for g in gpus))
-        setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker)
+        setup = Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker,
+                  engine=ctx.engine)
         # [calibrate] slo.p99_ms=auto: judge by the study's calibrated SLO once there is one; the baseline
         # calibrates it; a trial that ends before it waits for a baseline running on another worker
         ctx_t = dataclasses.replace(ctx, cfg=calibrate.resolved(cfg, calibrate.stored(study.user_attrs)),
@@ -170,6 +180,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
         if rec.outcome is None:
             raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
         _store(trial, rec)
+        if baseline and rec.vllm_defaults:
+            _log_defaults(tag, cfg, rec)
         cfg_t = calibrate.resolved(cfg, calibrate.store(study, trial.number, rec.to_attrs()))  # [calibrate]
         for key, value in rec.outcome.constraints.items():
             trial.set_constraint(key, float(value))
@@ -189,6 +201,17 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             raise
 
     return guarded
+
+
+def _log_defaults(tag: str, cfg: Config, rec: TrialRecord) -> None:
+    """The baseline's defaults as the installed vLLM resolved them, against what the preset's search space
+    assumed (hardware.vllm_defaults: grid points, the memory estimate): the record holds vLLM's."""
+    resolved = rec.vllm_defaults or {}
+    log.info("%s vLLM %s's defaults here (recorded with the baseline): %s", tag, rec.vllm_version or "?",
+             json.dumps(resolved, sort_keys=True))
+    if diff := differences(cfg.hardware.vllm_defaults, resolved):
+        log.warning("%s hardware=%s's search space assumed other defaults than this vLLM resolves (the report and "
+                    "the record use vLLM's): %s", tag, cfg.hardware.name, "; ".join(diff))
 
 
 def _incumbent(study: optuna.Study, value: str = "output_tok_s") -> Optional[Incumbent]:
@@ -273,8 +296,13 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
             log.warning("%d trial(s) were interrupted by a killed run: recorded as failed and retried", n)
         if db is None:
             fail_stale(study)
+        # a study made on another vLLM: said now, before any server starts; its trials are ranked apart
+        change = check_engine(study, ctx.engine, ctx.python, ctx.server_env, rt.flags_reader)
         if cfg.study.enqueue_baseline:
             enqueue_baseline_once(study, cfg.study.storage, baseline_params(cfg))
+            if change is not None and enqueue_baseline_for(study, cfg.study.storage, change.now.vllm,
+                                                           baseline_params(cfg)):
+                log.info("enqueued a baseline trial: vLLM %s's defaults", change.now.vllm)
         if seeds:
             n_seeds = enqueue_seeds_once(study, cfg.study.storage, seeds)
             if n_seeds:

@@ -14,7 +14,43 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.record import Confirmation, Lineage, TrialRecord
 
-__all__ = ["StudyResult", "is_feasible", "params_as_set", "study_result"]
+__all__ = ["StudyResult", "engine_versions", "is_feasible", "latest_version", "of_version", "params_as_set",
+           "study_result", "trial_version"]
+
+
+def trial_version(t: FrozenTrial) -> str:
+    """The vLLM version the trial ran on ("" unknown: see :attr:`TrialRecord.vllm_version`)."""
+    return TrialRecord.from_attrs(t.user_attrs).vllm_version
+
+
+def engine_versions(trials: Sequence[FrozenTrial]) -> list[str]:
+    """The distinct known vLLM versions of ``trials``, in the order they first ran."""
+    out: list[str] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if (v := trial_version(t)) and v not in out:
+            out.append(v)
+    return out
+
+
+def latest_version(trials: Sequence[FrozenTrial]) -> str:
+    """The version of the newest trial that knows its version ("" none does)."""
+    for t in sorted(trials, key=lambda t: -t.number):
+        if v := trial_version(t):
+            return v
+    return ""
+
+
+def of_version(trials: Sequence[FrozenTrial], version: str) -> list[FrozenTrial]:
+    """The trials that ran on vLLM ``version``, and those of unknown version after its first trial
+    (a server that never answered, in a study that did not record the installed version yet).
+    Everything where ``version`` is unknown, or is the only one the trials know (older studies)."""
+    known = engine_versions(trials)
+    if not version or not known or known == [version]:
+        return list(trials)
+    first = min((t.number for t in trials if trial_version(t) == version), default=None)
+    if first is None:
+        return []
+    return [t for t in trials if (v := trial_version(t)) == version or (not v and t.number > first)]
 
 
 def params_as_set(t: FrozenTrial) -> dict[str, Any]:
@@ -45,6 +81,8 @@ class StudyResult:
     n_failed: int
     best: Optional[FrozenTrial]
     baseline: Optional[FrozenTrial]
+    version: str = ""  # the vLLM version these trials ran on ("" unknown)
+    set_aside: int = 0  # search trials of other vLLM versions, not ranked here
 
     @property
     def gain(self) -> float:
@@ -63,20 +101,30 @@ class StudyResult:
         return rec.launch.command if rec is not None and rec.launch is not None else ""
 
 
-def study_result(trials: Sequence[FrozenTrial]) -> StudyResult:
-    """The search's answer; confirmation runs (:mod:`optimizer.study.confirm`) are not study trials."""
-    trials = [t for t in trials if Confirmation.from_attrs(t.user_attrs) is None]
+def study_result(trials: Sequence[FrozenTrial], version: Optional[str] = None) -> StudyResult:
+    """The search's answer; confirmation runs (:mod:`optimizer.study.confirm`) are not study trials.
+
+    A study resumed on another vLLM version ranks the trials of one version only: ``version``, by
+    default that of its newest search trial. Trials of two engines are not one ranking (the same
+    config can lose most of its throughput across a release); the older ones stay the sampler's prior."""
+    search = [t for t in trials if Confirmation.from_attrs(t.user_attrs) is None]
+    version = latest_version(search) if version is None else version
+    trials = of_version(search, version)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if is_feasible(t)]
     best = max(feasible, key=lambda t: (t.value or 0.0, -t.number)) if feasible else None
     baselines = [t for t in complete if Lineage.from_attrs(t.user_attrs).baseline]
     return StudyResult(len(complete), len(feasible), sum(1 for t in trials if t.state == TrialState.FAIL), best,
-                       baselines[-1] if baselines else None)
+                       baselines[-1] if baselines else None, version, len(search) - len(trials))
 
 
 def describe(result: StudyResult, slo_metric: str, slo_ms: float) -> str:
     """The closing lines the terminal shows."""
-    lines = [f"{result.n_complete} complete trials ({result.n_feasible} feasible), {result.n_failed} failed."]
+    lines = [f"{result.n_complete} complete trials ({result.n_feasible} feasible), {result.n_failed} failed"
+             + (f", on vLLM {result.version}" if result.version else "") + "."]
+    if result.set_aside:
+        lines.append(f"{result.set_aside} trial(s) of other vLLM versions are not ranked with these (the sampler's "
+                     f"prior only).")
     b = result.baseline
     if b is not None:
         state = "feasible" if is_feasible(b) else "infeasible"

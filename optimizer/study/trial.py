@@ -35,6 +35,8 @@ from optimizer.metrics import LoadSummary
 from optimizer.model.resolve import target_for
 from optimizer.objective import infeasible, score
 from optimizer.record import Failure, LaunchInfo, MemoryPrediction, Setup, Timings, TrialRecord
+from optimizer.server.defaults import defaults_from_log, resolve_defaults
+from optimizer.server.engine import Engine
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.server.process import VllmServer, free_port
@@ -72,6 +74,7 @@ class TrialContext:
     calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
     # load.mode=capacity: reads the study's incumbent (best feasible trial, its capacity) for the early stop
     incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
+    engine: Engine = Engine()  # the vLLM and torch build installed for ``python`` (optimizer.server.engine)
 
 
 class TrialRunner(Protocol):
@@ -107,12 +110,15 @@ def run_trial(ctx: TrialContext, number: int, params: EngineParams, tag: str = "
     ``report(value, step)``: with load.mode=capacity, each probe of the search (optuna's trial.report)."""
     cfg = ctx.cfg
     broken, est = check(params, cfg)
-    rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker),
+    rec = TrialRecord(Setup(cfg.hardware.name, cfg.model.name, cfg.workload.name, params.as_dict(), ctx.worker,
+                            engine=ctx.engine),
                       memory=MemoryPrediction.of(est))
     if broken and rule_check:
         log.info("%s ruled out without starting a server: %s", tag, "; ".join(broken))
         return replace(rec, failure=Failure(FailureReason.RULED_OUT, "; ".join(broken)),
                        outcome=infeasible(memory=True))
+    if not rule_check and ctx.cfg.server.module.split(".")[0] == "vllm":  # the baseline: what are the defaults?
+        rec = replace(rec, vllm_defaults=_resolved_defaults(ctx, params, tag))
     progress = _Progress(rec)
     try:
         return _run_server(ctx, number, params, progress, tag, report)
@@ -189,6 +195,8 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
         p.seconds["total_s"] = time.monotonic() - t0
         start_log = parse_start_log(server.log_text())  # vLLM's own account of its start
         p.rec = replace(p.rec, timings=p.timings(), start_log=None if start_log.empty else start_log)
+        if p.rec.vllm_defaults is not None:  # the baseline: the settings its server logged, beside the resolved
+            p.rec = replace(p.rec, vllm_defaults_logged=defaults_from_log(server.log_text()) or None)
     return p.rec  # after the stop: the record holds its time and the start log (a return inside would not)
 
 
@@ -300,6 +308,23 @@ def _healthy(server: VllmServer, tries: int = 3) -> bool:
         if i + 1 < tries:
             time.sleep(1.0)
     return False
+
+
+_DEFAULTS_CACHE: dict[tuple[str, tuple[str, ...]], Optional[dict[str, Any]]] = {}
+
+
+def _resolved_defaults(ctx: TrialContext, params: EngineParams, tag: str) -> Optional[dict[str, Any]]:
+    """vLLM's defaults for the baseline's command, as the installed vLLM resolves them (once per
+    command and process: the confirmation's repeats of the baseline reuse it); {} where it cannot."""
+    argv = tuple(launch_for(ctx, params, 0).argv)
+    key = (ctx.python, argv)
+    if key not in _DEFAULTS_CACHE:
+        t0 = time.monotonic()
+        d = resolve_defaults(ctx.python, argv, ctx.server_env)
+        log.info("%s vLLM's defaults for this command, as the installed vLLM resolves them (%.0f s): %s", tag,
+                 time.monotonic() - t0, d if d is not None else "could not be resolved")
+        _DEFAULTS_CACHE[key] = d
+    return dict(_DEFAULTS_CACHE[key] or {})
 
 
 def _version(server: VllmServer) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from optimizer import confirm, loadtest, report, run
+from optimizer import confirm, loadtest, report, revalidate, run
 from optimizer.entry import EXIT_CONFIG, cfg_request
 
 
@@ -16,7 +16,8 @@ def test_cfg_request_takes_the_flag_in_each_spelling_and_leaves_the_overrides():
     assert cfg_request(["a=1"]) == (["a=1"], None)
 
 
-@pytest.mark.parametrize("main", [run.main, report.main, confirm.main], ids=["run", "report", "confirm"])
+@pytest.mark.parametrize("main", [run.main, report.main, confirm.main, revalidate.main],
+                         ids=["run", "report", "confirm", "revalidate"])
 def test_cfg_job_prints_the_composed_config_instead_of_running(main, capsys):
     assert main(["--cfg", "job", "slo.p99_ms=1234", "study.name=cfg-shown"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)

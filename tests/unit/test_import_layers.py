@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
     {"cli", "hardware_auto", "input_checks", "loadtest", "loadtest_output", "loadtest_capacity", "run",
-     "report", "confirm"},  # entry points and edges
+     "report", "confirm", "revalidate"},  # entry points and edges
     {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
