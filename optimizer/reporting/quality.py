@@ -181,13 +181,15 @@ def quality_section(info: QualityInfo, fig: Optional[go.Figure]) -> str:
         "<p class=sub>None.</p>" if not rejected else "<ul>" + "".join(
             f"<li>trial {r.number} ({_e(r.numerics)}): {_e(_why(r))}</li>" for r in rejected) + "</ul>"))
     head = ("<tr><th>#</th><th>status</th><th>numerics vs baseline</th><th>mean KLD</th><th>P99 KLD</th>"
-            "<th>same top-1</th><th>perplexity ratio</th><th>tasks</th><th>McNemar p</th><th>greedy agreement</th>"
+            "<th>mean KLD / floor</th><th>same top-1</th><th>perplexity ratio</th><th>tasks</th><th>McNemar p</th><th>greedy agreement</th>"
             "<th>probe s</th><th>spec acceptance</th><th>gate</th></tr>")
     body = []
+    floor_kld = ref.self_mean_kld if ref is not None and math.isfinite(ref.self_mean_kld) else math.nan
     for r in info.rows:
         gate = ("reference" if r.is_reference else "rejected" if r.rejected else "passed" if r.gated
                 else "not gated") + (f": {r.skipped or r.error}" if r.skipped or r.error else "")
-        cells = [str(r.number), _e(r.status.value), _e(r.numerics or "-"), *_cells(r)[:4],
+        cells = [str(r.number), _e(r.status.value), _e(r.numerics or "-"), *_cells(r)[:2],
+                 _n(r.mean_kld / floor_kld if floor_kld > 0 else math.nan, ".1f", "x"), *_cells(r)[2:4],
                  _n(100 * r.task_accuracy, ".0f", " %") + (f" (baseline {100 * r.reference_task_accuracy:.0f} %)"
                                                            if math.isfinite(r.reference_task_accuracy) else ""),
                  _n(r.mcnemar_p, ".3f"), _n(r.agreement, ".3f"), _n(r.probe_s, ".1f"), _n(r.spec_acceptance, ".2f"),

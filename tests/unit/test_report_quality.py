@@ -61,7 +61,7 @@ def _graded(s: QualityScores, numerics: str, violation: float, **kw) -> Quality:
 
 
 def test_rejected_configs_winner_and_baseline(tmp_path):
-    study = _study([(_graded(REF, "", 0.0, is_reference=True), 100.0, {}),
+    study = _study([(_graded(REF, "", 0.0, is_reference=True, self_mean_kld=0.002, self_same_top1=0.99), 100.0, {}),
                     (_graded(_scores((1, 9, 9, 9), -260.0), "kv_cache_dtype: None -> fp8_e5m2", 30.0), 300.0,
                      {"kv_cache_dtype": "fp8_e5m2"}),
                     (_graded(REF, "speculative: None -> ngram", 0.0), 200.0, {"speculative": "ngram"}),
@@ -76,6 +76,8 @@ def test_rejected_configs_winner_and_baseline(tmp_path):
     page = write_study_report(study, tmp_path).read_text()
     assert 'id="quality"' in page and "Rejected by the quality gate" in page
     assert "trial 1 (kv_cache_dtype: None -&gt; fp8_e5m2): mean KLD " in page and "McNemar p" in page
+    assert "noise floor (the baseline&#x27;s server against itself" in page or "noise floor (the baseline" in page
+    assert f"{info.rows[1].mean_kld / 0.002:.1f}x" in page  # each trial's distance in floors
     assert info.max_mean_kld == 0.005 and info.rows[1].task_accuracy == 0.0 and info.rows[1].mean_kld > 0.005
 
 
