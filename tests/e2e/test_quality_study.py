@@ -3,7 +3,9 @@ CPU build, a SQLite study of two trials. The baseline (vLLM defaults) is probed 
 study's reference, its server against itself (another batch composition) the noise floor; the
 space offers only an fp8_e5m2 KV cache (2 mantissa bits; mean KLD ~0.1 and same top-1 ~80 % in
 benchmarks/results/quality-v2.json), so the second trial is the damaging config and the quality
-constraint must make it infeasible while its load test stands.
+constraint must make it infeasible while its load test stands. (Passed in 167 s on the 2-core host:
+floor mean KLD 5.6e-4; fp8_e5m2 mean KLD 0.068, same top-1 85 %, tasks 40.6 % against 48.4 %,
+violation 18.5.)
 
 Every server gets ``--enforce-eager`` (a compiled start takes minutes longer on a loaded host) and
 the scheduler settings are fixed, so the trials differ only in the KV-cache dtype."""
