@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from optimizer.quality import load_set
-from optimizer.quality.__main__ import EXIT_REJECTED, main
+from optimizer.quality.__main__ import EXIT_REJECTED
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 ANSWERS = {t.prompt: t.answer for t in load_set("quality-v2").tasks}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str]) -> int:
+    """The command as a user runs it (a subprocess: its logging set-up stays out of this process)."""
+    r = subprocess.run([sys.executable, "-m", "optimizer.quality", *argv], cwd=REPO, capture_output=True, text=True,
+                       timeout=150, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    return r.returncode
 
 
 def _logprobs(i: int, k: int, damaged: bool) -> dict[str, dict]:
@@ -66,7 +80,10 @@ def stub(damaged: bool) -> Iterator[str]:
                 choice["logprobs"] = {"top_logprobs": [{"token_id:5": -0.1}, {"token_id:6": -0.1}]}
             self._send({"choices": [choice]})
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the floor's batched view connects once per passage at once
+
+    srv = Server(("127.0.0.1", 0), Handler)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     try:
