@@ -3,7 +3,7 @@
 # tree (the tree and a call's carried files share 64 MiB). Here, once:
 #   bash ../shared/gpu/build_bundle.sh .gpu-bundle          # builds /tmp/vllm-bundle (W)
 #   mkdir -p .gpu-cargo && (cd /tmp/vllm-bundle && tar -cf - deps_site.tar.xz model.tgz vllm_site.tar.xz) \
-#     | split -b 33000000 -d - .gpu-cargo/cargo.part
+#     | split -b 31000000 -d - .gpu-cargo/cargo.part
 #   (cd .gpu-cargo && sha256sum cargo.part* > parts.sha256)
 #   (cd /tmp/vllm-bundle && sha256sum deps_site.tar.xz model.tgz vllm_site.tar.xz) > .gpu-cargo/members.sha256
 # On the host, one call per slice (carry .gpu-cargo/cargo.partNN and the two .sha256 files):

@@ -19,6 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from optimizer.quality.distribution import DistanceSummary, TextDist, summarize
+from optimizer.quality.tasks import TaskAnswer, TaskComparison, compare_tasks, greedy_exactness
+
 __all__ = ["Generation", "ItemAgreement", "QualityScores", "QualityVerdict", "TextScore", "compare",
            "first_divergence", "perplexity", "text_score"]
 
@@ -44,6 +47,7 @@ class Generation:
     token_ids: tuple[int, ...]
     text: str
     finish_reason: str
+    top_ids: tuple[tuple[int, ...], ...] = ()  # the top-N token ids at each generated position
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,11 @@ class QualityScores:
     texts: tuple[TextScore, ...]
     generations: tuple[Generation, ...]
     max_tokens: int
-    ppl_seconds: float  # wall time of the perplexity requests
+    ppl_seconds: float  # wall time of the teacher-forced requests
     gen_seconds: float  # wall time of the greedy generations
+    dists: tuple[TextDist, ...] = ()  # per passage, per position: actual token and top-k (prompt_logprobs=k)
+    tasks: tuple[TaskAnswer, ...] = ()
+    task_seconds: float = 0.0
 
     @property
     def n_tokens(self) -> int:
@@ -68,7 +75,11 @@ class QualityScores:
 
     @property
     def seconds(self) -> float:
-        return self.ppl_seconds + self.gen_seconds
+        return self.ppl_seconds + self.gen_seconds + self.task_seconds
+
+    @property
+    def task_accuracy(self) -> float:
+        return sum(t.correct for t in self.tasks) / len(self.tasks) if self.tasks else math.nan
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,12 @@ class QualityVerdict:
     reference_ppl: float
     n_tokens: int
     items: tuple[ItemAgreement, ...]
+    distance: Optional[DistanceSummary] = None  # teacher-forced distributions (None: not measured on both)
+    tasks: Optional[TaskComparison] = None  # None: the set has no tasks
+    # greedy answers that differ from the reference's where, at the first differing token, a pick is
+    # not in the other side's top-N (a wrong token, not a flipped near-tie); and how many differ at all
+    not_near_tie: int = 0
+    diverged: int = 0
 
     @property
     def ppl_increase(self) -> float:
@@ -170,4 +187,9 @@ def compare(scores: QualityScores, reference: QualityScores) -> QualityVerdict:
         raise ValueError("the generated prompts differ from the reference's")
     items = tuple(ItemAgreement(g.id, first_divergence(g.token_ids, ref_gens[g.id].token_ids), len(g.token_ids),
                                 len(ref_gens[g.id].token_ids)) for g in scores.generations)
-    return QualityVerdict(scores.ppl, reference.ppl, scores.n_tokens, items)
+    checks = [greedy_exactness(g.token_ids, ref_gens[g.id].token_ids, g.top_ids, ref_gens[g.id].top_ids)
+              for g in scores.generations]
+    distance = summarize(scores.dists, reference.dists) if scores.dists and reference.dists else None
+    tasks = compare_tasks(scores.tasks, reference.tasks) if scores.tasks or reference.tasks else None
+    return QualityVerdict(scores.ppl, reference.ppl, scores.n_tokens, items, distance, tasks,
+                          sum(c is False for c in checks), sum(c is not None for c in checks))

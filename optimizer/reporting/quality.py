@@ -30,18 +30,24 @@ class QualityRow(NamedTuple):
     status: Status
     baseline: bool
     numerics: str  # what differs from the baseline's numerics ("" when nothing)
-    ppl: float
-    ppl_increase: float  # relative to the reference (NaN when not graded)
-    agreement: float
-    exact_match_rate: float
-    first_divergence: float
+    mean_kld: float  # from the reference, per position (NaN when not graded)
+    p99_kld: float
+    same_top1: float
+    ppl_ratio: float
+    task_accuracy: float
+    reference_task_accuracy: float
+    mcnemar_p: float
+    agreement: float  # greedy prefix agreement (information)
     probe_s: float
     is_reference: bool
     gated: bool
     violation: float  # the grade (0: within the limits; NaN: not graded)
+    reasons: str  # why the gate rejected it
     skipped: str
     error: str
     spec_acceptance: float  # accepted / drafted tokens in the load test (NaN: no speculation)
+    self_mean_kld: float  # this server against itself (the reference's: the study's noise floor)
+    self_same_top1: float
 
     @property
     def rejected(self) -> bool:
@@ -51,8 +57,10 @@ class QualityRow(NamedTuple):
 
 class QualityInfo(NamedTuple):
     mode: str
-    max_ppl_increase: float
-    min_agreement: float
+    max_mean_kld: float
+    max_p99_kld: float
+    min_same_top1: float
+    floor_multiple: float
     rows: list[QualityRow]  # trials that have a quality part, by number
     notes: list[str]  # plain-language statements (not measured, and why)
     winner: Optional[QualityRow]
@@ -60,26 +68,28 @@ class QualityInfo(NamedTuple):
 
     @property
     def measured(self) -> bool:
-        return any(math.isfinite(r.ppl) for r in self.rows)
+        return any(math.isfinite(r.mean_kld) or r.is_reference for r in self.rows)
+
+    @property
+    def floor(self) -> Optional[QualityRow]:
+        """The reference trial, whose self-distance is the study's noise floor."""
+        return next((r for r in self.rows if r.is_reference), None)
 
 
-def _why(r: QualityRow, info_max: float, info_min: float) -> str:
+def _why(r: QualityRow) -> str:
     """Why the gate rejected ``r``, in words."""
-    if not (math.isfinite(r.ppl_increase) and math.isfinite(r.agreement)):
+    if not math.isfinite(r.mean_kld):
         return f"quality not measured ({r.error or r.skipped or 'no probe'}): an unverified numerics change"
-    out = []
-    if r.ppl_increase > info_max:
-        out.append(f"perplexity {r.ppl_increase:+.2%} over the baseline's (limit {info_max:+.2%})")
-    if r.agreement < info_min:
-        out.append(f"greedy agreement {r.agreement:.3f} below {info_min:.3f}")
-    return "; ".join(out)
+    return r.reasons
 
 
 def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
     """The quality section's data, from the report's data and the study's trials."""
     q: dict[str, Any] = d.summary.config.get("quality") or {}
-    max_inc = float(q.get("max_ppl_increase", _DEFAULT.max_ppl_increase))
-    min_agree = float(q.get("min_agreement", _DEFAULT.min_agreement))
+
+    def limit(key: str) -> float:
+        return float(q.get(key, getattr(_DEFAULT, key)))
+
     status = {i.number: i for i in d.trials}
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -88,13 +98,14 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
         if p is None or t.number not in status:
             continue
         m = rec.measurement
-        rows.append(QualityRow(t.number, status[t.number].status, status[t.number].baseline, p.numerics, p.ppl,
-                               p.ppl_increase, p.agreement, p.exact_match_rate, p.first_divergence, p.probe_s,
-                               p.is_reference, p.gated, p.violation, p.skipped, p.error,
-                               m.telemetry.spec_acceptance if m is not None else math.nan))
+        rows.append(QualityRow(t.number, status[t.number].status, status[t.number].baseline, p.numerics, p.mean_kld,
+                               p.p99_kld, p.same_top1, p.ppl_ratio, p.task_accuracy, p.reference_task_accuracy,
+                               p.mcnemar_p, p.agreement, p.probe_s, p.is_reference, p.gated, p.violation, p.reasons,
+                               p.skipped, p.error, m.telemetry.spec_acceptance if m is not None else math.nan,
+                               p.self_mean_kld, p.self_same_top1))
     notes = []
     skipped = sorted({r.skipped for r in rows if r.skipped})
-    if rows and not any(math.isfinite(r.ppl) for r in rows):
+    if rows and not any(math.isfinite(r.mean_kld) or r.is_reference for r in rows):
         notes.append("Quality was not measured in this study"
                      + (f" ({', '.join(skipped)})" if skipped else "") + ": the quality gate was not applied"
                      + (". Random (dummy) weights have no answers to keep; run with real weights, e.g. "
@@ -104,28 +115,29 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
     base = by.get(d.summary.baseline.number) if d.summary.baseline else None
     if base is None:
         base = next((r for r in rows if r.is_reference), None)
-    return QualityInfo(str(q.get("mode", _DEFAULT.mode.value)), max_inc, min_agree, rows, notes, best, base)
+    return QualityInfo(str(q.get("mode", _DEFAULT.mode.value)), limit("max_mean_kld"), limit("max_p99_kld"),
+                       limit("min_same_top1"), limit("floor_multiple"), rows, notes, best, base)
 
 
 def quality_figure(info: QualityInfo) -> Optional[go.Figure]:
-    """Perplexity change and greedy agreement per trial (limits drawn), and speculative acceptance
-    where any trial drafted; None when nothing was measured."""
-    graded = [r for r in info.rows if math.isfinite(r.ppl_increase) or math.isfinite(r.agreement)]
+    """Mean KLD and same-top-1 per graded trial (configured limits drawn), and speculative acceptance
+    where any trial drafted; None when nothing was graded."""
+    graded = [r for r in info.rows if math.isfinite(r.mean_kld)]
     if not graded:
         return None
     spec = [r for r in info.rows if math.isfinite(r.spec_acceptance)]
     n = 3 if spec else 2
-    titles = ["perplexity change vs the baseline (%)", "greedy agreement with the baseline"]
+    titles = ["mean KLD from the baseline (nats)", "same top-1 token as the baseline (%)"]
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles + (["speculative acceptance"] if spec else []))
     x = [f"#{r.number}" for r in graded]
     colors = ["#e03131" if r.rejected else "#2a9d3f" if r.gated else "#868e96" for r in graded]
     hover = [_e(r.numerics or "baseline numerics") + (" (rejected)" if r.rejected else "") for r in graded]
-    fig.add_trace(go.Bar(x=x, y=[100 * r.ppl_increase for r in graded], marker_color=colors, hovertext=hover,
-                         name="perplexity change"), row=1, col=1)
-    fig.add_trace(go.Bar(x=x, y=[r.agreement for r in graded], marker_color=colors, hovertext=hover,
-                         name="agreement"), row=1, col=2)
-    fig.add_hline(y=100 * info.max_ppl_increase, line_dash="dash", line_color="#e03131", row=1, col=1)
-    fig.add_hline(y=info.min_agreement, line_dash="dash", line_color="#e03131", row=1, col=2)
+    fig.add_trace(go.Bar(x=x, y=[r.mean_kld for r in graded], marker_color=colors, hovertext=hover,
+                         name="mean KLD"), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=[100 * r.same_top1 for r in graded], marker_color=colors, hovertext=hover,
+                         name="same top-1"), row=1, col=2)
+    fig.add_hline(y=info.max_mean_kld, line_dash="dash", line_color="#e03131", row=1, col=1)
+    fig.add_hline(y=100 * info.min_same_top1, line_dash="dash", line_color="#e03131", row=1, col=2)
     if spec:
         fig.add_trace(go.Bar(x=[f"#{r.number}" for r in spec], y=[r.spec_acceptance for r in spec],
                              marker_color="#1c7ed6", name="acceptance"), row=1, col=3)
@@ -135,21 +147,30 @@ def quality_figure(info: QualityInfo) -> Optional[go.Figure]:
 
 def _cells(r: Optional[QualityRow]) -> list[str]:
     if r is None:
-        return ["n/a"] * 4
-    return [_n(r.ppl, ".3f"), _n(100 * r.ppl_increase, "+.2f", " %"), _n(r.agreement, ".3f"),
-            _n(100 * r.exact_match_rate, ".0f", " %")]
+        return ["n/a"] * 5
+    return [_n(r.mean_kld, ".4f"), _n(r.p99_kld, ".3f"), _n(100 * r.same_top1, ".2f", " %"), _n(r.ppl_ratio, ".4f"),
+            _n(100 * r.task_accuracy, ".0f", " %")]
 
 
 def quality_section(info: QualityInfo, fig: Optional[go.Figure]) -> str:
     """The section's HTML (figures and tables; every string escaped)."""
-    out = [f'<p class="sub">quality.mode={_e(info.mode)}: a trial whose numerics differ from the baseline\'s '
-           f"may raise perplexity by at most {info.max_ppl_increase:.1%} and must keep a greedy agreement of at "
-           f"least {info.min_agreement:.2f} (red bars: rejected by the gate; grey: baseline numerics).</p>"]
+    ref = info.floor
+    floor = ("" if ref is None or not math.isfinite(ref.self_mean_kld) else
+             f" The noise floor (the baseline's server against itself, another batch composition): mean KLD "
+             f"{ref.self_mean_kld:.2g}, same top-1 {100 * ref.self_same_top1:.2f} %; each limit is at least "
+             f"{info.floor_multiple:g}x the floor.")
+    out = [f'<p class="sub">quality.mode={_e(info.mode)}: a trial whose numerics differ from the baseline\'s is '
+           f"compared with it position by position over the quality set's passages (teacher-forced): mean KL "
+           f"divergence at most {info.max_mean_kld:g} nats, its 99th percentile at most {info.max_p99_kld:g}, the "
+           f"same most likely next token at {100 * info.min_same_top1:.0f} % of positions or more, and no task "
+           f"accuracy lost beyond chance (McNemar).{_e(floor)} Red bars: rejected by the gate; grey: baseline "
+           f"numerics.</p>"]
     out += [f'<p class="note">{_e(n)}</p>' for n in info.notes]
     if not info.rows:
         return "".join(out) + '<p class="empty">No trial recorded a quality probe.</p>'
     out.append(_fig("quality", fig, "No trial's quality was graded against a reference."))
-    head = "<tr><th></th><th>perplexity</th><th>change</th><th>agreement</th><th>exact match</th></tr>"
+    head = ("<tr><th></th><th>mean KLD</th><th>P99 KLD</th><th>same top-1</th><th>perplexity ratio</th>"
+            "<th>task accuracy</th></tr>")
     rows = [("the winner" + (f" (trial {info.winner.number})" if info.winner else ""), info.winner),
             ("the baseline" + (f" (trial {info.baseline.number})" if info.baseline else ""), info.baseline)]
     out.append('<h3>The winner next to the baseline</h3><table class="trials"><thead>' + head + "</thead><tbody>"
@@ -158,18 +179,21 @@ def quality_section(info: QualityInfo, fig: Optional[go.Figure]) -> str:
     rejected = [r for r in info.rows if r.rejected]
     out.append("<h3>Rejected by the quality gate</h3>" + (
         "<p class=sub>None.</p>" if not rejected else "<ul>" + "".join(
-            f"<li>trial {r.number} ({_e(r.numerics)}): {_e(_why(r, info.max_ppl_increase, info.min_agreement))}"
-            f"</li>" for r in rejected) + "</ul>"))
-    head = ("<tr><th>#</th><th>status</th><th>numerics vs baseline</th><th>perplexity</th><th>change</th>"
-            "<th>agreement</th><th>exact</th><th>first divergence</th><th>probe s</th><th>spec acceptance</th>"
-            "<th>gate</th></tr>")
+            f"<li>trial {r.number} ({_e(r.numerics)}): {_e(_why(r))}</li>" for r in rejected) + "</ul>"))
+    head = ("<tr><th>#</th><th>status</th><th>numerics vs baseline</th><th>mean KLD</th><th>P99 KLD</th>"
+            "<th>mean KLD / floor</th><th>same top-1</th><th>perplexity ratio</th><th>tasks</th><th>McNemar p</th><th>greedy agreement</th>"
+            "<th>probe s</th><th>spec acceptance</th><th>gate</th></tr>")
     body = []
+    floor_kld = ref.self_mean_kld if ref is not None and math.isfinite(ref.self_mean_kld) else math.nan
     for r in info.rows:
         gate = ("reference" if r.is_reference else "rejected" if r.rejected else "passed" if r.gated
                 else "not gated") + (f": {r.skipped or r.error}" if r.skipped or r.error else "")
-        cells = [str(r.number), _e(r.status.value), _e(r.numerics or "-"), *_cells(r)[:3],
-                 _n(100 * r.exact_match_rate, ".0f", " %"), _n(r.first_divergence, ".1f"), _n(r.probe_s, ".1f"),
-                 _n(r.spec_acceptance, ".2f"), _e(gate)]
+        cells = [str(r.number), _e(r.status.value), _e(r.numerics or "-"), *_cells(r)[:2],
+                 _n(r.mean_kld / floor_kld if floor_kld > 0 else math.nan, ".1f", "x"), *_cells(r)[2:4],
+                 _n(100 * r.task_accuracy, ".0f", " %") + (f" (baseline {100 * r.reference_task_accuracy:.0f} %)"
+                                                           if math.isfinite(r.reference_task_accuracy) else ""),
+                 _n(r.mcnemar_p, ".3f"), _n(r.agreement, ".3f"), _n(r.probe_s, ".1f"), _n(r.spec_acceptance, ".2f"),
+                 _e(gate)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append('<h3>Every probed trial</h3><table class="trials"><thead>' + head + "</thead><tbody>"
                + "".join(body) + "</tbody></table>")

@@ -176,7 +176,8 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
             if isinstance(exc, TrialInterrupted):
                 raise exc.original from None  # Ctrl-C or SIGTERM, as the entry point maps them to exit codes
             raise
-        rec = judge(study, cfg, rec, params.as_dict(), _baseline_engine_params(cfg).as_dict())  # [quality]
+        rec = judge(study, cfg, rec, params.as_dict(), _baseline_engine_params(cfg).as_dict(),  # [quality]
+                    baseline_running=None if baseline else (lambda: _baseline_running(study)))
         if rec.outcome is None:
             raise RuntimeError(f"{tag}: the trial runner returned a record without an outcome")
         _store(trial, rec)

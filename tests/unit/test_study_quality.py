@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import optuna
 import pytest
 
 from optimizer.objective import Outcome
 from optimizer.quality import UNMEASURED_VIOLATION
-from optimizer.quality.scoring import Generation, QualityScores, TextScore
+from optimizer.quality.scoring import QualityScores
 from optimizer.record import Quality, Setup, TrialRecord
 from optimizer.study import quality as sq
+from tests.support.quality_fakes import scores as fake_scores
 
 BASE = {"kv_cache_gib": 2}
 FP8 = {"kv_cache_gib": 2, "kv_cache_dtype": "fp8_e5m2"}
@@ -21,8 +23,9 @@ SCHED = {"kv_cache_gib": 2, "max_num_seqs": 4}
 
 
 def _scores(ids: tuple[int, ...], lp: float = -200.0) -> QualityScores:
-    return QualityScores("quality-v1", "ab" * 32, (TextScore("t1", 100, lp),),
-                         (Generation("p1", ids, "", "length"), Generation("p2", (7, 8), "", "length")), 4, 1.0, 2.0)
+    """Baseline-like scores for (1, 2, 3, 4); others are damaged: distributions tilted, tasks lost."""
+    damaged = ids != (1, 2, 3, 4)
+    return fake_scores(1.0 if damaged else 0.0, gens=(ids, (7, 8)), correct=[not damaged] * 10)
 
 
 def _rec(scores: QualityScores | None = None, **kw) -> TrialRecord:
@@ -39,13 +42,13 @@ def study() -> optuna.Study:
 def test_baseline_sets_the_reference_once_and_a_damaging_numerics_change_is_gated(compose, study):
     cfg = compose("quality.mode=gate")
     base = sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
-    assert base.quality.is_reference and base.quality.agreement == 1.0 and base.quality.violation == 0.0
+    assert base.quality.is_reference and base.quality.mean_kld == 0.0 and base.quality.violation == 0.0
     assert base.outcome.constraints["quality"] == 0.0 and base.outcome.feasible
     assert sq.read_reference(study) == _scores((1, 2, 3, 4))
     bad = sq.judge(study, cfg, _rec(_scores((1, 9, 9, 9), lp=-260.0)), FP8, BASE)
     q = bad.quality
     assert q.gated and not q.is_reference and q.numerics == "kv_cache_dtype: None -> fp8_e5m2"
-    assert math.isclose(q.agreement, (1 / 4 + 1) / 2) and q.ppl_increase > 0.5
+    assert q.mean_kld > 0.05 and q.task_accuracy == 0.0 and q.ppl_ratio > 1.0 and "mean KLD" in q.reasons
     assert bad.outcome.constraints["quality"] == q.violation > 0 and not bad.outcome.feasible
     assert sq.read_reference(study) == _scores((1, 2, 3, 4))  # stored once: a later trial does not replace it
 
@@ -70,6 +73,37 @@ def test_a_changed_config_before_any_reference_is_unmeasured_and_keeps_its_score
     r = sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), FP8, BASE)
     assert "no quality reference yet" in r.quality.error and r.quality.scores is not None
     assert r.outcome.constraints["quality"] == UNMEASURED_VIOLATION and sq.read_reference(study) is None
+
+
+def test_a_trial_finished_before_the_reference_waits_for_the_running_baseline_and_is_graded(compose, study):
+    cfg = compose("quality.mode=gate")
+    calls: list[int] = []
+
+    def baseline_running() -> bool:  # the baseline (another worker) stores the reference on the second look
+        calls.append(1)
+        if len(calls) == 2:
+            sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
+        return len(calls) < 3
+
+    r = sq.judge(study, cfg, _rec(_scores((1, 9, 9, 9), lp=-260.0)), FP8, BASE, baseline_running=baseline_running,
+                 poll_s=0.01)
+    assert not r.quality.error and r.quality.mean_kld > 0.05 and r.outcome.constraints["quality"] > 0
+    ok = sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), FP8, BASE, baseline_running=lambda: False)
+    assert ok.quality.mean_kld == 0.0 and ok.outcome.constraints["quality"] == 0.0
+
+
+def test_the_reference_trial_stores_its_self_distance_as_the_noise_floor(compose, study):
+    cfg = compose("quality.mode=gate")
+    rec = _rec(_scores((1, 2, 3, 4)))
+    rec = TrialRecord(rec.setup, quality=replace(rec.quality, self_mean_kld=0.004, self_p99_kld=0.05,
+                                                 self_same_top1=0.98), outcome=rec.outcome)
+    sq.judge(study, cfg, rec, BASE, BASE)
+    floor = sq.read_floor(study)
+    assert (floor.mean_kld, floor.p99_kld, floor.same_top1, floor.views) == (0.004, 0.05, 0.98, 1)
+    # a trial 1.6x the configured mean limit passes within 3x that floor
+    moved = sq.judge(study, cfg, _rec(fake_scores(0.25)), FP8, BASE)
+    assert 0.005 < moved.quality.mean_kld < 0.012 and moved.quality.floor_mean_kld == 0.004
+    assert moved.outcome.constraints["quality"] == 0.0, moved.quality.reasons
 
 
 def test_a_failed_probe_on_a_gated_config_is_infeasible(compose, study):
