@@ -278,6 +278,42 @@ def _argv_from_db(db: str, trial: int) -> list[str]:
     return argv
 
 
+def summarize(paths: list[str]) -> str:
+    """The committed results as Markdown tables: every measured run, then the median per client."""
+    names = {"ours": "ours", "bench": "vllm bench serve, random dataset (text)",
+             "bench_ids": "vllm bench serve, our token-id requests"}
+    out = []
+    for path in paths:
+        for c in json.loads(Path(path).read_text())["configs"]:
+            out.append(f"\n### {c['label']} at {c['users']} users ({c['requests_per_run']} requests a run; "
+                       f"flags: {' '.join(c['flags']) or 'none'})\n")
+            out.append("| run | client | client tok/s | server tok/s (steady) | running | step ms | tokens/step "
+                       "| prefix hits | TTFT P50 | E2E P50 | E2E P99 all | E2E P99 steady | TPOT mean |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for i, r in enumerate(c["runs"]):
+                if r["warm"]:
+                    continue
+                key = names[r["client"]] + (", pinned to one core" if r["pinned"] else "")
+                groups.setdefault(key, []).append(r)
+                sv, sr = r.get("server", {}), r.get("server_run", {})
+                out.append(f"| {i - 1} | {key} | {r['client_tok_s']:,.0f} | {sv.get('gen_tok_s', float('nan')):,.0f} | "
+                           f"{sv.get('running_mean', float('nan')):.1f} | {sv.get('step_ms', float('nan')):.2f} | "
+                           f"{sv.get('tokens_per_step', float('nan')):.0f} | {sr.get('prefix_cache_hit_rate', float('nan')):.1%} | "
+                           f"{r['all']['ttft_p50']:,.0f} | {r['all']['e2e_p50']:,.0f} | {r['all']['e2e_p99']:,.0f} | "
+                           f"{r['steady']['e2e_p99']:,.0f} | {r['all']['tpot_mean']:.2f} |")
+            out.append("\n| client (median of its runs) | runs | client tok/s | server tok/s | E2E P50 ms | E2E P99 all | "
+                       "E2E P99 steady |")
+            out.append("|---|---|---|---|---|---|---|")
+            for key, rs in groups.items():
+                med = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
+                out.append(f"| {key} | {len(rs)} | {med(lambda r: r['client_tok_s']):,.0f} | "
+                           f"{med(lambda r: r.get('server', {}).get('gen_tok_s', float('nan'))):,.0f} | "
+                           f"{med(lambda r: r['all']['e2e_p50']):,.0f} | {med(lambda r: r['all']['e2e_p99']):,.0f} | "
+                           f"{med(lambda r: r['steady']['e2e_p99']):,.0f} |")
+    return "\n".join(out)
+
+
 MODEL = ["model=llama-3-8b-instruct", "model.load_format=dummy", "model.generate=config"]
 TMP = Path("/tmp/reference-agreement")
 
@@ -294,8 +330,14 @@ def main() -> int:
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--seed", type=int, default=7000)
     ap.add_argument("--start-timeout-s", type=float, default=600)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="result JSON")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print committed results as Markdown tables")
     a = ap.parse_args()
+    if a.summarize:
+        print(summarize(a.summarize))
+        return 0
+    if not a.out:
+        raise SystemExit("--out is required")
     TMP.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"benchmark": "reference_agreement", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "machine": C.machine(), "args": {k: v for k, v in vars(a).items() if k != "out"},
