@@ -27,16 +27,14 @@ LAYERS: list[set[str]] = [
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
     {"cli", "hardware_auto", "input_checks", "loadtest", "loadtest_output", "loadtest_capacity", "run",
-     "report", "confirm", "revalidate"},  # entry points and edges
+     "report", "confirm", "revalidate", "quality_check"},  # entry points and edges
     {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
 def _unit(module: str) -> str:
-    """``optimizer.study.loop`` -> ``study``; a package's ``__main__`` is an entry point (``cli``'s layer)."""
-    if module.endswith(".__main__"):
-        return "cli"
+    """``optimizer.study.loop`` -> ``study``."""
     return module.split(".")[1] if module.count(".") >= 1 else ""
 
 
