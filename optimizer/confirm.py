@@ -18,11 +18,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from optimizer.cli import compose, show_config
 from optimizer.entry import main_wrapper, setup_logging
 
-__all__ = ["main"]
+__all__ = ["main", "run_stage"]
 
 log = logging.getLogger("optimizer")
 
@@ -34,33 +35,41 @@ Exit codes: 0 done, 1 no such study or too many environmental failures, 2 bad in
 """
 
 
-def _body(overrides: list[str], debug: bool) -> int:
+def run_stage(overrides: list[str], debug: bool, what: str, stage: Callable[..., object]) -> int:
+    """An entry point's stage over a stored study (the confirmation here, the revalidation in
+    :mod:`optimizer.revalidate`): the study must exist, the host's GPU groups are the search's, and
+    the report is written afterwards (``report=false``: not). ``stage(cfg, runtime, plan=, log_file=, debug=)``."""
     cfg = compose(overrides)
     log_file = Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log"
     setup_logging(log_file, debug)
     from optimizer.errors import ConfigError
     from optimizer.server.gpu import list_gpus
-    from optimizer.study.confirm import run_confirmation
     from optimizer.study.loop import Runtime
     from optimizer.study.storage import load_study
     from optimizer.study.workers import host_plan
 
     if cfg.study.confirm.top_k == 0:
-        raise ConfigError("study.confirm.top_k=0: nothing to confirm; give the number of top configs, e.g. "
+        raise ConfigError(f"study.confirm.top_k=0: nothing to {what}; give the number of top configs, e.g. "
                           "study.confirm.top_k=3")
     load_study(cfg.study.storage, cfg.study.name)  # refuse a study that does not exist (never create one)
     # the GPU groups of the search (study.workers): the entry point reads the environment and asks for the GPUs
     plan = host_plan(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), lambda: [g.index for g in list_gpus()])
     try:
-        run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
-                                      worker=f"{cfg.study.host or os.uname().nodename}/confirm"),
-                         plan=plan, log_file=log_file, debug=debug)
+        stage(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
+                           worker=f"{cfg.study.host or os.uname().nodename}/{what}"),
+              plan=plan, log_file=log_file, debug=debug)
     finally:
         if cfg.report:
             from optimizer.report import report_quietly
 
             report_quietly(cfg)
     return 0
+
+
+def _body(overrides: list[str], debug: bool) -> int:
+    from optimizer.study.confirm import run_confirmation
+
+    return run_stage(overrides, debug, "confirm", run_confirmation)
 
 
 def main(argv: list[str] | None = None) -> int:

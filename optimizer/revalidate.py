@@ -18,12 +18,11 @@ with their vLLM version, beside the study's own; an interrupted revalidation res
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from pathlib import Path
 
-from optimizer.cli import compose, show_config
-from optimizer.entry import main_wrapper, setup_logging
+from optimizer.cli import show_config
+from optimizer.confirm import run_stage
+from optimizer.entry import main_wrapper
 
 __all__ = ["main"]
 
@@ -38,31 +37,9 @@ Exit codes: 0 done, 1 no such study or too many environmental failures, 2 bad in
 
 
 def _body(overrides: list[str], debug: bool) -> int:
-    cfg = compose(overrides)
-    log_file = Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log"
-    setup_logging(log_file, debug)
-    from optimizer.errors import ConfigError
-    from optimizer.server.gpu import list_gpus
-    from optimizer.study.loop import Runtime
     from optimizer.study.revalidation import run_revalidation
-    from optimizer.study.storage import load_study
-    from optimizer.study.workers import host_plan
 
-    if cfg.study.confirm.top_k == 0:
-        raise ConfigError("study.confirm.top_k=0: nothing to revalidate; give the number of top configs, e.g. "
-                          "study.confirm.top_k=3")
-    load_study(cfg.study.storage, cfg.study.name)  # refuse a study that does not exist (never create one)
-    plan = host_plan(cfg, os.environ.get("CUDA_VISIBLE_DEVICES"), lambda: [g.index for g in list_gpus()])
-    try:
-        run_revalidation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
-                                      worker=f"{cfg.study.host or os.uname().nodename}/revalidate"),
-                         plan=plan, log_file=log_file, debug=debug)
-    finally:
-        if cfg.report:
-            from optimizer.report import report_quietly
-
-            report_quietly(cfg)
-    return 0
+    return run_stage(overrides, debug, "revalidate", run_revalidation)
 
 
 def main(argv: list[str] | None = None) -> int:
