@@ -22,6 +22,8 @@ import re
 import subprocess
 from typing import Any, Mapping, Optional, Sequence
 
+from optimizer.server.engine import PARSER_PRELUDE
+
 __all__ = ["DEFAULT_KEYS", "defaults_from_log", "differences", "resolve_defaults"]
 
 # what the baseline records, in vLLM's own names (EngineParams' where they are the same)
@@ -29,21 +31,10 @@ DEFAULT_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilizatio
                 "enable_chunked_prefill", "enable_prefix_caching", "max_model_len", "dtype", "kv_cache_dtype",
                 "block_size", "tensor_parallel_size")
 
-_SCRIPT = r"""
-import json, importlib, sys
-def first(*paths):
-    for mod, name in paths:
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except Exception:
-            pass
-    raise SystemExit("not found: " + repr(paths))
-make = first(("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
-             ("vllm.entrypoints.openai.cli_args", "make_arg_parser"))
-flex = first(("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser"))
+_SCRIPT = PARSER_PRELUDE + r"""
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.usage.usage_lib import UsageContext
-args = make(flex()).parse_args(sys.argv[1:])
+args = parser().parse_args(sys.argv[1:])
 c = AsyncEngineArgs.from_cli_args(args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
 s, k, m, p = c.scheduler_config, c.cache_config, c.model_config, c.parallel_config
 out = {"max_num_seqs": s.max_num_seqs, "max_num_batched_tokens": s.max_num_batched_tokens,

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-__all__ = ["Engine", "ServeFlags", "read_engine", "read_flags", "removed_flags"]
+__all__ = ["PARSER_PRELUDE", "Engine", "ServeFlags", "read_engine", "read_flags", "removed_flags"]
 
 # run under the server's interpreter: the distribution that provides the package, its version, torch's
 _SCRIPT = r"""
@@ -107,20 +107,27 @@ def read_engine(python: str, env: Optional[Mapping[str, str]] = None, package: s
                   _build(torch, str(d.get("torch_version_py") or "")) if torch else "")
 
 
-# run under the server's interpreter: the options of `vllm serve`'s parser, as that vLLM builds it
-_FLAGS_SCRIPT = r"""
-import json, importlib
+# run under the server's interpreter: `vllm serve`'s parser as that vLLM builds it (``parser()``); the
+# scripts below (and optimizer.server.defaults') start with it
+PARSER_PRELUDE = r"""
+import json, importlib, sys
 def first(*paths):
     for mod, name in paths:
         try:
             return getattr(importlib.import_module(mod), name)
         except Exception:
             pass
-    raise SystemExit("no parser found")
+    raise SystemExit("not found: " + repr(paths))
 make = first(("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
              ("vllm.entrypoints.openai.cli_args", "make_arg_parser"))
 flex = first(("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser"))
-p = make(flex())
+def parser():
+    return make(flex())
+"""
+
+# the options of that parser, and the help of those it marks deprecated
+_FLAGS_SCRIPT = PARSER_PRELUDE + r"""
+p = parser()
 deprecated = {a for a in getattr(p, "_deprecated", ())}
 out = {"options": [], "deprecated": {}}
 for a in p._actions:
