@@ -7,7 +7,7 @@ set -e
 COMMON="study.name=cpu-vllm-versions study.storage=sqlite:////tmp/wv-demo/cpu-vllm-versions.db \
   study.runs_dir=/tmp/wv-demo/runs reports_dir=/tmp/wv-demo/reports study.n_trials=3 study.confirm.top_k=1 study.confirm.repeats=2"
 # the study (3 trials: the baseline and 2 proposals) and its confirmation, on vLLM 0.32.0
-flock /tmp/vllm-cpu.lock python -m optimizer.run $COMMON
+python -m optimizer.run $COMMON
 # the same study re-measured on vLLM 0.31.0: its servers run under the other venv's interpreter
-flock /tmp/vllm-cpu.lock python -m optimizer.revalidate $COMMON server.python=/tmp/venv-vllm031/bin/python
+python -m optimizer.revalidate $COMMON server.python=/tmp/venv-vllm031/bin/python
 python -m optimizer.report $COMMON
