@@ -23,7 +23,7 @@ cat cargo.part* | tar -x
 sha256sum -c --quiet members.sha256
 xz -T0 -dc deps_site.tar.xz | tar -x -C "$SITE"
 xz -T0 -dc vllm_site.tar.xz | tar -x -C "$SITE"
-tar -xzf model.tgz -C "$MODELDIR"
+[ -f model.tgz ] && tar -xzf model.tgz -C "$MODELDIR"
 rm -f cargo.part* deps_site.tar.xz vllm_site.tar.xz
 touch "$SITE/.installed"
 echo "stage: installed into $SITE in $(( $(date +%s) - t0 )) s"
