@@ -31,9 +31,9 @@ case "${1:-}" in
   wait)
     end=$((SECONDS + ${2:-540}))
     while [ $SECONDS -lt $end ] && [ ! -f $R/${UNTIL:-done} ]; do sleep 5; done
-    tail -15 $LOG; grep -h "exit\|trial\b" /tmp/h100-capacity-quality-smollm2*.log 2>/dev/null | tail -12
+    tail -15 $LOG; grep -h "exit\|trial\b" /tmp/h[12]00-capacity-quality-smollm2*.log 2>/dev/null | tail -12
     mkdir -p "$OUT"; cp $R/gpu.txt $R/gpu-mem.txt $LOG "$OUT"/ 2>/dev/null
-    for L in forkserver plain; do [ -f studies/h100-capacity-quality-smollm2$([ $L = plain ] && echo -plain).db ] && LAUNCHER=$L bash $RUN snap; done
+    for L in forkserver plain; do LAUNCHER=$L bash $RUN snap; done
     ls -la "$OUT";;
   *) sed -n 2,7p "$0"; exit 2;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 27 (2, 3) on one H100 (vLLM 0.26.0 from the offline bundle, staged by benchmarks/gpu_stage.sh):
+# Issue 27 (2, 3) on one H100 or H200 (vLLM 0.26.0 from the offline bundle, staged by benchmarks/gpu_stage.sh):
 # SmolLM2-135M-Instruct with its real weights, load.mode=capacity, the quality gate of issue 24
 # (distribution distance against the baseline, a noise floor, the task check; quality-v2), and fp8
 # weights, an fp8 KV cache and n-gram speculation each enqueued against vLLM's defaults. Run twice:
@@ -11,11 +11,13 @@
 # first (<server.cache_dir>/downloads); `gguf` must be importable (it dequantizes the GGUF once).
 set -u
 LAUNCHER=${LAUNCHER:-forkserver}
-NAME=${NAME:-h100-capacity-quality-smollm2${LAUNCHER/forkserver/}}
+# the hardware preset from the GPU lent (H100 or H200); the study is named after it
+HW=${HW:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -q H200 && echo h200 || echo h100)}
+NAME=${NAME:-$HW-capacity-quality-smollm2${LAUNCHER/forkserver/}}
 NAME=${NAME/%plain/-plain}
 export PYTHONPATH=${PYTHONPATH:-/root/site:$(pwd)} VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-ARGS=(hardware=h100 model=smollm2-135m-instruct workload=sharegpt-chat search=gpu
+ARGS=(hardware=$HW model=smollm2-135m-instruct workload=sharegpt-chat search=gpu
       "search.quantization=[none,fp8]" "search.kv_cache_dtype=[auto,fp8]" "search.speculative=[off,ngram]"
       "search.dtype=[auto]" "search.max_model_len=[2048]" "search.tensor_parallel_size=[1]"
       search.max_num_seqs.low=1024 search.max_num_seqs.high=1024
@@ -36,6 +38,7 @@ case "${1:-}" in
     python3 -m optimizer.run "${ARGS[@]}" >> /tmp/$NAME.log 2>&1 < /dev/null
     echo "$NAME exit $? wall_s $(( $(date +%s) - t0 ))" | tee -a /tmp/$NAME.log;;
   snap)
+    [ -f studies/$NAME.db ] || exit 0
     mkdir -p "$OUT"
     python3 - "$NAME" "$OUT" <<'PY'
 import sqlite3, sys
