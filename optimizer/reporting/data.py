@@ -14,7 +14,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 from optuna.trial import FrozenTrial
 
 from optimizer.record import Timings, TrialRecord
-from optimizer.reporting.capacity import CapacityData, CapacityTrial, build_capacity_data
+from optimizer.reporting.capacity_section import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.reporting.levers import ImportanceInfo, importance_info
 from optimizer.reporting.study_summary import EngineRow, SummaryInfo, engine_label, engine_rows, slo_metric, \
     study_config, summarize
@@ -93,7 +93,7 @@ class ReportData(NamedTuple):
     phases: list[PhaseRow]
     total_s: float  # sum of the trials' wall times
     span_s: float  # first start to last finish
-    capacity: Optional[CapacityData] = None  # load.mode=capacity studies (optimizer/reporting/capacity.py)
+    capacity: Optional[CapacityData] = None  # load.mode=capacity studies (optimizer/reporting/capacity_section.py)
     compile_cache: CompileCacheInfo = CompileCacheInfo()
 
 
