@@ -41,7 +41,7 @@ from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.loadtest_capacity import run_capacity
 from optimizer.loadtest_output import request_record, summary_table, to_json
-from optimizer.metrics import summarize
+from optimizer.metrics import LoadSummary, summarize
 from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
 from optimizer.stats import min_samples_for_upper_bound
@@ -115,6 +115,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"endpoint={base!r}: give a URL such as http://127.0.0.1:8000")
     records, use_uvloop = _bool(own, "records"), _bool(own, "uvloop")
+    out = Path(own["out"]) if own.get("out") else None
     api_key = os.environ.get(cfg.server.api_key_env) if cfg.server.api_key_env else None
     headers = bearer(api_key)
     model = own.get("model_name") or served_model(base, cfg.model.served_name or cfg.model.name, headers)
@@ -124,17 +125,47 @@ def _body(overrides: list[str], debug: bool) -> int:
         if records:
             raise ConfigError("records=true: not available with load.mode=capacity (each probe's summary is in "
                               "out's capacity.probes); drop records=true or run one load level")
-        runner_fn: Any = asyncio.run
-        if use_uvloop:
-            import uvloop
-
-            runner_fn = uvloop.run
         try:
-            return run_capacity(cfg, ep, rs, headers, Path(own["out"]) if own.get("out") else None, runner_fn)
+            return run_capacity(cfg, ep, rs, headers, out, _loop_runner(use_uvloop))
         except KeyboardInterrupt:
             print("interrupted: nothing was written", file=sys.stderr)
             return 130
-    log.info("load test of %s (model %s): workload %s on /v1/%s, %s", base, model, cfg.workload.name,
+    try:
+        m = _measure(cfg, ep, rs, headers, use_uvloop)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    summary = summarize(m.run.results, m.run.duration_s, cfg.load.p99_confidence)
+    tokens = token_check(m.run, m.before, m.after)
+    _print_results(cfg, m.run, summary, tokens)
+    if out is not None:
+        _write_json(out, cfg, ep, rs, m, summary, tokens, records=records, use_uvloop=use_uvloop)
+    return 0 if summary.n_ok > 0 else 1
+
+
+def _loop_runner(use_uvloop: bool) -> Any:
+    """``asyncio.run``, or ``uvloop.run`` with uvloop=true."""
+    if not use_uvloop:
+        return asyncio.run
+    import uvloop
+
+    return uvloop.run
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+    """One load run against the endpoint, with the server's counters around it."""
+
+    run: LoadRun
+    before: dict[str, float]  # the server's /metrics counters before the load
+    after: dict[str, float]  # ... and after it
+    cache_reset: bool  # the server's prefix cache was emptied first
+    t_wall: float  # when the load began (epoch s)
+
+
+def _measure(cfg: Config, ep: Endpoint, rs: RequestSet, headers: dict[str, str], use_uvloop: bool) -> _Measured:
+    """Warm-up and load at the configured level, logging progress every 10 s."""
+    log.info("load test of %s (model %s): workload %s on /v1/%s, %s", ep.base_url, ep.model, cfg.workload.name,
              "chat/completions" if ep.kind == "chat" else "completions",
              f"concurrency {cfg.load.concurrency}" if cfg.load.mode == "concurrency"
              else f"{cfg.load.arrival} rate {cfg.load.request_rate:g}/s")
@@ -145,30 +176,28 @@ def _body(overrides: list[str], debug: bool) -> int:
             last[0] = time.monotonic()
             log.info("%s: %d requests done", phase, k)
 
-    cache_reset = reset_prefix_cache(base, headers)
-    before = counters(base, headers)
+    cache_reset = reset_prefix_cache(ep.base_url, headers)
+    before = counters(ep.base_url, headers)
     t_wall = time.time()
-    runner: Any = asyncio.run
-    if use_uvloop:
-        import uvloop
+    run = _loop_runner(use_uvloop)(run_load(ep, rs, cfg.load, tick))
+    return _Measured(run, before, counters(ep.base_url, headers), cache_reset, t_wall)
 
-        runner = uvloop.run
-    try:
-        run = runner(run_load(ep, rs, cfg.load, tick))
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    after = counters(base, headers)
-    summary = summarize(run.results, run.duration_s, cfg.load.p99_confidence)
+
+def _client_share(run: LoadRun) -> float:
+    """The client's CPU time over the run's duration (one core = 1)."""
+    return run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan
+
+
+def _print_results(cfg: Config, run: LoadRun, summary: LoadSummary, tokens: dict[str, Any]) -> None:
+    """The metrics table, the client's own cost, the token cross-check and the run's notes."""
     print(summary_table(summary, cfg.load.p99_confidence))
-    cpu_share = run.client_cpu_s / run.duration_s if run.duration_s > 0 else math.nan
-    print(f"client: {run.client_workers} process(es), {run.client_cpu_s:.2f} s CPU ({cpu_share:.0%} of one core)"
+    print(f"client: {run.client_workers} process(es), {run.client_cpu_s:.2f} s CPU ({_client_share(run):.0%} of one "
+          f"core)"
           + ("" if not math.isfinite(run.client_wait_s) else
              f", waited {run.client_wait_s:.2f} s for a CPU ({run.client_wait_max_share:.0%} of the run)")
           + ("" if not run.dispatch_lag_ms[0] == run.dispatch_lag_ms[0] else
              f", dispatch lag p50/p99/max {run.dispatch_lag_ms[0]:.2f}/{run.dispatch_lag_ms[1]:.2f}/"
              f"{run.dispatch_lag_ms[2]:.2f} ms"))
-    tokens = token_check(run, before, after)
     if "match" in tokens:
         print(f"tokens: client {tokens['client_prompt_tokens']} prompt + {tokens['client_output_tokens']} output; "
               f"server /metrics {tokens['server_prompt_tokens']:.0f} + {tokens['server_output_tokens']:.0f}"
@@ -184,32 +213,36 @@ def _body(overrides: list[str], debug: bool) -> int:
                              f"test then empties the cache first)")
     for note in run.notes:
         print("note: " + note)
-    if own.get("out"):
-        need = min_samples_for_upper_bound(0.99, cfg.load.p99_confidence)
-        doc = {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_wall)),
-            "endpoint": base, "model": model,
-            "workload": dataclasses.asdict(cfg.workload), "load": dataclasses.asdict(cfg.load),
-            "num_requests": run.num_requests, "exact_prompt_lengths": rs.exact_prompt_lengths,
-            "summary": dataclasses.asdict(summary), "flat": summary_to_attrs(summary),
-            "p99_upper_bound_needs": need, "notes": run.notes, "aborted": run.aborted,
-            "client": {"cpu_s": run.client_cpu_s, "cpu_share": cpu_share, "loop": "uvloop" if use_uvloop else "asyncio",
-                       "dispatch_lag_ms": dict(zip(("p50", "p99", "max"), run.dispatch_lag_ms)),
-                       "workers": run.client_workers, "cpu_s_by_process": run.client_cpu_by_process,
-                       "cpu_max_share": run.client_cpu_max_share, "wait_s": run.client_wait_s,
-                       "wait_s_by_process": run.client_wait_by_process,
-                       "wait_max_share": run.client_wait_max_share, **_from_send(run)},
-            "warmup": {"requests": len(run.warmup), "errors": sum(1 for r in run.warmup if not r.ok),
-                       "duration_s": run.warmup_s},
-            "tokens": tokens, "prefix_cache_reset": cache_reset,
-        }
-        if records:
-            doc["records"] = [request_record(r) for r in run.results]
-        path = Path(own["out"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_json(doc))
-        print(f"wrote {path}")
-    return 0 if summary.n_ok > 0 else 1
+
+
+def _write_json(path: Path, cfg: Config, ep: Endpoint, rs: RequestSet, m: _Measured, summary: LoadSummary,
+                tokens: dict[str, Any], *, records: bool, use_uvloop: bool) -> None:
+    """out=FILE.json: every number, the config it ran with, the client's cost (records=true: every request)."""
+    run = m.run
+    doc = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(m.t_wall)),
+        "endpoint": ep.base_url, "model": ep.model,
+        "workload": dataclasses.asdict(cfg.workload), "load": dataclasses.asdict(cfg.load),
+        "num_requests": run.num_requests, "exact_prompt_lengths": rs.exact_prompt_lengths,
+        "summary": dataclasses.asdict(summary), "flat": summary_to_attrs(summary),
+        "p99_upper_bound_needs": min_samples_for_upper_bound(0.99, cfg.load.p99_confidence),
+        "notes": run.notes, "aborted": run.aborted,
+        "client": {"cpu_s": run.client_cpu_s, "cpu_share": _client_share(run),
+                   "loop": "uvloop" if use_uvloop else "asyncio",
+                   "dispatch_lag_ms": dict(zip(("p50", "p99", "max"), run.dispatch_lag_ms)),
+                   "workers": run.client_workers, "cpu_s_by_process": run.client_cpu_by_process,
+                   "cpu_max_share": run.client_cpu_max_share, "wait_s": run.client_wait_s,
+                   "wait_s_by_process": run.client_wait_by_process,
+                   "wait_max_share": run.client_wait_max_share, **_from_send(run)},
+        "warmup": {"requests": len(run.warmup), "errors": sum(1 for r in run.warmup if not r.ok),
+                   "duration_s": run.warmup_s},
+        "tokens": tokens, "prefix_cache_reset": m.cache_reset,
+    }
+    if records:
+        doc["records"] = [request_record(r) for r in run.results]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(doc))
+    print(f"wrote {path}")
 
 
 def _from_send(run: LoadRun) -> dict[str, Any]:

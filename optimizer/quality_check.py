@@ -34,7 +34,7 @@ from optimizer.probe import served_model
 from optimizer.quality.dataset import load_set
 from optimizer.quality.distribution import summarize
 from optimizer.quality.gate import Floor, evaluate
-from optimizer.quality.probe import ProbeError, probe_distributions, run_probe
+from optimizer.quality.server_probe import ProbeError, probe_distributions, run_probe
 from optimizer.quality.scoring import QualityScores, compare
 from optimizer.record.quality import scores_from_json, scores_to_json
 

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"  # generated models and vLLM compile caches persist here between runs
 
 sys.path.insert(0, str(REPO))
+
+from optimizer.testing.fake_server import FakeConfig, FakeServer  # noqa: E402
 
 
 def vllm_installed() -> bool:
@@ -70,8 +72,29 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 # one warm real vLLM server for the tests that only need "a server": `shared_server`
 from tests.support.shared_server import shared_server  # noqa: E402,F401
 
-# the fault-injecting fake vLLM server's fixtures: `fake_server`, `fake_server_factory`
-from tests.support.fake_server import fake_server, fake_server_factory  # noqa: E402,F401
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """The fault-injecting fake vLLM server (optimizer.testing.fake_server) in a thread, model ``fake``,
+    no faults; fresh per test, stopped after it."""
+    with FakeServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake_server_factory() -> Iterator[Callable[..., FakeServer]]:
+    """``make(**FakeConfig fields) -> FakeServer``; every server made is stopped after the test."""
+    made: list[FakeServer] = []
+
+    def make(**kw: Any) -> FakeServer:
+        srv = FakeServer(FakeConfig(**kw)).start()
+        made.append(srv)
+        return srv
+
+    yield make
+    for s in made:
+        s.stop()
 
 
 @pytest.fixture

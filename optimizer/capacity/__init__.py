@@ -4,7 +4,7 @@ the P99 stays under the limit, found by doubling then bisecting, with every prob
 Pure core: :mod:`~optimizer.capacity.search` (the bracketing and bisection state machine),
 :mod:`~optimizer.capacity.judge` (a probe judged like a trial), :mod:`~optimizer.capacity.sizing`
 (probe size, warm-up, seeds, default cap), :mod:`~optimizer.capacity.result` (typed records and
-their JSON). I/O shell: :mod:`~optimizer.capacity.probe` (a probe through the load generator).
+their JSON). I/O shell: :mod:`~optimizer.capacity.load_probe` (a probe through the load generator).
 
 Usage against a running server::
 
@@ -17,7 +17,7 @@ Usage against a running server::
 from __future__ import annotations
 
 from optimizer.capacity.judge import judge
-from optimizer.capacity.probe import LoadProbe, ProbeRun, Telemetry
+from optimizer.capacity.load_probe import LoadProbe, ProbeRun, Telemetry
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
 from optimizer.capacity.search import CapacitySearch, SearchPlan, Step, find_capacity
 from optimizer.capacity.sizing import default_cap, probe_load_config, probe_workload

@@ -3,7 +3,7 @@
 :class:`CapacitySearch` is a state machine with no I/O: :meth:`~CapacitySearch.next_step` says
 which load to measure next (or None: done), :meth:`~CapacitySearch.record` takes the judged
 probe. :func:`find_capacity` drives it with any async probe function, the real one
-(:class:`optimizer.capacity.probe.LoadProbe`) or a fake in tests.
+(:class:`optimizer.capacity.load_probe.LoadProbe`) or a fake in tests.
 
 The rules:
 

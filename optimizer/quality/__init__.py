@@ -6,7 +6,7 @@
 - :mod:`~optimizer.quality.tasks` (pure): exact task answers, McNemar, Wilson; the greedy exactness
   check of speculative decoding.
 - :mod:`~optimizer.quality.scoring` (pure): a probe's scores and the verdict against the reference.
-- :mod:`~optimizer.quality.probe`: runs the set against a live server (httpx).
+- :mod:`~optimizer.quality.server_probe`: runs the set against a live server (httpx).
 - :mod:`~optimizer.quality.gate` (pure): which trials are probed, the noise floor, the limits, the
   ``quality`` constraint.
 """
@@ -33,7 +33,7 @@ from optimizer.quality.gate import (
     noise_floor,
     numerics_changes,
 )
-from optimizer.quality.probe import ProbeError, run_probe
+from optimizer.quality.server_probe import ProbeError, run_probe
 from optimizer.quality.scoring import (
     Generation,
     ItemAgreement,

@@ -267,8 +267,8 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
                 quality_html: str = "", confirmation: str = "", search_pick: str = "") -> str:
     """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
     cdf, telemetry, timeline, phases, quality) to figures or ``None``; ``quality_html`` is the quality
-    section (:mod:`optimizer.reporting.quality`), left out when empty; ``confirmation`` is the
-    confirmation section's HTML (:mod:`optimizer.reporting.confirmation`), first when there is one;
+    section (:mod:`optimizer.reporting.quality_section`), left out when empty; ``confirmation`` is the
+    confirmation section's HTML (:mod:`optimizer.reporting.confirmation_section`), first when there is one;
     ``search_pick`` its line on the search's best (``ConfirmResult.search_pick_text``)."""
     s = d.summary
     why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"

@@ -23,13 +23,13 @@ from optimizer.config import Config
 from optimizer.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting import figures as F
-from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
+from optimizer.reporting.capacity_section import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import ReportData, build_report_data, classify, study_config
 from optimizer.reporting.html import figure_div, render_page
 from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving_yaml
-from optimizer.reporting.quality import quality_figure, quality_info, quality_section
-from optimizer.reporting.confirmation import (confirmation_figure, confirmation_html, confirmation_view,
-                                              confirmed_yaml)
+from optimizer.reporting.quality_section import quality_figure, quality_info, quality_section
+from optimizer.reporting.confirmation_section import (confirmation_figure, confirmation_html,
+                                                      confirmation_view, confirmed_yaml)
 from optimizer.study.confirm_plan import confirmation_trials, search_trials
 from optimizer.study.results import params_as_set
 from optimizer.study.storage import load_study

@@ -1,8 +1,8 @@
 """The confirmation stage's result, read from a study's trials: pure (no server, no loop).
 
 :func:`summarize_confirmation` groups the confirmation runs stored in a study (the stage itself:
-:mod:`optimizer.study.confirm`) by config and recommends one (:func:`~optimizer.study.uplift.recommend`);
-the report (:mod:`optimizer.reporting.confirmation`) and the stage's closing log line read it here.
+:mod:`optimizer.study.confirm_stage`) by config and recommends one (:func:`~optimizer.study.uplift.recommend`);
+the report (:mod:`optimizer.reporting.confirmation_section`) and the stage's closing log line read it here.
 """
 
 from __future__ import annotations

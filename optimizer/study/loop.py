@@ -39,7 +39,7 @@ from optimizer.space.search_space import Space, baseline_params, build_space, se
 from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, enqueue_seeds_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
-from optimizer.study.quality import judge
+from optimizer.study.trial_quality import judge
 from optimizer.study.noise import ranking_note
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (

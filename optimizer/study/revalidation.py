@@ -11,7 +11,7 @@ import optuna
 
 from optimizer.config import Config
 from optimizer.space.search_space import build_space
-from optimizer.study.confirm import run_confirmation
+from optimizer.study.confirm_stage import run_confirmation
 from optimizer.study.confirm_plan import search_trials
 from optimizer.study.gpus import WorkerPlan
 from optimizer.study.loop import Runtime, make_context

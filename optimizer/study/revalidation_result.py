@@ -2,7 +2,7 @@
 :mod:`optimizer.study.revalidation`). A study's answer re-measured on the vLLM installed now.
 
 A tuned config holds for the vLLM it was measured on. :func:`optimizer.study.revalidation.run_revalidation` runs the
-confirmation stage (:func:`optimizer.study.confirm.run_confirmation`, unchanged: the baseline, which
+confirmation stage (:func:`optimizer.study.confirm_stage.run_confirmation`, unchanged: the baseline, which
 is vLLM's defaults *of the installed version*, and the ``study.confirm.top_k`` best configs of the
 study, each on fresh servers in interleaved rounds on the held-out prompts) on the installed vLLM.
 The runs are stored in the study like any confirmation run, marked with their engine; the runs of the

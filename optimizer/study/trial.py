@@ -46,7 +46,7 @@ from optimizer.space.search_space import check
 from optimizer.study import calibrate
 from optimizer.study.capacity_trial import CapacityLadder, Incumbent, Reporter
 from optimizer.study.gpus import trial_gpus
-from optimizer.study.quality import probe_server
+from optimizer.study.trial_quality import probe_server
 from optimizer.study.load import FixedLoad, Loaded, LoadStrategy
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]

@@ -35,7 +35,7 @@ import pytest
 from optimizer.config import QualityConfig
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
-from optimizer.quality.probe import probe_distributions
+from optimizer.quality.server_probe import probe_distributions
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
 from optimizer.space.engine_args import EngineParams, ModelTarget, render

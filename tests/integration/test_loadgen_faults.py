@@ -18,7 +18,7 @@ from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.metrics import summarize
 from optimizer.server.telemetry import parse_metrics
-from tests.support.fake_server import FAULT_KINDS
+from optimizer.testing.fake_server import FAULT_KINDS
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from optimizer.record import TrialRecord
-from optimizer.reporting.confirmation import confirmation_html, confirmation_view
+from optimizer.reporting.confirmation_section import confirmation_html, confirmation_view
 from optimizer.study.confirm_result import summarize_confirmation
 from tests.integration.test_parallel_workers import Fleet, _alive, _wait
 

@@ -1,6 +1,6 @@
 """The server a trial measures is the one it started: another server answering on the port is
 refused, not measured (issue 16, item 6). Real processes: the study's trial code starts a small
-fake vLLM (tests/support/fake_vllm.py) while a foreign HTTP server already holds the port."""
+fake vLLM (optimizer/testing/fake_vllm.py) while a foreign HTTP server already holds the port."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def foreign():
 
 
 def _ctx(compose, tmp_path: Path) -> TrialContext:
-    cfg = compose("server.module=tests.support.fake_vllm", "slo.p99_ms=60000", "load.num_requests=8",
+    cfg = compose("server.module=optimizer.testing.fake_vllm", "slo.p99_ms=60000", "load.num_requests=8",
                   "load.warmup_requests=2", "load.concurrency=2", "workload.prompt_tokens=16", "workload.output_tokens=4",
                   "load.p99_sizing=off", "server.start_timeout_s=60")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), FAKE_VLLM_START_DELAY_S="3")

@@ -168,7 +168,8 @@ def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
     return seen
 
 
-STUDY_RUNNERS = {"optimizer.study.loop", "optimizer.study.trial", "optimizer.study.workers", "optimizer.study.confirm"}
+STUDY_RUNNERS = {"optimizer.study.loop", "optimizer.study.trial", "optimizer.study.workers",
+                 "optimizer.study.confirm_stage"}
 
 
 @pytest.mark.parametrize("path", [p for p in MODULES if _unit(_module_name(p)) == "reporting"],

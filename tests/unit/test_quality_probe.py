@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from optimizer.quality.dataset import QualityPrompt, QualitySet, QualityTask, QualityText, load_set
-from optimizer.quality.probe import ProbeError, probe_distributions, run_probe
+from optimizer.quality.server_probe import ProbeError, probe_distributions, run_probe
 
 QSET = QualitySet("t", 1, "0" * 64, (QualityText("a", "one two three"), QualityText("b", "four five")),
                   (QualityPrompt("p", "copy", "say it"),),

@@ -11,7 +11,7 @@ import optuna
 from optimizer.capacity import CapacityResult, LimitedBy, ProbeResult
 from optimizer.record import Capacity
 from optimizer.reporting import write_study_report
-from optimizer.reporting.capacity import capacity_bars_figure, capacity_curves_figure
+from optimizer.reporting.capacity_section import capacity_bars_figure, capacity_curves_figure
 from optimizer.reporting.data import build_report_data
 from optimizer.reporting.html import render_page
 from tests.support.report_fixtures import SLO_MS, make_study, make_trial, study_config

@@ -14,7 +14,7 @@ from optimizer.quality.scoring import QualityScores, compare
 from optimizer.record import Lineage, Measurement, Quality, Setup, TrialRecord
 from optimizer.reporting import write_study_report
 from optimizer.reporting.data import build_report_data
-from optimizer.reporting.quality import quality_figure, quality_info
+from optimizer.reporting.quality_section import quality_figure, quality_info
 from optimizer.server.telemetry import ServerStats
 from tests.support.quality_fakes import scores
 

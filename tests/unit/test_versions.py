@@ -17,7 +17,7 @@ from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import score
 from optimizer.record import LaunchInfo, Measurement, Setup, TrialRecord
-from optimizer.reporting.confirmation import confirmation_html, confirmation_view, confirmed_yaml
+from optimizer.reporting.confirmation_section import confirmation_html, confirmation_view, confirmed_yaml
 from optimizer.reporting.data import build_report_data
 from optimizer.reporting.html import render_page
 from optimizer.reporting.write import best_yaml
@@ -25,7 +25,7 @@ from optimizer.server.defaults import defaults_from_log
 from optimizer.server.engine import Engine, ServeFlags, removed_flags
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
-from optimizer.study.confirm import run_confirmation
+from optimizer.study.confirm_stage import run_confirmation
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result, trial_version
 from optimizer.study.revalidation import run_revalidation

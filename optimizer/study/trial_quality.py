@@ -50,7 +50,7 @@ from optimizer.quality import (
     run_probe,
     summarize,
 )
-from optimizer.quality.probe import probe_distributions
+from optimizer.quality.server_probe import probe_distributions
 from optimizer.record import Quality, TrialRecord
 from optimizer.record.quality import scores_from_json, scores_to_json
 
