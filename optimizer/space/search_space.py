@@ -73,8 +73,10 @@ class Space:
         return out
 
 
-def build_space(cfg: Config) -> Space:
+def build_space(cfg: Config, params_type: type = EngineParams) -> Space:
     """The study's space: configured choices minus what this hardware and model cannot run.
+    ``params_type`` is the knob table (a subclass of EngineParams adds knobs; ``cfg.search`` then
+    holds their domains: optimizer.search_config.search_config_type).
 
     Raises:
         ConfigError: a choice list ends up empty, ``hardware=auto`` was not resolved, or no
@@ -85,9 +87,10 @@ def build_space(cfg: Config) -> Space:
         raise ConfigError("hardware=auto was not resolved into a preset: the entry point does that "
                           "(optimizer.hardware_auto.resolve_hardware_overrides). Name a preset instead.")
     domains = {k.name: tuple(getattr(s, k.name)) if k.kind == Kind.choice else getattr(s, k.name)
-               for k in knobs_of(EngineParams) if hw.device in k.devices}
+               for k in knobs_of(params_type) if hw.device in k.devices}
     domains.update(runnable_choices(s, hw, cfg.model))
-    space = Space(device=hw.device, domains=domains, draft_model=s.draft_model, grids=_grids(cfg, domains))
+    space = Space(device=hw.device, domains=domains, draft_model=s.draft_model, grids=_grids(cfg, domains),
+                  params_type=params_type)
     check_space_fits(space, cfg)
     return space
 

@@ -107,8 +107,9 @@ _RANGE_DEFAULTS: dict[str, tuple[Any, ...]] = {"step": (1, None), "grid": ("",),
 def _diff(path: str, before: Any, now: Any, defaults: dict[str, Any], out: list[str]) -> None:
     if isinstance(now, dict) and isinstance(before, dict):
         for key, value in now.items():
-            if key in before:
-                _diff(f"{path}.{key}", before[key], value, {}, out)
+            if key in before:  # a nested section (load.capacity) tolerates its own new settings the same way
+                nested = defaults.get(key)
+                _diff(f"{path}.{key}", before[key], value, nested if isinstance(nested, dict) else {}, out)
             elif not (key in defaults and defaults[key] == value) and value not in _RANGE_DEFAULTS.get(key, ()):
                 hint = _predates_hint(key) if path == "space" else ""
                 out.append(f"{path}.{key} (new: {value!r}{hint})")
