@@ -131,11 +131,21 @@ def test_the_schema_and_the_numerics_list_come_from_the_table():
     assert [k.name for k in knobs_of(WithLookahead)] == names + ["lookahead_slots"]
 
 
+@dataclass(frozen=True)
+class KvDtypeNotMemory(EngineParams):
+    """EngineParams with kv_cache_dtype's table entry saying the memory estimate does not read it."""
+
+    kv_cache_dtype: Optional[str] = knob(Kind.choice, ("auto",), item=str, flag="kv_cache_dtype", neutral=(None, "auto"))
+
+
 def test_the_memory_estimate_reads_only_the_knobs_marked_memory(compose):
     gpu = compose(*GPU)
     p = EngineParams(max_num_seqs=64, kv_cache_dtype="fp8", async_scheduling=False, enable_prefix_caching=False)
     assert memory_inputs(p) == EngineParams(max_num_seqs=64, kv_cache_dtype="fp8")
-    assert estimate_memory(p, gpu.model, gpu.hardware) == estimate_memory(memory_inputs(p), gpu.model, gpu.hardware)
+    fp8, auto = (estimate_memory(EngineParams(kv_cache_dtype=d), gpu.model, gpu.hardware) for d in ("fp8", "auto"))
+    assert fp8.kv_tokens > 1.9 * auto.kv_tokens  # the table marks kv_cache_dtype memory: the estimate reads it
+    unread = estimate_memory(KvDtypeNotMemory(kv_cache_dtype="fp8"), gpu.model, gpu.hardware)
+    assert unread == estimate_memory(KvDtypeNotMemory(), gpu.model, gpu.hardware) == auto
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "conf/search").glob("*.yaml")))
