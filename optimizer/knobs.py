@@ -164,9 +164,11 @@ class EngineParams:
                                                memory=True, vllm_default=1)
     # the engine core schedules step n+1 while the GPU runs step n (vLLM 0.26/0.32 --async-scheduling).
     # vLLM's default (None) turns it on where it can: on GPUs unless speculative decoding other than
-    # EAGLE/MTP/draft/ngram_gpu is on; the CPU platform always turns it off
+    # EAGLE/MTP/draft/ngram_gpu is on; the CPU platform always turns it off (0.32: the flag is taken, and
+    # resolved to False). Not drawn with the n-gram proposer, which vLLM refuses with it on
     async_scheduling: Optional[bool] = knob(
         Kind.choice, (None,), item=Optional[bool], flag="async_scheduling", vllm_default={"cuda": True, "cpu": False},
+        when=("speculative", (None, "off", "draft")),
         refuses=(Refusal(True, "speculative", ("ngram",), "async scheduling runs with EAGLE/MTP/draft-model "
                                                             "speculation only, not the n-gram proposer"),))
     # not searched: set with the knobs above

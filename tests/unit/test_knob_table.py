@@ -110,6 +110,15 @@ def test_async_scheduling_renders_as_vllm_takes_it_and_is_searched_on_gpus_only(
     broken, _ = check(EngineParams(async_scheduling=True, speculative="ngram", num_speculative_tokens=3), gpu)
     assert any("async_scheduling=True with speculative=ngram" in b for b in broken)
     assert check(EngineParams(async_scheduling=False, speculative="ngram", num_speculative_tokens=3), gpu)[0] == []
+    # so the space never draws it with the n-gram proposer: vLLM's default (off there) is left alone
+    space = build_space(compose("hardware=h100", "model=llama-3-8b-instruct", "search.quantization=[none]"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(40):
+        p = suggest(study.ask(), space)
+        seen.add((str(p.speculative), p.async_scheduling))
+        assert check(p, gpu)[0] == [] or "async_scheduling" not in " ".join(check(p, gpu)[0])
+    assert seen == {("off", False), ("off", True), ("ngram", None)}
 
 
 def test_a_bad_async_scheduling_value_is_refused_naming_the_key(compose):
