@@ -87,13 +87,19 @@ def _check_float(key: str, r: FloatRange, k: Knob) -> None:
 def _check_choices(key: str, values: list[Any], k: Knob) -> None:
     if not values and not k.empty_ok:
         _fail(key, [], "the choice list is empty: give at least one choice")
-    if len(set(map(repr, values))) < len(values):
-        _fail(key, values, "a choice is listed twice: list each once")
     if k.item is not None and k.item is not Any:
         allowed = _allowed(k)
         bad = [v for v in values if allowed and v not in allowed]
         if bad:
-            _fail(key, values, f"{bad[0]!r} is not a choice; valid choices: {', '.join(map(str, allowed))}")
+            _fail(key, values, f"{bad[0]!r} is not a choice; valid choices: {', '.join(map(_yaml, allowed))} "
+                  f"(null: vLLM's default)")
+
+
+def _yaml(value: Any) -> str:
+    """``value`` as YAML spells it (null, true, false)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _allowed(k: Knob) -> tuple[Any, ...]:

@@ -126,7 +126,7 @@ def test_a_bad_async_scheduling_value_is_refused_naming_the_key(compose):
         compose("search.async_scheduling=[maybe]")
     bad = dataclasses.replace(compose().search, async_scheduling=[True, "yes"])
     with pytest.raises(ConfigError, match=r"search.async_scheduling=\[True, 'yes'\]: 'yes' is not a choice; "
-                                          r"valid choices: None, True, False"):
+                                          r"valid choices: null, true, false \(null: vLLM's default\)"):
         validate_search(bad)
 
 
