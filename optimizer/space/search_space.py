@@ -4,9 +4,9 @@ Pure. Every knob of the table (:mod:`optimizer.knobs`) searched on this device i
 the :class:`Space`; :func:`build_space` keeps the choices the hardware and model can run
 (:mod:`optimizer.space.capability`) and refuses a space in which no config can fit in memory
 (:func:`check_space_fits`). :func:`suggest` draws one :class:`EngineParams` from an Optuna trial,
-knob by knob; conditional knobs (speculative decoding's) are drawn only when they apply, and the study uses TPE with ``group=True`` so the sampler still
-models them jointly. :func:`check` lists the rules a config breaks, so a hopeless server is never
-started.
+knob by knob; conditional knobs (speculative decoding's) are drawn only when they apply, and the
+study uses TPE with ``group=True`` so the sampler still models them jointly. :func:`check` lists
+the rules a config breaks, so a hopeless server is never started.
 """
 
 from __future__ import annotations

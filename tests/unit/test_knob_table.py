@@ -144,7 +144,8 @@ def test_the_schema_and_the_numerics_list_come_from_the_table():
 class KvDtypeNotMemory(EngineParams):
     """EngineParams with kv_cache_dtype's table entry saying the memory estimate does not read it."""
 
-    kv_cache_dtype: Optional[str] = knob(Kind.choice, ("auto",), item=str, flag="kv_cache_dtype", neutral=(None, "auto"))
+    kv_cache_dtype: Optional[str] = knob(Kind.choice, ("auto",), item=str, flag="kv_cache_dtype",
+                                         neutral=(None, "auto"))
 
 
 def test_the_memory_estimate_reads_only_the_knobs_marked_memory(compose):
