@@ -169,3 +169,15 @@ def test_a_search_preset_sets_only_what_differs_from_the_tables_defaults(preset)
             continue
         merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create({key: default[key]}), {key: value}))
         assert merged[key] != default[key], f"conf/search/{preset}.yaml repeats the default of search.{key}"
+
+
+def test_the_composed_config_is_frozen_and_changed_by_a_copy(compose):
+    cfg = compose()
+    for section, key in ((cfg, "load"), (cfg.search, "max_num_seqs"), (cfg.search.max_num_seqs, "low"),
+                         (cfg.load.capacity, "start"), (cfg.study.confirm, "top_k")):
+        with pytest.raises(dataclasses.FrozenInstanceError, match="dataclasses.replace"):
+            setattr(section, key, getattr(section, key))
+    changed = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, async_scheduling=[False, True]))
+    assert changed.search.async_scheduling == [False, True] and cfg.search.async_scheduling == [None]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.search.version = 2
