@@ -3,7 +3,10 @@
 Hydra composes YAML from ``conf/`` against these dataclass schemas (registered in the
 ConfigStore by :func:`register_configs`), so a misspelled key or a wrong type fails at compose
 time. :func:`to_config` turns the composed ``DictConfig`` into these dataclasses and checks
-ranges (:func:`validate`); after that no code sees a ``DictConfig`` or the environment.
+ranges (:func:`validate`); after that no code sees a ``DictConfig`` or the environment. The
+sections of their own live beside it (``search``: :mod:`optimizer.search_config`, derived from
+the knob table :mod:`optimizer.knobs`; ``workload`` and ``load``: :mod:`optimizer.load_config`);
+every schema is frozen (:class:`optimizer.knobs.Frozen`): change a copy with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.choices import Arrival, CapacityControl, CapacityValue, Device, Endpoint, Launcher, LoadMode, P99Sizing, QualityMode, Sampler, SloMetric, SpecMethod
+from optimizer.choices import Device, Launcher, QualityMode, SloMetric
 from optimizer.errors import ConfigError
+from optimizer.knobs import NUMERICS_PARAMS, FloatRange, Frozen, IntRange
+from optimizer.load_config import CapacityConfig, LoadConfig, WorkloadConfig, validate_load, validate_workload
+from optimizer.search_config import SearchConfig, validate_search
 
 __all__ = [
     "CapacityConfig",
@@ -41,27 +47,7 @@ __all__ = [
 
 
 @dataclass
-class IntRange:
-    low: int = 1
-    high: int = 1
-    log: bool = True
-    step: int = 1  # > 1: only low, low + step, ... (no log scale); fewer distinct values, e.g.
-    # fewer torch.compile cache keys: vLLM compiles anew for each max_num_batched_tokens
-    # "pow2": only low, the powers of two between, high (and vLLM's default where it lies in the
-    # range), drawn as choices: the values repeat, so the compile cache answers most starts
-    # (optimizer/space/grid.py); "": every integer (or every step)
-    grid: str = ""
-
-
-@dataclass
-class FloatRange:
-    low: float = 0.5
-    high: float = 0.5
-    step: Optional[float] = None
-
-
-@dataclass
-class HardwareConfig:
+class HardwareConfig(Frozen):
     """One accelerator preset: what it can run and how much memory it has."""
 
     name: str = MISSING
@@ -88,7 +74,7 @@ class HardwareConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Frozen):
     """A model: where its files are, and the architecture numbers the memory estimate needs."""
 
     name: str = MISSING
@@ -117,118 +103,7 @@ class ModelConfig:
 
 
 @dataclass
-class WorkloadConfig:
-    """The fixed, seeded request set of every trial."""
-
-    name: str = MISSING
-    endpoint: Endpoint = Endpoint.completions
-    prompt_tokens: int = 256
-    prompt_tokens_spread: float = 0.0  # uniform +-fraction around prompt_tokens
-    output_tokens: int = 64
-    output_tokens_spread: float = 0.0
-    shared_prefix_tokens: int = 0  # tokens every prompt starts with (prefix caching)
-    num_prefixes: int = 1
-    dataset: str = ""  # JSONL file: {"prompt": ..., "max_tokens": ...} per line, or ShareGPT JSON
-    seed: int = 0
-    # tokenizer.json (or a folder holding one) for exact-length chat prompts and ShareGPT reply
-    # lengths; empty: model.path's, if it has one; none: chat prompt lengths are approximate
-    tokenizer: str = ""
-    # sampling, sent in every request body exactly as given (and passed to `vllm bench serve` by the
-    # fidelity benchmark): greedy by default, the one deterministic choice (docs/load-generator.md)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1: no top-k (vLLM's neutral value; not sent)
-    sampling_seed: Optional[int] = None  # per-request sampling seed; None: not sent
-    ignore_eos: bool = True  # exact output lengths: generate max_tokens whatever the model says
-
-
-@dataclass
-class CapacityConfig:
-    """``load.mode=capacity``: the highest load that meets the SLO (optimizer/capacity/).
-
-    Probes double from ``start`` until one breaks the SLO or the error limit (or reaches ``max``),
-    then bisect between the last pass and the first failure until they are ``resolution`` apart
-    (concurrency: max(1, resolution x the passing load) users; rate: resolution x the passing rate)."""
-
-    control: CapacityControl = CapacityControl.concurrency  # closed loop (users) | rate (open loop, requests/s)
-    start: float = 1.0  # the first (lowest) probed load; failing there: infeasible
-    max: float = 0.0  # highest load probed; 0: max_num_seqs x max_factor (study), load.max_inflight (loadtest)
-    max_factor: float = 2.0  # the derived cap, in units of the server's max_num_seqs
-    resolution: float = 0.05  # bisection stops when pass and failure are this close (relative)
-    max_probes: int = 16  # probe runs per search (a lengthened probe counts twice)
-    max_s: float = 0.0  # no new probe once the search has run this long; 0: no limit
-    min_windows: int = 4  # measured requests per probe >= this x the concurrency
-    lengthen: float = 2.0  # a probe whose P99 interval straddles the limit: this many times its requests
-    value: CapacityValue = CapacityValue.output_tok_s  # the trial's value at the capacity
-    # stop a trial's search once its upper confidence bound on its value is below the incumbent's lower
-    # bound (optimizer/capacity/search.py, rule 6); its value is then what it carried so far, a lower bound
-    early_stop: bool = True
-    # after the bisection: probe on, one load at a time where the pass/fail verdict is least certain, until
-    # the fitted capacity's interval is at most this share of the capacity wide (or max_probes / max_s);
-    # 0: off (the bisection's bracket ends the search)
-    precision: float = 0.0
-
-
-@dataclass
-class LoadConfig:
-    """How the request set is sent."""
-
-    mode: LoadMode = LoadMode.concurrency  # capacity: search the highest load that meets the SLO (load.capacity)
-    concurrency: int = 8
-    request_rate: float = 4.0  # requests/s, open loop
-    arrival: Arrival = Arrival.poisson
-    num_requests: int = 64
-    duration_s: float = 0.0  # >0: stop issuing after this many seconds instead of a count
-    warmup_requests: int = 8
-    request_timeout_s: float = 120.0
-    stall_timeout_s: float = 60.0  # no byte for this long in a stream: the request fails
-    max_inflight: int = 512  # open loop: cap on concurrently open requests
-    p99_confidence: float = 0.95
-    # too few requests to bound the P99 from above at p99_confidence: warn (and report the CI),
-    # auto (raise num_requests to the minimum), or off
-    p99_sizing: P99Sizing = P99Sizing.warn
-    # stop issuing after this many consecutive connect/stall failures (the server is gone or hung);
-    # unsent requests are recorded as `aborted`. 0: max(8, 2 x concurrency)
-    abort_after_failures: int = 0
-    # load-generator processes, each with its own event loop and connections, sharing one seeded
-    # schedule; 0: sized from the load and this host's cores (optimizer/loadgen/pool.py)
-    client_workers: int = 0
-    # warn when the busiest client process uses more than this share of one core during the run
-    client_cpu_warn: float = 0.8
-    # warn when a client process waited for a CPU (run queue) more than this share of the run: it
-    # read the streams late (optimizer/loadgen/schedwait.py)
-    client_wait_warn: float = 0.1
-    capacity: CapacityConfig = field(default_factory=CapacityConfig)
-
-
-@dataclass
-class SearchConfig:
-    """The search space. Empty choice lists and degenerate ranges fix a parameter."""
-
-    version: int = 1
-    sampler: Sampler = Sampler.tpe
-    n_startup_trials: int = 4
-    max_num_seqs: IntRange = field(default_factory=lambda: IntRange(8, 256, True))
-    max_num_batched_tokens: IntRange = field(default_factory=lambda: IntRange(512, 8192, True))
-    gpu_memory_utilization: FloatRange = field(default_factory=lambda: FloatRange(0.80, 0.95, 0.01))
-    kv_cache_gib: FloatRange = field(default_factory=lambda: FloatRange(1.0, 4.0, 0.5))  # CPU only
-    enable_chunked_prefill: list[bool] = field(default_factory=lambda: [True, False])
-    enable_prefix_caching: list[bool] = field(default_factory=lambda: [True, False])
-    quantization: list[str] = field(default_factory=lambda: ["none"])
-    dtype: list[str] = field(default_factory=lambda: ["auto"])
-    kv_cache_dtype: list[str] = field(default_factory=lambda: ["auto"])
-    max_model_len: list[int] = field(default_factory=list)  # empty: the model's max_model_len
-    speculative: list[SpecMethod] = field(default_factory=lambda: [SpecMethod.off])
-    num_speculative_tokens: IntRange = field(default_factory=lambda: IntRange(1, 6, False))
-    ngram_lookup_max: IntRange = field(default_factory=lambda: IntRange(2, 6, False))
-    draft_model: str = ""
-    tensor_parallel_size: list[int] = field(default_factory=lambda: [1])
-    # memory the estimate must leave free for activations, as a fraction of the memory share
-    activation_reserve: float = 0.08
-
-
-@dataclass
-class SloConfig:
+class SloConfig(Frozen):
     metric: SloMetric = SloMetric.e2e
     # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
     # trial) at the study's load on this host (load.mode=capacity: x its median at one user,
@@ -252,7 +127,7 @@ class SloConfig:
 
 
 @dataclass
-class ConfirmConfig:
+class ConfirmConfig(Frozen):
     """The confirmation stage (:mod:`optimizer.study.confirm`): the baseline and the ``top_k`` best
     feasible distinct configs, each started on a fresh server ``repeats`` times in interleaved
     rounds, measured on held-out prompts (workload seed + ``seed_offset`` + round)."""
@@ -268,7 +143,7 @@ class ConfirmConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Frozen):
     name: str = ""  # empty: derived from model, hardware and workload
     storage: str = ""  # empty: sqlite:///studies/<name>.db
     n_trials: int = 6  # finished trials the study should hold; a re-run tops it up
@@ -300,7 +175,7 @@ class StudyConfig:
 
 
 @dataclass
-class ServerConfig:
+class ServerConfig(Frozen):
     host: str = "127.0.0.1"
     module: str = "vllm.entrypoints.openai.api_server"  # run as `python -m <module> <vLLM flags>`
     # plain: a new interpreter per start; forkserver: fork each start from a process that imported
@@ -320,15 +195,14 @@ class ServerConfig:
 
 
 # engine parameters that change the numbers a model computes (EngineParams field names)
-NUMERICS_PARAM_CHOICES = ("quantization", "dtype", "kv_cache_dtype", "speculative", "num_speculative_tokens",
-                          "ngram_lookup_max", "ngram_lookup_min", "draft_model")
+NUMERICS_PARAM_CHOICES = NUMERICS_PARAMS  # EngineParams field names (optimizer.knobs: the knobs marked numerics)
 
 
 _QUALITY_DATA = Path(__file__).resolve().parent / "quality" / "data"  # the shipped quality sets (optimizer.quality)
 
 
 @dataclass
-class QualityConfig:
+class QualityConfig(Frozen):
     """The quality probe (teacher-forced next-token distributions, a task check and greedy answers,
     each against the baseline config's) and its gate, the ``quality`` constraint. Limits are in the
     field's units (nats of KL divergence, shares of positions or tasks); the gate uses the larger of a
@@ -360,7 +234,7 @@ class QualityConfig:
 
 
 @dataclass
-class Config:
+class Config(Frozen):
     hardware: HardwareConfig = MISSING
     model: ModelConfig = MISSING
     workload: WorkloadConfig = MISSING
@@ -414,8 +288,21 @@ def _fail(key: str, value: object, what: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that the types alone cannot express. Raises ConfigError naming the key."""
-    s, w, ld, slo, st, hw = cfg.search, cfg.workload, cfg.load, cfg.slo, cfg.study, cfg.hardware
+    """Range checks that the types alone cannot express, section by section. Raises ConfigError naming the key."""
+    _validate_study(cfg.study)
+    _validate_slo(cfg.slo, cfg.study)
+    _validate_hardware(cfg.hardware)
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", cfg.server.module):
+        _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
+    if cfg.server.start_timeout_s <= 0:
+        _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")
+    validate_search(cfg.search)
+    validate_workload(cfg.workload)
+    validate_load(cfg.load)
+    _validate_quality(cfg.quality)
+
+
+def _validate_study(st: StudyConfig) -> None:
     if not _NAME_RE.match(st.name) or ".." in st.name:
         _fail("study.name", st.name, "use letters, digits, '.', '_' and '-' only (no path separators or '..')")
     if st.n_trials < 0:
@@ -448,10 +335,9 @@ def validate(cfg: Config) -> None:
     if st.heartbeat_grace_s <= st.heartbeat_interval_s:
         _fail("study.heartbeat_grace_s", st.heartbeat_grace_s,
               f"must be longer than study.heartbeat_interval_s={st.heartbeat_interval_s} (a few beats; default 180)")
-    if len(set(hw.gpu_ids)) != len(hw.gpu_ids) or any(g < 0 for g in hw.gpu_ids):
-        _fail("hardware.gpu_ids", hw.gpu_ids, "GPU indexes must be >= 0 and distinct, e.g. [0,1,2,3]")
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", cfg.server.module):
-        _fail("server.module", cfg.server.module, "a Python module name such as vllm.entrypoints.openai.api_server")
+
+
+def _validate_slo(slo: SloConfig, st: StudyConfig) -> None:
     if isinstance(slo.p99_ms, str):
         if slo.p99_ms != "auto":
             _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x the P99 of "
@@ -465,91 +351,13 @@ def validate(cfg: Config) -> None:
         _fail("slo.p99_ms", slo.p99_ms, "the latency limit must be > 0 ms")
     if not 0 <= slo.max_error_rate < 1:
         _fail("slo.max_error_rate", slo.max_error_rate, "must be in [0, 1)")
+
+
+def _validate_hardware(hw: HardwareConfig) -> None:
+    if len(set(hw.gpu_ids)) != len(hw.gpu_ids) or any(g < 0 for g in hw.gpu_ids):
+        _fail("hardware.gpu_ids", hw.gpu_ids, "GPU indexes must be >= 0 and distinct, e.g. [0,1,2,3]")
     if hw.gpu_count < 1:
         _fail("hardware.gpu_count", hw.gpu_count, "must be >= 1")
-    for key, r in (("max_num_seqs", s.max_num_seqs), ("max_num_batched_tokens", s.max_num_batched_tokens),
-                   ("num_speculative_tokens", s.num_speculative_tokens), ("ngram_lookup_max", s.ngram_lookup_max)):
-        if r.low < 1:
-            _fail(f"search.{key}.low", r.low, "must be >= 1")
-        if r.low > r.high:
-            _fail(f"search.{key}", f"[{r.low}, {r.high}]", "inverted range: low must be <= high")
-        if r.step < 1 or (r.step > 1 and r.log):
-            _fail(f"search.{key}.step", r.step, "must be >= 1, and 1 with log: true (Optuna cannot combine them)")
-        if r.grid not in ("", "pow2"):
-            _fail(f"search.{key}.grid", r.grid, "must be pow2 (powers of two between low and high) or empty")
-        if r.grid and r.step > 1:
-            _fail(f"search.{key}.grid", r.grid, f"a grid replaces step={r.step}: set one of them")
-    g = s.gpu_memory_utilization
-    if not (0 < g.low <= 1 and 0 < g.high <= 1):
-        _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "the memory share must be in (0, 1]")
-    if g.low > g.high:
-        _fail("search.gpu_memory_utilization", f"[{g.low}, {g.high}]", "inverted range: low must be <= high")
-    k = s.kv_cache_gib
-    if k.low <= 0 or k.low > k.high:
-        _fail("search.kv_cache_gib", f"[{k.low}, {k.high}]", "must be > 0 with low <= high")
-    for key in ("enable_chunked_prefill", "enable_prefix_caching", "quantization", "dtype", "kv_cache_dtype",
-                "speculative", "tensor_parallel_size"):
-        if not getattr(s, key):
-            _fail(f"search.{key}", [], "the choice list is empty: give at least one choice")
-    if "draft" in s.speculative and not s.draft_model:
-        _fail("search.draft_model", "", "speculative 'draft' needs search.draft_model (a local directory)")
-    if w.prompt_tokens < 1 or w.output_tokens < 1:
-        _fail("workload.prompt_tokens/output_tokens", (w.prompt_tokens, w.output_tokens), "must be >= 1")
-    if not 0 <= w.prompt_tokens_spread < 1 or not 0 <= w.output_tokens_spread < 1:
-        _fail("workload.*_spread", (w.prompt_tokens_spread, w.output_tokens_spread), "must be in [0, 1)")
-    _validate_capacity(ld.capacity)
-    if ld.concurrency < 1:
-        _fail("load.concurrency", ld.concurrency, "must be >= 1")
-    if not ld.request_rate > 0:
-        _fail("load.request_rate", ld.request_rate, "must be > 0 requests/s")
-    if ld.num_requests < 1 and ld.duration_s <= 0:
-        _fail("load.num_requests", ld.num_requests, "must be >= 1 (or set load.duration_s)")
-    if ld.warmup_requests < 0:
-        _fail("load.warmup_requests", ld.warmup_requests, "must be >= 0")
-    if ld.request_timeout_s <= 0 or ld.stall_timeout_s <= 0:
-        _fail("load.request_timeout_s", ld.request_timeout_s, "timeouts must be > 0 s")
-    if not 0 < ld.p99_confidence < 1:
-        _fail("load.p99_confidence", ld.p99_confidence, "must be in (0, 1)")
-    if ld.abort_after_failures < 0:
-        _fail("load.abort_after_failures", ld.abort_after_failures, "must be >= 0 (0: automatic)")
-    if ld.max_inflight < 1:
-        _fail("load.max_inflight", ld.max_inflight, "must be >= 1")
-    if ld.client_workers < 0:
-        _fail("load.client_workers", ld.client_workers, "must be >= 1 (client processes), or 0 for automatic")
-    if not ld.client_cpu_warn > 0:
-        _fail("load.client_cpu_warn", ld.client_cpu_warn, "a share of one core, > 0 (default 0.8)")
-    if not ld.client_wait_warn > 0:
-        _fail("load.client_wait_warn", ld.client_wait_warn, "a share of the run's wall time, > 0 (default 0.1)")
-    if not w.temperature >= 0:
-        _fail("workload.temperature", w.temperature, "must be >= 0 (0: greedy)")
-    if not 0 < w.top_p <= 1:
-        _fail("workload.top_p", w.top_p, "must be in (0, 1] (1: no nucleus cut)")
-    if w.top_k == 0 or w.top_k < -1:
-        _fail("workload.top_k", w.top_k, "must be >= 1, or -1 for no top-k")
-    if cfg.server.start_timeout_s <= 0:
-        _fail("server.start_timeout_s", cfg.server.start_timeout_s, "must be > 0 s")
-    _validate_quality(cfg.quality)
-
-
-def _validate_capacity(c: CapacityConfig) -> None:
-    if not c.start > 0 or (c.control == "concurrency" and c.start != int(c.start)):
-        _fail("load.capacity.start", c.start, "must be > 0 (a whole number of users with control=concurrency)")
-    if c.max < 0 or (c.max and c.max < c.start):
-        _fail("load.capacity.max", c.max, f"must be >= load.capacity.start={c.start:g}, or 0 (derived)")
-    if not c.max_factor > 0:
-        _fail("load.capacity.max_factor", c.max_factor, "must be > 0")
-    if not 0 < c.resolution < 1:
-        _fail("load.capacity.resolution", c.resolution, "must be in (0, 1), e.g. 0.05 for 5 %")
-    if c.precision < 0:
-        _fail("load.capacity.precision", c.precision, "must be >= 0 (0: off), e.g. 0.2 for an interval 20 % wide")
-    if c.max_probes < 1:
-        _fail("load.capacity.max_probes", c.max_probes, "must be >= 1")
-    if c.max_s < 0:
-        _fail("load.capacity.max_s", c.max_s, "must be >= 0 s (0: no limit)")
-    if c.min_windows < 1:
-        _fail("load.capacity.min_windows", c.min_windows, "must be >= 1")
-    if not c.lengthen >= 1:
-        _fail("load.capacity.lengthen", c.lengthen, "must be >= 1 (1: never lengthen)")
 
 
 def _validate_quality(q: QualityConfig) -> None:

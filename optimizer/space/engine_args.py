@@ -1,52 +1,24 @@
-"""Typed vLLM engine parameters, rendered to a server command in exactly one place.
+"""Engine parameters rendered to a server command in exactly one place.
 
-``EngineParams`` holds what a trial changes; ``None`` means "leave vLLM's default". The
-baseline trial is ``EngineParams()``: no tuning flag at all. :func:`render` turns parameters
-plus the fixed parts (model, host, port, hardware flags) into ``Launch``: the argv after
-``python`` and the ``vllm serve`` YAML that reproduces it. Nothing
+``EngineParams`` (the knob table, :mod:`optimizer.knobs`) holds what a trial changes; ``None``
+means "leave vLLM's default". The baseline trial is ``EngineParams()``: no tuning flag at all.
+:func:`render` turns parameters plus the fixed parts (model, host, port, hardware flags) into
+``Launch``: the argv after ``python`` and the ``vllm serve`` YAML that reproduces it. Nothing
 parses argv back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["EngineParams", "Launch", "ModelTarget", "render", "SERVER_MODULE"]
+from optimizer.knobs import EngineParams, Knob, knobs_of
+
+__all__ = ["EngineParams", "Launch", "ModelTarget", "engine_options", "render", "SERVER_MODULE"]
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-
-
-@dataclass(frozen=True)
-class EngineParams:
-    max_num_seqs: Optional[int] = None
-    max_num_batched_tokens: Optional[int] = None
-    gpu_memory_utilization: Optional[float] = None
-    kv_cache_gib: Optional[float] = None  # explicit KV cache size (the CPU backend's memory share)
-    enable_chunked_prefill: Optional[bool] = None
-    enable_prefix_caching: Optional[bool] = None
-    quantization: Optional[str] = None  # None/"none": the checkpoint as it is
-    dtype: Optional[str] = None
-    kv_cache_dtype: Optional[str] = None
-    max_model_len: Optional[int] = None
-    tensor_parallel_size: Optional[int] = None
-    speculative: Optional[str] = None  # None/"off" | ngram | draft
-    num_speculative_tokens: Optional[int] = None
-    ngram_lookup_max: Optional[int] = None
-    ngram_lookup_min: Optional[int] = None
-    draft_model: Optional[str] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The parameters that are set (not None)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EngineParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -91,27 +63,7 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
         cfg["load_format"] = model.load_format
     if model.quantization_flag:
         cfg["quantization"] = model.quantization_flag
-    p = params
-    for key in ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len",
-                "tensor_parallel_size"):
-        value = getattr(p, key)
-        if value is not None:
-            cfg[key] = value
-    if p.kv_cache_gib is not None:
-        cfg["kv_cache_memory_bytes"] = int(round(p.kv_cache_gib * 1024**3))
-    for key in ("dtype", "kv_cache_dtype"):
-        value = getattr(p, key)
-        if value is not None and value != "auto":
-            cfg[key] = value
-    if p.quantization not in (None, "none") and not model.quantization_flag and not model.quantized_checkpoint:
-        cfg["quantization"] = p.quantization  # online quantization of the base checkpoint (fp8)
-    for key in ("enable_chunked_prefill", "enable_prefix_caching"):
-        value = getattr(p, key)
-        if value is not None:
-            cfg[key] = bool(value)
-    spec = _speculative_config(p)
-    if spec:
-        cfg["speculative_config"] = spec
+    cfg.update(engine_options(params, model))
 
     argv = ["-m", module]
     if identity:  # vLLM answers to every name; responses carry the first, the model's own
@@ -130,6 +82,43 @@ def render(params: EngineParams, model: ModelTarget, *, host: str, port: int,
     argv += list(fixed_args) + list(extra_args)
     serve_cfg = {k: v for k, v in cfg.items() if k not in ("host", "port")}
     return Launch(argv=argv, serve_config=serve_cfg)
+
+
+def engine_options(p: EngineParams, model: ModelTarget) -> dict[str, Any]:
+    """The `vllm serve` options of ``p``'s knobs, in the table's order: a knob with a ``flag``
+    renders its value (a bool as --x / --no-x) unless the value leaves vLLM's default; the
+    others are written by :data:`_OWN`."""
+    out: dict[str, Any] = {}
+    for k in knobs_of(type(p)):
+        value = getattr(p, k.name)
+        if k.name in _OWN:
+            out.update(_OWN[k.name](p, model))
+        elif k.flag and not _neutral(k, value):
+            out[k.flag] = bool(value) if isinstance(value, bool) else value
+    return out
+
+
+def _neutral(k: Knob, value: Any) -> bool:
+    return any(value is n or (n is not None and value == n) for n in k.neutral)
+
+
+def _kv_bytes(p: EngineParams, model: ModelTarget) -> dict[str, Any]:
+    return {} if p.kv_cache_gib is None else {"kv_cache_memory_bytes": int(round(p.kv_cache_gib * 1024**3))}
+
+
+def _quantization(p: EngineParams, model: ModelTarget) -> dict[str, Any]:
+    if p.quantization not in (None, "none") and not model.quantization_flag and not model.quantized_checkpoint:
+        return {"quantization": p.quantization}  # online quantization of the base checkpoint (fp8)
+    return {}  # the checkpoint's own method (ModelTarget.quantization_flag, or read from its config.json)
+
+
+def _speculative(p: EngineParams, model: ModelTarget) -> dict[str, Any]:
+    spec = _speculative_config(p)
+    return {"speculative_config": spec} if spec else {}
+
+
+# the knobs rendered by code of their own (a knob's other values: its flag)
+_OWN = {"kv_cache_gib": _kv_bytes, "quantization": _quantization, "speculative": _speculative}
 
 
 def _speculative_config(p: EngineParams) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from optimizer.config import HardwareConfig, ModelConfig
-from optimizer.space.engine_args import EngineParams
+from optimizer.knobs import EngineParams, memory_inputs
 
 __all__ = ["MemoryEstimate", "bytes_per_param", "estimate_memory", "kv_bytes_per_token", "weights_gib"]
 
@@ -143,7 +143,7 @@ def estimate_memory(params: EngineParams, model: ModelConfig, hw: HardwareConfig
     Speculative decoding with a draft model adds the draft's weights and KV cache, which are not
     modelled (the draft's architecture is not configured); n-gram speculation needs no memory.
     """
-    d = defaults or EngineParams()
+    params, d = memory_inputs(params), memory_inputs(defaults or EngineParams())  # the knobs marked memory only
 
     def pick(name: str, fallback: float) -> float:
         value = getattr(params, name)

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import warnings
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from optimizer.config import Config, LoadConfig, WorkloadConfig
 from optimizer.errors import ConfigError, StudyError
+from optimizer.knobs import KNOBS, predates_ok
 from optimizer.record import Confirmation, Failure, Lineage, Setup
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
@@ -65,7 +66,7 @@ def fingerprint(cfg: Config, space: Any) -> dict[str, Any]:
     if cfg.slo.is_auto:  # only then: studies made before the key existed keep their fingerprint
         objective["auto_factor"] = cfg.slo.auto_factor
     return _normal({
-        "space": asdict(space) if is_dataclass(space) and not isinstance(space, type) else space,
+        "space": space.identity() if hasattr(space, "identity") else space,
         "search_version": cfg.search.version,
         "objective": objective,
         "workload": asdict(cfg.workload),
@@ -88,10 +89,14 @@ _DEFAULTS = {"workload": _normal(asdict(WorkloadConfig(name=""))), "load": _norm
 
 def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ. A key the stored study lacks (a setting added in a later version
-    of this tool) differs only if its current value is that setting's default."""
+    of this tool) differs only if its current value is that setting's default; in the space, a
+    knob the study predates, only if its domain is not the knob's default (vLLM's own value)."""
     changed: list[str] = []
     for section, now in current.items():
-        _diff(section, stored.get(section), now, _DEFAULTS.get(section, {}), changed)
+        defaults = _DEFAULTS.get(section, {})
+        if section == "space" and isinstance(now, dict):
+            defaults = {k: v for k, v in now.items() if predates_ok(k, v, str(now.get("device", "")))}
+        _diff(section, stored.get(section), now, defaults, changed)
     return changed
 
 
@@ -102,12 +107,22 @@ _RANGE_DEFAULTS: dict[str, tuple[Any, ...]] = {"step": (1, None), "grid": ("",),
 def _diff(path: str, before: Any, now: Any, defaults: dict[str, Any], out: list[str]) -> None:
     if isinstance(now, dict) and isinstance(before, dict):
         for key, value in now.items():
-            if key in before:
-                _diff(f"{path}.{key}", before[key], value, {}, out)
+            if key in before:  # a nested section (load.capacity) tolerates its own new settings the same way
+                nested = defaults.get(key)
+                _diff(f"{path}.{key}", before[key], value, nested if isinstance(nested, dict) else {}, out)
             elif not (key in defaults and defaults[key] == value) and value not in _RANGE_DEFAULTS.get(key, ()):
-                out.append(f"{path}.{key} (new: {value!r})")
+                hint = _predates_hint(key) if path == "space" else ""
+                out.append(f"{path}.{key} (new: {value!r}{hint})")
     elif before != now:
         out.append(f"{path} ({before!r} -> {now!r})")
+
+
+def _predates_hint(name: str) -> str:
+    for k in KNOBS:
+        if k.name == name:
+            default = json.dumps(_normal(k.default_domain()))
+            return f"; the study predates this knob: search.{name}={default} runs it as it ran"
+    return ""
 
 
 class StudyLock(ExclusiveFileLock):

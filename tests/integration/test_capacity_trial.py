@@ -23,11 +23,9 @@ RS = RequestSet.build(WorkloadConfig(name="t", prompt_tokens=16, output_tokens=1
 
 
 def _cfg(compose, p99_ms: float):
-    cfg = compose()
-    cfg.load = LoadConfig(num_requests=24, warmup_requests=4, p99_sizing="off",
-                          capacity=CapacityConfig(max_factor=2.0))
-    cfg.slo = SloConfig(metric="e2e", p99_ms=p99_ms)
-    return cfg
+    return dataclasses.replace(compose(), load=LoadConfig(num_requests=24, warmup_requests=4, p99_sizing="off",
+                                                          capacity=CapacityConfig(max_factor=2.0)),
+                               slo=SloConfig(metric="e2e", p99_ms=p99_ms))
 
 
 def test_a_capacity_trial_reports_every_probe_and_measures_at_the_capacity(compose):
@@ -109,8 +107,7 @@ def test_a_ladder_that_cannot_reach_the_incumbent_stops_early_and_says_so(compos
 def test_an_auto_slo_is_calibrated_by_the_baselines_unloaded_run_before_its_search(compose):
     # slo.p99_ms=auto, factor 2: the baseline's median at one user (E2E 135 ms) x 2 = ~270 ms, so the capacity
     # is where 90 + 45 C ms crosses it: 4 users (5 would take 315 ms)
-    cfg = _cfg(compose, 382.5)
-    cfg.slo = SloConfig(metric="e2e", p99_ms="auto", auto_factor=2.0)
+    cfg = dataclasses.replace(_cfg(compose, 382.5), slo=SloConfig(metric="e2e", p99_ms="auto", auto_factor=2.0))
     with spawn_loaded_server(LAW) as url:
         cm = asyncio.run(measure_capacity(cfg, Endpoint(url, "fake"), RS, None, 4, "[t]", calibrates=True))
     cal, r = cm.calibration, cm.capacity.result

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
     {"errors", "stats", "entry", "auth"},  # leaves: the exception tree, order statistics, logging/signals/exit codes, the API-key header
-    {"config", "choices"},  # the typed config and its closed sets of choices
+    {"config", "choices", "knobs", "search_config", "load_config"},  # the typed config (the knob table, the search
+    # and load sections beside it) and its closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints

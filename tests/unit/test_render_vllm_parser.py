@@ -23,6 +23,7 @@ import optuna
 import pytest
 
 from optimizer.errors import ConfigError
+from optimizer.knobs import KNOBS
 from optimizer.model.resolve import planned_model_dir, planned_target
 from optimizer.space.engine_args import SERVER_MODULE, EngineParams, ModelTarget, render
 from optimizer.space.search_space import build_space, check, suggest
@@ -71,10 +72,10 @@ def _samples(cfg, n: int = 100):
 
 def _assert_parsed_as_rendered(args, p: EngineParams, target: ModelTarget) -> None:
     assert args.model == target.path
-    for key in ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len",
-                "tensor_parallel_size", "enable_chunked_prefill", "enable_prefix_caching"):
-        if getattr(p, key) is not None:
-            assert getattr(args, key) == getattr(p, key), key
+    for k in KNOBS:  # every knob rendered as its flag (async_scheduling among them) reads back as drawn
+        value = getattr(p, k.name)
+        if k.flag and value not in k.neutral:
+            assert getattr(args, k.flag) == value, k.name
     if p.kv_cache_gib is not None:
         assert args.kv_cache_memory_bytes == int(round(p.kv_cache_gib * 1024**3))
     assert args.kv_cache_dtype == (p.kv_cache_dtype or "auto")

@@ -10,7 +10,7 @@ import pytest
 
 from optimizer.errors import ConfigError
 from optimizer.model.resolve import planned_target, target_for
-from optimizer.space import search_space
+from optimizer.space import capability
 from optimizer.space.engine_args import EngineParams, render
 from optimizer.space.search_space import baseline_params, build_space, check, memory_friendliest, suggest
 
@@ -130,9 +130,9 @@ def test_speculative_sub_parameters_are_drawn_only_when_speculation_is_on(compos
 
 
 def test_dummy_weights_with_speculation_warn_once(compose, caplog, monkeypatch):
-    monkeypatch.setattr(search_space, "_warned", set())
+    monkeypatch.setattr(capability, "_warned", set())
     dummy = compose("hardware=h100", "model=llama-3-8b-instruct", "model.load_format=dummy")
-    with caplog.at_level(logging.WARNING, logger="optimizer.space.search_space"):
+    with caplog.at_level(logging.WARNING, logger="optimizer.space.capability"):
         build_space(dummy)
         build_space(dummy)
         build_space(compose("hardware=h100", "model=llama-3-8b-instruct", "model.load_format=dummy",
