@@ -128,7 +128,7 @@ class SloConfig(Frozen):
 
 @dataclass
 class ConfirmConfig(Frozen):
-    """The confirmation stage (:mod:`optimizer.study.confirm`): the baseline and the ``top_k`` best
+    """The confirmation stage (:mod:`optimizer.study.confirm_stage`): the baseline and the ``top_k`` best
     feasible distinct configs, each started on a fresh server ``repeats`` times in interleaved
     rounds, measured on held-out prompts (workload seed + ``seed_offset`` + round)."""
 
