@@ -23,7 +23,7 @@ ARGS=(hardware=$HW model=smollm2-135m-instruct workload=sharegpt-chat search=gpu
       search.max_num_seqs.low=1024 search.max_num_seqs.high=1024
       search.max_num_batched_tokens.low=8192 search.max_num_batched_tokens.high=8192
       search.gpu_memory_utilization.low=0.92 search.gpu_memory_utilization.high=0.92
-      "search.enable_chunked_prefill=[true]" "search.enable_prefix_caching=[true]"
+      "search.enable_chunked_prefill=[true]" "search.enable_prefix_caching=[true]" "search.async_scheduling=[null]"
       search.num_speculative_tokens.low=3 search.num_speculative_tokens.high=3
       search.ngram_lookup_max.low=4 search.ngram_lookup_max.high=4 search.sampler=random
       "study.enqueue=[{quantization:fp8},{kv_cache_dtype:fp8},{speculative:ngram}]"
