@@ -7,12 +7,16 @@ the report (:mod:`optimizer.reporting.confirmation`) and the stage's closing log
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import optuna
+from optuna.trial import TrialState
 
 from optimizer.study.confirm_plan import config_runs, confirmation_trials, confirmed, search_trials
+from optimizer.study.know_more import know_more
 from optimizer.study.results import latest_version, of_version, study_result
 from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 
@@ -25,6 +29,8 @@ class ConfirmResult:
     recommendation: Recommendation
     study_pick: Optional[int]  # the search's best trial (None: no feasible one)
     rounds: int
+    n_search: int = 0  # search trials finished (complete or pruned) of the ranked engine
+    run_s: float = math.nan  # median seconds of one finished run (search or confirmation), start to end
 
     @property
     def pick_uplift(self) -> Optional[Ratio]:
@@ -56,6 +62,10 @@ class ConfirmResult:
                    ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
                    f": {rec.reason}"))
 
+    def know_more_line(self) -> str:
+        """What this confirmation could tell apart and what it would take to know more (closing line)."""
+        return know_more(self.recommendation.uplift, len(self.runs), self.rounds, self.n_search, self.run_s)
+
     @property
     def pick_survived(self) -> Optional[bool]:
         chosen = self.recommendation.chosen
@@ -82,7 +92,11 @@ def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidenc
         return None
     runs = config_runs(cands, trials, rounds)
     best = study_result(trials).best
-    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
+            if t.datetime_complete is not None and t.datetime_start is not None]
+    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds,
+                         n_search=len(search_trials(done)), run_s=statistics.median(secs) if secs else math.nan)
 
 
 def describe_confirmation(res: ConfirmResult) -> str:
