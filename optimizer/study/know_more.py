@@ -67,18 +67,24 @@ def know_more(u: Ratio, configs: int, rounds: int, n_search: int, run_s: float,
         configs: configs confirmed, the defaults included; rounds: rounds run.
         n_search: search trials the study holds; run_s: median seconds of one run here."""
     var = run_noise(u)
-    now, then = (detectable_gain(var, rounds, configs, u.confidence),
-                 detectable_gain(var, step.repeats, step.top_k + 1, u.confidence))
+    more = rounds + 1
+    now, plus, then = (detectable_gain(var, rounds, configs, u.confidence),
+                       detectable_gain(var, more, configs, u.confidence),
+                       detectable_gain(var, step.repeats, step.top_k + 1, u.confidence))
     runs = max(0, step.n_trials - n_search) + (step.top_k + 1) * step.repeats
-    cost = f"at most {runs} more server runs"
-    if math.isfinite(run_s) and run_s > 0:
-        cost += f", about {runs * run_s / 60:.0f} min at this study's {run_s:.0f} s per run"
+
+    def cost(n: int) -> str:
+        at = f", about {n * run_s / 60:.0f} min at this study's {run_s:.0f} s per run" if math.isfinite(run_s) \
+            and run_s > 0 else ""
+        return f"at most {n} more server runs{at}"
+
     if math.isfinite(now) and math.isfinite(then):
         told = (f"{configs} configs confirmed in {rounds} rounds can only show a gain above x{now:.2f} over the "
                 f"defaults at the run-to-run noise measured here ({math.sqrt(var):.1%} per run); "
-                f"with {step.top_k + 1} configs in {step.repeats} rounds that falls to x{then:.2f}")
+                f"study.confirm.repeats={more} lowers that to x{plus:.2f} ({cost(configs)}), and "
+                f"{step.top_k + 1} configs in {step.repeats} rounds to x{then:.2f}")
     else:
         told = (f"{configs} configs confirmed in {rounds} rounds gave no interval to read the run-to-run noise "
                 f"from")
     return (f"TO KNOW MORE: this study searched {n_search} configs; {told}. Run the same command with "
-            f'{step.args()} to continue it ({cost}; the demo: make demo ARGS="{step.args()}").')
+            f'{step.args()} to continue it ({cost(runs)}; the demo: make demo ARGS="{step.args()}").')

@@ -56,6 +56,9 @@ def test_the_closing_line_names_what_was_measured_and_the_larger_study():
     assert f"x{now:.2f}" in line and f"x{then:.2f}" in line and then < now
     assert "study.n_trials=20 study.confirm.top_k=3 study.confirm.repeats=5" in line
     assert "at most 37 more server runs, about 37 min" in line  # 17 search trials + 4 configs x 5 rounds, 60 s each
+    plus = detectable_gain(run_noise(u), 3, 2, 0.95)  # one more round of the same two configs
+    assert f"study.confirm.repeats=3 lowers that to x{plus:.2f} (at most 2 more server runs, about 2 min" in line
+    assert then < plus < now
     blind = know_more(Ratio(1.1, math.nan, math.nan, 1, 0.95), configs=2, rounds=1, n_search=3, run_s=math.nan)
     assert "gave no interval" in blind and "min" not in blind.split("(")[-1]
 
