@@ -71,8 +71,10 @@ def _runs(db: Path) -> list[dict[str, Any]]:
             if t.datetime_start is None or t.datetime_complete is None:
                 continue
             a = t.user_attrs
+            end = _day_s(t.datetime_complete)  # a confirmation run is stored after it ran: its span is t_total_s
+            begin = end - a["t_total_s"] if isinstance(a.get("t_total_s"), (int, float)) else _day_s(t.datetime_start)
             out.append({"number": t.number, "confirmation": "confirms" in a, "baseline": a.get("kind") == "baseline",
-                        "state": t.state.name, "begin": _day_s(t.datetime_start), "end": _day_s(t.datetime_complete),
+                        "state": t.state.name, "begin": round(begin, 1), "end": round(end, 1),
                         **{k: a.get(f"t_{k}") for k in ("start_s", "warmup_s", "load_s", "stop_s")},
                         "compile_cache_hit": a.get("compile_cache_hit"), "output_tok_s": a.get("output_tok_s"),
                         "max_num_seqs": t.params.get("max_num_seqs")})

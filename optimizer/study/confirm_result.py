@@ -82,6 +82,17 @@ def of_engine(trials: Sequence[optuna.trial.FrozenTrial],
                                                                     else version)
 
 
+def _run_seconds(t: optuna.trial.FrozenTrial) -> float:
+    """A run's seconds as its record timed them (a confirmation run is stored after it ran, so its
+    trial's own start and end are the same instant); else the trial's start to end."""
+    total = t.user_attrs.get("t_total_s")
+    if isinstance(total, (int, float)) and not isinstance(total, bool):
+        return float(total)
+    if t.datetime_complete is None or t.datetime_start is None:
+        return math.nan
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
 def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidence: float,
                            margin: float = DEFAULT_MARGIN, version: Optional[str] = None) -> Optional[ConfirmResult]:
     """The confirmation result of a study's trials (None: no confirmation runs); ``margin``:
@@ -93,8 +104,8 @@ def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidenc
     runs = config_runs(cands, trials, rounds)
     best = study_result(trials).best
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
-            if t.datetime_complete is not None and t.datetime_start is not None]
+    secs = [_run_seconds(t) for t in done]
+    secs = [x for x in secs if math.isfinite(x)]
     return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds,
                          n_search=len(search_trials(done)), run_s=statistics.median(secs) if secs else math.nan)
 

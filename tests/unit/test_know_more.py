@@ -67,3 +67,20 @@ def test_auto_is_the_forkserver_on_the_cpu_build_only():
     assert resolve("auto", "cpu") == "forkserver"
     assert resolve("auto", "cuda") == "plain"
     assert resolve("plain", "cpu") == "plain" and resolve("forkserver", "cuda") == "forkserver"
+
+
+def test_a_runs_seconds_are_its_records_not_its_trials_instant():
+    """A confirmation run is stored after it ran (its trial starts and ends at once): its seconds
+    are the record's t_total_s; a trial without one falls back to its start and end."""
+    from datetime import datetime, timedelta
+
+    import optuna
+
+    from optimizer.study.confirm_result import _run_seconds
+
+    now = datetime(2026, 12, 6, 22, 0, 0)
+    stored = optuna.trial.create_trial(value=1.0, user_attrs={"t_total_s": 74.5})
+    stored.datetime_start = stored.datetime_complete = now
+    plain = optuna.trial.create_trial(value=1.0)
+    plain.datetime_start, plain.datetime_complete = now, now + timedelta(seconds=90)
+    assert _run_seconds(stored) == 74.5 and _run_seconds(plain) == 90.0
