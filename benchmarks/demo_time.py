@@ -52,12 +52,11 @@ def _log_marks(log: Path) -> dict[str, Any]:
     first, last = stamped[0][0], stamped[-1][0]
     venv = next((s for s, ln in stamped if "-m venv" in ln), None)
     run = next((s for s, ln in stamped if "-m optimizer.run" in ln), first)
-    time_line = next((ln for ln in lines if "TIME user" in ln), "")
-    m = re.search(r"user ([\d.]+) sys ([\d.]+) wall ([\d.]+)", time_line)
-    closing = [ln[9:] for ln in lines if "RECOMMENDATION (confirmed" in ln or "TO KNOW MORE" in ln]
+    m = re.search(r"TIME user [\d.]+ sys [\d.]+ wall ([\d.]+)", "\n".join(lines))
+    closing = [re.sub(r"^(\d\d:\d\d:\d\d )+", "", ln) for ln in lines
+               if "RECOMMENDATION (confirmed" in ln or "TO KNOW MORE" in ln]
     return {"first": first, "last": last, "install_s": None if venv is None else run - venv, "run": run,
-            "cpu_user_s": float(m[1]) if m else None, "cpu_sys_s": float(m[2]) if m else None,
-            "time_wall_s": float(m[3]) if m else None, "closing": closing[-2:]}
+            "time_wall_s": float(m[1]) if m else None, "closing": closing[-2:]}
 
 
 def _runs(db: Path) -> list[dict[str, Any]]:
@@ -110,7 +109,6 @@ def entry(log: Path, clone: Path, loadavg: Path, label: str, wall: Optional[floa
         "before_first_run_s": round(first_run - marks["run"], 1),
         "search": _phase(search), "confirmation": _phase(confirm),
         "after_last_run_s": round(end - runs[-1]["end"], 1) if runs else None,
-        "cpu_user_s": marks["cpu_user_s"], "cpu_sys_s": marks["cpu_sys_s"],
         "loadavg1": _load(loadavg, marks["first"], end), "closing": marks["closing"],
         "runs": runs,
     }
