@@ -57,8 +57,13 @@ class ConfirmResult:
     def answer_line(self) -> str:
         """The confirmed answer in one line, for the head and the end of the log."""
         rec = self.recommendation
+        base = next((r for r in self.runs if r.baseline), None)
+        # the defaults broke the SLO in a round, so the best feasible config won without its interval above 1
+        by_slo = (f"; it wins because vLLM's defaults broke the SLO in {base.n_infeasible} of {len(base.feasible)} "
+                  f"rounds, not by a throughput gain shown beyond noise" if rec.beats_baseline and base is not None
+                  and base.n_infeasible and not rec.uplift.low > 1.0 else "")
         return (f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
-                + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
+                + (f", {rec.uplift.text()} over vLLM's defaults{by_slo}" if rec.beats_baseline else
                    ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
                    f": {rec.reason}"))
 

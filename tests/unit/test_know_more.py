@@ -84,3 +84,22 @@ def test_a_runs_seconds_are_its_records_not_its_trials_instant():
     plain = optuna.trial.create_trial(value=1.0)
     plain.datetime_start, plain.datetime_complete = now, now + timedelta(seconds=90)
     assert _run_seconds(stored) == 74.5 and _run_seconds(plain) == 90.0
+
+
+def test_a_win_by_the_defaults_breaking_the_slo_says_so_in_the_answer_line():
+    """The rule lets the best feasible config win when the baseline broke the SLO in a round; the
+    answer line then says that the gain itself was not shown (its interval holds 1)."""
+    from optimizer.study.confirm_result import ConfirmResult
+
+    base = ConfigRuns("baseline", 0, True, 0, (1276.1, 1253.2), (False, True))
+    tuned = ConfigRuns("trial 1", 1, False, 1, (1605.9, 1494.1), (True, True))
+    rec = recommend([base, tuned])
+    assert rec.beats_baseline and rec.uplift.low < 1.0
+    line = ConfirmResult([base, tuned], rec, 1, 2).answer_line()
+    assert line.startswith("RECOMMENDATION (confirmed on fresh servers): trial 1, x1.225")
+    assert line.endswith("it wins because vLLM's defaults broke the SLO in 1 of 2 rounds, not by a throughput gain "
+                         "shown beyond noise")
+    shown = ConfigRuns("baseline", 0, True, 0, (1000.0, 1010.0, 990.0), (False, True, True))
+    far = ConfigRuns("trial 1", 1, False, 1, (1500.0, 1520.0, 1490.0), (True, True, True))
+    rec = recommend([shown, far])
+    assert rec.uplift.low > 1.0 and "broke the SLO" not in ConfirmResult([shown, far], rec, 1, 3).answer_line()
