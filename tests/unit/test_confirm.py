@@ -168,6 +168,9 @@ def test_runs_are_stored_marked_on_held_out_prompts_and_never_count_as_study_tri
     result = study_result(study.trials)
     assert result.n_complete == 5 and result.best.number == best_before
     assert res.recommendation.chosen.of == best_before and res.pick_survived
+    # the closing line's inputs: the search trials and a run's median seconds, confirmation runs included
+    assert res.n_search == 5 and res.run_s >= 0
+    assert res.know_more_line().startswith("TO KNOW MORE: this study searched 5 configs; 2 configs confirmed in 2 rounds")
     # the log leads with the confirmed answer, and labels the search's best as the search's
     text = describe_confirmation(res).splitlines()
     assert text[0] == res.answer_line() and text[0].startswith(f"RECOMMENDATION (confirmed on fresh servers): "
