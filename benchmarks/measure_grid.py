@@ -1,0 +1,232 @@
+"""A measured grid over the CPU demo's search space, through the study's own trial runner.
+
+Every config of a full-factorial grid over the knobs the CPU demo tunes (conf/search/default.yaml
+with conf/config.yaml: the tiny model, chat-short, load.mode=concurrency at 16, the demo's
+num_requests and warm-up) is measured on fresh servers, each repeat by
+:func:`optimizer.study.trial.run_trial`, the code a study trial runs, with the config built from its
+Optuna params by the study's own :func:`~optimizer.space.search_space.suggest` (so a drawn
+max_num_batched_tokens below what vLLM needs is raised as in a study: chunked prefill off with
+max_num_batched_tokens < max_model_len is the same server as max_num_batched_tokens=max_model_len,
+and its row says so).
+
+The SLO is the demo's ``auto``: 1.5 x the P99 E2E of vLLM's defaults at this load. Each run stores its
+raw measure (output tok/s, P99 and its upper bound, error rate); feasibility is decided afterwards by
+the study's rule (:func:`optimizer.objective.score`) against the limit calibrated on the defaults'
+repeats (:func:`optimizer.study.calibrate.calibrated_limit`), in ``table`` and in the replay
+(benchmarks/search_replay.py, which calibrates each replayed study on one drawn repeat instead).
+
+Order: repeat 1 of every distinct server in one shuffled order, then repeat 2 in another (and the
+defaults' extra repeats), so no config's repeats are adjacent. One real vLLM at a time on a shared
+host: ``run`` holds ``flock`` on the lock file per chunk of at most ``--chunk`` servers, lets go, and
+waits before the next chunk so other users of the lock get their turn.
+
+Usage:
+  python benchmarks/measure_grid.py run [--chunk 8] [--until HH:MM] [override ...]
+  python benchmarks/measure_grid.py table      # benchmarks/results/grid-cpu.csv from the runs file
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import csv
+import fcntl
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from _common import REPO, RESULTS, machine
+from _grid import DEFAULTS, LEVELS, Rep, Table, grid_points, key_of, outcome, server_key, server_params
+
+from optimizer.cli import compose
+from optimizer.config import Config
+from optimizer.errors import TrialError
+from optimizer.space.search_space import Space, build_space
+from optimizer.study.loop import Runtime, make_context
+from optimizer.study.trial import run_trial
+
+log = logging.getLogger("measure_grid")
+
+REPEATS = 2
+EXTRA_DEFAULT_REPEATS = 2  # the SLO is calibrated on the defaults: two more of them
+OVERRIDES = ["server.launcher=forkserver", "study.name=grid-cpu"]
+RUNS = RESULTS / "grid-cpu-runs.jsonl"
+CSV_PATH = RESULTS / "grid-cpu.csv"
+LOCK = "/tmp/vllm-cpu.lock"
+
+
+def plan(space: Space, seed: int = 28) -> list[dict[str, Any]]:
+    """The runs in order: each repeat of every distinct server in its own shuffled order (no two
+    repeats of one server adjacent), then the defaults' extra repeats apart from each other."""
+    servers: dict[str, dict[str, Any]] = {}
+    for p in grid_points():
+        servers.setdefault(server_key(server_params(space, p)), p)
+    names = sorted(servers)
+    order: list[str] = []
+    for r in range(REPEATS):
+        rng = random.Random(seed + r)
+        shuffled = names[:]
+        while True:
+            rng.shuffle(shuffled)
+            if not order or shuffled[0] != order[-1]:
+                break
+        order += shuffled
+    default = server_key(server_params(space, DEFAULTS))
+    step = len(order) // (EXTRA_DEFAULT_REPEATS + 1)
+    for i in range(EXTRA_DEFAULT_REPEATS, 0, -1):  # spread through the plan, never beside another repeat
+        at = i * step
+        while order[at - 1] == default or order[at] == default:
+            at += 1
+        order.insert(at, default)
+    seen: dict[str, int] = {}
+    runs = []
+    for i, name in enumerate(order):
+        seen[name] = seen.get(name, 0) + 1
+        runs.append({"run": i, "server": name, "params": servers[name], "repeat": seen[name]})
+    return runs
+
+
+def load_runs(path: Path = RUNS) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _measure_one(cfg: Config, space: Space, ctx: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """One fresh server through the study's trial runner; its raw measure as a flat row."""
+    engine = server_params(space, run["params"])
+    tag = f"[grid run {run['run']} r{run['repeat']}]"
+    row: dict[str, Any] = {**run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "loadavg_before": list(os.getloadavg()), "engine": engine.as_dict()}
+    t0 = time.monotonic()
+    try:
+        rec = run_trial(ctx, 10000 + run["run"], engine, tag, True)
+    except TrialError as exc:  # the environment was in the way: the run is kept pending and retried
+        row.update(error=f"{exc.reason}: {exc}", wall_s=time.monotonic() - t0, loadavg_after=list(os.getloadavg()))
+        return row
+    row.update(wall_s=time.monotonic() - t0, loadavg_after=list(os.getloadavg()),
+               vllm_version=rec.vllm_version,
+               failure=rec.failure.reason if rec.failure else "",
+               start_s=rec.timings.start_s if rec.timings else float("nan"),
+               load_s=rec.timings.load_s if rec.timings else float("nan"))
+    m = rec.measurement
+    if m is not None:
+        s = m.summary
+        d = s.dist(cfg.slo.metric)
+        row.update(output_tok_s=s.output_tok_s, p50_ms=d.p50, p99_ms=d.p99, p99_high_ms=d.p99_high,
+                   p99_max_ms=d.max, error_rate=s.error_rate, n_ok=s.n_ok, n_requests=s.n_requests)
+    return row
+
+
+def _pending(runs: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    measured = {r["run"] for r in done if "error" not in r}
+    tries: dict[int, int] = {}
+    for r in done:
+        if "error" in r:
+            tries[r["run"]] = tries.get(r["run"], 0) + 1
+    return [r for r in runs if r["run"] not in measured and tries.get(r["run"], 0) < 2]
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run(overrides: list[str], chunk: int, until: Optional[str], pause_s: float) -> None:
+    """Measure the pending runs, ``chunk`` servers per hold of the lock, until none is left (or the
+    clock passes ``until``, HH:MM UTC)."""
+    cfg = compose(OVERRIDES + overrides)
+    space = build_space(cfg)
+    ctx = make_context(cfg, Runtime(environ=dict(os.environ)), space)
+    ctx = dataclasses.replace(ctx, calibrates=True)  # each run scores itself; feasibility comes later
+    runs = plan(space)
+    while pending := _pending(runs, load_runs()):
+        if until and time.strftime("%H:%M", time.gmtime()) >= until:
+            log.warning("it is past %s UTC: %d runs left unmeasured", until, len(pending))
+            return
+        t_wait = time.monotonic()
+        with _locked(LOCK):
+            log.info("lock held after %.0f s; %d runs pending, this chunk: %d", time.monotonic() - t_wait,
+                     len(pending), min(chunk, len(pending)))
+            for r in pending[:chunk]:
+                row = _measure_one(cfg, space, ctx, r)
+                with RUNS.open("a") as fh:
+                    fh.write(json.dumps(row, default=float) + "\n")
+                log.info("run %d: %s", r["run"], {k: row.get(k) for k in ("output_tok_s", "p99_ms", "wall_s",
+                                                                        "start_s", "error", "failure")})
+        time.sleep(pause_s)
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+
+def load_table(cfg: Config, space: Space, path: Path = RUNS) -> tuple[Table, dict[str, list[dict[str, Any]]]]:
+    """The grid table of the measured runs (each server's repeats in run order), and the runs."""
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted((r for r in load_runs(path) if "error" not in r), key=lambda r: r["run"]):
+        by_server.setdefault(r["server"], []).append(r)
+    reps = {s: [Rep.of_run(r) for r in rows] for s, rows in by_server.items()}
+    return Table.build(cfg, space, reps), by_server
+
+
+def table(overrides: list[str]) -> None:
+    cfg = compose(OVERRIDES + overrides)
+    space = build_space(cfg)
+    tab, by_server = load_table(cfg, space)
+    host = machine()
+    n_rep = max(len(v) for v in by_server.values())
+    head = ["config", *LEVELS, "server_config", "raised", "is_defaults", "n_repeats"]
+    for i in range(1, n_rep + 1):
+        head += [f"tok_s_{i}", f"p99_ms_{i}", f"error_rate_{i}", f"feasible_{i}", f"loadavg1_{i}", f"run_{i}"]
+    head += ["mean_tok_s", "grid_feasible", "share_of_best", "slo_ms", "cpu", "cores", "avx512", "vllm"]
+    with CSV_PATH.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(head)
+        for p in grid_points():
+            srv = tab.server_of[key_of(p)]
+            runs = by_server[srv]
+            line: list[Any] = [key_of(p), *(p[k] for k in LEVELS), srv, srv != key_of(p), p == DEFAULTS, len(runs)]
+            for i in range(n_rep):
+                r = runs[i] if i < len(runs) else None
+                line += ([round(r.get("output_tok_s", 0.0), 2), round(r.get("p99_ms", float("nan")), 1),
+                          r.get("error_rate", ""), outcome(Rep.of_run(r), cfg, tab.slo_ms).feasible,
+                          round(r["loadavg_before"][0], 2), r["run"]] if r else [""] * 6)
+            line += [round(tab.mean(srv), 2), tab.feasible(srv), round(tab.share(srv), 4), tab.slo_ms, host["cpu"],
+                     host["cores"], host["avx512"], ",".join(sorted({r.get("vllm_version", "") for r in runs} - {""}))]
+            w.writerow(line)
+    print(f"wrote {CSV_PATH.relative_to(REPO)}: {len(tab.configs)} configs, {len(by_server)} servers, SLO "
+          f"{tab.slo_ms:.0f} ms, best {tab.best} ({tab.mean(tab.best):.1f} tok/s), noise {tab.noise:.3f}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("command", choices=("run", "table", "plan"))
+    ap.add_argument("--chunk", type=int, default=8, help="servers per hold of the lock")
+    ap.add_argument("--until", default=None, help="HH:MM UTC: start no chunk after this")
+    ap.add_argument("--pause", type=float, default=20.0, help="seconds between chunks (others take the lock)")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    if a.command == "run":
+        run(a.overrides, a.chunk, a.until, a.pause)
+    elif a.command == "table":
+        table(a.overrides)
+    else:
+        cfg = compose(OVERRIDES + a.overrides)
+        for r in plan(build_space(cfg)):
+            print(r["run"], r["repeat"], r["server"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
