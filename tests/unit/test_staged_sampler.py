@@ -28,6 +28,8 @@ def test_levels_of_each_kind_of_distribution() -> None:
     assert levels(FloatDistribution(1.0, 4.0, step=0.5)) == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
     assert levels(IntDistribution(4, 256, log=True)) == [4, 8, 16, 32, 64, 128, 256]
     assert len(levels(FloatDistribution(0.8, 0.95))) == 5
+    assert levels(IntDistribution(1, 4)) == [1, 2, 3, 4]
+    assert levels(IntDistribution(0, 1000, step=10)) == [0, 250, 500, 750, 1000]
 
 
 def test_it_changes_one_knob_at_a_time_in_order_and_keeps_the_best_feasible() -> None:
@@ -48,6 +50,15 @@ def test_it_converges_when_every_neighbour_of_the_incumbent_was_measured() -> No
     trials = [_trial(i, p, 100.0 - i) for i, p in enumerate(configs)]  # the start stays the best
     assert next_params(SPACE, trials) is None
     assert next_params(SPACE, []) is None
+
+
+def test_after_a_pass_that_moved_the_incumbent_it_passes_over_the_knobs_again() -> None:
+    configs = [START, {**START, "max_num_seqs": 8}, {**START, "max_num_batched_tokens": 512},
+               {**START, "max_num_batched_tokens": 1024}, {**START, "max_num_batched_tokens": 512, "kv_cache_gib": 1.0}]
+    values = [100.0, 90.0, 120.0, 110.0, 115.0]
+    trials = [_trial(i, p, v) for i, (p, v) in enumerate(zip(configs, values))]
+    # the incumbent moved to max_num_batched_tokens=512: max_num_seqs=8 is a new neighbour of it
+    assert next_params(SPACE, trials) == {**START, "max_num_batched_tokens": 512, "max_num_seqs": 8}
 
 
 def _study(sampler: optuna.samplers.BaseSampler, value: Callable[[dict[str, Any]], float], n: int) -> optuna.Study:
