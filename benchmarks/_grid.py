@@ -36,6 +36,14 @@ LEVELS: dict[str, list[Any]] = {
     "enable_chunked_prefill": [True, False],
     "enable_prefix_caching": [True, False],
 }
+# the grid is measured in stages, each a full factorial holding the one before, so that whatever the host's
+# time allows is a complete grid: the two-level core with the KV size at the defaults' 2 GiB, then the KV size
+# at two levels, then a third max_num_batched_tokens level (LEVELS)
+STAGES: list[dict[str, list[Any]]] = [
+    {**LEVELS, "max_num_batched_tokens": [512, 2048], "kv_cache_gib": [2.0]},
+    {**LEVELS, "max_num_batched_tokens": [512, 2048]},
+    LEVELS,
+]
 DEFAULTS: dict[str, Any] = {"max_num_seqs": 128, "max_num_batched_tokens": 2048, "kv_cache_gib": 2.0,
                             "enable_chunked_prefill": True, "enable_prefix_caching": True}
 
@@ -44,6 +52,42 @@ def grid_points(levels: dict[str, list[Any]] = LEVELS) -> list[dict[str, Any]]:
     """Every config of the full factorial, as Optuna params."""
     keys = list(levels)
     return [dict(zip(keys, values)) for values in itertools.product(*(levels[k] for k in keys))]
+
+
+def complete_stage(counts: dict[str, int], space: Space, repeats: int = 2) -> dict[str, list[Any]]:
+    """The levels of the largest stage (STAGES) whose every server has ``repeats`` measured repeats
+    (``counts``: server key -> measured repeats).
+
+    Raises:
+        ValueError: not even the first stage is complete.
+    """
+    done = [levels for levels in STAGES
+            if all(counts.get(server_key(server_params(space, p)), 0) >= repeats for p in grid_points(levels))]
+    if not done:
+        raise ValueError(f"no stage of the grid has {repeats} repeats of every server yet: measure on "
+                         f"(benchmarks/measure_grid.py run)")
+    return done[-1]
+
+
+def space_overrides(levels: dict[str, list[Any]]) -> list[str]:
+    """Hydra overrides that restrict the study's space to ``levels`` (the integer knobs' grids are then
+    narrowed to exactly the levels by :func:`restrict`)."""
+    out = []
+    for name in ("max_num_seqs", "max_num_batched_tokens"):
+        out += [f"search.{name}.low={min(levels[name])}", f"search.{name}.high={max(levels[name])}"]
+    kv = sorted(levels["kv_cache_gib"])
+    out += [f"search.kv_cache_gib.low={kv[0]}", f"search.kv_cache_gib.high={kv[-1]}"]
+    if len(kv) > 1:
+        out.append(f"search.kv_cache_gib.step={kv[1] - kv[0]}")
+    for name in ("enable_chunked_prefill", "enable_prefix_caching"):
+        out.append(f"search.{name}=[{','.join(str(v).lower() for v in levels[name])}]")
+    return out
+
+
+def restrict(space: Space, levels: dict[str, list[Any]]) -> Space:
+    """``space`` (built with :func:`space_overrides`) with its integer grids narrowed to ``levels``."""
+    return dataclasses.replace(space, grids={**space.grids, "max_num_seqs": tuple(levels["max_num_seqs"]),
+                                             "max_num_batched_tokens": tuple(levels["max_num_batched_tokens"])})
 
 
 def key_of(params: dict[str, Any]) -> str:
@@ -112,13 +156,16 @@ class Table:
     @classmethod
     def build(cls, cfg: Config, space: Space, reps: dict[str, list[Rep]],
               configs: Sequence[dict[str, Any]] = ()) -> "Table":
+        """The table of ``configs`` (default: every grid point) from the repeats of their servers
+        (servers outside them are left out)."""
         configs = list(configs) or grid_points()
         server_of = {key_of(p): server_key(server_params(space, p)) for p in configs}
         missing = sorted({s for s in server_of.values() if not reps.get(s)})
         if missing:
             raise ValueError(f"the grid table has no repeat of {len(missing)} server(s), e.g. {missing[0]}: measure "
                              f"them first (benchmarks/measure_grid.py run)")
-        return cls(configs, server_of, reps, server_of[key_of(DEFAULTS)], cfg)
+        used = set(server_of.values())
+        return cls(configs, server_of, {s: r for s, r in reps.items() if s in used}, server_of[key_of(DEFAULTS)], cfg)
 
     @property
     def slo_ms(self) -> float:

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from _common import REPO, RESULTS, machine
-from _grid import DEFAULTS, LEVELS, Rep, Table, grid_points, key_of, outcome, server_key, server_params
+from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_points, key_of, outcome, restrict,
+                   server_key, server_params, space_overrides)
 
 from optimizer.cli import compose
 from optimizer.config import Config
@@ -62,34 +63,26 @@ LOCK = "/tmp/vllm-cpu.lock"
 
 
 def plan(space: Space, seed: int = 28) -> list[dict[str, Any]]:
-    """The runs in order: each repeat of every distinct server in its own shuffled order (no two
-    repeats of one server adjacent), then the defaults' extra repeats apart from each other."""
+    """The runs in order, stage by stage (_grid.STAGES): each repeat of the stage's new servers in its
+    own shuffled order (no two repeats of one server adjacent), the defaults' extra repeats last.
+    ``repeat``: how many measured repeats the server has once the entry is done."""
+    order: list[tuple[str, int]] = []
     servers: dict[str, dict[str, Any]] = {}
-    for p in grid_points():
-        servers.setdefault(server_key(server_params(space, p)), p)
-    names = sorted(servers)
-    order: list[str] = []
-    for r in range(REPEATS):
-        rng = random.Random(seed + r)
-        shuffled = names[:]
-        while True:
-            rng.shuffle(shuffled)
-            if not order or shuffled[0] != order[-1]:
-                break
-        order += shuffled
+    for levels in STAGES:
+        new = sorted({server_key(server_params(space, p)) for p in grid_points(levels)} - set(servers))
+        for p in grid_points(levels):
+            servers.setdefault(server_key(server_params(space, p)), p)
+        for r in range(1, REPEATS + 1):
+            rng = random.Random(f"{seed}:{len(servers)}:{r}")
+            shuffled = new[:]
+            while True:
+                rng.shuffle(shuffled)
+                if not order or len(shuffled) < 2 or shuffled[0] != order[-1][0]:
+                    break
+            order += [(s, r) for s in shuffled]
     default = server_key(server_params(space, DEFAULTS))
-    step = len(order) // (EXTRA_DEFAULT_REPEATS + 1)
-    for i in range(EXTRA_DEFAULT_REPEATS, 0, -1):  # spread through the plan, never beside another repeat
-        at = i * step
-        while order[at - 1] == default or order[at] == default:
-            at += 1
-        order.insert(at, default)
-    seen: dict[str, int] = {}
-    runs = []
-    for i, name in enumerate(order):
-        seen[name] = seen.get(name, 0) + 1
-        runs.append({"run": i, "server": name, "params": servers[name], "repeat": seen[name]})
-    return runs
+    order += [(default, REPEATS + i) for i in range(1, EXTRA_DEFAULT_REPEATS + 1)]
+    return [{"server": s, "params": servers[s], "repeat": r} for s, r in order]
 
 
 def load_runs(path: Path = RUNS) -> list[dict[str, Any]]:
@@ -125,12 +118,14 @@ def _measure_one(cfg: Config, space: Space, ctx: Any, run: dict[str, Any]) -> di
 
 
 def _pending(runs: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    measured = {r["run"] for r in done if "error" not in r}
-    tries: dict[int, int] = {}
+    """The plan's entries not done yet (a server that failed three times for the environment is
+    left out)."""
+    measured: dict[str, int] = {}
+    errors: dict[str, int] = {}
     for r in done:
-        if "error" in r:
-            tries[r["run"]] = tries.get(r["run"], 0) + 1
-    return [r for r in runs if r["run"] not in measured and tries.get(r["run"], 0) < 2]
+        box = errors if "error" in r else measured
+        box[r["server"]] = box.get(r["server"], 0) + 1
+    return [r for r in runs if measured.get(r["server"], 0) < r["repeat"] and errors.get(r["server"], 0) < 3]
 
 
 @contextlib.contextmanager
@@ -160,6 +155,11 @@ def run(overrides: list[str], chunk: int, until: Optional[str], pause_s: float) 
             log.info("lock held after %.0f s; %d runs pending, this chunk: %d", time.monotonic() - t_wait,
                      len(pending), min(chunk, len(pending)))
             for r in pending[:chunk]:
+                if until and time.strftime("%H:%M", time.gmtime()) >= until:
+                    break  # no server starts after `until`
+                done = load_runs()
+                r = {**r, "run": len(done), "repeat": sum(1 for d in done if d["server"] == r["server"]
+                                                         and "error" not in d) + 1}
                 row = _measure_one(cfg, space, ctx, r)
                 with RUNS.open("a") as fh:
                     fh.write(json.dumps(row, default=float) + "\n")
@@ -170,32 +170,43 @@ def run(overrides: list[str], chunk: int, until: Optional[str], pause_s: float) 
 
 # ---- the table ---------------------------------------------------------------------------------------
 
-def load_table(cfg: Config, space: Space, path: Path = RUNS) -> tuple[Table, dict[str, list[dict[str, Any]]]]:
-    """The grid table of the measured runs (each server's repeats in run order), and the runs."""
+def measured(path: Path = RUNS) -> dict[str, list[dict[str, Any]]]:
+    """Each server's measured runs, in run order."""
     by_server: dict[str, list[dict[str, Any]]] = {}
     for r in sorted((r for r in load_runs(path) if "error" not in r), key=lambda r: r["run"]):
         by_server.setdefault(r["server"], []).append(r)
+    return by_server
+
+
+def load_table(path: Path = RUNS, repeats: int = REPEATS) -> tuple[Table, Space, dict[str, list[dict[str, Any]]]]:
+    """The grid table of the largest complete stage (every server measured ``repeats`` times), the
+    study's space restricted to its levels, and the runs of each server."""
+    by_server = measured(path)
+    full = build_space(compose(OVERRIDES))
+    levels = complete_stage({s: len(v) for s, v in by_server.items()}, full, repeats)
+    cfg = compose(OVERRIDES + space_overrides(levels))
+    space = restrict(build_space(cfg), levels)
     reps = {s: [Rep.of_run(r) for r in rows] for s, rows in by_server.items()}
-    return Table.build(cfg, space, reps), by_server
+    return Table.build(cfg, space, reps, grid_points(levels)), space, by_server
 
 
-def table(overrides: list[str]) -> None:
-    cfg = compose(OVERRIDES + overrides)
-    space = build_space(cfg)
-    tab, by_server = load_table(cfg, space)
+def table() -> None:
+    tab, _, by_server = load_table()
+    cfg = tab.cfg
     host = machine()
-    n_rep = max(len(v) for v in by_server.values())
-    head = ["config", *LEVELS, "server_config", "raised", "is_defaults", "n_repeats"]
+    n_rep = max(len(by_server[s]) for s in tab.reps)
+    knobs = list(LEVELS)
+    head = ["config", *knobs, "server_config", "raised", "is_defaults", "n_repeats"]
     for i in range(1, n_rep + 1):
         head += [f"tok_s_{i}", f"p99_ms_{i}", f"error_rate_{i}", f"feasible_{i}", f"loadavg1_{i}", f"run_{i}"]
     head += ["mean_tok_s", "grid_feasible", "share_of_best", "slo_ms", "cpu", "cores", "avx512", "vllm"]
     with CSV_PATH.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(head)
-        for p in grid_points():
+        for p in tab.configs:
             srv = tab.server_of[key_of(p)]
             runs = by_server[srv]
-            line: list[Any] = [key_of(p), *(p[k] for k in LEVELS), srv, srv != key_of(p), p == DEFAULTS, len(runs)]
+            line: list[Any] = [key_of(p), *(p[k] for k in knobs), srv, srv != key_of(p), p == DEFAULTS, len(runs)]
             for i in range(n_rep):
                 r = runs[i] if i < len(runs) else None
                 line += ([round(r.get("output_tok_s", 0.0), 2), round(r.get("p99_ms", float("nan")), 1),
@@ -204,7 +215,7 @@ def table(overrides: list[str]) -> None:
             line += [round(tab.mean(srv), 2), tab.feasible(srv), round(tab.share(srv), 4), tab.slo_ms, host["cpu"],
                      host["cores"], host["avx512"], ",".join(sorted({r.get("vllm_version", "") for r in runs} - {""}))]
             w.writerow(line)
-    print(f"wrote {CSV_PATH.relative_to(REPO)}: {len(tab.configs)} configs, {len(by_server)} servers, SLO "
+    print(f"wrote {CSV_PATH.relative_to(REPO)}: {len(tab.configs)} configs, {len(tab.reps)} servers, SLO "
           f"{tab.slo_ms:.0f} ms, best {tab.best} ({tab.mean(tab.best):.1f} tok/s), noise {tab.noise:.3f}")
 
 
@@ -212,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=("run", "table", "plan"))
     ap.add_argument("--chunk", type=int, default=8, help="servers per hold of the lock")
-    ap.add_argument("--until", default=None, help="HH:MM UTC: start no chunk after this")
+    ap.add_argument("--until", default=None, help="HH:MM UTC: start no server after this")
     ap.add_argument("--pause", type=float, default=20.0, help="seconds between chunks (others take the lock)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
@@ -220,11 +231,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.command == "run":
         run(a.overrides, a.chunk, a.until, a.pause)
     elif a.command == "table":
-        table(a.overrides)
+        table()
     else:
         cfg = compose(OVERRIDES + a.overrides)
-        for r in plan(build_space(cfg)):
-            print(r["run"], r["repeat"], r["server"])
+        for i, r in enumerate(plan(build_space(cfg))):
+            print(i, r["repeat"], r["server"])
     return 0
 
 

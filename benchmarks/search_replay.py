@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -32,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from _common import REPO, RESULTS, machine
-from _grid import DEFAULTS, LEVELS, Rep, Table, grid_points, key_of, server_key, server_params
+from _grid import (DEFAULTS, LEVELS, Rep, Table, grid_points, key_of, restrict, server_key, server_params,
+                   space_overrides)
 from _replay import confirm, replay, with_seed
 
 import optuna
@@ -45,19 +45,6 @@ from optimizer.study.staged import StagedSampler
 
 BUDGETS = (10, 20, 30)
 TARGET = 0.97
-# the study's space restricted to the grid's levels (max_num_seqs's grid is narrowed to LEVELS below)
-SPACE_OVERRIDES = ["search.max_num_seqs.low=8", "search.max_num_seqs.high=128",
-                   "search.max_num_batched_tokens.low=512", "search.max_num_batched_tokens.high=2048",
-                   "search.kv_cache_gib.low=1.0", "search.kv_cache_gib.high=2.0", "search.kv_cache_gib.step=1.0"]
-
-
-def grid_space(cfg: Config) -> Space:
-    """The study's space over exactly the grid's levels (the same distributions the study uses:
-    the integer knobs as choices of their grid, the KV size as a stepped float)."""
-    space = build_space(cfg)
-    grids = {**space.grids, "max_num_seqs": tuple(LEVELS["max_num_seqs"]),
-             "max_num_batched_tokens": tuple(LEVELS["max_num_batched_tokens"])}
-    return dataclasses.replace(space, grids=grids)
 
 
 # name -> (sampler maker, baseline trial enqueued)
@@ -159,20 +146,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default="search_replay-cpu", help="a name under benchmarks/results, or a path")
     ap.add_argument("--only", default="", help="run only the searches whose name contains this")
     a = ap.parse_args(argv)
-    cfg = compose(SPACE_OVERRIDES)
-    space = grid_space(cfg)
     if a.synthetic:
+        cfg = compose(space_overrides(LEVELS))
+        space = restrict(build_space(cfg), LEVELS)
         table, source = synthetic_table(cfg, space), "synthetic table"
     else:
         from measure_grid import load_table
-        table, _ = load_table(cfg, space, Path(a.runs))
-        source = str(Path(a.runs).resolve().relative_to(REPO))
+        table, space, _ = load_table(Path(a.runs))
+        cfg, source = table.cfg, str(Path(a.runs).resolve().relative_to(REPO))
+    levels = {k: sorted({p[k] for p in table.configs}, key=str) for k in LEVELS}
     t0 = time.monotonic()
     doc: dict[str, Any] = {"source": source, "seeds": a.seeds, "budgets": list(BUDGETS), "target": TARGET,
                            "grid": {"configs": len(table.configs), "servers": len(table.reps), "best": table.best,
                                     "best_mean_tok_s": table.mean(table.best), "slo_ms": table.slo_ms,
                                     "noise": table.noise, "defaults_share": table.share(table.defaults),
-                                    "levels": LEVELS, "defaults": key_of(DEFAULTS)},
+                                    "levels": levels, "defaults": key_of(DEFAULTS)},
                            "searches": {}}
     for name in SEARCHES:
         if a.only and a.only not in name:

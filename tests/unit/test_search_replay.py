@@ -13,11 +13,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from _grid import DEFAULTS, Rep, Table, grid_points, key_of, server_key, server_params  # noqa: E402
+from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_points, key_of, restrict,  # noqa: E402
+                   server_key, server_params, space_overrides)
 from _replay import confirm, replay, with_seed  # noqa: E402
-from search_replay import SPACE_OVERRIDES, grid_space, run_search, synthetic_table  # noqa: E402
+from search_replay import run_search, synthetic_table  # noqa: E402
 
 from optimizer.cli import compose  # noqa: E402
+from optimizer.space.search_space import build_space, suggest  # noqa: E402
 from optimizer.study.loop import make_sampler  # noqa: E402
 
 
@@ -39,8 +41,8 @@ class Proposes(optuna.samplers.BaseSampler):
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[Any, Any, Table]:
-    cfg = compose(SPACE_OVERRIDES)
-    space = grid_space(cfg)
+    cfg = compose(space_overrides(LEVELS))
+    space = restrict(build_space(cfg), LEVELS)
     return cfg, space, synthetic_table(cfg, space, seed=1)
 
 
@@ -111,3 +113,28 @@ def test_run_search_reports_the_share_per_budget(setup: Any) -> None:
     assert set(out["budgets"]) == {"10", "20", "30"}
     assert len(out["median_share_by_trials"]) == 30
     assert all(0 <= b["p10_share"] <= b["median_share"] <= 1 for b in out["budgets"].values())
+
+
+def test_the_restricted_space_proposes_only_the_grid_levels() -> None:
+    for levels in STAGES:
+        cfg = compose(space_overrides(levels))
+        space = restrict(build_space(cfg), levels)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        seen = set()
+        for _ in range(400):
+            t = study.ask()
+            suggest(t, space)
+            assert all(t.params.get(k, levels[k][0]) in levels[k] for k in levels), t.params
+            seen.add(key_of({**{k: levels[k][0] for k in levels}, **t.params}))
+            study.tell(t, 1.0)
+        assert len(seen) == len(grid_points(levels))  # and every grid point can be proposed
+
+
+def test_the_table_is_the_largest_stage_measured_twice_throughout(setup: Any) -> None:
+    _, space, _ = setup
+    first = {server_key(server_params(space, p)): 2 for p in grid_points(STAGES[0])}
+    assert complete_stage(first, space) == STAGES[0]
+    assert complete_stage({**first, **{server_key(server_params(space, p)): 1 for p in grid_points(STAGES[1])
+                                       if server_key(server_params(space, p)) not in first}}, space) == STAGES[0]
+    with pytest.raises(ValueError, match="no stage"):
+        complete_stage({k: 1 for k in first}, space)
