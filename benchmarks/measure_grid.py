@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -191,7 +192,7 @@ def load_table(path: Path = RUNS, repeats: int = REPEATS) -> tuple[Table, Space,
 
 
 def table() -> None:
-    tab, _, by_server = load_table()
+    tab, _, by_server = load_table(RUNS)
     cfg = tab.cfg
     host = machine()
     n_rep = max(len(by_server[s]) for s in tab.reps)
@@ -215,8 +216,49 @@ def table() -> None:
             line += [round(tab.mean(srv), 2), tab.feasible(srv), round(tab.share(srv), 4), tab.slo_ms, host["cpu"],
                      host["cores"], host["avx512"], ",".join(sorted({r.get("vllm_version", "") for r in runs} - {""}))]
             w.writerow(line)
-    print(f"wrote {CSV_PATH.relative_to(REPO)}: {len(tab.configs)} configs, {len(tab.reps)} servers, SLO "
+    CSV_PATH.with_suffix(".md").write_text(markdown(tab, by_server, host))
+    print(f"wrote {CSV_PATH.name}: {len(tab.configs)} configs, {len(tab.reps)} servers, SLO "
           f"{tab.slo_ms:.0f} ms, best {tab.best} ({tab.mean(tab.best):.1f} tok/s), noise {tab.noise:.3f}")
+
+
+def markdown(tab: Table, by_server: dict[str, list[dict[str, Any]]], host: dict[str, Any]) -> str:
+    """The grid's short account: host, levels, SLO, each server's repeats, each knob's main effect."""
+    runs = [r for s in tab.reps for r in by_server[s]]
+    levels = {k: sorted({p[k] for p in tab.configs}) for k in LEVELS}
+    load = [r["loadavg_before"][0] for r in runs]
+    vers = sorted({r.get("vllm_version", "") for r in runs} - {""})
+    lines = [
+        "# The measured CPU grid (benchmarks/measure_grid.py)", "",
+        f"Host: {host['cpu']}, {host['cores']} cores, AVX-512 {'yes' if host['avx512'] else 'no'}, shared with other "
+        f"jobs (1-minute load average at the runs' starts {min(load):.1f}-{max(load):.1f}, median "
+        f"{statistics.median(load):.1f}). vLLM {', '.join(vers)} (CPU build), model tiny, workload chat-short, "
+        f"load.mode=concurrency at {tab.cfg.load.concurrency}, {tab.cfg.load.num_requests} requests after "
+        f"{tab.cfg.load.warmup_requests} warm-up, server.launcher=forkserver; each run a fresh server through the "
+        f"study's trial runner (optimizer.study.trial.run_trial).", "",
+        f"Levels: {json.dumps(levels)}: {len(tab.configs)} configs, {len(tab.reps)} distinct servers (chunked prefill "
+        f"off raises max_num_batched_tokens to max_model_len=2048, as the study's suggest does: those rows share "
+        f"the 2048 server). gpu_memory_utilization is no knob of the CPU space (the CPU build sizes its KV cache "
+        f"from kv_cache_gib), so it has no level.", "",
+        f"SLO (slo.p99_ms=auto): {tab.cfg.slo.auto_factor:g} x the median P99 E2E of vLLM's defaults' "
+        f"{len(tab.reps[tab.defaults])} repeats = {tab.slo_ms:.0f} ms. A config is feasible when every repeat is. "
+        f"Noise: the median relative spread (max - min) / mean of a server's repeats is {tab.noise:.3f}.", "",
+        "| server (as started) | output tok/s per repeat | mean | P99 E2E ms per repeat | feasible | share of best |",
+        "|---|---|---|---|---|---|"]
+    for s in sorted(tab.reps, key=lambda s: -tab.mean(s) if tab.feasible(s) else 1e9 - tab.mean(s)):
+        reps = tab.reps[s]
+        mark = " (defaults)" if s == tab.defaults else ""
+        lines.append(f"| `{s}`{mark} | {', '.join(f'{r.tok_s:.0f}' for r in reps)} | {tab.mean(s):.0f} | "
+                     f"{', '.join(f'{r.p99_ms:.0f}' for r in reps)} | {'yes' if tab.feasible(s) else 'no'} | "
+                     f"{tab.share(s):.3f} |")
+    lines += ["", "Main effects (mean output tok/s of the configs at each level, every config weighted once):", ""]
+    for k, vals in levels.items():
+        eff = [f"{v}: {statistics.fmean(tab.mean(tab.server_of[key_of(p)]) for p in tab.configs if p[k] == v):.0f}"
+               for v in vals]
+        lines.append(f"- {k}: {'; '.join(eff)}")
+    walls = [r["wall_s"] for r in runs]
+    lines += ["", f"Cost: {len(runs)} server runs, median {statistics.median(walls):.0f} s each (start, warm-up, "
+              f"load, stop), {sum(walls) / 60:.0f} minutes in all. Raw runs: grid-cpu-runs.jsonl; table: grid-cpu.csv."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

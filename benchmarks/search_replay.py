@@ -154,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from measure_grid import load_table
         table, space, _ = load_table(Path(a.runs))
         cfg, source = table.cfg, str(Path(a.runs).resolve().relative_to(REPO))
-    levels = {k: sorted({p[k] for p in table.configs}, key=str) for k in LEVELS}
+    levels = {k: sorted({p[k] for p in table.configs}) for k in LEVELS}
     t0 = time.monotonic()
     doc: dict[str, Any] = {"source": source, "seeds": a.seeds, "budgets": list(BUDGETS), "target": TARGET,
                            "grid": {"configs": len(table.configs), "servers": len(table.reps), "best": table.best,
