@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from _common import REPO, RESULTS, machine
+from _common import RESULTS, machine
 from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_points, key_of, outcome, restrict,
                    server_key, server_params, space_overrides)
 
