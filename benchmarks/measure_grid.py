@@ -191,8 +191,36 @@ def load_table(path: Path = RUNS, repeats: int = REPEATS) -> tuple[Table, Space,
     return Table.build(cfg, space, reps, grid_points(levels)), space, by_server
 
 
+def partial(by_server: dict[str, list[dict[str, Any]]], host: dict[str, Any]) -> str:
+    """The account of a grid no stage of which is complete yet: each run measured so far."""
+    space = build_space(compose(OVERRIDES))
+    runs = sorted((r for v in by_server.values() for r in v), key=lambda r: r["run"])
+    lines = ["# The measured CPU grid (benchmarks/measure_grid.py): PARTIAL, no stage complete", "",
+             f"Host: {host['cpu']}, {host['cores']} cores, AVX-512 {'yes' if host['avx512'] else 'no'}, shared. vLLM "
+             f"{', '.join(sorted({r.get('vllm_version', '') for r in runs} - {''}))} (CPU build). {len(runs)} runs of "
+             f"{len(by_server)} servers so far; per stage (servers measured once / twice / in all):"]
+    for i, levels in enumerate(STAGES):
+        ss = {server_key(server_params(space, p)) for p in grid_points(levels)}
+        lines.append(f"- stage {i + 1} ({len(grid_points(levels))} configs): {sum(1 for s in ss if by_server.get(s))} / "
+                     f"{sum(1 for s in ss if len(by_server.get(s, [])) >= 2)} / {len(ss)}")
+    lines += ["", "| run | started (UTC) | server | output tok/s | P99 E2E ms | load avg (1 min) | start s | wall s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['run']} | {r['started'][11:19]} | `{r['server']}` | {r.get('output_tok_s', 0):.0f} | "
+                     f"{r.get('p99_ms', float('nan')):.0f} | {r['loadavg_before'][0]:.1f} | {r['start_s']:.0f} | "
+                     f"{r['wall_s']:.0f} |")
+    lines += ["", "`python benchmarks/measure_grid.py run` goes on where it stopped; `table` writes grid-cpu.csv and "
+              "the full account once the first stage has two repeats of every server."]
+    return "\n".join(lines) + "\n"
+
+
 def table() -> None:
-    tab, _, by_server = load_table(RUNS)
+    try:
+        tab, _, by_server = load_table(RUNS)
+    except ValueError as exc:
+        CSV_PATH.with_suffix(".md").write_text(partial(measured(RUNS), machine()))
+        print(f"{exc}; wrote {CSV_PATH.with_suffix('.md').name} (partial)")
+        return
     cfg = tab.cfg
     host = machine()
     n_rep = max(len(by_server[s]) for s in tab.reps)
