@@ -39,7 +39,7 @@ from optimizer.space.search_space import Space, baseline_params, build_space, se
 from optimizer.study import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, enqueue_seeds_once, fail_stale, in_flight
 from optimizer.study.gpus import trial_gpus
-from optimizer.study.trial_quality import judge
+from optimizer.study.trial_quality import judge, measures_floor
 from optimizer.study.noise import ranking_note
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (
@@ -157,7 +157,9 @@ def _objective(cfg: Config, ctx: TrialContext, space: Space,  # type: ignore[no-
                                     calibration=(lambda: calibrate.stored(study.user_attrs),
                                                  lambda: _baseline_running(study)),
                                     incumbent=(lambda: _incumbent(study, cfg.load.capacity.value))
-                                    if cfg.load.mode == "capacity" else None)
+                                    if cfg.load.mode == "capacity" else None,
+                                    measures_floor=measures_floor(study, cfg, params.as_dict(),  # [quality]
+                                                                  _baseline_engine_params(cfg).as_dict()))
         try:
             if cfg.load.mode == "capacity":  # each probe of the search: an intermediate value of the trial
                 rec = runner(ctx_t, trial.number, params, tag, not baseline, report=trial.report)

@@ -76,6 +76,9 @@ class TrialContext:
     # load.mode=capacity: reads the study's incumbent (best feasible trial, its capacity) for the early stop
     incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
     engine: Engine = Engine()  # the vLLM and torch build installed for ``python`` (optimizer.server.engine)
+    # [quality] this trial may become the study's quality reference: its probe also measures the noise
+    # floor (optimizer.study.trial_quality.measures_floor); every other trial reuses the stored one
+    measures_floor: bool = False
 
 
 class TrialRunner(Protocol):
@@ -255,7 +258,8 @@ def _after_load(ctx: TrialContext, server: VllmServer, p: _Progress, model: str,
         p.rec = replace(p.rec, failure=Failure(d.reason, d.evidence, during_load=True))
         raise ServerDied(f"the server {died} during {during}: {d.reason}: {d.evidence}",
                          reason=d.reason, deterministic=d.deterministic)
-    p.rec = replace(p.rec, quality=probe_server(ctx.cfg, server.url, model, ctx.api_key))  # [quality] warm server
+    p.rec = replace(p.rec, quality=probe_server(ctx.cfg, server.url, model, ctx.api_key,
+                                                floor=ctx.measures_floor))  # [quality] warm server
     outcome = loaded.outcome
     if outcome is None:
         if loaded.summary is None:

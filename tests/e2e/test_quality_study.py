@@ -13,8 +13,19 @@ the scheduler settings are fixed, so the trials differ only in the KV-cache dtyp
 The study runs in ``load.mode=capacity`` (a short ladder: 1 then 2 users, the cap; with the probe call
 removed it fails, no reference stored): a capacity trial
 once returned before the quality probe, so its gate recorded every numerics change as satisfied
-(issue 23). Every mode now shares the trial's one after-load step, so this study covers the
-fixed-load gate too (tests/integration/test_trial_record.py shows both modes call the probe)."""
+(issue 23). Every mode now shares the trial's one after-load step (tests/integration/test_trial_record.py
+shows both modes call the probe).
+
+The fixed-load study (``load.mode=concurrency``, three enqueued trials: the baseline, a batching
+change, an fp8_e5m2 KV cache) shows both sides of the gate on real numerics: the batching change
+moves the distributions (512-token prefill chunks: mean KLD 2.6e-4, same top-1 99.2 %) yet stays
+within every limit and feasible; the fp8_e5m2 cache is rejected by the distribution limits (mean
+KLD 0.070, P99 0.68, same top-1 85.8 %) with its load test standing. Only the baseline's trial
+measures the noise floor. (Passed in 559 s at load average ~10 from other jobs on the 2-core host:
+probes 114 s + 47 s floor, 89 s, 84 s.) What each test leans on: the batching test, the gate's
+tolerance (with exact limits in ``gate.evaluate`` its ``violation <= 0`` must fail: the change moves
+the distributions); the fp8 test, the gated violation applied as the ``quality`` constraint (without
+it in ``judge``, ``constraints["quality"] > 0`` must fail)."""
 
 from __future__ import annotations
 
@@ -70,3 +81,59 @@ def test_the_gate_rejects_an_fp8_e5m2_kv_cache_and_keeps_the_baseline(tmp_path):
     assert "REJECTED by the quality gate" in r.stderr
     page = (tmp_path / "reports" / "q" / "index.html").read_text()
     assert 'id="quality"' in page and f"trial {fp8.number} (kv_cache_dtype" in page
+
+
+# load.mode=concurrency (the fixed load, the default): three enqueued trials, no sampled one
+FIXED_LOAD = ["model=smollm2-135m-instruct", "server.extra_args=[--enforce-eager]", "server.start_timeout_s=1200",
+              "search.kv_cache_dtype=[auto,fp8_e5m2]", "slo.p99_ms=600000", "quality.mode=gate", "load.mode=concurrency",
+              "load.num_requests=16", "load.warmup_requests=2", "load.concurrency=4", "load.p99_sizing=off",
+              # vLLM's defaults (max_num_seqs 128, max_num_batched_tokens 2048 here) with the scheduler's two limits
+              # cut (the 3.9k-token passage prefilled in 512-token chunks: its numerics move by about the floor),
+              # then with an fp8_e5m2 KV cache
+              "study.enqueue=[{max_num_seqs:4,max_num_batched_tokens:512},{kv_cache_dtype:fp8_e5m2}]"]
+
+
+@pytest.fixture(scope="module")
+def fixed_load_study(tmp_path_factory):
+    """One study for the two fixed-load tests below: the baseline, the batching change, the fp8 cache."""
+    sd = StudyDir(tmp_path_factory.mktemp("fixed"), "qf")
+    r = sd.run("study.n_trials=3", *FIXED_LOAD, timeout=2800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    study = sd.study()
+    trials = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    assert [t.user_attrs.get("kind") for t in trials] == ["baseline", "seed", "seed"], [
+        (t.number, t.state, t.user_attrs.get("kind")) for t in study.trials]
+    for t in trials:
+        rec = TrialRecord.from_trial(t)
+        assert rec.measured and rec.capacity is None and rec.quality is not None and rec.quality.measured, t.user_attrs
+        q = rec.quality
+        print(f"\ntrial {t.number} ({q.numerics or 'baseline numerics'}): mean KLD {q.mean_kld:.2e}, P99 "
+              f"{q.p99_kld:.2e}, same top-1 {q.same_top1:.4f}, tasks {q.task_accuracy:.3f}, probe {q.probe_s:.1f} s, "
+              f"floor measured: {math.isfinite(q.self_mean_kld)}, violation {q.violation:.3f}; {t.value:.1f} tok/s")
+    print("".join(f"\n{line}" for line in r.stderr.splitlines() if "noise floor" in line or "quality:" in line))
+    base = TrialRecord.from_trial(trials[0]).quality
+    assert base.is_reference and study.user_attrs["quality_floor"]["views"] == 1 and math.isfinite(base.self_mean_kld)
+    return study, trials, r.stderr
+
+
+def test_under_a_fixed_load_the_gate_passes_a_batching_change(fixed_load_study):
+    # same numerics, so not gated; graded against the reference all the same, and within every limit
+    # (its distance is not 0: 512-token prefill chunks move it by about the floor)
+    _, (_, sched, _), _ = fixed_load_study
+    q = TrialRecord.from_trial(sched).quality
+    assert json.loads(sched.user_attrs["engine_params"])["max_num_batched_tokens"] == 512
+    assert not q.gated and not q.numerics and not q.is_reference
+    assert not math.isfinite(q.self_mean_kld)  # the floor is the reference's: not measured again
+    assert math.isfinite(q.mean_kld) and q.violation <= 0 and not q.reasons, (q.mean_kld, q.same_top1, q.reasons)
+    assert sched.constraints["quality"] == 0.0 and all(v <= 0 for v in sched.constraints.values()), sched.constraints
+
+
+def test_under_a_fixed_load_the_gate_rejects_an_fp8_e5m2_kv_cache(fixed_load_study):
+    # gated, rejected by the distribution limits, its load test standing
+    _, (_, _, fp8), stderr = fixed_load_study
+    q = TrialRecord.from_trial(fp8).quality
+    assert json.loads(fp8.user_attrs["engine_params"])["kv_cache_dtype"] == "fp8_e5m2"
+    assert q.gated and "kv_cache_dtype" in q.numerics and "mean KLD" in q.reasons, q.reasons
+    assert fp8.constraints["quality"] > 0 and q.violation == pytest.approx(fp8.constraints["quality"], abs=1e-3)
+    assert fp8.constraints["slo"] <= 0 and fp8.constraints["errors"] <= 0  # infeasible by quality alone
+    assert "REJECTED by the quality gate" in stderr

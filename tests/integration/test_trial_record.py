@@ -69,7 +69,7 @@ def test_every_load_mode_probes_the_quality_of_its_warm_server_after_the_load(co
     # satisfied without checking anything (issue 23)
     calls: list[tuple[str, str, bool]] = []
 
-    def probe(cfg, url, model, api_key):
+    def probe(cfg, url, model, api_key, floor=False):
         calls.append((url, model, cfg.load.mode == "capacity"))
         return Quality(error="the fake probe ran")
 

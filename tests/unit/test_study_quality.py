@@ -169,3 +169,14 @@ def test_the_loop_stores_the_reference_and_gates_a_damaging_trial(compose, tmp_p
     assert q1.gated and t1.constraints["quality"] > 0
     assert t1.constraints["slo"] <= 0 and t1.user_attrs["feasible"] is False
     assert dc_replace(q1, scores=None).numerics == "kv_cache_dtype: None -> fp8_e5m2"
+
+
+def test_only_a_trial_that_may_become_the_reference_measures_the_noise_floor(compose, study):
+    cfg = compose("quality.mode=gate")
+    assert sq.measures_floor(study, cfg, BASE, BASE)  # the baseline, no reference yet
+    assert not sq.measures_floor(study, cfg, FP8, BASE)  # never the reference
+    assert not sq.measures_floor(study, compose("quality.mode=off"), BASE, BASE)
+    sq.judge(study, cfg, _rec(_scores((1, 2, 3, 4))), BASE, BASE)
+    assert not sq.measures_floor(study, cfg, BASE, BASE) and not sq.measures_floor(study, cfg, SCHED, BASE)
+    study.set_user_attr(sq.REFERENCE_ATTR, "{not json")  # unreadable: the next baseline-numerics trial measures both
+    assert sq.measures_floor(study, cfg, SCHED, BASE)
