@@ -47,6 +47,9 @@ class ConfirmResult:
         """One line on the search's best, labelled as the search's (never as "the best config")."""
         if self.study_pick is None:
             return ""
+        if any(r.baseline and r.of == self.study_pick for r in self.runs):
+            return (f"the search's best, trial {self.study_pick}, is vLLM's defaults (the baseline): re-measured "
+                    f"on fresh servers as the baseline")
         u = self.pick_uplift
         where = (f"on fresh servers over the defaults: {u.text()}" if u is not None
                  else "not re-measured on fresh servers")

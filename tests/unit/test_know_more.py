@@ -103,3 +103,17 @@ def test_a_win_by_the_defaults_breaking_the_slo_says_so_in_the_answer_line():
     far = ConfigRuns("trial 1", 1, False, 1, (1500.0, 1520.0, 1490.0), (True, True, True))
     rec = recommend([shown, far])
     assert rec.uplift.low > 1.0 and "broke the SLO" not in ConfirmResult([shown, far], rec, 1, 3).answer_line()
+
+
+def test_the_search_pick_line_says_when_the_searchs_best_is_the_baseline():
+    """The demo's search can find vLLM's defaults best: its line must not say "not re-measured" (the
+    baseline is re-measured in every round), and a search pick other than the baseline keeps its ratio."""
+    from optimizer.study.confirm_result import ConfirmResult
+
+    runs = _runs((100.0, 104.0), (110.0, 101.0))
+    rec = recommend(runs)
+    line = ConfirmResult(runs, rec, study_pick=0, rounds=2).search_pick_text()
+    assert "is vLLM's defaults (the baseline): re-measured on fresh servers" in line
+    assert "not re-measured" not in line
+    other = ConfirmResult(runs, rec, study_pick=1, rounds=2).search_pick_text()
+    assert other.startswith("the search's best, trial 1: on fresh servers over the defaults: x")
