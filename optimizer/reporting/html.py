@@ -3,24 +3,24 @@
 Sections, top to bottom: summary, throughput against P99, history, importances, parallel
 coordinates and slices, latency CDFs, server telemetry, time per phase, every trial. Each
 figure is a ``<div class="plotly-graph-div">``; a figure that would be empty is replaced by a
-sentence saying why. Every user-controlled string is escaped here with :func:`html.escape`.
+sentence saying why (the charts and their sections: :mod:`optimizer.reporting.charts`). Every
+user-controlled string is escaped with :func:`optimizer.reporting.markup.esc`.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any, Optional
 
 import plotly.graph_objects as go
-import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from optimizer.reporting.charts import charts_in
 from optimizer.reporting.data import EngineRow, ReportData, Status, SummaryInfo, TrialInfo
+from optimizer.reporting.markup import esc as _e, fig_block as _fig, num as _n, pct as _pct
 
 __all__ = ["render_page"]
 
-_PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png"}}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;margin:0;background:#f8f9fa}
 main{max-width:1320px;margin:0 auto;padding:18px 28px 60px}
@@ -52,30 +52,6 @@ _STATUS_BG = {Status.FEASIBLE: "#2a9d3f", Status.INFEASIBLE: "#f08c00", Status.F
 SECTIONS = (("confirmation", "Confirmation"), ("summary", "Summary"), ("scatter", "Throughput vs P99"), ("history", "History"),
             ("importance", "Importance"), ("params", "Parameters"), ("latency", "Latency CDFs"),
             ("telemetry", "Telemetry"), ("time", "Time"), ("trials", "All trials"))
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _n(v: float, fmt: str = ".1f", unit: str = "") -> str:
-    return format(v, fmt) + unit if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
-
-
-def _pct(v: float) -> str:
-    return f"{v * 100:+.1f}%" if math.isfinite(v) else "n/a"
-
-
-def _fig(key: str, fig: Optional[go.Figure], why: str) -> str:
-    if fig is None:
-        return f'<p class="empty" id="fig-{key}-empty">{_e(why)}</p>'
-    div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}", config=_PLOT_CONFIG)
-    return f'<div class="fig">{div}</div>'
-
-
-def figure_div(key: str, fig: go.Figure) -> str:
-    """A figure as a ``<div id="fig-<key>">`` of the page (plotly.js is embedded once, by :func:`render_page`)."""
-    return _fig(key, fig, "")
 
 
 def _fmt(v: Any) -> str:
@@ -265,14 +241,16 @@ def _table(d: ReportData) -> str:
 def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_text: str = "",
                 yaml_name: str = "best.yaml", csv_name: str = "trials.csv", generated: str = "",
                 quality_html: str = "", confirmation: str = "", search_pick: str = "") -> str:
-    """The whole page. ``figs`` maps section keys (scatter, history, importance, parallel, slice,
-    cdf, telemetry, timeline, phases, quality) to figures or ``None``; ``quality_html`` is the quality
+    """The whole page. ``figs`` maps chart keys (:data:`optimizer.reporting.charts.CHARTS`, which also
+    says each chart's section and what stands in for a missing one) to figures or ``None``; ``quality_html`` is the quality
     section (:mod:`optimizer.reporting.quality_section`), left out when empty; ``confirmation`` is the
     confirmation section's HTML (:mod:`optimizer.reporting.confirmation_section`), first when there is one;
     ``search_pick`` its line on the search's best (``ConfirmResult.search_pick_text``)."""
     s = d.summary
-    why_imp = "; ".join(f"{imp.target}: {imp.reason}" for imp in d.importances if imp.reason) or "no importances"
-    few = "Needs at least two completed trials."
+
+    def figs_of(section: str) -> str:  # the section's charts, in the table's order (optimizer.reporting.charts)
+        return "".join(_fig(c.key, figs.get(c.key), c.empty(d)) for c in charts_in(section))
+
     body = [
         f"<h1>vLLM serving-config study: {_e(s.study_name)}</h1>",
         f'<p class="sub">{_e(generated)}</p>',
@@ -282,30 +260,28 @@ def render_page(d: ReportData, figs: dict[str, Optional[go.Figure]], *, yaml_tex
                                                                d.capacity.line if d.capacity else "", search_pick) + "</section>",
         *(['<section id="capacity"><h2>Capacity under the SLO</h2><p class=sub>Each config\'s capacity search on '
            "one warm server: the load doubled, then bisected, until a probe broke the P99 limit or the error limit."
-           "</p>" + _fig("capacity_curves", figs.get("capacity_curves"), "No probes recorded.")
-           + _fig("capacity_bars", figs.get("capacity_bars"), "No capacity recorded.") + "</section>"]
+           "</p>" + figs_of("capacity") + "</section>"]
           if d.capacity is not None else []),
         '<section id="scatter"><h2>2. Throughput against P99 latency</h2><p class=sub>Every trial. Up and to the '
         "left is better; right of the red line breaks the SLO. The dotted line joins the trials that no other "
         "beats on both axes. Hover a point for its parameters.</p>"
-        + _fig("scatter", figs.get("scatter"), "No trials to plot.") + "</section>",
+        + figs_of("scatter") + "</section>",
         '<section id="history"><h2>3. Optimization history</h2>'
-        + _fig("history", figs.get("history"), "No completed trials yet.") + "</section>",
+        + figs_of("history") + "</section>",
         '<section id="importance"><h2>4. Parameter importance</h2><p class=sub>Optuna\'s PED-ANOVA over every '
         "measured trial: which parameter values the fastest trials share that the others do not, and which the "
         "feasible trials share that the infeasible ones do not. With few trials it also credits what the sampler "
         "happened to pair with the winners; the summary's levers are compared within groups for that reason.</p>"
-        + _fig("importance", figs.get("importance"), f"Not computed: {why_imp}.") + "</section>",
+        + figs_of("importance") + "</section>",
         '<section id="params"><h2>5. Parameters</h2>'
-        + _fig("parallel", figs.get("parallel"), few) + _fig("slice", figs.get("slice"), few) + "</section>",
+        + figs_of("params") + "</section>",
         '<section id="latency"><h2>6. Latency distributions</h2><p class=sub>Cumulative distributions of time to '
         "first token, inter-token latency and end-to-end latency, for the baseline, the best and a few others.</p>"
-        + _fig("cdf", figs.get("cdf"), "No latency samples recorded (no trial was measured).") + "</section>",
+        + figs_of("latency") + "</section>",
         '<section id="telemetry"><h2>7. Server telemetry</h2>'
-        + _fig("telemetry", figs.get("telemetry"), "No server telemetry recorded (no trial was measured).")
-        + _fig("timeline", figs.get("timeline"), "No gauge timeline recorded.") + "</section>",
+        + figs_of("telemetry") + "</section>",
         '<section id="time"><h2>8. Where the time went</h2>'
-        + _fig("phases", figs.get("phases"), "No trials.") + "</section>",
+        + figs_of("time") + "</section>",
         '<section id="quality"><h2>Quality</h2>' + quality_html + "</section>" if quality_html else "",
         f'<section id="trials"><h2>9. All trials</h2><p class=sub>Also in {_e(csv_name)} beside this page, with '
         f"every recorded attribute.</p>" + _table(d) + "</section>",

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from optimizer.config import QualityConfig
 from optimizer.record import TrialRecord
 from optimizer.reporting.data import ReportData, Status
-from optimizer.reporting.html import _e, _fig, _n
+from optimizer.reporting.markup import esc as _e, fig_block as _fig, num as _n
 
 __all__ = ["QualityInfo", "QualityRow", "quality_figure", "quality_info", "quality_section"]
 

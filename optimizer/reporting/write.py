@@ -22,12 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.config import Config
 from optimizer.errors import StudyError
 from optimizer.record import BLOB_KEYS
-from optimizer.reporting import figures as F
-from optimizer.reporting.capacity_section import capacity_bars_figure, capacity_curves_figure
+from optimizer.reporting.charts import ChartInputs, draw
 from optimizer.reporting.data import ReportData, build_report_data, classify, study_config
-from optimizer.reporting.html import figure_div, render_page
+from optimizer.reporting.html import render_page
+from optimizer.reporting.markup import figure_div
 from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving_yaml
-from optimizer.reporting.quality_section import quality_figure, quality_info, quality_section
+from optimizer.reporting.quality_section import quality_info, quality_section
 from optimizer.reporting.confirmation_section import (confirmation_figure, confirmation_html,
                                                       confirmation_view, confirmed_yaml)
 from optimizer.study.confirm_plan import confirmation_trials, search_trials
@@ -85,15 +85,8 @@ def write_study_report(study: optuna.Study, out_dir: Path, fallback_config: Opti
     d = build_report_data(study.study_name, trials, study.user_attrs, fallback_config)
     cv = confirmation_view(trials, study_config(study.user_attrs, fallback_config))  # auto SLO: calibrated
     study = search_view(study)  # Optuna's own plots: the search's trials only
-    figs = {
-        "scatter": F.scatter_figure(d), "history": F.history_figure(study, d),
-        "importance": F.importance_figure(d), "parallel": F.parallel_figure(study, d),
-        "slice": F.slice_figure(study, d), "cdf": F.cdf_figure(d), "telemetry": F.telemetry_figure(d),
-        "timeline": F.timeline_figure(d), "phases": F.phases_figure(d),
-        "capacity_curves": capacity_curves_figure(d.capacity), "capacity_bars": capacity_bars_figure(d.capacity),
-    }
     qinfo = quality_info(d, trials)
-    figs["quality"] = quality_figure(qinfo)
+    figs = draw(ChartInputs(d, study, qinfo))
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_text = confirmed_yaml(cv) if cv is not None else best_yaml(d)
     best_path = out_dir / "best.yaml"
