@@ -19,10 +19,11 @@ Each part is timed (``time.perf_counter``). Any failure (HTTP error, a server wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import httpx
 
@@ -101,6 +102,17 @@ def _teacher_forced(http: httpx.Client, url: str, model: str, qset: QualitySet, 
     return [score(t) for t in qset.texts]
 
 
+@contextlib.contextmanager
+def _http(client: Optional[httpx.Client], headers: Optional[dict[str, str]],
+          timeout_s: float) -> Iterator[httpx.Client]:
+    """``client`` as it is (the caller closes it), else a new one, closed on the way out."""
+    if client is not None:
+        yield client
+        return
+    with httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers) as own:
+        yield own
+
+
 def probe_distributions(base_url: str, model: str, qset: QualitySet, *, top_k: int = 8, concurrency: int = 1,
                         client: Optional[httpx.Client] = None, headers: Optional[dict[str, str]] = None,
                         timeout_s: float = 600.0) -> tuple[TextDist, ...]:
@@ -111,13 +123,8 @@ def probe_distributions(base_url: str, model: str, qset: QualitySet, *, top_k: i
         ProbeError: a request failed or the server lacks what the probe needs.
     """
     url = base_url.rstrip("/") + "/v1/completions"
-    own = client is None
-    http = client or httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
-    try:
+    with _http(client, headers, timeout_s) as http:
         return tuple(d for _, d in _teacher_forced(http, url, model, qset, top_k, concurrency))
-    finally:
-        if own:
-            http.close()
 
 
 def run_probe(base_url: str, model: str, qset: QualitySet, *, max_tokens: int, top_k: int = 8,
@@ -144,10 +151,7 @@ def run_probe(base_url: str, model: str, qset: QualitySet, *, max_tokens: int, t
         ProbeError: a request failed or the server lacks what the probe needs.
     """
     url = base_url.rstrip("/") + "/v1/completions"
-    own = client is None
-    http = client or httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
-
-    try:
+    with _http(client, headers, timeout_s) as http:
         t0 = time.perf_counter()
         scored = _teacher_forced(http, url, model, qset, top_k, concurrency)
         t1 = time.perf_counter()
@@ -170,8 +174,5 @@ def run_probe(base_url: str, model: str, qset: QualitySet, *, max_tokens: int, t
             text = str(choice.get("text") or "")
             answers.append(TaskAnswer(task.id, task.kind, text, is_correct(text, task.answer)))
         t3 = time.perf_counter()
-    finally:
-        if own:
-            http.close()
     return QualityScores(qset.name, qset.sha256, tuple(s for s, _ in scored), tuple(gens), max_tokens, t1 - t0,
                          t2 - t1, tuple(d for _, d in scored), tuple(answers), t3 - t2)
