@@ -48,7 +48,7 @@ from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_po
 
 from optimizer.cli import compose
 from optimizer.config import Config
-from optimizer.errors import TrialError
+from optimizer.core.errors import TrialError
 from optimizer.space.search_space import Space, build_space
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.trial import run_trial

@@ -3,7 +3,7 @@
 The entry points (``optimizer.run``, ``optimizer.report``, ``optimizer.loadtest``) compose
 ``conf/`` with Hydra's compose API and Hydra override syntax (``key=value``, ``group=option``),
 so a bad override is reported in one line with exit code 2 before anything starts, instead of a
-traceback. Logging, signals and exit codes are :mod:`optimizer.entry`'s.
+traceback. Logging, signals and exit codes are :mod:`optimizer.core.entry`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from optimizer.config import Config, register_configs, to_config
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.hardware_auto import resolve_hardware_overrides
 
 __all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config", "show_config"]

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from optimizer.choices import Device, Launcher, QualityMode, SloMetric
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.knobs import NUMERICS_PARAMS, FloatRange, Frozen, IntRange
 from optimizer.load_config import CapacityConfig, LoadConfig, WorkloadConfig, validate_load, validate_workload
 from optimizer.search_config import SearchConfig, validate_search

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from optimizer.cli import compose, show_config
-from optimizer.entry import main_wrapper, setup_logging
+from optimizer.core.entry import main_wrapper, setup_logging
 
 __all__ = ["main", "run_stage"]
 
@@ -42,7 +42,7 @@ def run_stage(overrides: list[str], debug: bool, what: str, stage: Callable[...,
     cfg = compose(overrides)
     log_file = Path(cfg.study.runs_dir) / cfg.study.name / "optimizer.log"
     setup_logging(log_file, debug)
-    from optimizer.errors import ConfigError
+    from optimizer.core.errors import ConfigError
     from optimizer.server.gpu import list_gpus
     from optimizer.study.loop import Runtime
     from optimizer.study.storage import load_study

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.server.gpu import Gpu, list_gpus
 
 __all__ = ["detect_preset", "resolve_auto_hardware", "resolve_hardware_overrides"]

@@ -9,7 +9,7 @@ cannot run are dropped from the space built for a preset; a choice the user type
 
 :func:`ensure_writable_dirs` creates the folders the run writes to (SQLite study file, trial
 folders, caches, reports) and turns a folder that cannot be created or written (a read-only or
-virtual file system, e.g. ``/proc/x``) into a :class:`~optimizer.errors.ConfigError`.
+virtual file system, e.g. ``/proc/x``) into a :class:`~optimizer.core.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from optimizer.config import Config
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 
 __all__ = ["IGNORED_WHEN", "Ignored", "ensure_writable_dirs", "refuse_ignored", "typed_keys"]
 

@@ -13,7 +13,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from optimizer.choices import Arrival, CapacityControl, CapacityValue, Endpoint, LoadMode, P99Sizing
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.knobs import Frozen
 
 __all__ = ["CapacityConfig", "LoadConfig", "WorkloadConfig", "validate_load", "validate_workload"]

@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from optimizer.auth import bearer
+from optimizer.core.auth import bearer
 from optimizer.cli import compose, show_config
 from optimizer.config import Config
-from optimizer.entry import main_wrapper, setup_logging
-from optimizer.errors import ConfigError
+from optimizer.core.entry import main_wrapper, setup_logging
+from optimizer.core.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
@@ -44,7 +44,7 @@ from optimizer.loadtest_output import request_record, summary_table, to_json
 from optimizer.metrics import LoadSummary, summarize
 from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
-from optimizer.stats import min_samples_for_upper_bound
+from optimizer.core.stats import min_samples_for_upper_bound
 
 __all__ = ["main"]
 

@@ -2,7 +2,7 @@
 
 Percentiles are numpy's (linear interpolation). An empty sample is NaN with its count beside it,
 never 0: a config whose every request failed must not look like the fastest. The P99's
-confidence interval is distribution-free (:func:`optimizer.stats.quantile_ci`), so the study can
+confidence interval is distribution-free (:func:`optimizer.core.stats.quantile_ci`), so the study can
 judge feasibility on its upper bound.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from optimizer.choices import SloMetric
 from optimizer.loadgen.records import RequestResult
-from optimizer.stats import quantile_ci
+from optimizer.core.stats import quantile_ci
 
 __all__ = ["LATENCY_METRICS", "Dist", "LoadSummary", "summarize"]
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import httpx
 
-from optimizer.errors import ConfigError, OptimizerError
+from optimizer.core.errors import ConfigError, OptimizerError
 from optimizer.loadgen.runner import LoadRun
 from optimizer.server.telemetry import scrape_metrics
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from optimizer.cli import compose
-from optimizer.entry import main_wrapper, setup_logging
-from optimizer.errors import ConfigError
+from optimizer.core.entry import main_wrapper, setup_logging
+from optimizer.core.errors import ConfigError
 from optimizer.loadtest_output import to_json
 from optimizer.probe import served_model
 from optimizer.quality.dataset import load_set

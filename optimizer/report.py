@@ -16,7 +16,7 @@ from typing import Optional
 
 from optimizer.cli import compose, show_config
 from optimizer.config import Config
-from optimizer.entry import main_wrapper, setup_logging
+from optimizer.core.entry import main_wrapper, setup_logging
 
 __all__ = ["main", "report_quietly"]
 

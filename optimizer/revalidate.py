@@ -22,7 +22,7 @@ import sys
 
 from optimizer.cli import show_config
 from optimizer.confirm import run_stage
-from optimizer.entry import main_wrapper
+from optimizer.core.entry import main_wrapper
 
 __all__ = ["main"]
 

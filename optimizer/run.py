@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from optimizer.cli import compose, dump_config, show_config
-from optimizer.entry import main_wrapper, setup_logging
+from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.report import report_quietly
 
 __all__ = ["main"]

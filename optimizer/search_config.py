@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from optimizer.choices import Sampler
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.knobs import EngineParams, FloatRange, Frozen, IntRange, Kind, Knob, knobs_of
 
 __all__ = ["SearchConfig", "search_config_type", "validate_search"]

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import httpx
 
-from optimizer.auth import bearer
+from optimizer.core.auth import bearer
 from optimizer.loadgen.records import RequestResult, RequestSpec
 
 __all__ = ["Endpoint", "Sampling", "new_client", "send"]

@@ -41,7 +41,7 @@ from optimizer.loadgen.client import Endpoint, Sampling
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.schedwait import runqueue_wait_s, waited
 from optimizer.loadgen.workload import RequestSet
-from optimizer.stats import min_samples_for_upper_bound
+from optimizer.core.stats import min_samples_for_upper_bound
 
 __all__ = ["LoadRun", "arrival_times", "plan_requests", "run_load", "schedule"]
 
@@ -93,7 +93,7 @@ def plan_requests(cfg: LoadConfig) -> tuple[int, str]:
     """The measured request count and a note when it is too small to bound the P99.
 
     ``load.p99_sizing``: ``warn`` keeps ``load.num_requests`` and returns the note; ``auto``
-    raises it to :func:`~optimizer.stats.min_samples_for_upper_bound`; ``off`` says nothing.
+    raises it to :func:`~optimizer.core.stats.min_samples_for_upper_bound`; ``off`` says nothing.
     A duration-bounded closed loop cannot be sized in advance: the note (if any) comes after the
     run, from the number of successful requests."""
     need = min_samples_for_upper_bound(0.99, cfg.p99_confidence)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from optimizer.config import ModelConfig, WorkloadConfig
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestSpec
 
 __all__ = ["ChatText", "RequestSet", "load_dataset", "load_tokenizer"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from optimizer.config import ModelConfig
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.model.tiny import ensure_model_dir, generated_dir
 from optimizer.space.engine_args import ModelTarget
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from optimizer.errors import ModelError
+from optimizer.core.errors import ModelError
 
 __all__ = ["ARCH", "GGUF_SHA256", "WHEEL_SHA256", "PreparedModel", "convert_gguf", "prepare_smollm2",
            "verified_gguf"]

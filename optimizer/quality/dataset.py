@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 
 __all__ = ["DATA_DIR", "QualityPrompt", "QualitySet", "QualityTask", "QualityText", "available_sets", "load_set"]
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 
 import httpx
 
-from optimizer.errors import OptimizerError
+from optimizer.core.errors import OptimizerError
 from optimizer.quality.dataset import QualitySet, QualityText
 from optimizer.quality.distribution import TextDist
 from optimizer.quality.scoring import Generation, QualityScores, TextScore

@@ -44,7 +44,7 @@ from typing import Any, Optional
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.errors import FailureReason
+from optimizer.core.errors import FailureReason
 from optimizer.objective import Outcome
 from optimizer.record._attrs import Attrs, json_value, text
 from optimizer.record.capacity import Capacity

@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.config import Config
-from optimizer.errors import StudyError
+from optimizer.core.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting.charts import ChartInputs, draw
 from optimizer.reporting.data import ReportData, build_report_data, classify, study_config

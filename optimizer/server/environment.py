@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from optimizer.config import ServerConfig
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 
 __all__ = ["compile_cache_root", "server_env"]
 

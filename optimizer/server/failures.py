@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from optimizer.errors import FailureReason as R
+from optimizer.core.errors import FailureReason as R
 
 __all__ = ["Diagnosis", "classify", "tail"]
 

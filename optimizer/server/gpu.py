@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from optimizer.errors import EnvironmentBusy
+from optimizer.core.errors import EnvironmentBusy
 
 __all__ = ["Gpu", "list_gpus", "wait_for_free_gpus"]
 

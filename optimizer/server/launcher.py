@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from optimizer.errors import FailureReason, ServerCrashed
+from optimizer.core.errors import FailureReason, ServerCrashed
 from optimizer.server.failures import tail
 
 __all__ = ["LAUNCHERS", "PER_START_KEYS", "ForkedServer", "Zygote", "resolve", "shutdown_zygotes", "zygote_for"]

@@ -29,8 +29,8 @@ from typing import Callable, Optional
 
 import httpx
 
-from optimizer.auth import bearer
-from optimizer.errors import EnvironmentBusy, ServerCrashed, ServerStartTimeout
+from optimizer.core.auth import bearer
+from optimizer.core.errors import EnvironmentBusy, ServerCrashed, ServerStartTimeout
 from optimizer.server import launcher as launchers
 from optimizer.server import pidfile
 from optimizer.server.failures import classify, tail

@@ -58,7 +58,7 @@ from typing import Any, Callable, Optional
 
 from optimizer.capacity.sizing import probe_load_config
 from optimizer.config import Config, LoadConfig, SloConfig
-from optimizer.errors import TrialError
+from optimizer.core.errors import TrialError
 from optimizer.metrics import LoadSummary
 
 __all__ = ["ATTR", "LIGHT_MIN_REQUESTS", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary",

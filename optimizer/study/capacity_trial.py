@@ -47,7 +47,7 @@ from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeR
 from optimizer.capacity import default_cap, find_capacity, probe_workload
 from optimizer.capacity.curve import fitted
 from optimizer.config import Config
-from optimizer.errors import ServerDied
+from optimizer.core.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet

@@ -42,7 +42,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
 from optimizer.config import Config
-from optimizer.errors import FailureReason, StudyError, TrialError, TrialInterrupted
+from optimizer.core.errors import FailureReason, StudyError, TrialError, TrialInterrupted
 from optimizer.record import Confirmation, Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams

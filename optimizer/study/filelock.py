@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import IO, Optional
 
-from optimizer.errors import StudyError
+from optimizer.core.errors import StudyError
 
 __all__ = ["ExclusiveFileLock"]
 

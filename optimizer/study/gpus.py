@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 
 __all__ = ["WorkerPlan", "gpu_inventory", "partition_gpus", "plan_workers", "trial_gpus"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optimizer.stats import t_quantile
+from optimizer.core.stats import t_quantile
 from optimizer.study.uplift import Ratio
 
 __all__ = ["NextStep", "detectable_gain", "know_more", "run_noise"]

@@ -28,7 +28,7 @@ from optimizer.metrics import LoadSummary, summarize
 from optimizer.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
-from optimizer.stats import thin_sample
+from optimizer.core.stats import thin_sample
 from optimizer.study.calibrate import Calibration
 from optimizer.study.noise import throughput_interval
 

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from optimizer.config import Config
-from optimizer.errors import ConfigError, FailureReason, StudyError, TrialError, TrialInterrupted
+from optimizer.core.errors import ConfigError, FailureReason, StudyError, TrialError, TrialInterrupted
 from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.record import Failure, Setup, TrialRecord
 from optimizer.server import pidfile

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.loadgen.records import RequestResult
 from optimizer.record import ThroughputCI, TrialRecord
-from optimizer.stats import t_quantile
+from optimizer.core.stats import t_quantile
 
 __all__ = ["MIN_BATCHES", "ranking_note", "throughput_interval"]
 

@@ -2,9 +2,9 @@
 
 ``run_trial`` returns the :class:`~optimizer.record.TrialRecord` of every config the sampler
 should learn from (measured, ruled out by the memory estimate, or unable to start for a reason
-of its own). It raises :class:`~optimizer.errors.TrialError` (``deterministic=False``: the
+of its own). It raises :class:`~optimizer.core.errors.TrialError` (``deterministic=False``: the
 environment was to blame, so the study fails and retries the trial) or
-:class:`~optimizer.errors.TrialInterrupted` (Ctrl-C, SIGTERM); either carries the partial record
+:class:`~optimizer.core.errors.TrialInterrupted` (Ctrl-C, SIGTERM); either carries the partial record
 of what the trial got to.
 """
 
@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional, Protocol
 
 import httpx
 
-from optimizer.auth import bearer
+from optimizer.core.auth import bearer
 from optimizer.config import Config, SloConfig
-from optimizer.errors import (
+from optimizer.core.errors import (
     EnvironmentBusy,
     FailureReason,
     ServerDied,

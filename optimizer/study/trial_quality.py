@@ -35,10 +35,10 @@ from typing import Any, Callable, Mapping, Optional
 
 import optuna
 
-from optimizer.auth import bearer
+from optimizer.core.auth import bearer
 from optimizer.choices import QualityMode
 from optimizer.config import Config
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.quality import (
     UNMEASURED_VIOLATION,
     DistanceSummary,

@@ -59,7 +59,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from optimizer.stats import t_quantile
+from optimizer.core.stats import t_quantile
 
 __all__ = ["NOISE_FLOOR", "ConfigRuns", "Ratio", "Recommendation", "block_ratio", "mean_interval", "paired_ratio",
            "recommend"]

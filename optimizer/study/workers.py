@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from optimizer.config import Config
-from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
+from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.study import calibrate
 from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
@@ -112,7 +112,7 @@ def spawn_and_wait(jobs: Sequence[WorkerJob], log_file: Optional[Path], debug: b
 
     Each runs in its own process group (a terminal's Ctrl-C reaches this process only), gets
     SIGTERM when this process dies (even by SIGKILL), logs with its name as the tag, and maps its
-    errors to exit codes as an entry point does (:func:`optimizer.entry.run_guarded`). SIGINT and
+    errors to exit codes as an entry point does (:func:`optimizer.core.entry.run_guarded`). SIGINT and
     SIGTERM reaching this process are forwarded to every live job, once. A job that dies or fails
     does not stop the others: the warning names it and says ``on_death`` (what becomes of its work).
 
@@ -215,7 +215,7 @@ def _worker_main(job: WorkerJob, log_file: Optional[Path], debug: bool, parent: 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl took effect
         sys.exit(143)
-    from optimizer.entry import run_guarded, setup_logging
+    from optimizer.core.entry import run_guarded, setup_logging
 
     setup_logging(log_file, debug, tag=job.name)
 

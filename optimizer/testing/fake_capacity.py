@@ -23,7 +23,7 @@ import numpy as np
 from optimizer.capacity.curve import upper_tail
 from optimizer.capacity.result import ProbeResult
 from optimizer.capacity.search import Step
-from optimizer.stats import quantile_ci
+from optimizer.core.stats import quantile_ci
 
 __all__ = ["FakeProbe", "LatencyLaw"]
 

@@ -12,7 +12,7 @@ import signal
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.errors import FailureReason
+from optimizer.core.errors import FailureReason
 from optimizer.record import TrialRecord
 from optimizer.reporting.data import build_report_data
 from tests.support.study_runner import StudyDir, engine_started, orphans_after, wait_for

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import EnvironmentBusy
+from optimizer.core.errors import EnvironmentBusy
 from optimizer.server.gpu import wait_for_free_gpus
 from optimizer.study.storage import StudyLock
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import ServerCrashed
+from optimizer.core.errors import ServerCrashed
 from optimizer.server import launcher as launchers
 from optimizer.server import pidfile
 from optimizer.server.process import VllmServer, free_port, port_is_free

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import EnvironmentBusy
+from optimizer.core.errors import EnvironmentBusy
 from optimizer.server.process import VllmServer
 from optimizer.space.engine_args import EngineParams
 from optimizer.study import trial as trial_mod

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import ServerCrashed, ServerStartTimeout
+from optimizer.core.errors import ServerCrashed, ServerStartTimeout
 from optimizer.server import pidfile
 from optimizer.server.process import VllmServer, free_port, port_is_free
 from tests.support.procs import alive, logged_pids

@@ -20,7 +20,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from optimizer.errors import FailureReason
+from optimizer.core.errors import FailureReason
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import Outcome
 from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord

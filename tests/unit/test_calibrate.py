@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import score

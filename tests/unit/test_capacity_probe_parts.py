@@ -93,7 +93,7 @@ def test_default_cap_follows_max_num_seqs_or_the_clients_inflight_limit():
     ("load.mode=capacit", "load.mode"),
 ])
 def test_bad_capacity_settings_are_refused_naming_the_key(compose, override, needle):
-    from optimizer.errors import ConfigError
+    from optimizer.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         compose(override)

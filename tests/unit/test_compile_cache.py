@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from optimizer.config import IntRange, ServerConfig
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.server.environment import compile_cache_root, server_env
 from optimizer.server.startlog import START_PHASES, StartLog, parse_start_log
 from optimizer.space.grid import grid_values

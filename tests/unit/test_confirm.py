@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.errors import ServerStartTimeout, Terminated, TrialInterrupted
+from optimizer.core.errors import ServerStartTimeout, Terminated, TrialInterrupted
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import score

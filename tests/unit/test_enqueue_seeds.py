@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.record import TrialRecord
 from optimizer.space.search_space import baseline_params, build_space, seed_params
 from tests.unit.test_loop_policy import Script, _run, _trials, measured, study_cfg  # noqa: F401 (a fixture)

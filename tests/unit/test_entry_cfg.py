@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from optimizer import confirm, loadtest, report, revalidate, run
-from optimizer.entry import EXIT_CONFIG, cfg_request
+from optimizer.core.entry import EXIT_CONFIG, cfg_request
 
 
 def test_cfg_request_takes_the_flag_in_each_spelling_and_leaves_the_overrides():

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from optimizer.errors import ConfigError, StudyError
+from optimizer.core.errors import ConfigError, StudyError
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, in_flight
 from optimizer.study.storage import RetryStaleTrial, make_storage, reap_interrupted, redact_url
 

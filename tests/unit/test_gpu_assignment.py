@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.study.gpus import gpu_inventory, partition_gpus, plan_workers, trial_gpus
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
 from optimizer.server.gpu import Gpu
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
-    {"errors", "stats", "entry", "auth"},  # leaves: the exception tree, order statistics, logging/signals/exit codes, the API-key header
+    {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API-key header
     {"config", "choices", "knobs", "search_config", "load_config"},  # the typed config (the knob table, the search
     # and load sections beside it) and its closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe

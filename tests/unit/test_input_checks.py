@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.input_checks import IGNORED_WHEN, ensure_writable_dirs, refuse_ignored, typed_keys
 
 GPU = ("hardware=h100", "model=llama-3-8b-instruct", "model.load_format=dummy", "model.generate=config")

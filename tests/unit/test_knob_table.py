@@ -15,7 +15,7 @@ from typing import Optional
 import optuna
 import pytest
 
-from optimizer.errors import ConfigError, StudyError
+from optimizer.core.errors import ConfigError, StudyError
 from optimizer.knobs import KNOBS, NUMERICS_PARAMS, EngineParams, Kind, knob, knobs_of, memory_inputs, predates_ok
 from optimizer.model.resolve import planned_target
 from optimizer.search_config import SearchConfig, search_config_type, validate_search

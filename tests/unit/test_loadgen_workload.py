@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.config import ModelConfig, WorkloadConfig
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.loadgen.workload import RequestSet, load_dataset, load_tokenizer
 
 MODEL = ModelConfig(name="tiny", vocab_size=4096, prompt_token_low=10)

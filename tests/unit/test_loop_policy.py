@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.errors import FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError, TrialInterrupted
+from optimizer.core.errors import FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError, TrialInterrupted
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import infeasible, score

@@ -5,7 +5,7 @@ import pytest
 
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import Dist, summarize
-from optimizer.stats import quantile_ci
+from optimizer.core.stats import quantile_ci
 
 
 def _ok(i: int, ttft: float, latency: float, itl: list[float], tokens: int) -> RequestResult:

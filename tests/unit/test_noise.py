@@ -93,7 +93,7 @@ def test_the_new_record_parts_round_trip_through_user_attrs():
 @pytest.mark.parametrize("bad", ["study.confirm.top_k=-1", "study.confirm.repeats=1", "study.confirm.confidence=1.0",
                                  "study.confirm.seed_offset=0"])
 def test_bad_confirm_settings_are_refused_naming_the_key(compose, bad):
-    from optimizer.errors import ConfigError
+    from optimizer.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
         compose(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 
 
 def test_quality_defaults_gate_numerics_changes(compose):

@@ -111,7 +111,7 @@ def test_quality_v2_is_the_generators_output_with_long_passages_and_four_task_ki
 
 
 def test_an_unknown_set_is_refused_listing_the_available_ones():
-    from optimizer.errors import ConfigError
+    from optimizer.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="quality-v1"):
         load_set("quality-v9")

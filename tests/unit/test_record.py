@@ -18,7 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from optimizer.errors import FailureReason
+from optimizer.core.errors import FailureReason
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import infeasible
 from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord

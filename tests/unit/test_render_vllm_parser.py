@@ -22,7 +22,7 @@ import sys
 import optuna
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.knobs import KNOBS
 from optimizer.model.resolve import planned_model_dir, planned_target
 from optimizer.space.engine_args import SERVER_MODULE, EngineParams, ModelTarget, render

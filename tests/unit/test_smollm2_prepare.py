@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.errors import ConfigError, ModelError
+from optimizer.core.errors import ConfigError, ModelError
 from optimizer.model import smollm2
 from optimizer.model.smollm2 import ARCH, prepare_smollm2, verified_gguf
 

@@ -8,7 +8,7 @@ import logging
 import optuna
 import pytest
 
-from optimizer.errors import ConfigError
+from optimizer.core.errors import ConfigError
 from optimizer.model.resolve import planned_target, target_for
 from optimizer.space import capability
 from optimizer.space.engine_args import EngineParams, render

@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from optimizer.errors import ConfigError, StudyError
+from optimizer.core.errors import ConfigError, StudyError
 from optimizer.space.search_space import build_space
 from optimizer.study.storage import StudyLock, fingerprint, fingerprint_diff, open_study
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from optimizer.stats import t_quantile
+from optimizer.core.stats import t_quantile
 from optimizer.study.uplift import NOISE_FLOOR, ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
 
 

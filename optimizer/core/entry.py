@@ -2,7 +2,7 @@
 
 ``python -m optimizer.run`` / ``.report`` / ``.loadtest`` and each worker process of a parallel
 study run their body through :func:`run_guarded`: SIGTERM raises
-:class:`~optimizer.errors.Terminated` in the main thread (so every ``finally``, the server stop
+:class:`~optimizer.core.errors.Terminated` in the main thread (so every ``finally``, the server stop
 included, runs), and errors map to exit codes with a one-line message (tracebacks with
 ``--debug``): 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 """
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence
 
-from optimizer.errors import ConfigError, OptimizerError, StudyError, Terminated
+from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 
 __all__ = ["EXIT_CONFIG", "EXIT_INT", "EXIT_STUDY", "EXIT_TERM", "cfg_request", "main_wrapper", "run_guarded", "setup_logging",
            "split_args"]
