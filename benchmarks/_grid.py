@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import optuna
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.metrics import Dist, LoadSummary
 from optimizer.objective import score
 from optimizer.space.engine_args import EngineParams

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from _grid import Rep, Table, outcome, server_key
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, seed_params, suggest
 from optimizer.study import calibrate

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from optimizer.capacity import CapacitySearch, LoadProbe, SearchPlan, find_capacity  # noqa: E402
 from optimizer.cli import compose  # noqa: E402
-from optimizer.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig  # noqa: E402
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.runner import run_load  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402

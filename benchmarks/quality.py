@@ -32,7 +32,7 @@ import _common as C  # noqa: E402
 import httpx  # noqa: E402
 
 from optimizer.cli import compose  # noqa: E402
-from optimizer.config import QualityConfig  # noqa: E402
+from optimizer.settings.config import QualityConfig  # noqa: E402
 from optimizer.core.errors import TrialError  # noqa: E402
 from optimizer.model.resolve import resolve_model_dir  # noqa: E402
 from optimizer.quality import ProbeError, QualityScores, compare, load_set, needs_probe, run_probe  # noqa: E402

@@ -106,7 +106,7 @@ def product_start(base: list[str], overrides: list[str], work: Path, label: str,
 
 def _server_env(overrides: list[str]) -> dict[str, str]:
     """The environment a trial's server gets (optimizer.server.environment.server_env), from this one."""
-    from optimizer.config import ServerConfig
+    from optimizer.settings.config import ServerConfig
     from optimizer.server.environment import server_env
 
     key = "server.compile_cache_dir="

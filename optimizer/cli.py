@@ -14,7 +14,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from optimizer.config import Config, register_configs, to_config
+from optimizer.settings.config import Config, register_configs, to_config
 from optimizer.core.errors import ConfigError
 from optimizer.hardware_auto import resolve_hardware_overrides
 
@@ -39,7 +39,7 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConf
         if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
             msg += ": " + str(cause).strip().splitlines()[0]
         raise ConfigError(f"{msg}. Options are the files in {conf_dir}/<group>/; keys are listed in "
-                          f"conf/config.yaml and optimizer/config.py.") from None
+                          f"conf/config.yaml and optimizer/settings/config.py.") from None
 
 
 def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Config:

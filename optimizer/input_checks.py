@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError
 
 __all__ = ["IGNORED_WHEN", "Ignored", "ensure_writable_dirs", "refuse_ignored", "typed_keys"]

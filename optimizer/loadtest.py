@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from optimizer.core.auth import bearer
 from optimizer.cli import compose, show_config
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
@@ -58,7 +58,7 @@ Keys of this command (besides the study's config):
                      else the one model GET /v1/models lists)
   records=true       also write every request's record (timings, tokens, error) into out
   uvloop=true        run the client on uvloop (default: asyncio's loop, as the study does)
-Workload and load keys (see conf/config.yaml, conf/workload/*.yaml, optimizer/config.py):
+Workload and load keys (see conf/config.yaml, conf/workload/*.yaml, optimizer/settings/config.py):
   workload=<file in conf/workload>, workload.{endpoint,prompt_tokens,output_tokens,*_spread,
   shared_prefix_tokens,num_prefixes,dataset,tokenizer,seed}, load.{mode,concurrency,request_rate,
   arrival,num_requests,duration_s,warmup_requests,request_timeout_s,stall_timeout_s,max_inflight,

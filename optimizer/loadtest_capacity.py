@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, SearchPlan, default_cap
 from optimizer.capacity import find_capacity
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.loadtest_output import to_json

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from optimizer.choices import SloMetric
+from optimizer.settings.choices import SloMetric
 from optimizer.loadgen.records import RequestResult
 from optimizer.core.stats import quantile_ci
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.config import SloConfig
+from optimizer.settings.config import SloConfig
 from optimizer.metrics import LoadSummary
 
 __all__ = ["CONSTRAINT_KEYS", "Outcome", "infeasible", "score"]

@@ -15,7 +15,7 @@ import sys
 from typing import Optional
 
 from optimizer.cli import compose, show_config
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.entry import main_wrapper, setup_logging
 
 __all__ = ["main", "report_quietly"]

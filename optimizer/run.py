@@ -35,7 +35,7 @@ Keys: study.{name,storage,n_trials,seed,workers,host,heartbeat_interval_s,heartb
 study.confirm.{top_k,repeats,confidence,seed_offset} (the confirmation stage at the end; top_k=0: off),
 slo.{metric,p99_ms,max_error_rate,use_upper_bound},
 load.{mode,concurrency,request_rate,num_requests,duration_s,warmup_requests}, server.{start_timeout_s,...},
-dry_run, report. See conf/config.yaml and optimizer/config.py. --debug shows tracebacks.
+dry_run, report. See conf/config.yaml and optimizer/settings/config.py. --debug shows tracebacks.
 Exit codes: 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 """
 

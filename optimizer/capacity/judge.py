@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from optimizer.config import SloConfig
+from optimizer.settings.config import SloConfig
 from optimizer.metrics import LoadSummary
 from optimizer.objective import score
 from optimizer.capacity.result import ProbeResult

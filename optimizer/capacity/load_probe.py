@@ -20,7 +20,7 @@ from optimizer.capacity.judge import judge
 from optimizer.capacity.result import ProbeResult
 from optimizer.capacity.search import Step
 from optimizer.capacity.sizing import probe_load_config, probe_workload
-from optimizer.config import LoadConfig, SloConfig
+from optimizer.settings.config import LoadConfig, SloConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load

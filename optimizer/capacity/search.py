@@ -51,7 +51,7 @@ from typing import Awaitable, Callable, Optional
 
 from optimizer.capacity.curve import estimate_capacity, fitted
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
-from optimizer.config import CapacityConfig, SloConfig
+from optimizer.settings.config import CapacityConfig, SloConfig
 
 __all__ = ["CapacitySearch", "SearchPlan", "Step", "find_capacity"]
 

@@ -19,8 +19,8 @@ import dataclasses
 import math
 from typing import Optional
 
-from optimizer.choices import LoadMode
-from optimizer.config import LoadConfig, WorkloadConfig
+from optimizer.settings.choices import LoadMode
+from optimizer.settings.config import LoadConfig, WorkloadConfig
 
 __all__ = ["default_cap", "probe_load_config", "probe_workload"]
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 import httpx
 
-from optimizer.config import LoadConfig
+from optimizer.settings.config import LoadConfig
 from optimizer.loadgen.client import Endpoint, new_client, send
 from optimizer.loadgen.records import RequestResult, RequestSpec
 from optimizer.loadgen.workload import RequestSet

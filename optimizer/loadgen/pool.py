@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from optimizer.config import LoadConfig, WorkloadConfig
+from optimizer.settings.config import LoadConfig, WorkloadConfig
 from optimizer.loadgen import phases
 from optimizer.loadgen.phases import brake_limit, concurrency_of, percentiles, schedule
 from optimizer.loadgen.client import Endpoint

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from optimizer.config import LoadConfig
+from optimizer.settings.config import LoadConfig
 from optimizer.loadgen import phases, pool
 from optimizer.loadgen.phases import arrival_times, brake_limit, concurrency_of, percentiles, schedule
 from optimizer.loadgen.client import Endpoint, Sampling

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from optimizer.config import ModelConfig, WorkloadConfig
+from optimizer.settings.config import ModelConfig, WorkloadConfig
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestSpec
 

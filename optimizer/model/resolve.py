@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from optimizer.config import ModelConfig
+from optimizer.settings.config import ModelConfig
 from optimizer.core.errors import ConfigError
 from optimizer.model.tiny import ensure_model_dir, generated_dir
 from optimizer.space.engine_args import ModelTarget

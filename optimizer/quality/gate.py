@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.quality.distribution import DistanceSummary, summarize
 from optimizer.quality.scoring import QualityScores, QualityVerdict
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 from plotly.subplots import make_subplots
 
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.record import TrialRecord
 from optimizer.reporting.data import ReportData, Status
 from optimizer.reporting.markup import esc as _e, fig_block as _fig, num as _n

@@ -8,7 +8,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
-from optimizer.config import LoadConfig, SloConfig
+from optimizer.settings.config import LoadConfig, SloConfig
 from optimizer.record import TrialRecord
 from optimizer.reporting.levers import Levers, main_levers
 from optimizer.reporting.serving import portable_command

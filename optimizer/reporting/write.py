@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import StudyError
 from optimizer.record import BLOB_KEYS
 from optimizer.reporting.charts import ChartInputs, draw

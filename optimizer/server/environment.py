@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from optimizer.config import ServerConfig
+from optimizer.settings.config import ServerConfig
 from optimizer.core.errors import ConfigError
 
 __all__ = ["compile_cache_root", "server_env"]

@@ -1,6 +1,6 @@
 """Engine parameters rendered to a server command in exactly one place.
 
-``EngineParams`` (the knob table, :mod:`optimizer.knobs`) holds what a trial changes; ``None``
+``EngineParams`` (the knob table, :mod:`optimizer.settings.knobs`) holds what a trial changes; ``None``
 means "leave vLLM's default". The baseline trial is ``EngineParams()``: no tuning flag at all.
 :func:`render` turns parameters plus the fixed parts (model, host, port, hardware flags) into
 ``Launch``: the argv after ``python`` and the ``vllm serve`` YAML that reproduces it. Nothing
@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from optimizer.knobs import EngineParams, Knob, knobs_of
+from optimizer.settings.knobs import EngineParams, Knob, knobs_of
 
 __all__ = ["EngineParams", "Launch", "ModelTarget", "engine_options", "render", "SERVER_MODULE"]
 

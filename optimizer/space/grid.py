@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from optimizer.config import IntRange
+from optimizer.settings.config import IntRange
 
 __all__ = ["grid_values"]
 

@@ -28,8 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from optimizer.config import HardwareConfig, ModelConfig
-from optimizer.knobs import EngineParams, memory_inputs
+from optimizer.settings.config import HardwareConfig, ModelConfig
+from optimizer.settings.knobs import EngineParams, memory_inputs
 
 __all__ = ["MemoryEstimate", "bytes_per_param", "estimate_memory", "kv_bytes_per_token", "weights_gib"]
 

@@ -1,6 +1,6 @@
 """The search space: which engine parameters a trial may take on this hardware and model.
 
-Pure. Every knob of the table (:mod:`optimizer.knobs`) searched on this device is a domain of
+Pure. Every knob of the table (:mod:`optimizer.settings.knobs`) searched on this device is a domain of
 the :class:`Space`; :func:`build_space` keeps the choices the hardware and model can run
 (:mod:`optimizer.space.capability`) and refuses a space in which no config can fit in memory
 (:func:`check_space_fits`). :func:`suggest` draws one :class:`EngineParams` from an Optuna trial,
@@ -15,9 +15,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from optimizer.config import Config, FloatRange, IntRange
+from optimizer.settings.config import Config, FloatRange, IntRange
 from optimizer.core.errors import ConfigError
-from optimizer.knobs import EngineParams, Kind, knobs_of
+from optimizer.settings.knobs import EngineParams, Kind, knobs_of
 from optimizer.space.capability import BF16_MIN_CC, FP8_KV_MIN_CC, cc, quant_problem, runnable_choices, tp_problem
 from optimizer.space.grid import grid_values
 from optimizer.space.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weights_gib
@@ -76,7 +76,7 @@ class Space:
 def build_space(cfg: Config, params_type: type = EngineParams) -> Space:
     """The study's space: configured choices minus what this hardware and model cannot run.
     ``params_type`` is the knob table (a subclass of EngineParams adds knobs; ``cfg.search`` then
-    holds their domains: optimizer.search_config.search_config_type).
+    holds their domains: optimizer.settings.search_config.search_config_type).
 
     Raises:
         ConfigError: a choice list ends up empty, ``hardware=auto`` was not resolved, or no
@@ -207,7 +207,7 @@ def baseline_params(cfg: Config) -> dict[str, Any]:
     the sampler and the plots can use it. A categorical default is included only where the
     configured choices hold it (Optuna fails an enqueued trial whose value is not a choice), and
     keys the space does not sample are ignored by Optuna. Defaults come from hardware.vllm_defaults,
-    then the knob table's (optimizer.knobs)."""
+    then the knob table's (optimizer.settings.knobs)."""
     s, hw = cfg.search, cfg.hardware
     d = dict(hw.vllm_defaults)
     if hw.device == "cpu":

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from optimizer.capacity.sizing import probe_load_config
-from optimizer.config import Config, LoadConfig, SloConfig
+from optimizer.settings.config import Config, LoadConfig, SloConfig
 from optimizer.core.errors import TrialError
 from optimizer.metrics import LoadSummary
 

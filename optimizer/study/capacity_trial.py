@@ -46,7 +46,7 @@ from typing import Callable, NamedTuple, Optional
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
 from optimizer.capacity import default_cap, find_capacity, probe_workload
 from optimizer.capacity.curve import fitted
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load

@@ -41,7 +41,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import FailureReason, StudyError, TrialError, TrialInterrupted
 from optimizer.record import Confirmation, Failure, Setup, TrialRecord
 from optimizer.server import pidfile

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import optuna
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.model.resolve import planned_model_dir, planned_target
 from optimizer.space.engine_args import render
 from optimizer.space.search_space import build_space, check, suggest

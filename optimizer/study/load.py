@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from optimizer.config import LoadConfig
+from optimizer.settings.config import LoadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError, FailureReason, StudyError, TrialError, TrialInterrupted
 from optimizer.model.resolve import resolve_model_dir, target_for
 from optimizer.record import Failure, Setup, TrialRecord

@@ -9,7 +9,7 @@ from typing import Optional
 
 import optuna
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.space.search_space import build_space
 from optimizer.study.confirm_stage import run_confirmation
 from optimizer.study.confirm_plan import search_trials

@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.record import TrialRecord
 from optimizer.study.coordination import fail_stale, in_flight
 from optimizer.study.progress import Progress, Verdict, fmt_duration, progress_line

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 import httpx
 
 from optimizer.core.auth import bearer
-from optimizer.config import Config, SloConfig
+from optimizer.settings.config import Config, SloConfig
 from optimizer.core.errors import (
     EnvironmentBusy,
     FailureReason,

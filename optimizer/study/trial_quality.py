@@ -36,8 +36,8 @@ from typing import Any, Callable, Mapping, Optional
 import optuna
 
 from optimizer.core.auth import bearer
-from optimizer.choices import QualityMode
-from optimizer.config import Config
+from optimizer.settings.choices import QualityMode
+from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError
 from optimizer.quality import (
     UNMEASURED_VIOLATION,

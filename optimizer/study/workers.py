@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from optimizer.config import Config
+from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.study import calibrate

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, find_capacity
-from optimizer.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet

@@ -33,7 +33,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
 from optimizer.quality.server_probe import probe_distributions

@@ -10,7 +10,7 @@ import pytest
 
 from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, Step, find_capacity
 from optimizer.capacity.result import CapacityResult
-from optimizer.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.server.telemetry import TelemetrySampler

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from optimizer.capacity import CapacityResult, LimitedBy, ProbeResult
-from optimizer.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.study.capacity_trial import Incumbent, measure_capacity, outcome_of

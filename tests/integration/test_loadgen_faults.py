@@ -12,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from optimizer.config import LoadConfig, ModelConfig, WorkloadConfig
+from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from optimizer.config import LoadConfig, ModelConfig, WorkloadConfig
+from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.pool import workers_for
 from optimizer.loadgen.runner import LoadRun, run_load

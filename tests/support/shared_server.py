@@ -32,7 +32,7 @@ MODEL = ["model.name=tiny-vocab32k", "model.generate=config", "model.load_format
 
 @dataclass(frozen=True)
 class SharedServer:
-    cfg: Any  # optimizer.config.Config, composed with MODEL
+    cfg: Any  # optimizer.settings.config.Config, composed with MODEL
     server: Any  # optimizer.server.process.VllmServer, ready
     params: EngineParams
     name: str  # the served model name

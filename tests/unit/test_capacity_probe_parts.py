@@ -7,7 +7,7 @@ import math
 import pytest
 
 from optimizer.capacity import default_cap, judge, probe_load_config, probe_workload
-from optimizer.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 

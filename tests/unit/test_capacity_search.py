@@ -11,7 +11,7 @@ import pytest
 
 from optimizer.capacity import (CapacityResult, CapacitySearch, LimitedBy, ProbeResult, SearchPlan, Step,
                                 find_capacity)
-from optimizer.config import CapacityConfig, SloConfig
+from optimizer.settings.config import CapacityConfig, SloConfig
 
 SLO = SloConfig(metric="e2e", p99_ms=1000.0)
 

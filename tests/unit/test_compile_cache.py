@@ -12,7 +12,7 @@ import math
 import optuna
 import pytest
 
-from optimizer.config import IntRange, ServerConfig
+from optimizer.settings.config import IntRange, ServerConfig
 from optimizer.core.errors import ConfigError
 from optimizer.server.environment import compile_cache_root, server_env
 from optimizer.server.startlog import START_PHASES, StartLog, parse_start_log
@@ -120,7 +120,7 @@ def test_the_shipped_spaces_draw_the_compile_shape_from_a_few_values(compose, ha
     (["search.max_num_batched_tokens.step=256", "search.max_num_batched_tokens.log=false"], "a grid replaces step"),
 ])
 def test_a_bad_grid_is_refused(compose, overrides, needle):
-    from optimizer.config import validate
+    from optimizer.settings.config import validate
 
     with pytest.raises(ConfigError, match=needle):
         validate(compose(*overrides))

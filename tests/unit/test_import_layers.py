@@ -17,8 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
     {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API-key header
-    {"config", "choices", "knobs", "search_config", "load_config"},  # the typed config (the knob table, the search
-    # and load sections beside it) and its closed sets of choices
+    {"settings"},  # the typed config: the knob table, the search and load sections, the closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
     {"objective"},  # summary -> value and constraints

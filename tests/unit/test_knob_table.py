@@ -1,4 +1,4 @@
-"""The knob table (optimizer/knobs.py) is the one place a knob is declared: the search schema, its
+"""The knob table (optimizer/settings/knobs.py) is the one place a knob is declared: the search schema, its
 checks, the space, the draw, the command line, the memory estimate's inputs and the resume
 fingerprint are derived from it. The new knob async_scheduling went in through the table alone."""
 
@@ -16,9 +16,9 @@ import optuna
 import pytest
 
 from optimizer.core.errors import ConfigError, StudyError
-from optimizer.knobs import KNOBS, NUMERICS_PARAMS, EngineParams, Kind, knob, knobs_of, memory_inputs, predates_ok
+from optimizer.settings.knobs import KNOBS, NUMERICS_PARAMS, EngineParams, Kind, knob, knobs_of, memory_inputs, predates_ok
 from optimizer.model.resolve import planned_target
-from optimizer.search_config import SearchConfig, search_config_type, validate_search
+from optimizer.settings.search_config import SearchConfig, search_config_type, validate_search
 from optimizer.space.engine_args import render
 from optimizer.space.memory import estimate_memory
 from optimizer.space.search_space import build_space, check, suggest

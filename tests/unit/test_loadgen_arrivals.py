@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from optimizer.config import LoadConfig
+from optimizer.settings.config import LoadConfig
 from optimizer.loadgen.runner import arrival_times, plan_requests
 
 

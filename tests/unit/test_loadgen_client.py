@@ -123,7 +123,7 @@ def test_the_request_body_asks_for_exact_lengths_and_usage():
 
 
 def test_the_request_body_carries_the_workloads_sampling_exactly():
-    from optimizer.config import WorkloadConfig
+    from optimizer.settings.config import WorkloadConfig
     from optimizer.loadgen.client import Sampling
 
     greedy = json.loads(Endpoint("http://x", "m").encode(SPEC))

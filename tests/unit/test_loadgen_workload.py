@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.config import ModelConfig, WorkloadConfig
+from optimizer.settings.config import ModelConfig, WorkloadConfig
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.workload import RequestSet, load_dataset, load_tokenizer
 

@@ -74,7 +74,7 @@ def test_quantile_ci_upper_bound_needs_enough_samples():
 
 
 def test_the_one_list_of_latency_metrics_is_every_slo_metric_and_every_distribution_of_a_summary():
-    from optimizer.choices import SloMetric
+    from optimizer.settings.choices import SloMetric
     from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
 
     assert LATENCY_METRICS == ("ttft", "itl", "e2e") and set(LATENCY_METRICS) == {m.value for m in SloMetric}

@@ -1,6 +1,6 @@
 import math
 
-from optimizer.config import SloConfig
+from optimizer.settings.config import SloConfig
 from optimizer.loadgen.records import RequestResult
 from optimizer.metrics import summarize
 from optimizer.objective import CONSTRAINT_KEYS, infeasible, score

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import UNMEASURED_VIOLATION, Floor, Limits, evaluate, grade, needs_probe, noise_floor, \
     numerics_changes
 from optimizer.quality.scoring import compare

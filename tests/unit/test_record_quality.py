@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import Floor, evaluate
 from optimizer.quality.scoring import Generation, QualityScores, TextScore, compare
 from optimizer.record import Quality, Setup, TrialRecord

@@ -23,7 +23,7 @@ import optuna
 import pytest
 
 from optimizer.core.errors import ConfigError
-from optimizer.knobs import KNOBS
+from optimizer.settings.knobs import KNOBS
 from optimizer.model.resolve import planned_model_dir, planned_target
 from optimizer.space.engine_args import SERVER_MODULE, EngineParams, ModelTarget, render
 from optimizer.space.search_space import build_space, check, suggest

@@ -8,7 +8,7 @@ import math
 import optuna
 
 from optimizer.metrics import Dist, LoadSummary
-from optimizer.config import QualityConfig
+from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import evaluate
 from optimizer.quality.scoring import QualityScores, compare
 from optimizer.record import Lineage, Measurement, Quality, Setup, TrialRecord

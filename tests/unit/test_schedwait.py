@@ -62,7 +62,7 @@ def test_a_client_starved_by_busy_cores_shows_a_wait():
 
 
 def test_a_run_whose_client_waited_for_a_cpu_carries_a_note(monkeypatch, fake_server_factory):
-    from optimizer.config import LoadConfig, ModelConfig, WorkloadConfig
+    from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
     from optimizer.loadgen.client import Endpoint
     from optimizer.loadgen.workload import RequestSet
 

@@ -6,7 +6,7 @@ its kind, its default search domain, the vLLM option it renders to, whether it c
 numbers the model computes, whether the memory estimate reads it, vLLM's own default, and
 the values vLLM refuses with other knobs. Derived from the table, never written again:
 
-- ``search.<knob>`` in the Hydra schema and its default (:mod:`optimizer.search_config`), and
+- ``search.<knob>`` in the Hydra schema and its default (:mod:`optimizer.settings.search_config`), and
   the checks of its domain (``validate_search`` there);
 - the study's space, the draw of one config, the seeds' checks and the rules a config breaks
   (:mod:`optimizer.space.search_space`), the command line (:func:`optimizer.space.engine_args.render`);
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
-from optimizer.choices import SpecMethod
+from optimizer.settings.choices import SpecMethod
 
 __all__ = ["EngineParams", "FloatRange", "Frozen", "IntRange", "KNOBS", "Kind", "Knob", "NUMERICS_PARAMS",
            "Refusal", "knob", "knobs_of", "memory_inputs", "predates_ok"]

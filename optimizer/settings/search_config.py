@@ -1,7 +1,7 @@
 """``search``: the search space as configured, and its checks, derived from the knob table.
 
 The schema has a few fields of its own (the sampler, the draft model) and one field per knob
-of :mod:`optimizer.knobs`, typed by the knob's kind (``IntRange``, ``FloatRange`` or a list of
+of :mod:`optimizer.settings.knobs`, typed by the knob's kind (``IntRange``, ``FloatRange`` or a list of
 choices) with the knob's default domain as its default: each default is written once, in the
 table. Hydra checks the types at compose time; :func:`validate_search` checks what types cannot
 say (inverted ranges, empty choice lists, a grid with a step). Empty choice lists and degenerate
@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from optimizer.choices import Sampler
+from optimizer.settings.choices import Sampler
 from optimizer.core.errors import ConfigError
-from optimizer.knobs import EngineParams, FloatRange, Frozen, IntRange, Kind, Knob, knobs_of
+from optimizer.settings.knobs import EngineParams, FloatRange, Frozen, IntRange, Kind, Knob, knobs_of
 
 __all__ = ["SearchConfig", "search_config_type", "validate_search"]
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 else:
     SearchConfig = search_config_type()
     SearchConfig.__module__ = __name__
-    SearchConfig.__doc__ = "The search space as configured: SearchBase's fields plus one per knob (optimizer.knobs)."
+    SearchConfig.__doc__ = "The search space as configured: SearchBase's fields plus one per knob (optimizer.settings.knobs)."
 
 
 def _fail(key: str, value: object, what: str) -> None:

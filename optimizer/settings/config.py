@@ -4,9 +4,9 @@ Hydra composes YAML from ``conf/`` against these dataclass schemas (registered i
 ConfigStore by :func:`register_configs`), so a misspelled key or a wrong type fails at compose
 time. :func:`to_config` turns the composed ``DictConfig`` into these dataclasses and checks
 ranges (:func:`validate`); after that no code sees a ``DictConfig`` or the environment. The
-sections of their own live beside it (``search``: :mod:`optimizer.search_config`, derived from
-the knob table :mod:`optimizer.knobs`; ``workload`` and ``load``: :mod:`optimizer.load_config`);
-every schema is frozen (:class:`optimizer.knobs.Frozen`): change a copy with ``dataclasses.replace``.
+sections of their own live beside it (``search``: :mod:`optimizer.settings.search_config`, derived from
+the knob table :mod:`optimizer.settings.knobs`; ``workload`` and ``load``: :mod:`optimizer.settings.load_config`);
+every schema is frozen (:class:`optimizer.settings.knobs.Frozen`): change a copy with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.choices import Device, Launcher, QualityMode, SloMetric
+from optimizer.settings.choices import Device, Launcher, QualityMode, SloMetric
 from optimizer.core.errors import ConfigError
-from optimizer.knobs import NUMERICS_PARAMS, FloatRange, Frozen, IntRange
-from optimizer.load_config import CapacityConfig, LoadConfig, WorkloadConfig, validate_load, validate_workload
-from optimizer.search_config import SearchConfig, validate_search
+from optimizer.settings.knobs import NUMERICS_PARAMS, FloatRange, Frozen, IntRange
+from optimizer.settings.load_config import CapacityConfig, LoadConfig, WorkloadConfig, validate_load, validate_workload
+from optimizer.settings.search_config import SearchConfig, validate_search
 
 __all__ = [
     "CapacityConfig",
@@ -195,10 +195,10 @@ class ServerConfig(Frozen):
 
 
 # engine parameters that change the numbers a model computes (EngineParams field names)
-NUMERICS_PARAM_CHOICES = NUMERICS_PARAMS  # EngineParams field names (optimizer.knobs: the knobs marked numerics)
+NUMERICS_PARAM_CHOICES = NUMERICS_PARAMS  # EngineParams field names (optimizer.settings.knobs: the knobs marked numerics)
 
 
-_QUALITY_DATA = Path(__file__).resolve().parent / "quality" / "data"  # the shipped quality sets (optimizer.quality)
+_QUALITY_DATA = Path(__file__).resolve().parents[1] / "quality" / "data"  # the shipped quality sets
 
 
 @dataclass

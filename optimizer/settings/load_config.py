@@ -1,6 +1,6 @@
 """``workload`` and ``load``: the request set of every trial, and how it is sent; their checks.
 
-Part of the one typed configuration (:mod:`optimizer.config` assembles it); Hydra composes the
+Part of the one typed configuration (:mod:`optimizer.settings.config` assembles it); Hydra composes the
 YAML against these schemas, and :func:`validate_workload` / :func:`validate_load` check what the
 types cannot say. Each default is written once, here.
 """
@@ -12,9 +12,9 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from optimizer.choices import Arrival, CapacityControl, CapacityValue, Endpoint, LoadMode, P99Sizing
+from optimizer.settings.choices import Arrival, CapacityControl, CapacityValue, Endpoint, LoadMode, P99Sizing
 from optimizer.core.errors import ConfigError
-from optimizer.knobs import Frozen
+from optimizer.settings.knobs import Frozen
 
 __all__ = ["CapacityConfig", "LoadConfig", "WorkloadConfig", "validate_load", "validate_workload"]
 
