@@ -4,7 +4,7 @@
 :func:`~optimizer.study.loop.make_sampler` for the study's configs, or another), the baseline trial
 enqueued first (vLLM's defaults, which calibrate the ``auto`` SLO: 1.5 x the P99 of the repeat it
 drew), the study's own :func:`~optimizer.space.search_space.suggest` turning params into a server,
-its score (:func:`optimizer.objective.score`) setting the constraints, its ranking
+its score (:func:`optimizer.measures.objective.score`) setting the constraints, its ranking
 (:func:`optimizer.study.results.study_result`) naming the best. Each trial is answered by one of
 its server's measured repeats, drawn at random, so a config proposed twice may get another one.
 

@@ -11,7 +11,7 @@ and its row says so).
 
 The SLO is the demo's ``auto``: 1.5 x the P99 E2E of vLLM's defaults at this load. Each run stores its
 raw measure (output tok/s, P99 and its upper bound, error rate); feasibility is decided afterwards by
-the study's rule (:func:`optimizer.objective.score`) against the limit calibrated on the defaults'
+the study's rule (:func:`optimizer.measures.objective.score`) against the limit calibrated on the defaults'
 repeats (:func:`optimizer.study.calibrate.calibrated_limit`), in ``table`` and in the replay
 (benchmarks/search_replay.py, which calibrates each replayed study on one drawn repeat instead).
 

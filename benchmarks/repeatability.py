@@ -30,7 +30,7 @@ from optimizer.cli import compose  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.runner import run_load  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
-from optimizer.metrics import summarize  # noqa: E402
+from optimizer.measures.metrics import summarize  # noqa: E402
 from optimizer.server.process import free_port  # noqa: E402
 
 

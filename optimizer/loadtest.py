@@ -41,7 +41,7 @@ from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.loadtest_capacity import run_capacity
 from optimizer.loadtest_output import request_record, summary_table, to_json
-from optimizer.metrics import LoadSummary, summarize
+from optimizer.measures.metrics import LoadSummary, summarize
 from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
 from optimizer.core.stats import min_samples_for_upper_bound

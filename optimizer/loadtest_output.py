@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
+from optimizer.measures.metrics import LATENCY_METRICS, Dist, LoadSummary
 
 __all__ = ["json_safe", "request_record", "summary_table", "to_json"]
 

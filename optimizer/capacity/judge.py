@@ -1,6 +1,6 @@
 """One probe's measurements -> a judged :class:`ProbeResult`. Pure.
 
-A probe is judged exactly as a trial is (:func:`optimizer.objective.score`): the P99 of
+A probe is judged exactly as a trial is (:func:`optimizer.measures.objective.score`): the P99 of
 ``slo.metric`` (its upper confidence bound when ``slo.use_upper_bound``) against ``slo.p99_ms``,
 and the error rate against ``slo.max_error_rate``. A run that stopped issuing requests because the
 server could not be reached is ``aborted``: not a measurement of the config, so never a pass and
@@ -13,8 +13,8 @@ import math
 from typing import Mapping
 
 from optimizer.settings.config import SloConfig
-from optimizer.metrics import LoadSummary
-from optimizer.objective import score
+from optimizer.measures.metrics import LoadSummary
+from optimizer.measures.objective import score
 from optimizer.capacity.result import ProbeResult
 
 __all__ = ["judge"]

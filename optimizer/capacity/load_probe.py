@@ -25,7 +25,7 @@ from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import LoadSummary, summarize
+from optimizer.measures.metrics import LoadSummary, summarize
 from optimizer.server.telemetry import ServerStats
 
 __all__ = ["LoadProbe", "ProbeRun", "Telemetry"]
@@ -109,7 +109,7 @@ class LoadProbe:
 
 
 def _metric_ms(results: list[RequestResult], metric: str) -> list[float]:
-    """The successful requests' values of ``metric`` in ms, as :func:`optimizer.metrics.summarize` reads them."""
+    """The successful requests' values of ``metric`` in ms, as :func:`optimizer.measures.metrics.summarize` reads them."""
     ok = [r for r in results if r.ok]
     if metric == "ttft":
         return [r.ttft * 1000.0 for r in ok]

@@ -40,7 +40,7 @@ class LimitedBy(str, Enum):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One load level, measured and judged like a trial (optimizer/objective.py)."""
+    """One load level, measured and judged like a trial (optimizer/measures/objective.py)."""
 
     load: float  # concurrency (users) or rate (requests/s)
     passed: bool

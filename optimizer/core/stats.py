@@ -1,7 +1,7 @@
 """Order statistics of a sample: the distribution-free confidence interval of a quantile, and
 how many samples bound it. Pure; a leaf (imports nothing of the package).
 
-Used by :mod:`optimizer.metrics` (the P99's interval in every summary) and by
+Used by :mod:`optimizer.measures.metrics` (the P99's interval in every summary) and by
 :mod:`optimizer.loadgen` (sizing a run so that the P99 has an upper bound).
 """
 

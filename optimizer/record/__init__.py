@@ -29,7 +29,7 @@ and read back as NaN: :func:`_out` and :func:`_float` are the only places that k
 part (capacity, quality, confirmation) is one more optional field with its own ``to_attrs`` and
 ``from_attrs``, next to these, touching none of them.
 
-The score is Optuna's own (the trial value and its constraints, see :mod:`optimizer.objective`);
+The score is Optuna's own (the trial value and its constraints, see :mod:`optimizer.measures.objective`);
 ``feasible`` and ``constraint_<key>`` (each constraint's value, > 0: violated) are stored beside it so
 that a reader of the attrs alone knows it too: optuna-dashboard 0.21 shows user attrs but reads only
 Optuna 4's constraint format, and studies from before the ``constraint_*`` attrs lack them.
@@ -45,7 +45,7 @@ from typing import Any, Optional
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.core.errors import FailureReason
-from optimizer.objective import Outcome
+from optimizer.measures.objective import Outcome
 from optimizer.record._attrs import Attrs, json_value, text
 from optimizer.record.capacity import Capacity
 from optimizer.record.confirmation import Confirmation, ThroughputCI

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
+from optimizer.measures.metrics import LATENCY_METRICS, Dist, LoadSummary
 from optimizer.record._attrs import Attrs, attr_value, integer, json_value, num, text
 from optimizer.server.telemetry import ServerStats
 

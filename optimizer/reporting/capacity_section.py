@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from optimizer.capacity import CapacityResult
 from optimizer.capacity.curve import fitted
-from optimizer.metrics import LATENCY_METRICS
+from optimizer.measures.metrics import LATENCY_METRICS
 
 __all__ = ["CapacityBar", "CapacityCurve", "CapacityData", "CapacityTrial", "build_capacity_data",
            "capacity_bars_figure", "capacity_curves_figure", "capacity_line"]

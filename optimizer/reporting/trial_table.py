@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.capacity.curve import fitted
 from optimizer.core.errors import FailureReason
-from optimizer.metrics import LATENCY_METRICS
+from optimizer.measures.metrics import LATENCY_METRICS
 from optimizer.record import TrialRecord
 from optimizer.study.results import is_feasible, params_as_set
 

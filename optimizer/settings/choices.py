@@ -66,7 +66,7 @@ class P99Sizing(StrEnum):
 
 class SloMetric(StrEnum):
     """The latency whose P99 the SLO limits; every latency a load summary holds, in the report's order
-    (``optimizer.metrics.LATENCY_METRICS``: a new one is added here and as a ``LoadSummary`` field)."""
+    (``optimizer.measures.metrics.LATENCY_METRICS``: a new one is added here and as a ``LoadSummary`` field)."""
 
     ttft = "ttft"
     itl = "itl"

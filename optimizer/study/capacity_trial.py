@@ -51,8 +51,8 @@ from optimizer.core.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import summarize
-from optimizer.objective import Outcome
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.study import calibrate

@@ -24,8 +24,8 @@ from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import LoadSummary, summarize
-from optimizer.objective import Outcome
+from optimizer.measures.metrics import LoadSummary, summarize
+from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
 from optimizer.core.stats import thin_sample

@@ -7,7 +7,7 @@ them (first token to end), each batch's tokens/s is one observation, and the int
 t-interval of their mean (which is the overall throughput). Batches much longer than a request
 make the batch rates nearly independent; on a short run there are few batches and a wide interval,
 which is the honest answer. The P99's interval is the distribution-free one every summary already
-carries (:class:`optimizer.metrics.Dist`).
+carries (:class:`optimizer.measures.metrics.Dist`).
 
 :func:`ranking_note` says, in words, when the two best feasible trials of a study are within each
 other's interval: their order is not established by the search, only by the confirmation stage

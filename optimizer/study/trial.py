@@ -31,9 +31,9 @@ from optimizer.core.errors import (
 )
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import LoadSummary
+from optimizer.measures.metrics import LoadSummary
 from optimizer.model.resolve import target_for
-from optimizer.objective import infeasible, score
+from optimizer.measures.objective import infeasible, score
 from optimizer.record import Failure, LaunchInfo, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.defaults import defaults_from_log, resolve_defaults
 from optimizer.server.engine import Engine

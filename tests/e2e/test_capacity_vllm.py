@@ -20,7 +20,7 @@ from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, Wor
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.metrics import summarize
+from optimizer.measures.metrics import summarize
 from optimizer.server.telemetry import TelemetrySampler
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]

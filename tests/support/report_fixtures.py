@@ -2,7 +2,7 @@
 
 Every trial is a :class:`optimizer.record.TrialRecord` encoded by its own ``to_attrs`` (the
 same code the study loop stores with), plus the four constraint keys of
-``optimizer/objective.py``; renaming a stored key therefore changes the fixtures too, and the
+``optimizer/measures/objective.py``; renaming a stored key therefore changes the fixtures too, and the
 committed H100 study (tests/unit/test_record.py) pins the keys themselves. No server, no vLLM:
 numbers come from a seeded toy model of throughput and latency, so the tests and the
 screenshots are reproducible.
@@ -21,8 +21,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optimizer.core.errors import FailureReason
-from optimizer.metrics import Dist, LoadSummary
-from optimizer.objective import Outcome
+from optimizer.measures.metrics import Dist, LoadSummary
+from optimizer.measures.objective import Outcome
 from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.server.startlog import StartLog
 from optimizer.server.telemetry import ServerStats

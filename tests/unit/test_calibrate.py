@@ -10,8 +10,8 @@ import pytest
 
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
-from optimizer.objective import score
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import score
 from optimizer.study import calibrate
 from optimizer.study.storage import fingerprint
 

@@ -9,7 +9,7 @@ import pytest
 from optimizer.capacity import default_cap, judge, probe_load_config, probe_workload
 from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
+from optimizer.measures.metrics import summarize
 
 
 def _results(latencies_s: list[float], failed: int = 0) -> list[RequestResult]:

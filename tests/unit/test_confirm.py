@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from optimizer.core.errors import ServerStartTimeout, Terminated, TrialInterrupted
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
-from optimizer.objective import score
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import score
 from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render

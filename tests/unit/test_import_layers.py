@@ -19,8 +19,7 @@ LAYERS: list[set[str]] = [
     {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API-key header
     {"settings"},  # the typed config: the knob table, the search and load sections, the closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
-    {"model", "metrics"},  # model folders (space's ModelTarget); request records -> summary
-    {"objective"},  # summary -> value and constraints
+    {"model", "measures"},  # model folders (space's ModelTarget); request records -> summary -> value and constraints
     {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by objective)
     {"record"},  # what a trial recorded
     {"probe"},  # a live server, seen from outside (the load test's HTTP beside the load)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
+from optimizer.measures.metrics import summarize
 from optimizer.core.stats import _binom_cdf, min_samples_for_upper_bound, quantile_ci
 
 

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from optimizer.core.errors import FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError, TrialInterrupted
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
-from optimizer.objective import infeasible, score
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import infeasible, score
 from optimizer.record import Failure, Measurement, Setup, Timings, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import EngineParams
@@ -282,7 +282,7 @@ def test_patience_ends_the_study_after_n_trials_in_a_row_without_a_gain(study_cf
 
 
 def test_a_capacity_trial_reads_the_studys_incumbent_for_the_early_stop(study_cfg):
-    from optimizer.objective import Outcome
+    from optimizer.measures.objective import Outcome
     from optimizer.record import Capacity
     from optimizer.study.capacity_trial import Incumbent
     from tests.unit.test_record_capacity import capacity_result

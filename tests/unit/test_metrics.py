@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import Dist, summarize
+from optimizer.measures.metrics import Dist, summarize
 from optimizer.core.stats import quantile_ci
 
 
@@ -75,7 +75,7 @@ def test_quantile_ci_upper_bound_needs_enough_samples():
 
 def test_the_one_list_of_latency_metrics_is_every_slo_metric_and_every_distribution_of_a_summary():
     from optimizer.settings.choices import SloMetric
-    from optimizer.metrics import LATENCY_METRICS, Dist, LoadSummary
+    from optimizer.measures.metrics import LATENCY_METRICS, Dist, LoadSummary
 
     assert LATENCY_METRICS == ("ttft", "itl", "e2e") and set(LATENCY_METRICS) == {m.value for m in SloMetric}
     s = LoadSummary(1, 1, 0.0)

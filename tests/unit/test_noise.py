@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.objective import Outcome
+from optimizer.measures.objective import Outcome
 from optimizer.record import Confirmation, ThroughputCI, TrialRecord
 from optimizer.study.noise import ranking_note, throughput_interval
 

@@ -2,8 +2,8 @@ import math
 
 from optimizer.settings.config import SloConfig
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
-from optimizer.objective import CONSTRAINT_KEYS, infeasible, score
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import CONSTRAINT_KEYS, infeasible, score
 
 
 def _summary(latencies: list[float], failed: int = 0):

@@ -19,8 +19,8 @@ import yaml
 from optuna.trial import TrialState
 
 from optimizer.core.errors import FailureReason
-from optimizer.metrics import Dist, LoadSummary
-from optimizer.objective import infeasible
+from optimizer.measures.metrics import Dist, LoadSummary
+from optimizer.measures.objective import infeasible
 from optimizer.record import Failure, LaunchInfo, Lineage, Measurement, MemoryPrediction, Setup, Timings, TrialRecord
 from optimizer.reporting import best_yaml, write_study_report
 from optimizer.reporting.data import Status, build_report_data

@@ -7,7 +7,7 @@ import math
 
 import optuna
 
-from optimizer.metrics import Dist, LoadSummary
+from optimizer.measures.metrics import Dist, LoadSummary
 from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import evaluate
 from optimizer.quality.scoring import QualityScores, compare

@@ -10,7 +10,7 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from optimizer.objective import Outcome
+from optimizer.measures.objective import Outcome
 from optimizer.quality import UNMEASURED_VIOLATION
 from optimizer.quality.scoring import QualityScores
 from optimizer.record import Quality, Setup, TrialRecord
@@ -137,8 +137,8 @@ def test_the_loop_stores_the_reference_and_gates_a_damaging_trial(compose, tmp_p
     from dataclasses import replace as dc_replace
 
     from optimizer.loadgen.records import RequestResult
-    from optimizer.metrics import summarize
-    from optimizer.objective import score
+    from optimizer.measures.metrics import summarize
+    from optimizer.measures.objective import score
     from optimizer.record import Measurement
     from optimizer.server.telemetry import Snapshot, server_stats
     from optimizer.study.loop import Runtime, run_study

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.objective import Outcome
+from optimizer.measures.objective import Outcome
 from optimizer.record import Failure, FailureReason, ThroughputCI, TrialRecord
 from optimizer.study.progress import Progress, Verdict, eta_s, fmt_duration, progress_line
 from optimizer.study.stopping import BudgetState, median_s, stall, trial_seconds

@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from optimizer.loadgen.records import RequestResult
-from optimizer.metrics import summarize
-from optimizer.objective import score
+from optimizer.measures.metrics import summarize
+from optimizer.measures.objective import score
 from optimizer.record import LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.reporting.confirmation_section import confirmation_html, confirmation_view, confirmed_yaml
 from optimizer.reporting.data import build_report_data

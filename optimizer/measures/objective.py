@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optimizer.settings.config import SloConfig
-from optimizer.metrics import LoadSummary
+from optimizer.measures.metrics import LoadSummary
 
 __all__ = ["CONSTRAINT_KEYS", "Outcome", "infeasible", "score"]
 
