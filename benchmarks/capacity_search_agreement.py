@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from optimizer.capacity import CapacitySearch, LoadProbe, SearchPlan, find_capacity  # noqa: E402
-from optimizer.cli import compose  # noqa: E402
+from optimizer.commands.cli import compose  # noqa: E402
 from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.runner import run_load  # noqa: E402

@@ -54,7 +54,7 @@ def _overrides(case: dict[str, Any], a: argparse.Namespace) -> list[str]:
 
 def _requests_file(case: dict[str, Any], a: argparse.Namespace) -> Path:
     """The measured requests (and open-loop offsets) exactly as ``optimizer.loadtest`` builds them."""
-    from optimizer.cli import compose
+    from optimizer.commands.cli import compose
     from optimizer.loadgen.runner import plan_requests, schedule
     from optimizer.loadgen.workload import RequestSet
 

@@ -46,7 +46,7 @@ from _common import RESULTS, machine
 from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_points, key_of, outcome, restrict,
                    server_key, server_params, space_overrides)
 
-from optimizer.cli import compose
+from optimizer.commands.cli import compose
 from optimizer.settings.config import Config
 from optimizer.core.errors import TrialError
 from optimizer.space.search_space import Space, build_space

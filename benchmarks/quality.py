@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import httpx  # noqa: E402
 
-from optimizer.cli import compose  # noqa: E402
+from optimizer.commands.cli import compose  # noqa: E402
 from optimizer.settings.config import QualityConfig  # noqa: E402
 from optimizer.core.errors import TrialError  # noqa: E402
 from optimizer.model.resolve import resolve_model_dir  # noqa: E402

@@ -161,7 +161,7 @@ def run_ours(url: str, served: str, c: int, n: int, seed: int, cpu: Optional[int
 
 
 def _requests_file(c: int, n: int, seed: int, tag: str) -> Path:
-    from optimizer.cli import compose
+    from optimizer.commands.cli import compose
     from optimizer.loadgen.workload import RequestSet
 
     cfg = compose([*MODEL, "workload=chat-512-128", f"workload.seed={seed}"])
@@ -263,7 +263,7 @@ def one_config(argv: list[str], label: str, c: int, a: argparse.Namespace) -> di
 def _argv_from_db(db: str, trial: int) -> list[str]:
     import optuna
 
-    from optimizer.cli import compose
+    from optimizer.commands.cli import compose
     from optimizer.model.resolve import resolve_model_dir, target_for
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

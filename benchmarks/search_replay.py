@@ -38,7 +38,7 @@ from _replay import confirm, replay, with_seed
 
 import optuna
 
-from optimizer.cli import compose
+from optimizer.commands.cli import compose
 from optimizer.settings.config import Config
 from optimizer.space.search_space import Space, build_space
 from optimizer.study.loop import make_sampler

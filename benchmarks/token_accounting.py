@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from optimizer.cli import compose  # noqa: E402
+from optimizer.commands.cli import compose  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
 from optimizer.server.process import free_port  # noqa: E402
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from optimizer.cli import compose, show_config
+from optimizer.commands.cli import compose, show_config
 from optimizer.core.entry import main_wrapper, setup_logging
 
 __all__ = ["main", "run_stage"]

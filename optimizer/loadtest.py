@@ -1,6 +1,6 @@
 """``python -m optimizer.loadtest endpoint=URL [overrides]``: the study's load test, against a
-server that is already running. A thin CLI: the server is probed through :mod:`optimizer.probe`,
-the load is :mod:`optimizer.loadgen`'s, the table and the JSON are :mod:`optimizer.loadtest_output`'s.
+server that is already running. A thin CLI: the server is probed through :mod:`optimizer.commands.live_server`,
+the load is :mod:`optimizer.loadgen`'s, the table and the JSON are :mod:`optimizer.commands.loadtest_output`'s.
 
 The same request set, warm-up, load and summaries as a trial of ``optimizer.run`` (same
 ``workload``/``load`` config keys and groups), without starting or stopping anything. Prints a
@@ -32,17 +32,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from optimizer.core.auth import bearer
-from optimizer.cli import compose, show_config
+from optimizer.commands.cli import compose, show_config
 from optimizer.settings.config import Config
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.loadtest_capacity import run_capacity
-from optimizer.loadtest_output import request_record, summary_table, to_json
+from optimizer.commands.loadtest_capacity import run_capacity
+from optimizer.commands.loadtest_output import request_record, summary_table, to_json
 from optimizer.measures.metrics import LoadSummary, summarize
-from optimizer.probe import counters, reset_prefix_cache, served_model, token_check
+from optimizer.commands.live_server import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
 from optimizer.core.stats import min_samples_for_upper_bound
 
@@ -121,7 +121,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     model = own.get("model_name") or served_model(base, cfg.model.served_name or cfg.model.name, headers)
     ep = Endpoint(base, model, cfg.workload.endpoint, api_key, cfg.load.request_timeout_s, cfg.load.stall_timeout_s)
     rs = RequestSet.build(cfg.workload, cfg.model, _tokenizer_for(cfg, model))
-    if cfg.load.mode == "capacity":  # the search (optimizer/loadtest_capacity.py)
+    if cfg.load.mode == "capacity":  # the search (optimizer/commands/loadtest_capacity.py)
         if records:
             raise ConfigError("records=true: not available with load.mode=capacity (each probe's summary is in "
                               "out's capacity.probes); drop records=true or run one load level")

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional
 
-from optimizer.cli import compose, show_config
+from optimizer.commands.cli import compose, show_config
 from optimizer.settings.config import Config
 from optimizer.core.entry import main_wrapper, setup_logging
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from optimizer.cli import show_config
+from optimizer.commands.cli import show_config
 from optimizer.confirm import run_stage
 from optimizer.core.entry import main_wrapper
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from optimizer.cli import compose, dump_config, show_config
+from optimizer.commands.cli import compose, dump_config, show_config
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.report import report_quietly
 
@@ -42,7 +42,7 @@ Exit codes: 0 done, 1 study stopped, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 
 def _body(overrides: list[str], debug: bool) -> int:
     cfg = compose(overrides)
-    from optimizer.input_checks import ensure_writable_dirs, refuse_ignored
+    from optimizer.commands.input_checks import ensure_writable_dirs, refuse_ignored
 
     if not cfg.dry_run:
         ensure_writable_dirs(cfg)  # a folder that cannot be written: refused before anything starts

@@ -55,7 +55,7 @@ def tiny_model() -> Path:
 @pytest.fixture
 def compose():
     """compose(*overrides) -> Config, with the study's files redirected by the caller."""
-    from optimizer.cli import compose as _compose
+    from optimizer.commands.cli import compose as _compose
 
     def make(*overrides: str):
         return _compose(list(overrides))

@@ -7,5 +7,5 @@
 - :mod:`~optimizer.settings.choices`: the closed sets of choices, as string enums.
 
 It reads no file and no environment variable: Hydra composes the YAML of ``conf/`` against these
-schemas at the entry point (:mod:`optimizer.cli`).
+schemas at the entry point (:mod:`optimizer.commands.cli`).
 """

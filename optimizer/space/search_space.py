@@ -85,7 +85,7 @@ def build_space(cfg: Config, params_type: type = EngineParams) -> Space:
     s, hw = cfg.search, cfg.hardware
     if hw.name == "auto":
         raise ConfigError("hardware=auto was not resolved into a preset: the entry point does that "
-                          "(optimizer.hardware_auto.resolve_hardware_overrides). Name a preset instead.")
+                          "(optimizer.commands.hardware_auto.resolve_hardware_overrides). Name a preset instead.")
     domains = {k.name: tuple(getattr(s, k.name)) if k.kind == Kind.choice else getattr(s, k.name)
                for k in knobs_of(params_type) if hw.device in k.devices}
     domains.update(runnable_choices(s, hw, cfg.model))

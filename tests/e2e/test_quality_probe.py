@@ -37,7 +37,7 @@ from optimizer.settings.config import QualityConfig
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
 from optimizer.quality.server_probe import probe_distributions
-from optimizer.quality_check import EXIT_REJECTED
+from optimizer.commands.quality_check import EXIT_REJECTED
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
 from optimizer.space.engine_args import EngineParams, ModelTarget, render
@@ -52,7 +52,7 @@ QCFG = QualityConfig()
 
 @pytest.fixture(scope="module")
 def model(repo):
-    from optimizer.cli import compose
+    from optimizer.commands.cli import compose
 
     cfg = compose(["model=smollm2-135m-instruct"])
     return cfg, resolve_model_dir(cfg.model, str(repo / ".cache"))

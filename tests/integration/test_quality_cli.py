@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from optimizer.quality import load_set
-from optimizer.quality_check import EXIT_REJECTED
+from optimizer.commands.quality_check import EXIT_REJECTED
 
 pytestmark = pytest.mark.timeout(180)
 ANSWERS = {t.prompt: t.answer for t in load_set("quality-v2").tasks}

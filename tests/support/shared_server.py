@@ -65,7 +65,7 @@ _SHARED = _Shared()
 
 @contextmanager
 def _serve(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
-    from optimizer.cli import compose
+    from optimizer.commands.cli import compose
     from optimizer.model.resolve import resolve_model_dir
     from optimizer.server.process import VllmServer, free_port
     from optimizer.space.engine_args import ModelTarget, render

@@ -54,7 +54,7 @@ def test_cli_exit_code_2_and_no_traceback(repo, tmp_path):
 
 
 def test_an_auto_slo_is_accepted_with_the_capacity_search_and_still_checked():
-    from optimizer.cli import compose as _compose
+    from optimizer.commands.cli import compose as _compose
     from optimizer.core.errors import ConfigError
 
     cfg = _compose(["load.mode=capacity", "slo.p99_ms=auto"])  # calibrated at one user (optimizer.study.calibrate)

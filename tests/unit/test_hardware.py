@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.core.errors import ConfigError
-from optimizer.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
+from optimizer.commands.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
 from optimizer.server.gpu import Gpu
 
 GPU_PRESETS = ["t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200"]
@@ -69,7 +69,7 @@ def test_gpu_presets_select_the_gpu_search_space_unless_one_is_given():
 
 
 def test_compose_resolves_auto_through_nvidia_smi(compose, monkeypatch):
-    import optimizer.hardware_auto as hardware
+    import optimizer.commands.hardware_auto as hardware
 
     monkeypatch.setattr(hardware, "list_gpus", lambda: _gpus("NVIDIA H100 80GB HBM3", 81559, 9.0, 2))
     cfg = compose("hardware=auto", "model=llama-3-8b-instruct")

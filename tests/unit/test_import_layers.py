@@ -22,11 +22,10 @@ LAYERS: list[set[str]] = [
     {"model", "measures"},  # model folders (space's ModelTarget); request records -> summary -> value and constraints
     {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by objective)
     {"record"},  # what a trial recorded
-    {"probe"},  # a live server, seen from outside (the load test's HTTP beside the load)
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
-    {"cli", "hardware_auto", "input_checks", "loadtest", "loadtest_output", "loadtest_capacity", "run",
-     "report", "confirm", "revalidate", "quality_check"},  # entry points and edges
+    {"commands", "run", "report", "confirm", "revalidate", "loadtest"},  # the entry floor: the modules a user runs
+    # (python -m optimizer.X) and what they share (composing the config, input checks, a live server seen from outside)
     {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from optimizer.core.errors import ConfigError
-from optimizer.input_checks import IGNORED_WHEN, ensure_writable_dirs, refuse_ignored, typed_keys
+from optimizer.commands.input_checks import IGNORED_WHEN, ensure_writable_dirs, refuse_ignored, typed_keys
 
 GPU = ("hardware=h100", "model=llama-3-8b-instruct", "model.load_format=dummy", "model.generate=config")
 

@@ -18,7 +18,7 @@ from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_po
 from _replay import confirm, replay, with_seed  # noqa: E402
 from search_replay import run_search, synthetic_table  # noqa: E402
 
-from optimizer.cli import compose  # noqa: E402
+from optimizer.commands.cli import compose  # noqa: E402
 from optimizer.space.search_space import build_space, suggest  # noqa: E402
 from optimizer.study.loop import make_sampler  # noqa: E402
 

@@ -25,7 +25,7 @@ from optimizer.capacity import find_capacity
 from optimizer.settings.config import Config
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
-from optimizer.loadtest_output import to_json
+from optimizer.commands.loadtest_output import to_json
 from optimizer.server.telemetry import TelemetrySampler
 
 __all__ = ["capacity_answer", "probe_line", "run_capacity"]

@@ -16,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimizer.settings.config import Config, register_configs, to_config
 from optimizer.core.errors import ConfigError
-from optimizer.hardware_auto import resolve_hardware_overrides
+from optimizer.commands.hardware_auto import resolve_hardware_overrides
 
 __all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config", "show_config"]
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> DictConfig:

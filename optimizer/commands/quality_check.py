@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from optimizer.cli import compose
+from optimizer.commands.cli import compose
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.core.errors import ConfigError
-from optimizer.loadtest_output import to_json
-from optimizer.probe import served_model
+from optimizer.commands.loadtest_output import to_json
+from optimizer.commands.live_server import served_model
 from optimizer.quality.dataset import load_set
 from optimizer.quality.distribution import summarize
 from optimizer.quality.gate import Floor, evaluate

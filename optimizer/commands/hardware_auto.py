@@ -30,7 +30,7 @@ __all__ = ["detect_preset", "resolve_auto_hardware", "resolve_hardware_overrides
 
 log = logging.getLogger(__name__)
 
-_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # nvidia-smi names -> preset; first match wins. Word boundaries keep "L40S" from reading as "L4"
 # and "GH200" from reading as "H200".
 _NAME_TO_PRESET: tuple[tuple[str, str], ...] = (
