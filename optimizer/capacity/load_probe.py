@@ -109,7 +109,8 @@ class LoadProbe:
 
 
 def _metric_ms(results: list[RequestResult], metric: str) -> list[float]:
-    """The successful requests' values of ``metric`` in ms, as :func:`optimizer.measures.metrics.summarize` reads them."""
+    """The successful requests' values of ``metric`` in ms, as :func:`~optimizer.measures.metrics.summarize`
+    reads them."""
     ok = [r for r in results if r.ok]
     if metric == "ttft":
         return [r.ttft * 1000.0 for r in ok]

@@ -195,7 +195,7 @@ class ServerConfig(Frozen):
 
 
 # engine parameters that change the numbers a model computes (EngineParams field names)
-NUMERICS_PARAM_CHOICES = NUMERICS_PARAMS  # EngineParams field names (optimizer.settings.knobs: the knobs marked numerics)
+NUMERICS_PARAM_CHOICES = NUMERICS_PARAMS  # EngineParams field names (settings.knobs: the knobs marked numerics)
 
 
 _QUALITY_DATA = Path(__file__).resolve().parents[1] / "quality" / "data"  # the shipped quality sets

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 else:
     SearchConfig = search_config_type()
     SearchConfig.__module__ = __name__
-    SearchConfig.__doc__ = "The search space as configured: SearchBase's fields plus one per knob (optimizer.settings.knobs)."
+    SearchConfig.__doc__ = "The search space as configured: SearchBase's fields plus one per knob (settings.knobs)."
 
 
 def _fail(key: str, value: object, what: str) -> None:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
-    {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API-key header
+    {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API key
     {"settings"},  # the typed config: the knob table, the search and load sections, the closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "measures"},  # model folders (space's ModelTarget); request records -> summary -> value and constraints

@@ -16,7 +16,8 @@ import optuna
 import pytest
 
 from optimizer.core.errors import ConfigError, StudyError
-from optimizer.settings.knobs import KNOBS, NUMERICS_PARAMS, EngineParams, Kind, knob, knobs_of, memory_inputs, predates_ok
+from optimizer.settings.knobs import (KNOBS, NUMERICS_PARAMS, EngineParams, Kind, knob, knobs_of, memory_inputs,
+                                      predates_ok)
 from optimizer.model.resolve import planned_target
 from optimizer.settings.search_config import SearchConfig, search_config_type, validate_search
 from optimizer.space.engine_args import render

@@ -16,7 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.core.errors import FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError, TrialInterrupted
+from optimizer.core.errors import (FailureReason, ServerStartTimeout, StudyError, Terminated, TrialError,
+                                   TrialInterrupted)
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import infeasible, score
