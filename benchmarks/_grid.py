@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import optuna
 
-from optimizer.settings.config import Config
 from optimizer.measures.metrics import Dist, LoadSummary
 from optimizer.measures.objective import score
+from optimizer.settings.config import Config
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, suggest
 from optimizer.study import calibrate

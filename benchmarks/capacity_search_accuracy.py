@@ -35,9 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from optimizer.capacity import CapacitySearch, LoadProbe, SearchPlan, find_capacity  # noqa: E402
-from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server  # noqa: E402
 
 LAW = LoadModel(base_ms=8.0, k=2.0, prefill_ms=40.0)

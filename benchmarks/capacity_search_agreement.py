@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from optimizer.capacity import CapacitySearch, LoadProbe, SearchPlan, find_capacity  # noqa: E402
 from optimizer.commands.cli import compose  # noqa: E402
-from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.runner import run_load  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
 from optimizer.measures.metrics import summarize  # noqa: E402
 from optimizer.server.process import free_port  # noqa: E402
 from optimizer.server.telemetry import TelemetrySampler  # noqa: E402
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="capacity-agreement-"))
 PROMPT, OUTPUT = 128, 32

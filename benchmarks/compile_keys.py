@@ -22,11 +22,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PY, REPO, TINY, table, write_result  # noqa: E402
 
-from optimizer.settings.config import ServerConfig  # noqa: E402
 from optimizer.model.tiny import write_tiny_model  # noqa: E402
 from optimizer.server.environment import server_env  # noqa: E402
 from optimizer.server.process import VllmServer  # noqa: E402
 from optimizer.server.startlog import parse_start_log  # noqa: E402
+from optimizer.settings.config import ServerConfig  # noqa: E402
 
 # (name, flags, extra environment): the base is vLLM's CPU defaults with the tiny model's length
 VARIANTS: list[tuple[str, list[str], dict[str, str]]] = [

@@ -31,10 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optimizer.capacity import CapacitySearch, LoadProbe, SearchPlan, find_capacity  # noqa: E402
-from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig  # noqa: E402
 from optimizer.loadgen.client import Endpoint  # noqa: E402
 from optimizer.loadgen.workload import RequestSet  # noqa: E402
 from optimizer.server.telemetry import TelemetrySampler  # noqa: E402
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig  # noqa: E402
 
 
 def _healthy(url: str) -> bool:

@@ -47,8 +47,8 @@ from _grid import (DEFAULTS, LEVELS, STAGES, Rep, Table, complete_stage, grid_po
                    server_key, server_params, space_overrides)
 
 from optimizer.commands.cli import compose
-from optimizer.settings.config import Config
 from optimizer.core.errors import TrialError
+from optimizer.settings.config import Config
 from optimizer.space.search_space import Space, build_space
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.trial import run_trial

@@ -32,13 +32,13 @@ import _common as C  # noqa: E402
 import httpx  # noqa: E402
 
 from optimizer.commands.cli import compose  # noqa: E402
-from optimizer.settings.config import QualityConfig  # noqa: E402
 from optimizer.core.errors import TrialError  # noqa: E402
 from optimizer.model.resolve import resolve_model_dir  # noqa: E402
 from optimizer.quality import ProbeError, QualityScores, compare, load_set, needs_probe, run_probe  # noqa: E402
 from optimizer.record.quality import scores_from_json, scores_to_json  # noqa: E402
 from optimizer.server.process import VllmServer, free_port  # noqa: E402
 from optimizer.server.telemetry import parse_metrics  # noqa: E402
+from optimizer.settings.config import QualityConfig  # noqa: E402
 from optimizer.space.engine_args import EngineParams, ModelTarget, render  # noqa: E402
 
 BASE = dict(kv_cache_gib=1.0, max_model_len=4096)

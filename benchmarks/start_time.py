@@ -106,8 +106,8 @@ def product_start(base: list[str], overrides: list[str], work: Path, label: str,
 
 def _server_env(overrides: list[str]) -> dict[str, str]:
     """The environment a trial's server gets (optimizer.server.environment.server_env), from this one."""
-    from optimizer.settings.config import ServerConfig
     from optimizer.server.environment import server_env
+    from optimizer.settings.config import ServerConfig
 
     key = "server.compile_cache_dir="
     cache_dir = next((o[len(key):] for o in overrides if o.startswith(key)), "")

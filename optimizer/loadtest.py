@@ -31,20 +31,20 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from optimizer.core.auth import bearer
 from optimizer.commands.cli import compose, show_config
-from optimizer.settings.config import Config
+from optimizer.commands.live_server import counters, reset_prefix_cache, served_model, token_check
+from optimizer.commands.loadtest_capacity import run_capacity
+from optimizer.commands.loadtest_output import request_record, summary_table, to_json
+from optimizer.core.auth import bearer
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.core.errors import ConfigError
+from optimizer.core.stats import min_samples_for_upper_bound
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
-from optimizer.commands.loadtest_capacity import run_capacity
-from optimizer.commands.loadtest_output import request_record, summary_table, to_json
 from optimizer.measures.metrics import LoadSummary, summarize
-from optimizer.commands.live_server import counters, reset_prefix_cache, served_model, token_check
 from optimizer.record import summary_to_attrs
-from optimizer.core.stats import min_samples_for_upper_bound
+from optimizer.settings.config import Config
 
 __all__ = ["main"]
 

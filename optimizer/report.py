@@ -15,8 +15,8 @@ import sys
 from typing import Optional
 
 from optimizer.commands.cli import compose, show_config
-from optimizer.settings.config import Config
 from optimizer.core.entry import main_wrapper, setup_logging
+from optimizer.settings.config import Config
 
 __all__ = ["main", "report_quietly"]
 

@@ -20,13 +20,13 @@ from optimizer.capacity.judge import judge
 from optimizer.capacity.result import ProbeResult
 from optimizer.capacity.search import Step
 from optimizer.capacity.sizing import probe_load_config, probe_workload
-from optimizer.settings.config import LoadConfig, SloConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.measures.metrics import LoadSummary, summarize
 from optimizer.server.telemetry import ServerStats
+from optimizer.settings.config import LoadConfig, SloConfig
 
 __all__ = ["LoadProbe", "ProbeRun", "Telemetry"]
 

@@ -14,9 +14,9 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from optimizer.settings.config import Config, register_configs, to_config
-from optimizer.core.errors import ConfigError
 from optimizer.commands.hardware_auto import resolve_hardware_overrides
+from optimizer.core.errors import ConfigError
+from optimizer.settings.config import Config, register_configs, to_config
 
 __all__ = ["CONF_DIR", "compose", "compose_raw", "dump_config", "show_config"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError
+from optimizer.settings.config import Config
 
 __all__ = ["IGNORED_WHEN", "Ignored", "ensure_writable_dirs", "refuse_ignored", "typed_keys"]
 

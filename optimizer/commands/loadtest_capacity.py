@@ -22,11 +22,11 @@ from typing import Callable, Optional
 
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, SearchPlan, default_cap
 from optimizer.capacity import find_capacity
-from optimizer.settings.config import Config
+from optimizer.commands.loadtest_output import to_json
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
-from optimizer.commands.loadtest_output import to_json
 from optimizer.server.telemetry import TelemetrySampler
+from optimizer.settings.config import Config
 
 __all__ = ["capacity_answer", "probe_line", "run_capacity"]
 

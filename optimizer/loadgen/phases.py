@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 import httpx
 
-from optimizer.settings.config import LoadConfig
 from optimizer.loadgen.client import Endpoint, new_client, send
 from optimizer.loadgen.records import RequestResult, RequestSpec
 from optimizer.loadgen.workload import RequestSet
+from optimizer.settings.config import LoadConfig
 
 __all__ = ["Brake", "arrival_times", "brake_limit", "concurrency_of", "percentiles", "schedule", "Clients", "IndexSource", "LocalIndices", "Prepared", "closed_loop", "closed_loop_limit_s",
            "missing", "open_loop", "prepare", "unsent"]

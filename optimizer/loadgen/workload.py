@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from optimizer.settings.config import ModelConfig, WorkloadConfig
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestSpec
+from optimizer.settings.config import ModelConfig, WorkloadConfig
 
 __all__ = ["ChatText", "RequestSet", "load_dataset", "load_tokenizer"]
 

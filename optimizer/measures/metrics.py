@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from optimizer.settings.choices import SloMetric
-from optimizer.loadgen.records import RequestResult
 from optimizer.core.stats import quantile_ci
+from optimizer.loadgen.records import RequestResult
+from optimizer.settings.choices import SloMetric
 
 __all__ = ["LATENCY_METRICS", "Dist", "LoadSummary", "summarize"]
 

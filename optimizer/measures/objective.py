@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.settings.config import SloConfig
 from optimizer.measures.metrics import LoadSummary
+from optimizer.settings.config import SloConfig
 
 __all__ = ["CONSTRAINT_KEYS", "Outcome", "infeasible", "score"]
 

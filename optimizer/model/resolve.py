@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from optimizer.settings.config import ModelConfig
 from optimizer.core.errors import ConfigError
 from optimizer.model.tiny import ensure_model_dir, generated_dir
+from optimizer.settings.config import ModelConfig
 from optimizer.space.engine_args import ModelTarget
 
 __all__ = ["hf_arch", "planned_model_dir", "planned_target", "resolve_model_dir", "target_for"]

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from optimizer.settings.config import QualityConfig
 from optimizer.quality.distribution import DistanceSummary, summarize
 from optimizer.quality.scoring import QualityScores, QualityVerdict
+from optimizer.settings.config import QualityConfig
 
 __all__ = ["UNMEASURED_VIOLATION", "Evaluation", "Floor", "Limits", "evaluate", "grade", "needs_probe", "noise_floor",
            "numerics_changes"]

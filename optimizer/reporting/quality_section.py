@@ -15,10 +15,10 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 from plotly.subplots import make_subplots
 
-from optimizer.settings.config import QualityConfig
 from optimizer.record import TrialRecord
 from optimizer.reporting.data import ReportData, Status
 from optimizer.reporting.markup import esc as _e, fig_block as _fig, num as _n
+from optimizer.settings.config import QualityConfig
 
 __all__ = ["QualityInfo", "QualityRow", "quality_figure", "quality_info", "quality_section"]
 

@@ -8,11 +8,11 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
-from optimizer.settings.config import LoadConfig, SloConfig
 from optimizer.record import TrialRecord
 from optimizer.reporting.levers import Levers, main_levers
 from optimizer.reporting.serving import portable_command
 from optimizer.reporting.trial_table import Status, TrialInfo
+from optimizer.settings.config import LoadConfig, SloConfig
 from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.results import StudyResult, engine_versions, study_result
 

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from optimizer.settings.config import ServerConfig
 from optimizer.core.errors import ConfigError
+from optimizer.settings.config import ServerConfig
 
 __all__ = ["compile_cache_root", "server_env"]
 

@@ -19,8 +19,8 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from optimizer.settings.choices import Device, Launcher, QualityMode, SloMetric
 from optimizer.core.errors import ConfigError
+from optimizer.settings.choices import Device, Launcher, QualityMode, SloMetric
 from optimizer.settings.knobs import NUMERICS_PARAMS, FloatRange, Frozen, IntRange
 from optimizer.settings.load_config import CapacityConfig, LoadConfig, WorkloadConfig, validate_load, validate_workload
 from optimizer.settings.search_config import SearchConfig, validate_search

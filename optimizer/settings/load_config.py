@@ -12,8 +12,8 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from optimizer.settings.choices import Arrival, CapacityControl, CapacityValue, Endpoint, LoadMode, P99Sizing
 from optimizer.core.errors import ConfigError
+from optimizer.settings.choices import Arrival, CapacityControl, CapacityValue, Endpoint, LoadMode, P99Sizing
 from optimizer.settings.knobs import Frozen
 
 __all__ = ["CapacityConfig", "LoadConfig", "WorkloadConfig", "validate_load", "validate_workload"]

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from optimizer.settings.choices import Sampler
 from optimizer.core.errors import ConfigError
+from optimizer.settings.choices import Sampler
 from optimizer.settings.knobs import EngineParams, FloatRange, Frozen, IntRange, Kind, Knob, knobs_of
 
 __all__ = ["SearchConfig", "search_config_type", "validate_search"]

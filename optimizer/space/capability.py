@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from optimizer.settings.config import HardwareConfig, ModelConfig
 from optimizer.core.errors import ConfigError
+from optimizer.settings.config import HardwareConfig, ModelConfig
 
 __all__ = ["BF16_MIN_CC", "FP8_KV_MIN_CC", "cc", "quant_problem", "runnable_choices", "tp_problem", "warn_once"]
 

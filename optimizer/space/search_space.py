@@ -15,8 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from optimizer.settings.config import Config, FloatRange, IntRange
 from optimizer.core.errors import ConfigError
+from optimizer.settings.config import Config, FloatRange, IntRange
 from optimizer.settings.knobs import EngineParams, Kind, knobs_of
 from optimizer.space.capability import BF16_MIN_CC, FP8_KV_MIN_CC, cc, quant_problem, runnable_choices, tp_problem
 from optimizer.space.grid import grid_values

@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from optimizer.capacity.sizing import probe_load_config
-from optimizer.settings.config import Config, LoadConfig, SloConfig
 from optimizer.core.errors import TrialError
 from optimizer.measures.metrics import LoadSummary
+from optimizer.settings.config import Config, LoadConfig, SloConfig
 
 __all__ = ["ATTR", "LIGHT_MIN_REQUESTS", "Calibration", "NotCalibrated", "calibrated_limit", "from_summary",
            "light_load", "resolved", "slo_ms", "store", "stored", "wait"]

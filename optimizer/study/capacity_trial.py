@@ -46,7 +46,6 @@ from typing import Callable, NamedTuple, Optional
 from optimizer.capacity import CapacityResult, CapacitySearch, LoadProbe, ProbeResult, ProbeRun, SearchPlan
 from optimizer.capacity import default_cap, find_capacity, probe_workload
 from optimizer.capacity.curve import fitted
-from optimizer.settings.config import Config
 from optimizer.core.errors import ServerDied
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
@@ -55,6 +54,7 @@ from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import TelemetrySampler
+from optimizer.settings.config import Config
 from optimizer.study import calibrate
 from optimizer.study.calibrate import Calibration
 from optimizer.study.load import Loaded, measurement_of

@@ -15,8 +15,8 @@ from typing import TextIO
 
 import optuna
 
-from optimizer.settings.config import Config
 from optimizer.model.resolve import planned_model_dir, planned_target
+from optimizer.settings.config import Config
 from optimizer.space.engine_args import render
 from optimizer.space.search_space import build_space, check, suggest
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from optimizer.settings.config import LoadConfig
+from optimizer.core.stats import thin_sample
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.records import RequestResult
 from optimizer.loadgen.runner import run_load
@@ -28,7 +28,7 @@ from optimizer.measures.metrics import LoadSummary, summarize
 from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
-from optimizer.core.stats import thin_sample
+from optimizer.settings.config import LoadConfig
 from optimizer.study.calibrate import Calibration
 from optimizer.study.noise import throughput_interval
 

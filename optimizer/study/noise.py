@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.core.stats import t_quantile
 from optimizer.loadgen.records import RequestResult
 from optimizer.record import ThroughputCI, TrialRecord
-from optimizer.core.stats import t_quantile
 
 __all__ = ["MIN_BATCHES", "ranking_note", "throughput_interval"]
 

@@ -38,8 +38,8 @@ from typing import Callable, Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.settings.config import Config
 from optimizer.record import TrialRecord
+from optimizer.settings.config import Config
 from optimizer.study.coordination import fail_stale, in_flight
 from optimizer.study.progress import Progress, Verdict, fmt_duration, progress_line
 from optimizer.study.results import is_feasible, study_result

@@ -25,10 +25,10 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from optimizer.settings.config import Config, LoadConfig, WorkloadConfig
 from optimizer.core.errors import ConfigError, StudyError
-from optimizer.settings.knobs import KNOBS, predates_ok
 from optimizer.record import Confirmation, Failure, Lineage, Setup
+from optimizer.settings.config import Config, LoadConfig, WorkloadConfig
+from optimizer.settings.knobs import KNOBS, predates_ok
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from optimizer.settings.config import Config
 from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
+from optimizer.settings.config import Config
 from optimizer.study import calibrate
 from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study

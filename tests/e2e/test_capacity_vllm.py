@@ -16,12 +16,12 @@ import json
 import pytest
 
 from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, find_capacity
-from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.measures.metrics import summarize
 from optimizer.server.telemetry import TelemetrySampler
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -33,13 +33,13 @@ from typing import Iterator
 import httpx
 import pytest
 
-from optimizer.settings.config import QualityConfig
+from optimizer.commands.quality_check import EXIT_REJECTED
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.quality import QualityScores, compare, evaluate, load_set, needs_probe, run_probe, summarize
 from optimizer.quality.server_probe import probe_distributions
-from optimizer.commands.quality_check import EXIT_REJECTED
 from optimizer.server.process import VllmServer, free_port
 from optimizer.server.telemetry import parse_metrics
+from optimizer.settings.config import QualityConfig
 from optimizer.space.engine_args import EngineParams, ModelTarget, render
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]

@@ -10,10 +10,10 @@ import pytest
 
 from optimizer.capacity import CapacitySearch, LimitedBy, LoadProbe, ProbeResult, SearchPlan, Step, find_capacity
 from optimizer.capacity.result import CapacityResult
-from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.server.telemetry import TelemetrySampler
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,9 +10,9 @@ import math
 import pytest
 
 from optimizer.capacity import CapacityResult, LimitedBy, ProbeResult
-from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
+from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
 from optimizer.study.capacity_trial import Incumbent, measure_capacity, outcome_of
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server
 

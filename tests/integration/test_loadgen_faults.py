@@ -12,12 +12,12 @@ from collections import Counter
 import httpx
 import pytest
 
-from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
 from optimizer.measures.metrics import summarize
 from optimizer.server.telemetry import parse_metrics
+from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 from optimizer.testing.fake_server import FAULT_KINDS
 
 pytestmark = pytest.mark.timeout(60)

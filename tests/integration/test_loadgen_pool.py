@@ -8,11 +8,11 @@ import dataclasses
 
 import pytest
 
-from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.pool import workers_for
 from optimizer.loadgen.runner import LoadRun, run_load
 from optimizer.loadgen.workload import RequestSet
+from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from optimizer.quality import load_set
 from optimizer.commands.quality_check import EXIT_REJECTED
+from optimizer.quality import load_set
 
 pytestmark = pytest.mark.timeout(180)
 ANSWERS = {t.prompt: t.answer for t in load_set("quality-v2").tasks}

@@ -13,8 +13,8 @@ import pytest
 from optimizer.capacity.curve import estimate_capacity, fitted, isotonic, upper_tail
 from optimizer.capacity.result import CapacityResult, LimitedBy, ProbeResult
 from optimizer.capacity.search import CapacitySearch, SearchPlan, Step, find_capacity
-from optimizer.settings.config import SloConfig
 from optimizer.record import Capacity
+from optimizer.settings.config import SloConfig
 from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from optimizer.capacity import default_cap, judge, probe_load_config, probe_workload
-from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
+from optimizer.settings.config import CapacityConfig, LoadConfig, SloConfig, WorkloadConfig
 
 
 def _results(latencies_s: list[float], failed: int = 0) -> list[RequestResult]:

@@ -12,10 +12,10 @@ import math
 import optuna
 import pytest
 
-from optimizer.settings.config import IntRange, ServerConfig
 from optimizer.core.errors import ConfigError
 from optimizer.server.environment import compile_cache_root, server_env
 from optimizer.server.startlog import START_PHASES, StartLog, parse_start_log
+from optimizer.settings.config import IntRange, ServerConfig
 from optimizer.space.grid import grid_values
 from optimizer.space.search_space import build_space, suggest
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.core.errors import ConfigError
 from optimizer.commands.hardware_auto import detect_preset, resolve_auto_hardware, resolve_hardware_overrides
+from optimizer.core.errors import ConfigError
 from optimizer.server.gpu import Gpu
 
 GPU_PRESETS = ["t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200"]

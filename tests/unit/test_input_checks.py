@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.core.errors import ConfigError
 from optimizer.commands.input_checks import IGNORED_WHEN, ensure_writable_dirs, refuse_ignored, typed_keys
+from optimizer.core.errors import ConfigError
 
 GPU = ("hardware=h100", "model=llama-3-8b-instruct", "model.load_format=dummy", "model.generate=config")
 

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from optimizer.settings.config import LoadConfig
 from optimizer.loadgen.runner import arrival_times, plan_requests
+from optimizer.settings.config import LoadConfig
 
 
 def test_arrivals_are_seeded_and_start_at_zero():

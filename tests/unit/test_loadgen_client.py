@@ -123,8 +123,8 @@ def test_the_request_body_asks_for_exact_lengths_and_usage():
 
 
 def test_the_request_body_carries_the_workloads_sampling_exactly():
-    from optimizer.settings.config import WorkloadConfig
     from optimizer.loadgen.client import Sampling
+    from optimizer.settings.config import WorkloadConfig
 
     greedy = json.loads(Endpoint("http://x", "m").encode(SPEC))
     assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "top_k" not in greedy and "seed" not in greedy

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from optimizer.core.stats import _binom_cdf, min_samples_for_upper_bound, quantile_ci
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
-from optimizer.core.stats import _binom_cdf, min_samples_for_upper_bound, quantile_ci
 
 
 def _results(seed: int, n: int, failed: int = 0) -> list[RequestResult]:

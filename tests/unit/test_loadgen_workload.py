@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.settings.config import ModelConfig, WorkloadConfig
 from optimizer.core.errors import ConfigError
 from optimizer.loadgen.workload import RequestSet, load_dataset, load_tokenizer
+from optimizer.settings.config import ModelConfig, WorkloadConfig
 
 MODEL = ModelConfig(name="tiny", vocab_size=4096, prompt_token_low=10)
 

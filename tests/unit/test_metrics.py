@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
+from optimizer.core.stats import quantile_ci
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import Dist, summarize
-from optimizer.core.stats import quantile_ci
 
 
 def _ok(i: int, ttft: float, latency: float, itl: list[float], tokens: int) -> RequestResult:
@@ -74,8 +74,8 @@ def test_quantile_ci_upper_bound_needs_enough_samples():
 
 
 def test_the_one_list_of_latency_metrics_is_every_slo_metric_and_every_distribution_of_a_summary():
-    from optimizer.settings.choices import SloMetric
     from optimizer.measures.metrics import LATENCY_METRICS, Dist, LoadSummary
+    from optimizer.settings.choices import SloMetric
 
     assert LATENCY_METRICS == ("ttft", "itl", "e2e") and set(LATENCY_METRICS) == {m.value for m in SloMetric}
     s = LoadSummary(1, 1, 0.0)

@@ -1,9 +1,9 @@
 import math
 
-from optimizer.settings.config import SloConfig
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import CONSTRAINT_KEYS, infeasible, score
+from optimizer.settings.config import SloConfig
 
 
 def _summary(latencies: list[float], failed: int = 0):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import Floor, evaluate
 from optimizer.quality.scoring import Generation, QualityScores, TextScore, compare
 from optimizer.record import Quality, Setup, TrialRecord
 from optimizer.record.quality import scores_from_json, scores_to_json
+from optimizer.settings.config import QualityConfig
 from tests.support.quality_fakes import scores as v2_scores
 
 

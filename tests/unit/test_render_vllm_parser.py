@@ -23,8 +23,8 @@ import optuna
 import pytest
 
 from optimizer.core.errors import ConfigError
-from optimizer.settings.knobs import KNOBS
 from optimizer.model.resolve import planned_model_dir, planned_target
+from optimizer.settings.knobs import KNOBS
 from optimizer.space.engine_args import SERVER_MODULE, EngineParams, ModelTarget, render
 from optimizer.space.search_space import build_space, check, suggest
 

@@ -62,9 +62,9 @@ def test_a_client_starved_by_busy_cores_shows_a_wait():
 
 
 def test_a_run_whose_client_waited_for_a_cpu_carries_a_note(monkeypatch, fake_server_factory):
-    from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
     from optimizer.loadgen.client import Endpoint
     from optimizer.loadgen.workload import RequestSet
+    from optimizer.settings.config import LoadConfig, ModelConfig, WorkloadConfig
 
     srv = fake_server_factory(tokens_per_s=400, fault="", fault_rate=0.0)
     load = LoadConfig(concurrency=2, num_requests=8, warmup_requests=0, p99_sizing="off", client_workers=1,
