@@ -14,18 +14,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "optimizer"
 
+# the modules a user runs (``python -m optimizer.<name>``; ``optimizer.quality`` is the quality package's
+# ``__main__``): the top level of ``optimizer/`` holds these and nothing else
+ENTRY_POINTS = {"run", "report", "confirm", "revalidate", "loadtest"}
+
 # lowest first; an entry names a top-level module or package of ``optimizer``
 LAYERS: list[set[str]] = [
     {"core"},  # what all stands on: the exception tree, logging/signals/exit codes, order statistics, the API key
     {"settings"},  # the typed config: the knob table, the search and load sections, the closed sets of choices
     {"server", "space", "loadgen", "quality"},  # the vLLM process, the search space, the load generator, the quality probe
     {"model", "measures"},  # model folders (space's ModelTarget); request records -> summary -> value and constraints
-    {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by objective)
+    {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by measures.objective)
     {"record"},  # what a trial recorded
     {"study"},  # storage, the trial, the loop
     {"reporting"},  # the report (reads studies)
-    {"commands", "run", "report", "confirm", "revalidate", "loadtest"},  # the entry floor: the modules a user runs
-    # (python -m optimizer.X) and what they share (composing the config, input checks, a live server seen from outside)
+    {"commands"} | ENTRY_POINTS,  # the entry floor: the modules a user runs and what they share (composing the
+    # config, input checks, a live server seen from outside)
     {"testing"},  # fakes for the tests and the benchmarks: nothing of the optimizer imports them
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -65,6 +69,17 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_the_top_level_holds_only_the_entry_points():
+    # the folder tree is the architecture: a module that is no entry point goes into the package of its
+    # concept (what the entry points share: commands/), so the top level cannot fill up with loose modules again
+    loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert loose == ENTRY_POINTS, f"top-level modules that are no entry point: {sorted(loose - ENTRY_POINTS)}; " \
+                                  f"entry points missing: {sorted(ENTRY_POINTS - loose)}"
+    not_runnable = [n for n in sorted(ENTRY_POINTS)
+                    if '__name__ == "__main__"' not in (PACKAGE / f"{n}.py").read_text()]
+    assert not not_runnable, f"{not_runnable} cannot run as python -m optimizer.<name>"
 
 
 def test_every_module_has_a_layer():
