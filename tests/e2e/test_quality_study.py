@@ -40,11 +40,15 @@ from tests.support.study_runner import StudyDir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
 
+# the CI-sized quality set (both long passages, 8 short ones, 4 prompts, 16 tasks),
+# chosen as a user would; the verdicts here have margins of 14-20x either side of the limits
+QSET = "quality-v2-ci"
+
 FIXED = ["model=smollm2-135m-instruct", "server.extra_args=[--enforce-eager]", "server.start_timeout_s=1200",
          "search.max_num_seqs.low=8", "search.max_num_seqs.high=8", "search.max_num_batched_tokens.low=2048",
          "search.max_num_batched_tokens.high=2048", "search.kv_cache_gib.low=1.0", "search.kv_cache_gib.high=1.0",
          "search.enable_chunked_prefill=[true]", "search.enable_prefix_caching=[true]",
-         "search.kv_cache_dtype=[fp8_e5m2]", "slo.p99_ms=600000", "quality.mode=gate",
+         "search.kv_cache_dtype=[fp8_e5m2]", "slo.p99_ms=600000", "quality.mode=gate", f"quality.dataset={QSET}",
          # the capacity ladder as the load step: probes at 1 and 2 users, both well inside the limit
          "load.mode=capacity", "load.capacity.max=2", "load.capacity.max_probes=2", "load.capacity.min_windows=2",
          "load.num_requests=16", "load.warmup_requests=4", "load.p99_sizing=off"]
@@ -59,7 +63,7 @@ def test_the_gate_rejects_an_fp8_e5m2_kv_cache_and_keeps_the_baseline(tmp_path):
     assert len(trials) == 2, [(t.number, t.state) for t in study.trials]
     base, fp8 = trials
     reference = json.loads(study.user_attrs["quality_reference"])
-    assert reference["dataset"] == "quality-v2" and study.user_attrs["quality_floor"]["views"] == 1
+    assert reference["dataset"] == QSET and study.user_attrs["quality_floor"]["views"] == 1
     for t in trials:
         rec = TrialRecord.from_trial(t)
         assert rec.measured and rec.quality is not None and rec.quality.measured, t.user_attrs
@@ -86,6 +90,7 @@ def test_the_gate_rejects_an_fp8_e5m2_kv_cache_and_keeps_the_baseline(tmp_path):
 # load.mode=concurrency (the fixed load, the default): three enqueued trials, no sampled one
 FIXED_LOAD = ["model=smollm2-135m-instruct", "server.extra_args=[--enforce-eager]", "server.start_timeout_s=1200",
               "search.kv_cache_dtype=[auto,fp8_e5m2]", "slo.p99_ms=600000", "quality.mode=gate", "load.mode=concurrency",
+              f"quality.dataset={QSET}",
               "load.num_requests=16", "load.warmup_requests=2", "load.concurrency=4", "load.p99_sizing=off",
               # vLLM's defaults (max_num_seqs 128, max_num_batched_tokens 2048 here) with the scheduler's two limits
               # cut (the 3.9k-token passage prefilled in 512-token chunks: its numerics move by about the floor),
@@ -113,6 +118,7 @@ def fixed_load_study(tmp_path_factory):
     print("".join(f"\n{line}" for line in r.stderr.splitlines() if "noise floor" in line or "quality:" in line))
     base = TrialRecord.from_trial(trials[0]).quality
     assert base.is_reference and study.user_attrs["quality_floor"]["views"] == 1 and math.isfinite(base.self_mean_kld)
+    assert json.loads(study.user_attrs["quality_reference"])["dataset"] == QSET
     return study, trials, r.stderr
 
 
