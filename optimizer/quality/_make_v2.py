@@ -14,8 +14,8 @@ generated here from a fixed seed (so CC0 as well):
 quality-v2-ci (:func:`build_ci`) is quality-v2 cut by a fixed rule, no item edited: both long
 passages (where a KV-cache dtype change shows), every fourth of the 30 short passages (8), the first
 two prompts of each kind (4: copy and open) and the first four tasks of each kind (16). It is for
-short runs such as CI (a shorter probe); its verdicts are coarser: fewer positions,
-and 16 tasks, so McNemar's test flags only a large loss.
+short runs such as CI (a probe ~40 % shorter: the long passages are most of its cost); its verdicts
+are coarser: fewer positions, and 16 tasks, so McNemar's test flags only a collapse.
 
 ``python -m optimizer.quality._make_v2`` prints quality-v2's JSON, ``... _make_v2 ci`` quality-v2-ci's;
 ``tests/unit`` checks the shipped files equal them.

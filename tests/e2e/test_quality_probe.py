@@ -49,7 +49,10 @@ FP8_E5M2 = dataclasses.replace(BASELINE, kv_cache_dtype="fp8_e5m2")  # 2 mantiss
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
 # the standalone command's tests judge with the CI-sized set (as a user would choose it: quality.dataset=); what
-# they prove is the command's verdict, with margins of 14x (fp8_e5m2) either side of the limit
+# they prove is the command's verdict, which keeps its margin on it: fp8_e5m2's mean KLD 0.074 against the 0.005
+# limit (0.070 on quality-v2). Measured on the 2-core host: the command against itself 93.8 s instead of 139.0 s,
+# the fp8_e5m2 one 71.5 s instead of 128.7 s; the two tests 224 s instead of 332 s (mean load 2.8, before 4.8: part
+# of the gain is the quieter host; a probe on its own is ~36 s instead of ~58 s at equal load)
 CLI_SET = "quality.dataset=quality-v2-ci"
 
 
