@@ -63,8 +63,9 @@ $(POSTGRES_STAMP): $(STAMP)
 	else echo "postgresql not installed and cannot be installed here: the parallel-worker tests will be skipped"; fi
 	touch $(POSTGRES_STAMP)
 
+# --durations=30: every CI log ends with the 30 slowest setups, calls and teardowns (where the time goes)
 test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
-	$(VPY) -m pytest -q -rs $(ARGS)
+	$(VPY) -m pytest -q -rs --durations=30 $(ARGS)
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not vllm" $(ARGS)

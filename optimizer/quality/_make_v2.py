@@ -1,4 +1,5 @@
-"""Generate ``data/quality-v2.json`` (run once; the file is the release and is never edited).
+"""Generate ``data/quality-v2.json`` and its CI-sized subset ``data/quality-v2-ci.json`` (run once;
+the files are the release and are never edited).
 
 quality-v2 keeps quality-v1's 30 passages and 8 prompts (written for this project, CC0) and adds,
 generated here from a fixed seed (so CC0 as well):
@@ -10,14 +11,21 @@ generated here from a fixed seed (so CC0 as well):
   copy (a word list), format (a word in capitals) and lookup (a value from a small table), each a
   few-shot completion prompt.
 
-``python -m optimizer.quality._make_v2`` prints the JSON; ``tests/unit`` checks the shipped file
-equals it.
+quality-v2-ci (:func:`build_ci`) is quality-v2 cut by a fixed rule, no item edited: both long
+passages (where a KV-cache dtype change shows), every fourth of the 30 short passages (8), the first
+two prompts of each kind (4: copy and open) and the first four tasks of each kind (16). It is for
+short runs such as CI (a probe ~40 % shorter: the long passages are most of its cost); its verdicts
+are coarser: fewer positions, and 16 tasks, so McNemar's test flags only a collapse.
+
+``python -m optimizer.quality._make_v2`` prints quality-v2's JSON, ``... _make_v2 ci`` quality-v2-ci's;
+``tests/unit`` checks the shipped files equal them.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +112,31 @@ def build() -> dict[str, Any]:
         "texts": texts, "prompts": v1["prompts"], "tasks": _tasks(rng)}
 
 
+def _first_of_each_kind(items: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    kinds = dict.fromkeys(item["kind"] for item in items)  # in order of first appearance
+    return [item for kind in kinds for item in [i for i in items if i["kind"] == kind][:n]]
+
+
+def build_ci() -> dict[str, Any]:
+    v2 = build()
+    short = [t for t in v2["texts"] if not t["id"].startswith("long-")]
+    long = [t for t in v2["texts"] if t["id"].startswith("long-")]
+    return {
+        "name": "quality-v2-ci", "version": 2, "license": v2["license"],
+        "about": "A CI-sized subset of quality-v2 (optimizer/quality/_make_v2.py, build_ci; no item edited): both "
+                 "long passages, every fourth short passage (8), the first two prompts of each kind (4) and the "
+                 "first four tasks of each kind (16). For short runs; its verdicts are coarser than quality-v2's.",
+        "texts": short[::4] + long, "prompts": _first_of_each_kind(v2["prompts"], 2),
+        "tasks": _first_of_each_kind(v2["tasks"], 4)}
+
+
 def render() -> str:
     return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
 
 
+def render_ci() -> str:
+    return json.dumps(build_ci(), indent=1, ensure_ascii=False) + "\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    print(render_ci() if sys.argv[1:] == ["ci"] else render(), end="")

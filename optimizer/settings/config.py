@@ -228,7 +228,9 @@ class QualityConfig(Frozen):
     top_k: int = 8  # prompt_logprobs per position (at most the server's --max-logprobs, 20 by default)
     max_tokens: int = 48  # tokens per greedy generation of the prompts
     task_max_tokens: int = 16  # tokens per task answer (it stops at a newline)
-    dataset: str = "quality-v2"  # optimizer/quality/data/<dataset>.json
+    # optimizer/quality/data/<dataset>.json; quality-v2-ci: its CI-sized subset (a probe ~40 % shorter,
+    # coarser verdicts: README, Quality gate)
+    dataset: str = "quality-v2"
     # a trial whose value of any of these differs from the baseline's is probed (and gated)
     numerics_params: list[str] = field(default_factory=lambda: list(NUMERICS_PARAM_CHOICES))
 

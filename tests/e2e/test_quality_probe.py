@@ -48,6 +48,12 @@ BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=4096)  # quality-v2's lo
 FP8_E5M2 = dataclasses.replace(BASELINE, kv_cache_dtype="fp8_e5m2")  # 2 mantissa bits: mean KLD ~0.07 here
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
+# the standalone command's tests judge with the CI-sized set (as a user would choose it: quality.dataset=); what
+# they prove is the command's verdict, which keeps its margin on it: fp8_e5m2's mean KLD 0.074 against the 0.005
+# limit (0.070 on quality-v2). Measured on the 2-core host: the command against itself 93.8 s instead of 139.0 s,
+# the fp8_e5m2 one 71.5 s instead of 128.7 s; the two tests 224 s instead of 332 s (mean load 2.8, before 4.8: part
+# of the gain is the quieter host; a probe on its own is ~36 s instead of ~58 s at equal load)
+CLI_SET = "quality.dataset=quality-v2-ci"
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +141,13 @@ def test_a_server_agrees_with_itself_exactly_and_within_the_gate_under_another_b
 def test_the_standalone_command_passes_a_server_against_itself(baseline_server, repo, tmp_path):
     out = tmp_path / "q.json"
     r = subprocess.run([sys.executable, "-m", "optimizer.quality", f"endpoint={baseline_server.url}",
-                        f"reference={baseline_server.url}", "model_name=smollm2", f"out={out}"],
+                        f"reference={baseline_server.url}", "model_name=smollm2", CLI_SET, f"out={out}"],
                        cwd=repo, capture_output=True, text=True, timeout=900)
     print(r.stdout[-1500:])
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["passed"] and doc["mean_kld"] == 0.0 and doc["floor"]["views"] == 1
+    assert doc["quality_set"] == "quality-v2-ci"
     assert doc["task_accuracy"] == doc["reference_task_accuracy"] and "verdict: pass" in r.stdout
 
 
@@ -152,12 +159,14 @@ def test_the_standalone_command_rejects_an_fp8_e5m2_server_against_a_bf16_one(ba
     out = tmp_path / "q.json"
     with serve(repo, model[1], FP8_E5M2, tmp_path / "server.log") as srv:
         r = subprocess.run([sys.executable, "-m", "optimizer.quality", f"endpoint={srv.url}",
-                            f"reference={baseline_server.url}", "model_name=smollm2", "floor=false", f"out={out}"],
+                            f"reference={baseline_server.url}", "model_name=smollm2", "floor=false", CLI_SET,
+                            f"out={out}"],
                            cwd=repo, capture_output=True, text=True, timeout=900)
     print(r.stdout[-1500:])
     assert r.returncode == EXIT_REJECTED, (r.returncode, r.stderr[-3000:])
     doc = json.loads(out.read_text())
     assert not doc["passed"] and doc["endpoint"] == srv.url and doc["reference"] == baseline_server.url
+    assert doc["quality_set"] == "quality-v2-ci"
     assert doc["mean_kld"] > QCFG.max_mean_kld and any("mean KLD" in x for x in doc["reasons"]), doc["reasons"]
     assert doc["floor"]["views"] == 0 and "verdict: reject: " in r.stdout
 

@@ -17,11 +17,13 @@ def test_quality_keys_are_overridable(compose):
     q = compose("quality.mode=measure", "quality.max_mean_kld=0.05", "quality.numerics_params=[dtype]",
                 "quality.dataset=quality-v1").quality
     assert (q.mode, q.max_mean_kld, q.numerics_params, q.dataset) == ("measure", 0.05, ["dtype"], "quality-v1")
+    assert compose("quality.dataset=quality-v2-ci").quality.dataset == "quality-v2-ci"  # the CI-sized subset
 
 
 @pytest.mark.parametrize("override,needle", [
     ("quality.mode=strict", "quality.mode"),
-    ("quality.dataset=quality-v9", "quality.dataset.*available: quality-v1, quality-v2"),
+    ("quality.dataset=quality-v9", "quality.dataset.*available: quality-v1, quality-v2, quality-v2-ci$"),
+    ("quality.dataset=quality-ci", "quality.dataset.*'quality-ci'.*no such quality set"),
     ("quality.max_mean_kld=0", "quality.max_mean_kld"),
     ("quality.max_p99_kld=-1", "quality.max_p99_kld"),
     ("quality.min_same_top1=1.5", "quality.min_same_top1"),
