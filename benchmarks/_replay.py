@@ -29,10 +29,10 @@ from _grid import Rep, Table, outcome, server_key
 from optimizer.settings.config import Config
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, seed_params, suggest
-from optimizer.study import calibrate
 from optimizer.study.confirm_plan import config_key, flags_changed
 from optimizer.study.results import is_feasible, study_result
 from optimizer.study.uplift import ConfigRuns, recommend
+from optimizer.trial import calibrate
 
 __all__ = ["Replayed", "SamplerMaker", "confirm", "replay"]
 

@@ -47,9 +47,9 @@ import _common as C  # noqa: E402
 from optimizer.capacity.result import CapacityResult  # noqa: E402
 from optimizer.capacity.search import CapacitySearch, SearchPlan, find_capacity  # noqa: E402
 from optimizer.settings.config import SloConfig  # noqa: E402
-from optimizer.study.capacity_trial import lower_value  # noqa: E402
 from optimizer.study.uplift import ConfigRuns, block_ratio, recommend  # noqa: E402
 from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw  # noqa: E402
+from optimizer.trial.capacity_load import lower_value  # noqa: E402
 
 LIMIT = 2500.0
 

@@ -15,7 +15,7 @@ __all__ = ["Confirmation", "ThroughputCI"]
 @dataclass(frozen=True)
 class ThroughputCI:
     """The confidence interval of the measured output tokens/s: batch means over the measured
-    window (see :func:`optimizer.study.noise.throughput_interval`). NaN bounds: too few batches."""
+    window (see :func:`optimizer.trial.noise.throughput_interval`). NaN bounds: too few batches."""
 
     low: float
     high: float

@@ -107,7 +107,7 @@ class SloConfig(Frozen):
     metric: SloMetric = SloMetric.e2e
     # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
     # trial) at the study's load on this host (load.mode=capacity: x its median at one user,
-    # unloaded), measured once per study (optimizer.study.calibrate)
+    # unloaded), measured once per study (optimizer.trial.calibrate)
     p99_ms: Union[int, float, str] = 5000.0
     auto_factor: float = 1.5  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
@@ -122,7 +122,7 @@ class SloConfig(Frozen):
         """The limit in ms. Raises RuntimeError for an ``auto`` SLO not calibrated yet."""
         if isinstance(self.p99_ms, str):
             raise RuntimeError("slo.p99_ms=auto has no limit until the study calibrates it "
-                               "(optimizer.study.calibrate.resolved)")
+                               "(optimizer.trial.calibrate.resolved)")
         return float(self.p99_ms)
 
 

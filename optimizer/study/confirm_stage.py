@@ -47,16 +47,16 @@ from optimizer.record import Confirmation, Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import baseline_params, build_space
-from optimizer.study import calibrate
+from optimizer.trial import calibrate
 from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates, failed_attempts, flags_changed,
                                           remaining)
 from optimizer.study.confirm_plan import plan as plan_slots
 from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, of_engine, summarize_confirmation
 from optimizer.study.coordination import advisory_lock
-from optimizer.study.gpus import WorkerPlan, trial_gpus
+from optimizer.trial.gpus import WorkerPlan, trial_gpus
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.storage import StudyLock, open_study, sqlite_path
-from optimizer.study.trial import TrialContext, TrialRunner, run_trial
+from optimizer.trial.trial import TrialContext, TrialRunner, run_trial
 from optimizer.study.workers import WorkerJob, exit_text, spawn_and_wait
 
 __all__ = ["run_confirmation"]

@@ -13,12 +13,12 @@ from optimizer.settings.config import Config
 from optimizer.space.search_space import build_space
 from optimizer.study.confirm_stage import run_confirmation
 from optimizer.study.confirm_plan import search_trials
-from optimizer.study.gpus import WorkerPlan
+from optimizer.trial.gpus import WorkerPlan
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.results import latest_version
 from optimizer.study.revalidation_result import Revalidation, describe_revalidation, revalidation
 from optimizer.study.storage import open_study
-from optimizer.study.trial import TrialRunner, run_trial
+from optimizer.trial.trial import TrialRunner, run_trial
 from optimizer.study.versions import check_engine
 
 __all__ = ["run_revalidation"]

@@ -33,11 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.settings.config import Config
-from optimizer.study import calibrate
-from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import finished_count, sqlite_path
+from optimizer.trial import calibrate
+from optimizer.trial.gpus import WorkerPlan, gpu_inventory, plan_workers
 
 __all__ = ["WorkerJob", "exit_text", "host_plan", "run_workers", "spawn_and_wait", "worker_runtimes"]
 

@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"model", "measures"},  # model folders (space's ModelTarget); request records -> summary -> value and constraints
     {"capacity"},  # the highest load that meets the SLO (probes through loadgen, judged by measures.objective)
     {"record"},  # what a trial recorded
-    {"study"},  # storage, the trial, the loop
+    {"trial"},  # one trial: start the server, load it (fixed or the capacity ladder), the after-load step, the record
+    {"study"},  # the study: storage, coordination, the loop, workers, stopping, results
     {"reporting"},  # the report (reads studies)
     {"commands"} | ENTRY_POINTS,  # the entry floor: the modules a user runs and what they share (composing the
     # config, input checks, a live server seen from outside)
@@ -181,7 +182,7 @@ def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
     return seen
 
 
-STUDY_RUNNERS = {"optimizer.study.loop", "optimizer.study.trial", "optimizer.study.workers",
+STUDY_RUNNERS = {"optimizer.study.loop", "optimizer.trial.trial", "optimizer.study.workers",
                  "optimizer.study.confirm_stage"}
 
 
