@@ -128,7 +128,7 @@ class SloConfig(Frozen):
 
 @dataclass
 class ConfirmConfig(Frozen):
-    """The confirmation stage (:mod:`optimizer.study.confirm_stage`): the baseline and the ``top_k`` best
+    """The confirmation stage (:mod:`optimizer.confirmation.stage`): the baseline and the ``top_k`` best
     feasible distinct configs, each started on a fresh server ``repeats`` times in interleaved
     rounds, measured on held-out prompts (workload seed + ``seed_offset`` + round)."""
 
@@ -137,7 +137,7 @@ class ConfirmConfig(Frozen):
     confidence: float = 0.95  # of the uplift's interval (block design on the log scale, simultaneous over the configs)
     # a simpler config (fewer flags changed) that beats the defaults replaces the best only when shown to lose at
     # most this share of its throughput (non-inferiority); 5 % = load.capacity.resolution's default: see
-    # optimizer/study/uplift.py
+    # optimizer/confirmation/uplift.py
     margin: float = 0.05
     seed_offset: int = 1000  # held-out prompts: the study's prompts use workload.seed itself
 

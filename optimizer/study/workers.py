@@ -13,7 +13,7 @@ group, so a Ctrl-C reaches each of them once, through the parent), waits for all
 reports. A worker that dies does not stop the others: its trial is failed by the heartbeat and
 retried by one of them. Workers get SIGTERM when the entry process dies, even by SIGKILL.
 That process machinery is :func:`spawn_and_wait`; the confirmation stage runs its parallel
-workers with it too (:mod:`optimizer.study.confirm_stage`).
+workers with it too (:mod:`optimizer.confirmation.stage`).
 """
 
 from __future__ import annotations
