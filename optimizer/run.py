@@ -50,7 +50,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     setup_logging(None if cfg.dry_run else runs / "optimizer.log", debug)
     refuse_ignored(cfg, overrides)  # a key typed on the command line that the others make irrelevant
     if cfg.dry_run:
-        from optimizer.study.dry_run import dry_run
+        from optimizer.commands.dry_run import dry_run
 
         dry_run(cfg, sys.stdout)
         return 0
