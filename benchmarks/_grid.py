@@ -23,7 +23,7 @@ from optimizer.measures.objective import score
 from optimizer.settings.config import Config
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, suggest
-from optimizer.study import calibrate
+from optimizer.trial import calibrate
 
 # every knob the CPU demo tunes, at two or more levels; vLLM's defaults (128 / 2048 / chunked on / prefix on,
 # KV hardware.cpu_kvcache_gib=2 as the baseline gets) are a grid point. gpu_memory_utilization is no knob of

@@ -10,7 +10,7 @@ its server's measured repeats, drawn at random, so a config proposed twice may g
 
 :func:`confirm` then answers the confirmation stage from the table the same way: the baseline and
 the ``study.confirm.top_k`` best distinct feasible configs, ``study.confirm.repeats`` rounds, one
-drawn repeat each, and the project's decision rule (:func:`optimizer.study.uplift.recommend`)
+drawn repeat each, and the project's decision rule (:func:`optimizer.confirmation.uplift.recommend`)
 picks the confirmed recommendation.
 """
 
@@ -26,13 +26,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from _grid import Rep, Table, outcome, server_key
 
+from optimizer.confirmation.plan import config_key, flags_changed
+from optimizer.confirmation.uplift import ConfigRuns, recommend
 from optimizer.settings.config import Config
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, seed_params, suggest
-from optimizer.study import calibrate
-from optimizer.study.confirm_plan import config_key, flags_changed
 from optimizer.study.results import is_feasible, study_result
-from optimizer.study.uplift import ConfigRuns, recommend
+from optimizer.trial import calibrate
 
 __all__ = ["Replayed", "SamplerMaker", "confirm", "replay"]
 
@@ -90,7 +90,7 @@ def replay(table: Table, space: Space, cfg: Config, make: SamplerMaker, n_trials
 
 def _candidates(rep: Replayed, n: int, space: Space, cfg: Config, top_k: int) -> list[tuple[int, str, int]]:
     """(trial, server, flags changed) of the baseline and the ``top_k`` best feasible distinct configs
-    among the first ``n`` trials, as optimizer.study.confirm_plan.candidates picks them."""
+    among the first ``n`` trials, as optimizer.confirmation.plan.candidates picks them."""
     done = [t for t in rep.trials[:n] if t.state == TrialState.COMPLETE]
     defaults = baseline_params(cfg)
     out: list[tuple[int, str, int]] = []

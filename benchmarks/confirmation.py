@@ -46,9 +46,9 @@ def main() -> int:
     import optuna
 
     from optimizer.record import TrialRecord
-    from optimizer.study.confirm_result import summarize_confirmation
-    from optimizer.study.confirm_plan import search_trials
-    from optimizer.study.uplift import mean_interval
+    from optimizer.confirmation.confirm_result import summarize_confirmation
+    from optimizer.confirmation.plan import search_trials
+    from optimizer.confirmation.uplift import mean_interval
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -3,7 +3,7 @@
 Every config of a full-factorial grid over the knobs the CPU demo tunes (conf/search/default.yaml
 with conf/config.yaml: the tiny model, chat-short, load.mode=concurrency at 16, the demo's
 num_requests and warm-up) is measured on fresh servers, each repeat by
-:func:`optimizer.study.trial.run_trial`, the code a study trial runs, with the config built from its
+:func:`optimizer.trial.trial.run_trial`, the code a study trial runs, with the config built from its
 Optuna params by the study's own :func:`~optimizer.space.search_space.suggest` (so a drawn
 max_num_batched_tokens below what vLLM needs is raised as in a study: chunked prefill off with
 max_num_batched_tokens < max_model_len is the same server as max_num_batched_tokens=max_model_len,
@@ -12,7 +12,7 @@ and its row says so).
 The SLO is the demo's ``auto``: 1.5 x the P99 E2E of vLLM's defaults at this load. Each run stores its
 raw measure (output tok/s, P99 and its upper bound, error rate); feasibility is decided afterwards by
 the study's rule (:func:`optimizer.measures.objective.score`) against the limit calibrated on the defaults'
-repeats (:func:`optimizer.study.calibrate.calibrated_limit`), in ``table`` and in the replay
+repeats (:func:`optimizer.trial.calibrate.calibrated_limit`), in ``table`` and in the replay
 (benchmarks/search_replay.py, which calibrates each replayed study on one drawn repeat instead).
 
 Order: repeat 1 of every distinct server in one shuffled order, then repeat 2 in another (and the
@@ -51,7 +51,7 @@ from optimizer.core.errors import TrialError
 from optimizer.settings.config import Config
 from optimizer.space.search_space import Space, build_space
 from optimizer.study.loop import Runtime, make_context
-from optimizer.study.trial import run_trial
+from optimizer.trial.trial import run_trial
 
 log = logging.getLogger("measure_grid")
 
@@ -262,7 +262,7 @@ def markdown(tab: Table, by_server: dict[str, list[dict[str, Any]]], host: dict[
         f"{statistics.median(load):.1f}). vLLM {', '.join(vers)} (CPU build), model tiny, workload chat-short, "
         f"load.mode=concurrency at {tab.cfg.load.concurrency}, {tab.cfg.load.num_requests} requests after "
         f"{tab.cfg.load.warmup_requests} warm-up, server.launcher=forkserver; each run a fresh server through the "
-        f"study's trial runner (optimizer.study.trial.run_trial).", "",
+        f"study's trial runner (optimizer.trial.trial.run_trial).", "",
         f"Levels: {json.dumps(levels)}: {len(tab.configs)} configs, {len(tab.reps)} distinct servers (chunked prefill "
         f"off raises max_num_batched_tokens to max_model_len=2048, as the study's suggest does: those rows share "
         f"the 2048 server). gpu_memory_utilization is no knob of the CPU space (the CPU build sizes its KV cache "

@@ -16,7 +16,7 @@ rule before this change with the rule after:
   the incumbent's capacity (users); after: the trial's upper bound on its tok/s below the
   incumbent's lower bound; and a worse trial (capacity ~25 % lower), where a stop is right and saves
   probes;
-- **decision rule**: :func:`optimizer.study.uplift.recommend` (after) and the rule it replaced
+- **decision rule**: :func:`optimizer.confirmation.uplift.recommend` (after) and the rule it replaced
   (before, re-implemented here: best median, "within noise" = interval holds 1, fewest flags wins,
   again against the defaults) over scenarios with known true ratios; the coverage of the
   uplift interval the rule reports (the recommended config's, or with the defaults recommended the
@@ -46,10 +46,10 @@ import _common as C  # noqa: E402
 
 from optimizer.capacity.result import CapacityResult  # noqa: E402
 from optimizer.capacity.search import CapacitySearch, SearchPlan, find_capacity  # noqa: E402
+from optimizer.confirmation.uplift import ConfigRuns, block_ratio, recommend  # noqa: E402
 from optimizer.settings.config import SloConfig  # noqa: E402
-from optimizer.study.capacity_trial import lower_value  # noqa: E402
-from optimizer.study.uplift import ConfigRuns, block_ratio, recommend  # noqa: E402
 from optimizer.testing.fake_capacity import FakeProbe, LatencyLaw  # noqa: E402
+from optimizer.trial.capacity_load import lower_value  # noqa: E402
 
 LIMIT = 2500.0
 

@@ -67,7 +67,7 @@ def run_stage(overrides: list[str], debug: bool, what: str, stage: Callable[...,
 
 
 def _body(overrides: list[str], debug: bool) -> int:
-    from optimizer.study.confirm_stage import run_confirmation
+    from optimizer.confirmation.stage import run_confirmation
 
     return run_stage(overrides, debug, "confirm", run_confirmation)
 

@@ -37,7 +37,7 @@ Exit codes: 0 done, 1 no such study or too many environmental failures, 2 bad in
 
 
 def _body(overrides: list[str], debug: bool) -> int:
-    from optimizer.study.revalidation import run_revalidation
+    from optimizer.confirmation.revalidation import run_revalidation
 
     return run_stage(overrides, debug, "revalidate", run_revalidation)
 

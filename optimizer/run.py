@@ -50,7 +50,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     setup_logging(None if cfg.dry_run else runs / "optimizer.log", debug)
     refuse_ignored(cfg, overrides)  # a key typed on the command line that the others make irrelevant
     if cfg.dry_run:
-        from optimizer.study.dry_run import dry_run
+        from optimizer.commands.dry_run import dry_run
 
         dry_run(cfg, sys.stdout)
         return 0
@@ -70,7 +70,7 @@ def _body(overrides: list[str], debug: bool) -> int:
         run_workers(cfg, Runtime(environ=dict(os.environ), python=sys.executable), plan, host=host,
                     log_file=runs / "optimizer.log", debug=debug)
         if cfg.study.confirm.top_k > 0:  # once, here: after every worker, on the same GPU groups
-            from optimizer.study.confirm_stage import run_confirmation
+            from optimizer.confirmation.stage import run_confirmation
 
             confirmed = run_confirmation(cfg, Runtime(environ=dict(os.environ), python=sys.executable,
                                                       worker=f"{host}/confirm"),

@@ -11,6 +11,8 @@ optimizer.run``, ``.report``, ``.confirm``, ``.revalidate``, ``.loadtest``, ``.q
 - :mod:`~optimizer.commands.loadtest_capacity`, :mod:`~optimizer.commands.loadtest_output`: the
   load test's capacity search and what it prints and writes.
 - :mod:`~optimizer.commands.quality_check`: the body of ``python -m optimizer.quality``.
+- :mod:`~optimizer.commands.dry_run`: ``python -m optimizer.run dry_run=true``: the server command of
+  each candidate with its verdict, nothing started.
 
 Logging, signals and exit codes are :mod:`optimizer.core.entry`'s, since the workers of a parallel
 study need them too.

@@ -115,7 +115,7 @@ def t_cdf(t: float, df: int) -> float:
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t with ``df`` degrees of freedom: :func:`t_cdf` inverted by
     bisection (exact to 1e-10, any p; the multiplicity-adjusted quantiles of
-    :mod:`optimizer.study.uplift` reach p = 0.998 at df 2-6, where expansions in 1/df are off by
+    :mod:`optimizer.confirmation.uplift` reach p = 0.998 at df 2-6, where expansions in 1/df are off by
     several %). NaN for df < 1."""
     if df < 1 or not 0 < p < 1:
         return NAN

@@ -129,7 +129,7 @@ class TrialRecord:
     quality: Optional[Quality] = None
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
     outcome: Optional[Outcome] = None
-    # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.study.calibrate.Calibration)
+    # slo.p99_ms=auto: the SLO the baseline's load test calibrated (optimizer.trial.calibrate.Calibration)
     calibration: Optional[dict[str, Any]] = None
     throughput_ci: Optional[ThroughputCI] = None
     confirmation: Optional[Confirmation] = None

@@ -1,5 +1,5 @@
 """The parts of a record that the confirmation stage added: the throughput's interval, measured by
-every trial, and the mark of a confirmation run (:mod:`optimizer.study.confirm_stage`)."""
+every trial, and the mark of a confirmation run (:mod:`optimizer.confirmation.stage`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["Confirmation", "ThroughputCI"]
 @dataclass(frozen=True)
 class ThroughputCI:
     """The confidence interval of the measured output tokens/s: batch means over the measured
-    window (see :func:`optimizer.study.noise.throughput_interval`). NaN bounds: too few batches."""
+    window (see :func:`optimizer.trial.noise.throughput_interval`). NaN bounds: too few batches."""
 
     low: float
     high: float
@@ -40,7 +40,7 @@ class Confirmation:
     """A confirmation run: the config of search trial ``of`` started again on a fresh server and
     measured on held-out prompts (workload seed ``seed``), repeat ``repeat`` (= the interleaved
     round), at position ``slot`` within that round. Never a study trial: not in the budget, never
-    the study's best (:mod:`optimizer.study.confirm_stage`)."""
+    the study's best (:mod:`optimizer.confirmation.stage`)."""
 
     of: int
     repeat: int

@@ -3,7 +3,7 @@
 Data (:func:`confirmation_view`, pure over FrozenTrials), figure (:func:`confirmation_figure`:
 each confirmed config's repeats as dots, its median, the t-interval of its mean), HTML
 (:func:`confirmation_html`) and the recommended ``best.yaml`` (:func:`confirmed_yaml`). The
-recommendation itself is :func:`optimizer.study.uplift.recommend`'s; nothing here re-decides it.
+recommendation itself is :func:`optimizer.confirmation.uplift.recommend`'s; nothing here re-decides it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.record import TrialRecord
 from optimizer.reporting.serving import serving_yaml
 from optimizer.reporting.data import engine_label
-from optimizer.study.confirm_plan import confirmation_trials, confirmed, run_gpus
-from optimizer.study.confirm_result import ConfirmResult, of_engine, summarize_confirmation
-from optimizer.study.revalidation_result import Revalidation, revalidation
-from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, mean_interval
+from optimizer.confirmation.plan import confirmation_trials, confirmed, run_gpus
+from optimizer.confirmation.confirm_result import ConfirmResult, of_engine, summarize_confirmation
+from optimizer.confirmation.revalidation_result import Revalidation, revalidation
+from optimizer.confirmation.uplift import DEFAULT_MARGIN, ConfigRuns, mean_interval
 
 __all__ = ["ConfirmationView", "confirmation_figure", "confirmation_html", "confirmation_view", "confirmed_yaml"]
 

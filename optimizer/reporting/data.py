@@ -13,6 +13,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
+from optimizer.confirmation.plan import search_trials
 from optimizer.record import Timings, TrialRecord
 from optimizer.reporting.capacity_section import CapacityData, CapacityTrial, build_capacity_data
 from optimizer.reporting.levers import ImportanceInfo, importance_info
@@ -20,7 +21,6 @@ from optimizer.reporting.study_summary import EngineRow, SummaryInfo, engine_lab
     study_config, summarize
 from optimizer.reporting.trial_table import METRICS, Status, TrialInfo, classify, pareto_front, trial_info
 from optimizer.server.startlog import START_PHASES
-from optimizer.study.confirm_plan import search_trials
 
 __all__ = ["METRICS", "PHASES", "START_LABELS", "CdfSeries", "CompileCacheInfo", "EngineRow", "ImportanceInfo",
            "PhaseRow", "ReportData", "Status", "SummaryInfo", "TelemetryRow", "Timeline", "TrialInfo",

@@ -13,8 +13,8 @@ from optimizer.reporting.levers import Levers, main_levers
 from optimizer.reporting.serving import portable_command
 from optimizer.reporting.trial_table import Status, TrialInfo
 from optimizer.settings.config import LoadConfig, SloConfig
-from optimizer.study.calibrate import ATTR as CALIBRATION_ATTR
 from optimizer.study.results import StudyResult, engine_versions, study_result
+from optimizer.trial.calibrate import ATTR as CALIBRATION_ATTR
 
 __all__ = ["EngineRow", "SummaryInfo", "engine_label", "engine_rows", "slo_metric", "study_config", "summarize"]
 

@@ -30,7 +30,7 @@ from optimizer.reporting.serving import portable_attrs, serve_yaml_dict, serving
 from optimizer.reporting.quality_section import quality_info, quality_section
 from optimizer.reporting.confirmation_section import (confirmation_figure, confirmation_html,
                                                       confirmation_view, confirmed_yaml)
-from optimizer.study.confirm_plan import confirmation_trials, search_trials
+from optimizer.confirmation.plan import confirmation_trials, search_trials
 from optimizer.study.results import params_as_set
 from optimizer.study.storage import load_study
 

@@ -107,7 +107,7 @@ class SloConfig(Frozen):
     metric: SloMetric = SloMetric.e2e
     # the P99 limit in ms, or "auto": slo.auto_factor x the P99 of vLLM's defaults (the baseline
     # trial) at the study's load on this host (load.mode=capacity: x its median at one user,
-    # unloaded), measured once per study (optimizer.study.calibrate)
+    # unloaded), measured once per study (optimizer.trial.calibrate)
     p99_ms: Union[int, float, str] = 5000.0
     auto_factor: float = 1.5  # slo.p99_ms=auto only
     max_error_rate: float = 0.0
@@ -122,13 +122,13 @@ class SloConfig(Frozen):
         """The limit in ms. Raises RuntimeError for an ``auto`` SLO not calibrated yet."""
         if isinstance(self.p99_ms, str):
             raise RuntimeError("slo.p99_ms=auto has no limit until the study calibrates it "
-                               "(optimizer.study.calibrate.resolved)")
+                               "(optimizer.trial.calibrate.resolved)")
         return float(self.p99_ms)
 
 
 @dataclass
 class ConfirmConfig(Frozen):
-    """The confirmation stage (:mod:`optimizer.study.confirm_stage`): the baseline and the ``top_k`` best
+    """The confirmation stage (:mod:`optimizer.confirmation.stage`): the baseline and the ``top_k`` best
     feasible distinct configs, each started on a fresh server ``repeats`` times in interleaved
     rounds, measured on held-out prompts (workload seed + ``seed_offset`` + round)."""
 
@@ -137,7 +137,7 @@ class ConfirmConfig(Frozen):
     confidence: float = 0.95  # of the uplift's interval (block design on the log scale, simultaneous over the configs)
     # a simpler config (fewer flags changed) that beats the defaults replaces the best only when shown to lose at
     # most this share of its throughput (non-inferiority); 5 % = load.capacity.resolution's default: see
-    # optimizer/study/uplift.py
+    # optimizer/confirmation/uplift.py
     margin: float = 0.05
     seed_offset: int = 1000  # held-out prompts: the study's prompts use workload.seed itself
 

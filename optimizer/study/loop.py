@@ -36,11 +36,11 @@ from optimizer.server.engine import Engine, read_engine, read_flags
 from optimizer.server.environment import server_env
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import Space, baseline_params, build_space, seed_params, suggest
-from optimizer.study import calibrate
+from optimizer.trial import calibrate
 from optimizer.study.coordination import WorkerLock, enqueue_baseline_once, enqueue_seeds_once, fail_stale, in_flight
-from optimizer.study.gpus import trial_gpus
-from optimizer.study.trial_quality import judge, measures_floor
-from optimizer.study.noise import ranking_note
+from optimizer.trial.gpus import trial_gpus
+from optimizer.trial.trial_quality import judge, measures_floor
+from optimizer.trial.noise import ranking_note
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import (
     StudyLock,
@@ -52,8 +52,8 @@ from optimizer.study.storage import (
     sqlite_path,
 )
 from optimizer.study.stopping import StudyStopper
-from optimizer.study.capacity_trial import Incumbent, lower_value
-from optimizer.study.trial import TrialContext, TrialRunner, run_trial
+from optimizer.trial.capacity_load import Incumbent, lower_value
+from optimizer.trial.trial import TrialContext, TrialRunner, run_trial
 from optimizer.study.versions import FlagReader, check_engine, enqueue_baseline_for
 
 __all__ = ["Runtime", "make_context", "make_sampler", "run_study"]

@@ -102,7 +102,7 @@ class StudyResult:
 
 
 def study_result(trials: Sequence[FrozenTrial], version: Optional[str] = None) -> StudyResult:
-    """The search's answer; confirmation runs (:mod:`optimizer.study.confirm_stage`) are not study trials.
+    """The search's answer; confirmation runs (:mod:`optimizer.confirmation.stage`) are not study trials.
 
     A study resumed on another vLLM version ranks the trials of one version only: ``version``, by
     default that of its newest search trial. Trials of two engines are not one ranking (the same

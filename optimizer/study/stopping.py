@@ -14,7 +14,7 @@ Pure rules over the study's trials:
 - :func:`stall`: ``study.patience`` ends the study after that many finished trials in a row
   (in completion order, study-wide, so a resumed study that had stalled stops again at once)
   gained nothing beyond noise over the best: a trial gains when it is feasible and its value
-  exceeds the upper throughput bound of the trial of the last gain (:func:`optimizer.study.noise.throughput_interval`,
+  exceeds the upper throughput bound of the trial of the last gain (:func:`optimizer.trial.noise.throughput_interval`,
   the study's noise estimate), or, when that trial has none (capacity trials), its value by
   more than ``study.patience_min_gain`` (2 %). Failed (environmental) and ruled-out trials
   neither count nor reset the streak.

@@ -13,7 +13,7 @@ group, so a Ctrl-C reaches each of them once, through the parent), waits for all
 reports. A worker that dies does not stop the others: its trial is failed by the heartbeat and
 retried by one of them. Workers get SIGTERM when the entry process dies, even by SIGKILL.
 That process machinery is :func:`spawn_and_wait`; the confirmation stage runs its parallel
-workers with it too (:mod:`optimizer.study.confirm_stage`).
+workers with it too (:mod:`optimizer.confirmation.stage`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 from optimizer.core.errors import ConfigError, OptimizerError, StudyError, Terminated
 from optimizer.model.resolve import resolve_model_dir
 from optimizer.settings.config import Config
-from optimizer.study import calibrate
-from optimizer.study.gpus import WorkerPlan, gpu_inventory, plan_workers
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import StudyResult, describe, study_result
 from optimizer.study.storage import finished_count, sqlite_path
+from optimizer.trial import calibrate
+from optimizer.trial.gpus import WorkerPlan, gpu_inventory, plan_workers
 
 __all__ = ["WorkerJob", "exit_text", "host_plan", "run_workers", "spawn_and_wait", "worker_runtimes"]
 

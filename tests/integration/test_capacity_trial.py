@@ -1,4 +1,4 @@
-"""A load.mode=capacity trial's measurement (optimizer/study/capacity_trial.py) against the loaded fake
+"""A load.mode=capacity trial's measurement (optimizer/trial/capacity_load.py) against the loaded fake
 server: each probe reported as an intermediate value, the measurement taken at the capacity, the score."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from optimizer.capacity import CapacityResult, LimitedBy, ProbeResult
 from optimizer.loadgen.client import Endpoint
 from optimizer.loadgen.workload import RequestSet
 from optimizer.settings.config import CapacityConfig, LoadConfig, ModelConfig, SloConfig, WorkloadConfig
-from optimizer.study.capacity_trial import Incumbent, measure_capacity, outcome_of
 from optimizer.testing.loaded_server import LoadModel, spawn_loaded_server
+from optimizer.trial.capacity_load import Incumbent, measure_capacity, outcome_of
 
 pytestmark = pytest.mark.timeout(180)
 LAW = LoadModel(base_ms=5.0, k=2.0, prefill_ms=10.0)  # E2E = 90 + 45 C ms

@@ -18,9 +18,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from optimizer.confirmation.confirm_result import summarize_confirmation
 from optimizer.record import TrialRecord
 from optimizer.reporting.confirmation_section import confirmation_html, confirmation_view
-from optimizer.study.confirm_result import summarize_confirmation
 from tests.integration.test_parallel_workers import Fleet, _alive, _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -18,8 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from optimizer.record import TrialRecord
-from optimizer.study import trial_quality as study_quality
 from optimizer.study.loop import Runtime, run_study
+from optimizer.trial import trial_quality as study_quality
 from tests.support.quality_fakes import scores
 
 pytestmark = pytest.mark.timeout(600)

@@ -16,8 +16,8 @@ import pytest
 from optimizer.core.errors import EnvironmentBusy
 from optimizer.server.process import VllmServer
 from optimizer.space.engine_args import EngineParams
-from optimizer.study import trial as trial_mod
-from optimizer.study.trial import TrialContext, run_trial
+from optimizer.trial import trial as trial_mod
+from optimizer.trial.trial import TrialContext, run_trial
 
 pytestmark = pytest.mark.timeout(120)
 

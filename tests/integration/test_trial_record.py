@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from optimizer.record import Quality, TrialRecord
-from optimizer.study import trial as trial_module
+from optimizer.trial import trial as trial_module
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import build_space
 from optimizer.study.loop import Runtime, make_context
-from optimizer.study.trial import run_trial
+from optimizer.trial.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[2]
 

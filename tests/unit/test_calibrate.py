@@ -12,8 +12,8 @@ from optimizer.core.errors import ConfigError
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import score
-from optimizer.study import calibrate
 from optimizer.study.storage import fingerprint
+from optimizer.trial import calibrate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

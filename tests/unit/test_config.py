@@ -57,7 +57,7 @@ def test_an_auto_slo_is_accepted_with_the_capacity_search_and_still_checked():
     from optimizer.commands.cli import compose as _compose
     from optimizer.core.errors import ConfigError
 
-    cfg = _compose(["load.mode=capacity", "slo.p99_ms=auto"])  # calibrated at one user (optimizer.study.calibrate)
+    cfg = _compose(["load.mode=capacity", "slo.p99_ms=auto"])  # calibrated at one user (optimizer.trial.calibrate)
     assert cfg.slo.is_auto and cfg.load.mode == "capacity"
     assert _compose(["load.mode=capacity", "slo.p99_ms=2000"]).slo.p99_ms == 2000
     with pytest.raises(ConfigError, match="study.enqueue_baseline"):  # the baseline calibrates it, in either mode

@@ -17,8 +17,8 @@ from optimizer.measures.objective import score
 from optimizer.record import Failure, FailureReason, LaunchInfo, Measurement, Setup, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
-from optimizer.study.confirm_stage import describe_confirmation, run_confirmation
-from optimizer.study.confirm_plan import Candidate, assign, candidates, plan, remaining, round_order
+from optimizer.confirmation.stage import describe_confirmation, run_confirmation
+from optimizer.confirmation.plan import Candidate, assign, candidates, plan, remaining, round_order
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result
 from optimizer.study.storage import finished_count
@@ -218,7 +218,7 @@ def test_top_k_zero_turns_the_stage_off(cfg_of, caplog):
     cfg = cfg_of("study.confirm.top_k=0")
     _search(cfg)
     runner = Runner()
-    with caplog.at_level("INFO", logger="optimizer.study.confirm_stage"):
+    with caplog.at_level("INFO", logger="optimizer.confirmation.stage"):
         assert run_confirmation(cfg, RT, runner=runner) is None and runner.calls == []
     assert not caplog.records  # off: not even looked at
 

@@ -105,7 +105,7 @@ def test_server_module_reaches_the_command(compose, tmp_path):
     from pathlib import Path
 
     from optimizer.space.engine_args import EngineParams
-    from optimizer.study.trial import TrialContext, launch_for
+    from optimizer.trial.trial import TrialContext, launch_for
 
     cfg = compose("server.module=optimizer.testing.fake_vllm")
     ctx = TrialContext(cfg=cfg, model_dir=Path("/m"), python="python", server_env={}, api_key=None,

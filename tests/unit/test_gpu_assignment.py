@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optimizer.core.errors import ConfigError
-from optimizer.study.gpus import gpu_inventory, partition_gpus, plan_workers, trial_gpus
+from optimizer.trial.gpus import gpu_inventory, partition_gpus, plan_workers, trial_gpus
 
 
 @pytest.mark.parametrize("ids, per, workers, expected", [

@@ -1,4 +1,4 @@
-"""The closing line's arithmetic (optimizer/study/know_more.py): the noise read back from an interval
+"""The closing line's arithmetic (optimizer/confirmation/know_more.py): the noise read back from an interval
 is the one the block design used, so the smallest gain it projects for the same design is that
 interval's own half-width; more rounds or fewer configs show smaller gains; and the launcher that
 ``server.launcher=auto`` resolves to."""
@@ -9,9 +9,9 @@ import math
 
 import pytest
 
+from optimizer.confirmation.know_more import NextStep, detectable_gain, know_more, run_noise
+from optimizer.confirmation.uplift import ConfigRuns, Ratio, block_ratio, recommend
 from optimizer.server.launcher import resolve
-from optimizer.study.know_more import NextStep, detectable_gain, know_more, run_noise
-from optimizer.study.uplift import ConfigRuns, Ratio, block_ratio, recommend
 
 
 def _runs(*rows: tuple[float, ...]) -> list[ConfigRuns]:
@@ -76,7 +76,7 @@ def test_a_runs_seconds_are_its_records_not_its_trials_instant():
 
     import optuna
 
-    from optimizer.study.confirm_result import _run_seconds
+    from optimizer.confirmation.confirm_result import _run_seconds
 
     now = datetime(2026, 12, 6, 22, 0, 0)
     stored = optuna.trial.create_trial(value=1.0, user_attrs={"t_total_s": 74.5})
@@ -89,7 +89,7 @@ def test_a_runs_seconds_are_its_records_not_its_trials_instant():
 def test_a_win_by_the_defaults_breaking_the_slo_says_so_in_the_answer_line():
     """The rule lets the best feasible config win when the baseline broke the SLO in a round; the
     answer line then says that the gain itself was not shown (its interval holds 1)."""
-    from optimizer.study.confirm_result import ConfirmResult
+    from optimizer.confirmation.confirm_result import ConfirmResult
 
     base = ConfigRuns("baseline", 0, True, 0, (1276.1, 1253.2), (False, True))
     tuned = ConfigRuns("trial 1", 1, False, 1, (1605.9, 1494.1), (True, True))
@@ -108,7 +108,7 @@ def test_a_win_by_the_defaults_breaking_the_slo_says_so_in_the_answer_line():
 def test_the_search_pick_line_says_when_the_searchs_best_is_the_baseline():
     """The demo's search can find vLLM's defaults best: its line must not say "not re-measured" (the
     baseline is re-measured in every round), and a search pick other than the baseline keeps its ratio."""
-    from optimizer.study.confirm_result import ConfirmResult
+    from optimizer.confirmation.confirm_result import ConfirmResult
 
     runs = _runs((100.0, 104.0), (110.0, 101.0))
     rec = recommend(runs)

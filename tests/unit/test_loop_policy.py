@@ -25,7 +25,7 @@ from optimizer.record import Failure, Measurement, Setup, Timings, TrialRecord
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import EngineParams
 from optimizer.study.loop import Runtime, run_study
-from optimizer.study.trial import TrialContext
+from optimizer.trial.trial import TrialContext
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -257,7 +257,7 @@ def test_workers_of_one_command_share_its_budget(study_cfg):
     result = run_study(cfg, Runtime(environ={}, worker="test/w1", started=-61.0, clock=lambda: 0.0), runner=script)
     assert script.calls == [] and result.n_complete == 0
     assert _stopped(cfg)["rule"] == "budget" and "spent" in _stopped(cfg)["detail"]
-    from optimizer.study.gpus import WorkerPlan
+    from optimizer.trial.gpus import WorkerPlan
     from optimizer.study.workers import worker_runtimes
 
     rt = Runtime(environ={}, started=123.0)
@@ -285,7 +285,7 @@ def test_patience_ends_the_study_after_n_trials_in_a_row_without_a_gain(study_cf
 def test_a_capacity_trial_reads_the_studys_incumbent_for_the_early_stop(study_cfg):
     from optimizer.measures.objective import Outcome
     from optimizer.record import Capacity
-    from optimizer.study.capacity_trial import Incumbent
+    from optimizer.trial.capacity_load import Incumbent
     from tests.unit.test_record_capacity import capacity_result
 
     cfg = study_cfg("study.n_trials=3", "load.mode=capacity")

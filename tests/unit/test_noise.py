@@ -11,7 +11,7 @@ import pytest
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.objective import Outcome
 from optimizer.record import Confirmation, ThroughputCI, TrialRecord
-from optimizer.study.noise import ranking_note, throughput_interval
+from optimizer.trial.noise import ranking_note, throughput_interval
 
 
 def _closed_loop(rate_of, n: int = 200, concurrency: int = 4, tokens: int = 32, seed: int = 0) -> list[RequestResult]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from optimizer.reporting.data import study_config
-from optimizer.study.calibrate import ATTR
+from optimizer.trial.calibrate import ATTR
 
 
 def test_the_study_config_carries_the_calibrated_limit_in_place_of_auto():

@@ -190,7 +190,7 @@ def test_a_generated_model_gets_quantized_stand_ins(compose, tmp_path):
 def test_dry_run_touches_no_model_folder(compose, tmp_path):
     import io
 
-    from optimizer.study.dry_run import dry_run
+    from optimizer.commands.dry_run import dry_run
 
     cfg = compose("hardware=t4", "model=mistral-7b-instruct", "study.n_trials=5",
                   f"server.cache_dir={tmp_path}", "model.path=/nonexistent/mistral")

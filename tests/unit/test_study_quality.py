@@ -14,7 +14,7 @@ from optimizer.measures.objective import Outcome
 from optimizer.quality import UNMEASURED_VIOLATION
 from optimizer.quality.scoring import QualityScores
 from optimizer.record import Quality, Setup, TrialRecord
-from optimizer.study import trial_quality as sq
+from optimizer.trial import trial_quality as sq
 from tests.support.quality_fakes import scores as fake_scores
 
 BASE = {"kv_cache_gib": 2}

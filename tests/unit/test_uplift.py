@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from optimizer.confirmation.uplift import NOISE_FLOOR, ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
 from optimizer.core.stats import t_quantile
-from optimizer.study.uplift import NOISE_FLOOR, ConfigRuns, block_ratio, mean_interval, paired_ratio, recommend
 
 
 def runs(label: str, values, feasible=None, flags: int = 3, baseline: bool = False, of: int = 0) -> ConfigRuns:

@@ -13,6 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from optimizer.confirmation.revalidation import run_revalidation
+from optimizer.confirmation.revalidation_result import describe_revalidation
+from optimizer.confirmation.stage import run_confirmation
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import score
@@ -25,11 +28,8 @@ from optimizer.server.defaults import defaults_from_log
 from optimizer.server.engine import Engine, ServeFlags, removed_flags
 from optimizer.server.telemetry import Snapshot, server_stats
 from optimizer.space.engine_args import ModelTarget, render
-from optimizer.study.confirm_stage import run_confirmation
 from optimizer.study.loop import Runtime, run_study
 from optimizer.study.results import study_result, trial_version
-from optimizer.study.revalidation import run_revalidation
-from optimizer.study.revalidation_result import describe_revalidation
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

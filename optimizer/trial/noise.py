@@ -11,7 +11,7 @@ carries (:class:`optimizer.measures.metrics.Dist`).
 
 :func:`ranking_note` says, in words, when the two best feasible trials of a study are within each
 other's interval: their order is not established by the search, only by the confirmation stage
-(:mod:`optimizer.study.confirm_stage`).
+(:mod:`optimizer.confirmation.stage`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The load strategy of a ``load.mode=capacity`` trial: the capacity search on the trial's warm server.
 
-:class:`CapacityLadder` is the trial's :class:`~optimizer.study.load.LoadStrategy` in this mode; the
+:class:`CapacityLadder` is the trial's :class:`~optimizer.trial.load.LoadStrategy` in this mode; the
 trial's after-load step (death check, quality probe, record) is the fixed-load trial's.
 
 :func:`measure_capacity` runs :func:`optimizer.capacity.find_capacity` once the server is ready
@@ -25,13 +25,13 @@ search stops as soon as its own upper bound on that value is below it (rule 6 of
 that passed, a lower bound; the record keeps the upper bound too (``cap_upper_value``) and says it
 stopped early and against which trial.
 
-``slo.p99_ms=auto`` (:mod:`optimizer.study.calibrate`, "Capacity mode"): the baseline trial
-(``calibrates``) first measures its unloaded latency (:func:`~optimizer.study.calibrate.light_load`,
+``slo.p99_ms=auto`` (:mod:`optimizer.trial.calibrate`, "Capacity mode"): the baseline trial
+(``calibrates``) first measures its unloaded latency (:func:`~optimizer.trial.calibrate.light_load`,
 one user; this run also warms the server up) and judges its whole search by the limit calibrated
 from it, returned in
 :attr:`CapacityMeasure.calibration` for the loop to store with the study; any other trial whose
 config still says ``auto`` (the study had no calibration when it started: parallel workers) waits
-for the baseline's before its first probe (:func:`~optimizer.study.calibrate.wait`).
+for the baseline's before its first probe (:func:`~optimizer.trial.calibrate.wait`).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import TelemetrySampler
 from optimizer.settings.config import Config
-from optimizer.study import calibrate
-from optimizer.study.calibrate import Calibration
-from optimizer.study.load import Loaded, measurement_of
-from optimizer.study.noise import throughput_interval
+from optimizer.trial import calibrate
+from optimizer.trial.calibrate import Calibration
+from optimizer.trial.load import Loaded, measurement_of
+from optimizer.trial.noise import throughput_interval
 
 __all__ = ["CalibrationHooks", "CapacityLadder", "CapacityMeasure", "Incumbent", "Reporter", "lower_value",
            "measure_capacity", "outcome_of"]
@@ -122,7 +122,7 @@ def _measurement(run: ProbeRun) -> Measurement:
 
 @dataclass(frozen=True)
 class CapacityLadder:
-    """The capacity search as the trial's load strategy (:class:`~optimizer.study.load.LoadStrategy`);
+    """The capacity search as the trial's load strategy (:class:`~optimizer.trial.load.LoadStrategy`);
     the fields are :func:`measure_capacity`'s arguments."""
 
     cfg: Config

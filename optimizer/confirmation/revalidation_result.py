@@ -1,10 +1,11 @@
 """Re-validation's result, read from a study's trials: pure (no server, no loop; the stage itself is
-:mod:`optimizer.study.revalidation`). A study's answer re-measured on the vLLM installed now.
+:mod:`optimizer.confirmation.revalidation`). A study's answer re-measured on the vLLM installed now.
 
-A tuned config holds for the vLLM it was measured on. :func:`optimizer.study.revalidation.run_revalidation` runs the
-confirmation stage (:func:`optimizer.study.confirm_stage.run_confirmation`, unchanged: the baseline, which
-is vLLM's defaults *of the installed version*, and the ``study.confirm.top_k`` best configs of the
-study, each on fresh servers in interleaved rounds on the held-out prompts) on the installed vLLM.
+A tuned config holds for the vLLM it was measured on.
+:func:`optimizer.confirmation.revalidation.run_revalidation` runs the confirmation stage
+(:func:`optimizer.confirmation.stage.run_confirmation`, unchanged: the baseline, which is vLLM's
+defaults *of the installed version*, and the ``study.confirm.top_k`` best configs of the study,
+each on fresh servers in interleaved rounds on the held-out prompts) on the installed vLLM.
 The runs are stored in the study like any confirmation run, marked with their engine; the runs of the
 study's own version are kept, so the two versions stand side by side.
 
@@ -25,10 +26,10 @@ from typing import Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
-from optimizer.study.confirm_plan import confirmation_trials, search_trials
-from optimizer.study.confirm_result import ConfirmResult, summarize_confirmation
+from optimizer.confirmation.confirm_result import ConfirmResult, summarize_confirmation
+from optimizer.confirmation.plan import confirmation_trials, search_trials
+from optimizer.confirmation.uplift import ConfigRuns, Ratio, mean_interval, paired_ratio
 from optimizer.study.results import engine_versions, latest_version, of_version, study_result
-from optimizer.study.uplift import ConfigRuns, Ratio, mean_interval, paired_ratio
 
 __all__ = ["ConfigChange", "Revalidation", "describe_revalidation", "revalidation"]
 

@@ -2,7 +2,7 @@
 
 Each confirmed config has one value per round (the trial's value: output tokens/s, or whatever
 the load mode scores) and one feasibility verdict per round. Every config runs once per round on
-the round's prompts, in an order drawn at random per round (:func:`optimizer.study.confirm_plan.plan`),
+the round's prompts, in an order drawn at random per round (:func:`optimizer.confirmation.plan.plan`),
 so a drift of the host hits the configs of a round alike and no config always runs first; the
 comparison of two configs is therefore **paired by round** (a randomized block design):
 

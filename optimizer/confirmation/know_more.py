@@ -2,7 +2,7 @@
 line of ``python -m optimizer.run`` after its confirmed answer. Pure (numbers in, words out).
 
 The smallest gain a confirmation can show is the half-width of its simultaneous interval over the
-defaults (:func:`optimizer.study.uplift.block_ratio`): ``t * sqrt(2 * var / n)`` on the log scale,
+defaults (:func:`optimizer.confirmation.uplift.block_ratio`): ``t * sqrt(2 * var / n)`` on the log scale,
 with ``var`` the per-run noise (log scale), ``n`` rounds, and ``t`` Student's quantile at
 ``1 - alpha / (2 m)`` for ``m`` configs against the defaults with ``(k - 1)(n - 1)`` degrees of
 freedom (``k = m + 1`` configs). The noise is read back from the recommendation's own interval, so
@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from optimizer.confirmation.uplift import Ratio
 from optimizer.core.stats import t_quantile
-from optimizer.study.uplift import Ratio
 
 __all__ = ["NextStep", "detectable_gain", "know_more", "run_noise"]
 

@@ -3,10 +3,10 @@
 A study picks the best of many noisy measurements, so its winner's score is biased upward (the
 winner's curse). This stage starts the baseline and the ``study.confirm.top_k`` best feasible
 distinct configs again, each on a fresh server, ``study.confirm.repeats`` times in interleaved
-rounds (:mod:`~optimizer.study.confirm_plan`), with the study's own trial function and config
+rounds (:mod:`~optimizer.confirmation.plan`), with the study's own trial function and config
 (so every load mode is confirmed the same way) on held-out prompts: round ``r`` uses workload
 seed ``workload.seed + seed_offset + r``. The recommendation comes from these runs alone
-(:func:`~optimizer.study.uplift.recommend`).
+(:func:`~optimizer.confirmation.uplift.recommend`).
 
 Each run is stored as a trial of the same study once it has finished (``study.add_trial``):
 COMPLETE with its value and constraints, the confirmed trial's params and a
@@ -21,7 +21,7 @@ which is why nothing here reads it.
 
 With several GPU groups on the host (``study.workers``, the same plan as the search's), the
 runs still missing go to the groups at once, one process per group (the process machinery of
-:func:`~optimizer.study.workers.spawn_and_wait`); :func:`~optimizer.study.confirm_plan.assign`
+:func:`~optimizer.study.workers.spawn_and_wait`); :func:`~optimizer.confirmation.plan.assign`
 moves each config to the next group from one round to the next, so no config is tied to one
 GPU. Each worker runs its share in plan order with the retry and environmental-failure rules
 above; the entry process holds the study for the stage, waits, and summarizes once. Each run
@@ -47,16 +47,17 @@ from optimizer.record import Confirmation, Failure, Setup, TrialRecord
 from optimizer.server import pidfile
 from optimizer.space.engine_args import EngineParams
 from optimizer.space.search_space import baseline_params, build_space
-from optimizer.study import calibrate
-from optimizer.study.confirm_plan import (Candidate, Slot, assign, candidates, failed_attempts, flags_changed,
-                                          remaining)
-from optimizer.study.confirm_plan import plan as plan_slots
-from optimizer.study.confirm_result import ConfirmResult, describe_confirmation, of_engine, summarize_confirmation
+from optimizer.trial import calibrate
+from optimizer.confirmation.plan import (Candidate, Slot, assign, candidates, failed_attempts, flags_changed,
+                                         remaining)
+from optimizer.confirmation.plan import plan as plan_slots
+from optimizer.confirmation.confirm_result import (ConfirmResult, describe_confirmation, of_engine,
+                                                   summarize_confirmation)
 from optimizer.study.coordination import advisory_lock
-from optimizer.study.gpus import WorkerPlan, trial_gpus
+from optimizer.trial.gpus import WorkerPlan, trial_gpus
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.storage import StudyLock, open_study, sqlite_path
-from optimizer.study.trial import TrialContext, TrialRunner, run_trial
+from optimizer.trial.trial import TrialContext, TrialRunner, run_trial
 from optimizer.study.workers import WorkerJob, exit_text, spawn_and_wait
 
 __all__ = ["run_confirmation"]
@@ -210,7 +211,7 @@ def run_confirmation(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial, 
         plan: this host's workers (:func:`optimizer.study.workers.host_plan`, as for the search).
             None: one worker with ``rt``'s GPUs. One group: the runs go there. Several: the
             remaining slots run on the groups at once, one process per group
-            (:func:`~optimizer.study.confirm_plan.assign` rotates each config over the groups).
+            (:func:`~optimizer.confirmation.plan.assign` rotates each config over the groups).
         log_file / debug: the logging of the worker processes.
 
     Raises:

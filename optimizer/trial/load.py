@@ -1,12 +1,12 @@
 """How a trial loads its warm server: one interface, two strategies.
 
-A trial is start -> load -> after-load -> record (:mod:`optimizer.study.trial`). The load step is a
+A trial is start -> load -> after-load -> record (:mod:`optimizer.trial.trial`). The load step is a
 :class:`LoadStrategy`, chosen by ``load.mode``:
 
 - :class:`FixedLoad` (``closed``, ``open``): one load test at the configured concurrency or rate,
   with the server's ``/metrics`` sampled alongside. Its outcome is scored after the load, once the
   latency limit is resolved (``slo.p99_ms=auto`` may wait for another worker's baseline).
-- :class:`~optimizer.study.capacity_trial.CapacityLadder` (``capacity``): the capacity search,
+- :class:`~optimizer.trial.capacity_load.CapacityLadder` (``capacity``): the capacity search,
   which judges each probe by the limit it resolved before its first one, so it returns its outcome.
 
 Either returns a :class:`Loaded`; what follows the load (the death check, the quality probe, the
@@ -29,8 +29,8 @@ from optimizer.measures.objective import Outcome
 from optimizer.record import Capacity, Measurement, ThroughputCI
 from optimizer.server.telemetry import ServerStats, TelemetrySampler
 from optimizer.settings.config import LoadConfig
-from optimizer.study.calibrate import Calibration
-from optimizer.study.noise import throughput_interval
+from optimizer.trial.calibrate import Calibration
+from optimizer.trial.noise import throughput_interval
 
 __all__ = ["FixedLoad", "LoadStrategy", "Loaded", "Progress", "measurement_of"]
 

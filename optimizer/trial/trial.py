@@ -44,11 +44,11 @@ from optimizer.server.process import VllmServer, free_port
 from optimizer.server.startlog import parse_start_log
 from optimizer.space.engine_args import EngineParams, Launch, render
 from optimizer.space.search_space import check
-from optimizer.study import calibrate
-from optimizer.study.capacity_trial import CapacityLadder, Incumbent, Reporter
-from optimizer.study.gpus import trial_gpus
-from optimizer.study.trial_quality import probe_server
-from optimizer.study.load import FixedLoad, Loaded, LoadStrategy
+from optimizer.trial import calibrate
+from optimizer.trial.capacity_load import CapacityLadder, Incumbent, Reporter
+from optimizer.trial.gpus import trial_gpus
+from optimizer.trial.trial_quality import probe_server
+from optimizer.trial.load import FixedLoad, Loaded, LoadStrategy
 
 __all__ = ["TrialContext", "TrialRunner", "launch_for", "run_trial"]
 
@@ -71,13 +71,13 @@ class TrialContext:
     # [calibrate] slo.p99_ms=auto: this trial is the baseline, whose load test sets the study's SLO
     calibrates: bool = False
     # [calibrate] (the study's calibration, is a baseline running?): read by a trial that must wait for
-    # another worker's baseline (optimizer.study.calibrate.wait)
+    # another worker's baseline (optimizer.trial.calibrate.wait)
     calibration: Optional[tuple[Callable[[], Any], Callable[[], bool]]] = None
     # load.mode=capacity: reads the study's incumbent (best feasible trial, its capacity) for the early stop
     incumbent: Optional[Callable[[], Optional[Incumbent]]] = None
     engine: Engine = Engine()  # the vLLM and torch build installed for ``python`` (optimizer.server.engine)
     # [quality] this trial may become the study's quality reference: its probe also measures the noise
-    # floor (optimizer.study.trial_quality.measures_floor); every other trial reuses the stored one
+    # floor (optimizer.trial.trial_quality.measures_floor); every other trial reuses the stored one
     measures_floor: bool = False
 
 
@@ -226,7 +226,7 @@ def _strategy(ctx: TrialContext, params: Optional[EngineParams], tag: str,
               report: Optional[Reporter]) -> LoadStrategy:
     """The trial's load step for ``load.mode``: the capacity ladder, or one fixed (closed/open loop) load."""
     cfg = ctx.cfg
-    if cfg.load.mode == "capacity":  # optimizer/study/capacity_trial.py
+    if cfg.load.mode == "capacity":  # optimizer/trial/capacity_load.py
         return CapacityLadder(cfg, params.max_num_seqs if params else None, tag, report, _progress(tag),
                               ctx.incumbent, ctx.calibrates, ctx.calibration)
     return FixedLoad(cfg.load, _progress(tag))

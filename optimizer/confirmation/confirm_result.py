@@ -1,7 +1,7 @@
 """The confirmation stage's result, read from a study's trials: pure (no server, no loop).
 
 :func:`summarize_confirmation` groups the confirmation runs stored in a study (the stage itself:
-:mod:`optimizer.study.confirm_stage`) by config and recommends one (:func:`~optimizer.study.uplift.recommend`);
+:mod:`optimizer.confirmation.stage`) by config and recommends one (:func:`~optimizer.confirmation.uplift.recommend`);
 the report (:mod:`optimizer.reporting.confirmation_section`) and the stage's closing log line read it here.
 """
 
@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from optimizer.study.confirm_plan import config_runs, confirmation_trials, confirmed, search_trials
-from optimizer.study.know_more import know_more
+from optimizer.confirmation.know_more import know_more
+from optimizer.confirmation.plan import config_runs, confirmation_trials, confirmed, search_trials
+from optimizer.confirmation.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 from optimizer.study.results import latest_version, of_version, study_result
-from optimizer.study.uplift import DEFAULT_MARGIN, ConfigRuns, Ratio, Recommendation, block_ratio, recommend
 
 __all__ = ["ConfirmResult", "describe_confirmation", "of_engine", "summarize_confirmation"]
 

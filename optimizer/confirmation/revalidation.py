@@ -1,5 +1,5 @@
 """Re-validation: a study's answer re-measured on the vLLM installed now (the confirmation stage on
-the installed vLLM; the comparison is :mod:`optimizer.study.revalidation_result`'s)."""
+the installed vLLM; the comparison is :mod:`optimizer.confirmation.revalidation_result`'s)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import optuna
 
 from optimizer.settings.config import Config
 from optimizer.space.search_space import build_space
-from optimizer.study.confirm_stage import run_confirmation
-from optimizer.study.confirm_plan import search_trials
-from optimizer.study.gpus import WorkerPlan
+from optimizer.confirmation.stage import run_confirmation
+from optimizer.confirmation.plan import search_trials
+from optimizer.trial.gpus import WorkerPlan
 from optimizer.study.loop import Runtime, make_context
 from optimizer.study.results import latest_version
-from optimizer.study.revalidation_result import Revalidation, describe_revalidation, revalidation
+from optimizer.confirmation.revalidation_result import Revalidation, describe_revalidation, revalidation
 from optimizer.study.storage import open_study
-from optimizer.study.trial import TrialRunner, run_trial
+from optimizer.trial.trial import TrialRunner, run_trial
 from optimizer.study.versions import check_engine
 
 __all__ = ["run_revalidation"]

@@ -25,8 +25,8 @@ from typing import Any, Optional, Sequence
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.confirmation.uplift import ConfigRuns
 from optimizer.record import Confirmation, TrialRecord
-from optimizer.study.uplift import ConfigRuns
 
 __all__ = ["Candidate", "Slot", "assign", "candidates", "config_key", "config_runs", "confirmation_trials", "confirmed",
            "failed_attempts", "flags_changed",
