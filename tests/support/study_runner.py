@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -62,6 +64,26 @@ class StudyDir:
 
     def study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=self.url)
+
+    def study_if_created(self) -> Optional[optuna.Study]:
+        """The study once the optimizer process has created it, else None: for a test watching a running study.
+
+        Opening the file with Optuna while the optimizer creates it races: each side creates and stamps the
+        schema (alembic_version: "UNIQUE constraint failed", seen in CI-like runs; Optuna does this even with
+        skip_table_creation). So the file is read with sqlite3 first, and Optuna opens it only once the study's
+        row exists, which Optuna writes after the schema."""
+        if not self.db.exists():
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)) as con:
+                row = con.execute("SELECT 1 FROM studies WHERE study_name = ?", (self.name,)).fetchone()
+        except sqlite3.Error:  # no schema yet
+            return None
+        return self.study() if row else None
+        try:
+            return self.study()
+        except (KeyError, optuna.exceptions.StorageInternalError):  # no study yet; no schema yet
+            return None
 
 
 def vllm_pids() -> list[int]:
