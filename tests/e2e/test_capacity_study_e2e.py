@@ -88,7 +88,10 @@ def test_a_two_trial_capacity_study_calibrates_its_slo_and_stops_a_queued_ladder
         # below the incumbent's (the baseline's) lower confidence bound; its value is a lower bound and says so
         assert q_res.limited_by.value == "early_stop" and q.incumbent_trial == 0, curves
         assert q_res.upper_value < q_res.early_stop_bound, curves
-        assert b_res.value > q_res.value == max(p.load for p in q_res.probes if p.passed), curves
+        # the rule compares throughput, the unit the study ranks, not users: both may carry the same number of
+        # users (2 and 2 in one CI-like run at load ~3: the defaults failed at 3 users, the queue at 4), the
+        # queue's throughput there still below the incumbent's lower bound
+        assert q_res.value == max(p.load for p in q_res.probes if p.passed), curves
         assert queued.value == pytest.approx(q_res.output_tok_s) and queued.user_attrs["cap_stopped_early"] is True
         assert queued.user_attrs["cap_value_is_bound"] is True and queued.user_attrs["cap_incumbent_trial"] == 0
         assert queued.user_attrs["cap_upper_value"] < queued.user_attrs["cap_incumbent_low_value"]
