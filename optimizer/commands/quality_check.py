@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from optimizer.commands.cli import compose
+from optimizer.core.auth import bearer
 from optimizer.core.entry import main_wrapper, setup_logging
 from optimizer.core.errors import ConfigError
 from optimizer.commands.loadtest_output import to_json
@@ -101,7 +102,7 @@ def _body(overrides: list[str], debug: bool) -> int:
     q = cfg.quality
     qset = load_set(q.dataset)
     api_key = os.environ.get(cfg.server.api_key_env) if cfg.server.api_key_env else None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    headers = bearer(api_key) or None
     endpoint = _url(own["endpoint"], "endpoint")
     speculative = _bool(own, "speculative", False)
     ref_arg = own.get("reference", "")
