@@ -37,6 +37,7 @@ case "${1:-}" in
     t0=$(date +%s)
     python3 -m optimizer.run "${ARGS[@]}" >> /tmp/$NAME.log 2>&1 < /dev/null
     echo "$NAME exit $? wall_s $(( $(date +%s) - t0 ))" | tee -a /tmp/$NAME.log;;
+  dry) python3 -m optimizer.run "${ARGS[@]}" dry_run=true;;
   snap)
     [ -f studies/$NAME.db ] || exit 0
     mkdir -p "$OUT"
@@ -47,5 +48,5 @@ dst = sqlite3.connect(f"{sys.argv[2]}/{sys.argv[1]}.db")
 src.backup(dst); dst.close(); src.close()
 PY
     tar czf "$OUT/$NAME-runs.tgz" --exclude='*.safetensors' "runs/$NAME" /tmp/$NAME.log 2>/dev/null;;
-  *) echo "usage: LAUNCHER=forkserver|plain N_TRIALS=N run.sh run|snap"; exit 2;;
+  *) echo "usage: LAUNCHER=forkserver|plain N_TRIALS=N run.sh run|dry|snap"; exit 2;;
 esac
