@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import re
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # the objective's name in the study (optuna-dashboard labels the value with it, not "Objective 0")
 METRIC_NAME = "output tokens/s"
+# tries at opening a SQLite study file whose tables another process is creating (_schema_race)
+SCHEMA_TRIES = 5
 
 
 def sqlite_path(url: str) -> Optional[Path]:
@@ -186,11 +189,30 @@ def make_storage(url: str, *, heartbeat: bool, interval_s: int = 30, grace_s: in
         # to cover a stalled host
         kwargs.update(heartbeat_interval=interval_s, grace_period=grace_s,
                       heartbeat_stale_trial_callback=RetryStaleTrial(max_retries))
-    try:
-        return RDBStorage(url, **kwargs)
-    except Exception as exc:  # sqlalchemy/alembic raise many types; the user needs one message
-        raise ConfigError(f"study.storage={redact_url(url)!r} cannot be opened: {type(exc).__name__}: {exc}. "
-                          f"Use sqlite:///path/to/file.db or postgresql://user:pass@host/db.") from exc
+    for attempt in range(1, SCHEMA_TRIES + 1):
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as exc:  # sqlalchemy/alembic raise many types; the user needs one message
+            if attempt < SCHEMA_TRIES and db is not None and _schema_race(exc):
+                log.debug("study.storage: the schema was being created by another process (%s); again", exc)
+                time.sleep(0.2 * attempt)
+                continue
+            raise ConfigError(f"study.storage={redact_url(url)!r} cannot be opened: {type(exc).__name__}: {exc}. "
+                              f"Use sqlite:///path/to/file.db or postgresql://user:pass@host/db.") from exc
+    raise AssertionError("unreachable")
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether opening a SQLite study file failed because another process was creating its tables
+    at that moment: Optuna's RDBStorage creates them (and stamps the alembic version) without a
+    lock, so a reader such as ``optimizer.report`` or optuna-dashboard opening a study file while
+    ``create_study`` runs fails one side or the other ("table ... already exists", a duplicate
+    ``alembic_version`` row, "database is locked") in 6-15 of 30 tries (measured); the second try
+    finds the tables made."""
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)) or \
+        "alembic" in type(exc).__module__ or "already exists" in str(exc)
 
 
 def open_study(cfg: Config, space: Any, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
