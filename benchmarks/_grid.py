@@ -117,6 +117,7 @@ class Rep:
     error_rate: float = 0.0
     n_ok: int = 0
     n_requests: int = 0
+    p50_ms: float = math.nan  # the median: what slo.p99_ms=auto multiplies (optimizer.trial.calibrate)
 
     @classmethod
     def of_run(cls, row: dict[str, Any]) -> "Rep":
@@ -124,7 +125,7 @@ class Rep:
         nan = math.nan
         return cls(row.get("output_tok_s", 0.0), row.get("p99_ms", nan), row.get("p99_high_ms", nan),
                    row.get("p99_max_ms", nan), row.get("error_rate", 1.0), row.get("n_ok", 0),
-                   row.get("n_requests", 0))
+                   row.get("n_requests", 0), row.get("p50_ms", nan))
 
     def summary(self) -> LoadSummary:
         d = dataclasses.replace(Dist.of([]), p99=self.p99_ms, p99_high=self.p99_high_ms, max=self.p99_max_ms)
@@ -169,10 +170,10 @@ class Table:
 
     @property
     def slo_ms(self) -> float:
-        """The grid's SLO: the study's rule on the median P99 of the defaults' repeats."""
+        """The grid's SLO: the study's rule on the defaults' median latency (the median over their repeats)."""
         if self._slo != self._slo:
-            p99 = statistics.median(r.p99_ms for r in self.reps[self.defaults])
-            self._slo = calibrate.calibrated_limit(p99, self.cfg.slo.auto_factor)
+            p50 = statistics.median(r.p50_ms for r in self.reps[self.defaults])
+            self._slo = calibrate.calibrated_limit(p50, self.cfg.slo.auto_factor)
         return self._slo
 
     def mean(self, server: str) -> float:

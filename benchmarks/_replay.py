@@ -2,8 +2,8 @@
 
 :func:`replay` runs one study in memory the way optimizer.study.loop runs it: its sampler (made by
 :func:`~optimizer.study.loop.make_sampler` for the study's configs, or another), the baseline trial
-enqueued first (vLLM's defaults, which calibrate the ``auto`` SLO: 1.5 x the P99 of the repeat it
-drew), the study's own :func:`~optimizer.space.search_space.suggest` turning params into a server,
+enqueued first (vLLM's defaults, which calibrate the ``auto`` SLO: ``slo.auto_factor`` x the median of
+the repeat it drew), the study's own :func:`~optimizer.space.search_space.suggest` turning params into a server,
 its score (:func:`optimizer.measures.objective.score`) setting the constraints, its ranking
 (:func:`optimizer.study.results.study_result`) naming the best. Each trial is answered by one of
 its server's measured repeats, drawn at random, so a config proposed twice may get another one.
@@ -68,7 +68,7 @@ def replay(table: Table, space: Space, cfg: Config, make: SamplerMaker, n_trials
             study.enqueue_trial(p, user_attrs={"kind": "seed"}, skip_if_exists=True)
         slo_ms = float("nan")
     else:
-        slo_ms = calibrate.calibrated_limit(rng.choice(table.reps[table.defaults]).p99_ms, cfg.slo.auto_factor)
+        slo_ms = calibrate.calibrated_limit(rng.choice(table.reps[table.defaults]).p50_ms, cfg.slo.auto_factor)
     servers: list[str] = []
     base_no: Optional[int] = None
     for _ in range(n_trials):
@@ -78,7 +78,7 @@ def replay(table: Table, space: Space, cfg: Config, make: SamplerMaker, n_trials
         server = table.defaults if is_base else server_key(suggested)
         rep = rng.choice(table.reps[server])
         if is_base and slo_ms != slo_ms:  # [calibrate] the baseline's own repeat sets the study's SLO
-            slo_ms = calibrate.calibrated_limit(rep.p99_ms, cfg.slo.auto_factor)
+            slo_ms = calibrate.calibrated_limit(rep.p50_ms, cfg.slo.auto_factor)
             base_no = trial.number
         out = outcome(rep, cfg, slo_ms)
         for key, value in out.constraints.items():

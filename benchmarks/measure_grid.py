@@ -267,8 +267,8 @@ def markdown(tab: Table, by_server: dict[str, list[dict[str, Any]]], host: dict[
         f"off raises max_num_batched_tokens to max_model_len=2048, as the study's suggest does: those rows share "
         f"the 2048 server). gpu_memory_utilization is no knob of the CPU space (the CPU build sizes its KV cache "
         f"from kv_cache_gib), so it has no level.", "",
-        f"SLO (slo.p99_ms=auto): {tab.cfg.slo.auto_factor:g} x the median P99 E2E of vLLM's defaults' "
-        f"{len(tab.reps[tab.defaults])} repeats = {tab.slo_ms:.0f} ms. A config is feasible when every repeat is. "
+        f"SLO (slo.p99_ms=auto): {tab.cfg.slo.auto_factor:g} x the median E2E of vLLM's defaults (the median over "
+        f"their {len(tab.reps[tab.defaults])} repeats) = {tab.slo_ms:.0f} ms. A config is feasible when every repeat is. "
         f"Noise: the median relative spread (max - min) / mean of a server's repeats is {tab.noise:.3f}.", "",
         "| server (as started) | output tok/s per repeat | mean | P99 E2E ms per repeat | feasible | share of best |",
         "|---|---|---|---|---|---|"]

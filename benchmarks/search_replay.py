@@ -114,8 +114,8 @@ def synthetic_table(cfg: Config, space: Space, seed: int = 0, repeats: int = 2, 
         tok = 800.0 * (0.5 if e.max_num_seqs < 16 else 1.0) * (1 - 0.05 * (2048 - (e.max_num_batched_tokens or 2048))
                                                                  / 1536) * (1.03 if not e.enable_prefix_caching else 1)
         p99 = 2000.0 * (2.0 if e.max_num_seqs < 16 else 1.0)
-        reps[srv] = [Rep(tok * rng.gauss(1, cv), p99 * rng.gauss(1, cv), n_ok=368, n_requests=368)
-                     for _ in range(repeats + 2 * (p == DEFAULTS))]
+        reps[srv] = [Rep(tok * rng.gauss(1, cv), p99 * rng.gauss(1, cv), n_ok=368, n_requests=368,
+                         p50_ms=p99 / 2 * rng.gauss(1, cv / 3)) for _ in range(repeats + 2 * (p == DEFAULTS))]
     return Table.build(cfg, space, reps)
 
 

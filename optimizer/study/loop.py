@@ -320,7 +320,7 @@ def run_study(cfg: Config, rt: Runtime, runner: TrialRunner = run_trial) -> Stud
             cal = calibrate.stored(study.user_attrs)
             at = "at one user, before its capacity search" if cfg.load.mode == "capacity" else "at this load"
             log.info("%s", cal.describe() if cal else f"slo.p99_ms=auto: the baseline trial calibrates the SLO "
-                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the P99 {cfg.slo.metric} of vLLM's defaults, "
+                     f"(slo.auto_factor {cfg.slo.auto_factor:g} x the median {cfg.slo.metric} of vLLM's defaults, "
                      f"the baseline trial, {at})")
         budget = StudyStopper(cfg, started=rt.started, workers=rt.workers, worker=ctx.worker, clock=rt.clock)
         if done + running < cfg.study.n_trials and budget.may_start(study):

@@ -282,6 +282,8 @@ def _limit(ctx: TrialContext, p: _Progress, summary: LoadSummary) -> SloConfig:
     except ValueError as exc:
         raise ServerDied(f"the SLO could not be calibrated (slo.p99_ms=auto): {exc}: the baseline served no "
                          f"request", reason="calibration", deterministic=False) from None
+    if (warning := cal.spread_warning()) is not None:
+        log.warning("%s", warning)
     p.rec = replace(p.rec, calibration=cal.as_attr())  # the loop stores it with the study
     return calibrate.resolved(cfg, cal).slo
 

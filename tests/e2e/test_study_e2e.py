@@ -66,9 +66,10 @@ def test_two_trial_study_killed_mid_start_then_resumed_to_three(tmp_path, fault_
         if t in measured:
             assert info.throughput == pytest.approx(t.value) and info.measured
             assert info.p99 == pytest.approx(t.user_attrs["e2e_p99"])
-    # slo.p99_ms=auto (the demo's default): the baseline's P99 x 1.5, stored with the study
+    # slo.p99_ms=auto (the demo's default): the baseline's median x 3, stored with the study
     cal = study.user_attrs["slo_calibration"]
-    assert cal["trial"] == 0 and cal["slo_ms"] == pytest.approx(1.5 * baseline[0].user_attrs["e2e_p99"], abs=1)
+    assert cal["trial"] == 0 and cal["basis"] == "p50"
+    assert cal["slo_ms"] == pytest.approx(3 * baseline[0].user_attrs["e2e_p50"], abs=1)
     assert baseline[0].constraints["slo"] == pytest.approx(baseline[0].user_attrs["e2e_p99"] / cal["slo_ms"] - 1,
                                                            abs=1e-3)
 
