@@ -121,17 +121,21 @@ def kld_lower_bound(ref: dict[int, float], trial: dict[int, float]) -> float:
 
 def position_klds(trial: TextDist, ref: TextDist) -> tuple[list[float], int, float, float]:
     """Per position KLD lower bounds of ``trial`` from ``ref``, the number of positions whose top-1
-    tokens agree, and both sides' summed log-likelihood of the actual tokens.
+    tokens agree, and both sides' summed log-likelihood of the actual tokens, over the positions
+    both have: a server whose context is shorter than the passage scores its first
+    ``max_model_len - 1`` tokens (:mod:`~optimizer.quality.server_probe`), and a causal model's
+    distribution at a position depends only on the tokens before it, so those positions compare.
 
     Raises:
         ValueError: the two passages were tokenized differently (another model or tokenizer).
     """
-    if trial.token_ids != ref.token_ids:
-        raise ValueError(f"text {trial.id!r} has {trial.n} tokens here and {ref.n} in the reference, or other "
+    n = min(trial.n, ref.n)
+    if trial.token_ids[:n] != ref.token_ids[:n] or n == 0 < max(trial.n, ref.n):
+        raise ValueError(f"text {trial.id!r} has {trial.n} tokens here and {ref.n} in the reference, and other "
                          f"tokens: another tokenizer (another model?)")
-    klds = [kld_lower_bound(ref.top(i), trial.top(i)) for i in range(ref.n)]
-    same = sum(trial.top1(i) == ref.top1(i) for i in range(ref.n))
-    return klds, same, math.fsum(trial.logprobs), math.fsum(ref.logprobs)
+    klds = [kld_lower_bound(ref.top(i), trial.top(i)) for i in range(n)]
+    same = sum(trial.top1(i) == ref.top1(i) for i in range(n))
+    return klds, same, math.fsum(trial.logprobs[:n]), math.fsum(ref.logprobs[:n])
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -7,7 +7,12 @@ config's scheduler limits):
 (a) each reference passage to ``/v1/completions`` with ``prompt_logprobs=k`` (per position the
     top-k next tokens' log-probabilities and the actual token's; vLLM's extension, k at most the
     server's ``--max-logprobs``, 20 by default) and ``return_token_ids``, ``max_tokens=1``: the
-    teacher-forced distributions of :mod:`~optimizer.quality.distribution`;
+    teacher-forced distributions of :mod:`~optimizer.quality.distribution`. A passage longer than
+    the server's context (``--max-model-len``, which ``/tokenize`` reports) is sent as its first
+    ``max_model_len - 1`` token ids: a causal model's distribution at a position depends only on the
+    tokens before it, so that prefix is compared with the same positions of the reference (on an
+    H200, a study whose trials ran ``--max-model-len 2048`` lost every quality verdict to HTTP 400 on
+    quality-v2's long passages before this);
 (b) each prompt with ``temperature=0``, ``max_tokens`` fixed, ``return_token_ids`` and the top-N
     log-probabilities of each generated token: the greedy answers (speculative decoding's
     exactness check);
@@ -20,6 +25,7 @@ Each part is timed (``time.perf_counter``). Any failure (HTTP error, a server wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +40,8 @@ from optimizer.quality.scoring import Generation, QualityScores, TextScore
 from optimizer.quality.tasks import TaskAnswer, is_correct
 
 __all__ = ["ProbeError", "probe_distributions", "run_probe"]
+
+log = logging.getLogger(__name__)
 
 
 class ProbeError(OptimizerError, RuntimeError):
@@ -86,12 +94,32 @@ def _top_ids(choice: dict[str, Any]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(str(key).rsplit(":", 1)[-1]) for key in (d or {})) for d in tops)
 
 
+def _fitted(http: httpx.Client, url: str, model: str, t: QualityText, what: str) -> str | list[int]:
+    """The passage as the prompt to send: its text, or, when it does not fit the server's context
+    with the one token the request asks for, its first ``max_model_len - 1`` token ids (from the
+    server's own ``/tokenize``, so they are the ids the text prompt would have had)."""
+    tok_url = url.rsplit("/v1/", 1)[0] + "/tokenize"
+    try:
+        r = http.post(tok_url, json={"model": model, "prompt": t.text})
+    except httpx.HTTPError as exc:
+        raise ProbeError(f"quality probe, {what}: {type(exc).__name__}: {exc} ({tok_url})") from exc
+    if r.status_code != 200:  # a server without /tokenize: send the text, as before
+        return t.text
+    data = r.json()
+    ids, context = [int(x) for x in data.get("tokens", ())], int(data.get("max_model_len") or 0)
+    if not context or len(ids) < context:
+        return t.text
+    log.info("quality probe, %s: %d tokens, the server's max_model_len is %d: scored on its first %d tokens "
+             "(compared with the reference's same positions)", what, len(ids), context, context - 1)
+    return ids[:context - 1]
+
+
 def _teacher_forced(http: httpx.Client, url: str, model: str, qset: QualitySet, top_k: int,
                     concurrency: int) -> list[tuple[TextScore, TextDist]]:
     def score(t: QualityText) -> tuple[TextScore, TextDist]:
         what = f"text {t.id!r}"
-        data = _post(http, url, {"model": model, "prompt": t.text, "max_tokens": 1, "temperature": 0.0,
-                                 "prompt_logprobs": top_k, "return_token_ids": True}, what)
+        data = _post(http, url, {"model": model, "prompt": _fitted(http, url, model, t, what), "max_tokens": 1,
+                                 "temperature": 0.0, "prompt_logprobs": top_k, "return_token_ids": True}, what)
         ids, entries = _prompt_logprobs(data["choices"][0], what)
         dist = _text_dist(t.id, top_k, ids, entries, what)
         return TextScore(t.id, dist.n, math.fsum(dist.logprobs)), dist

@@ -5,7 +5,8 @@ once cached), the project's VllmServer serves it, and :func:`optimizer.quality.r
 it. The baseline server is probed twice (it must agree with itself exactly) and once more with every
 passage in flight (another batch composition: within the gate's limits); the standalone command
 judges the same server against itself (pass, exit 0), then an fp8_e5m2 KV-cache server started
-beside it against it (two live servers: rejected, exit 3); n-gram speculative decoding must pass the gate, exactness
+beside it, with a context shorter than the long passages, against it (two live servers: the long
+passages scored on the positions that fit, rejected, exit 3); n-gram speculative decoding must pass the gate, exactness
 check included, and accept draft tokens on the copy-heavy prompts. (That a config damaging the
 numerics, an fp8_e5m2 KV cache, is graded infeasible by the default gate is shown on real servers
 once, inside a study: tests/e2e/test_quality_study.py.)
@@ -46,6 +47,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 BASELINE = EngineParams(kv_cache_gib=0.5, max_model_len=4096)  # quality-v2's longest passage: 3.9k tokens
 FP8_E5M2 = dataclasses.replace(BASELINE, kv_cache_dtype="fp8_e5m2")  # 2 mantissa bits: mean KLD ~0.07 here
+# the standalone command's candidate also has a context shorter than the set's long passages (3.9k tokens), as a
+# study's trials may: the probe scores their first 2,047 tokens against the reference's same positions
+FP8_E5M2_SHORT = dataclasses.replace(FP8_E5M2, max_model_len=2048)
 NGRAM = dataclasses.replace(BASELINE, speculative="ngram", num_speculative_tokens=3, ngram_lookup_max=4)
 QCFG = QualityConfig()
 # the standalone command's tests judge with the CI-sized set (as a user would choose it: quality.dataset=); what
@@ -153,11 +157,12 @@ def test_the_standalone_command_passes_a_server_against_itself(baseline_server, 
 
 def test_the_standalone_command_rejects_an_fp8_e5m2_server_against_a_bf16_one(baseline_server, repo, model,
                                                                              tmp_path):
-    # two real servers at once, each probed in turn: the candidate (an fp8_e5m2 KV cache) and the
-    # module's bf16 baseline as the live reference; the reference's floor is left out here (floor=false:
-    # ~40 s; the command measures it in the test above)
+    # two real servers at once, each probed in turn: the candidate (an fp8_e5m2 KV cache, and a 2,048-token
+    # context that cannot hold the long passages whole) and the module's bf16 baseline (4,096) as the live
+    # reference; the reference's floor is left out here (floor=false: ~40 s; the command measures it in the test
+    # above)
     out = tmp_path / "q.json"
-    with serve(repo, model[1], FP8_E5M2, tmp_path / "server.log") as srv:
+    with serve(repo, model[1], FP8_E5M2_SHORT, tmp_path / "server.log") as srv:
         r = subprocess.run([sys.executable, "-m", "optimizer.quality", f"endpoint={srv.url}",
                             f"reference={baseline_server.url}", "model_name=smollm2", "floor=false", CLI_SET,
                             f"out={out}"],
@@ -169,6 +174,9 @@ def test_the_standalone_command_rejects_an_fp8_e5m2_server_against_a_bf16_one(ba
     assert doc["quality_set"] == "quality-v2-ci"
     assert doc["mean_kld"] > QCFG.max_mean_kld and any("mean KLD" in x for x in doc["reasons"]), doc["reasons"]
     assert doc["floor"]["views"] == 0 and "verdict: reject: " in r.stdout
+    # the long passages were scored on their first 2,047 tokens, not refused with HTTP 400 (an H200 study lost
+    # every quality verdict of its 2,048-token trials to that before)
+    assert "scored on its first 2047 tokens" in r.stderr and doc["far_positions"] > 0, r.stderr[-2000:]
 
 
 def test_ngram_speculation_is_lossless_by_the_probe_and_accepts_drafts(repo, model, reference, tmp_path):

@@ -70,8 +70,25 @@ def test_a_tilted_distribution_moves_kld_and_perplexity_and_a_flipped_one_moves_
 
 
 def test_another_tokenization_is_refused():
+    other = dist("a", 50)
+    other = TextDist.from_positions("a", 3, [(t + 1) % 6 for t in other.token_ids], list(other.logprobs),
+                                    [sorted(other.top(i).items(), key=lambda p: -p[1]) for i in range(other.n)])
     with pytest.raises(ValueError, match="tokenizer"):
-        summarize([dist("a", 50)], [dist("a", 51)])
+        summarize([other], [dist("a", 50)])
+
+
+def test_a_server_with_a_shorter_context_is_compared_on_the_positions_it_scored():
+    """A trial at --max-model-len 2048 scores a 3,000-token passage's first 2,047 tokens; the
+    reference (the defaults' longer context) has all of them: the common positions compare, and a
+    change within them still shows (issue 27's H200 study lost every quality verdict to this)."""
+    ref = [dist("short", 50), dist("long", FAR_POSITION + 400)]
+    cut = [dist("short", 50), dist("long", FAR_POSITION + 100)]
+    same = summarize(cut, ref)
+    assert same.n_positions == 50 + FAR_POSITION + 100 and same.mean_kld == 0.0 and same.far_positions == 101
+    assert same.ppl_ratio == pytest.approx(1.0)  # over the same positions, not the reference's whole passage
+    tilted = summarize([dist("short", 50, tilt=0.5), dist("long", FAR_POSITION + 100, tilt=0.5)], ref)
+    assert tilted.mean_kld > 0.01 and tilted.n_positions == same.n_positions
+    assert summarize(ref, cut).n_positions == same.n_positions  # either side may be the shorter
 
 
 def test_percentile_interpolates_and_is_nan_for_nothing():

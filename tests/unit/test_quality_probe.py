@@ -16,14 +16,22 @@ QSET = QualitySet("t", 1, "0" * 64, (QualityText("a", "one two three"), QualityT
                   (QualityTask("k1", "arithmetic", "1 + 1 =", "2"), QualityTask("k2", "lookup", "x is", "5")))
 
 
-def vllm_like(requests: list[dict], *, logprobs: bool = True, status: int = 200):
+def vllm_like(requests: list[dict], *, logprobs: bool = True, status: int = 200, max_model_len: int = 4096):
+    """Word i of a prompt is token 100 + i; ``/tokenize`` answers as vLLM's does (its context included);
+    a prompt of token ids is read as they are; a passage (prompt_logprobs) longer than the context is
+    refused with 400."""
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
-        requests.append(body)
         if status != 200:
             return httpx.Response(status, json={"error": {"message": "boom"}})
-        words = body["prompt"].split()
-        ids = [100 + i for i in range(len(words))]
+        if request.url.path == "/tokenize":
+            toks = [100 + i for i in range(len(body["prompt"].split()))]
+            return httpx.Response(200, json={"count": len(toks), "max_model_len": max_model_len, "tokens": toks})
+        requests.append(body)
+        prompt = body["prompt"]
+        ids = list(prompt) if isinstance(prompt, list) else [100 + i for i in range(len(prompt.split()))]
+        if body.get("prompt_logprobs") is not None and len(ids) + body["max_tokens"] > max_model_len:
+            return httpx.Response(400, json={"error": {"message": "This model's maximum context length is ..."}})
         gen = [7, 8, 9][:body["max_tokens"]]
         choice = {"index": 0, "text": " 2." if body["prompt"] == "1 + 1 =" else " x y", "finish_reason": "length",
                   "token_ids": gen, "prompt_token_ids": ids}
@@ -57,6 +65,20 @@ def test_probe_scores_every_text_and_prompt_one_request_at_a_time_greedy():
     assert a.top_ids[:4] == (900, 101, 902, 903)  # the best 4, ranked: the actual token was second
     assert [(t.id, t.correct) for t in s.tasks] == [("k1", True), ("k2", False)] and s.task_accuracy == 0.5
     assert s.dataset == "t" and s.max_tokens == 3 and s.ppl_seconds >= 0 and s.gen_seconds >= 0
+
+
+def test_a_passage_longer_than_the_servers_context_is_scored_on_the_tokens_that_fit():
+    """Text 'a' has 3 tokens; a server of max_model_len 3 cannot answer it with one more token (vLLM
+    refuses with 400), so it is sent as its first 2 token ids and scores 1 position, the same as the
+    first position of the full passage on a larger server."""
+    sent: list[dict] = []
+    with httpx.Client(transport=httpx.MockTransport(vllm_like(sent, max_model_len=3))) as client:
+        short = run_probe("http://srv", "m", QSET, max_tokens=1, top_k=4, client=client)
+    assert sent[0]["prompt"] == [100, 101] and sent[1]["prompt"] == "four five"  # b fits: sent as text
+    assert [t.n_tokens for t in short.texts] == [1, 1]
+    with httpx.Client(transport=httpx.MockTransport(vllm_like([]))) as client:
+        full = run_probe("http://srv", "m", QSET, max_tokens=1, top_k=4, client=client)
+    assert short.dists[0].token_ids == full.dists[0].token_ids[:1] and short.dists[0].top(0) == full.dists[0].top(0)
 
 
 def test_the_batched_view_sends_every_passage_and_reads_the_same_distributions():
