@@ -104,9 +104,7 @@ class ModelConfig(Frozen):
     prompt_token_high: int = 0  # 0: vocab_size - 300
 
 
-# slo.auto_factor's defaults (optimizer.trial.calibrate says why): at the study's load the defaults' own P99
-# runs 1.2-2.7x their median on a 2-core host (benchmarks/results/demo-slo-basis.md), so the limit sits above
-# that; unloaded (capacity mode) the limit is the knee, 1.5x the no-queue latency
+# slo.auto_factor's defaults, at the study's load and unloaded (capacity mode): optimizer.trial.calibrate says why
 AUTO_FACTOR_AT_LOAD = 3.0
 AUTO_FACTOR_UNLOADED = 1.5
 
@@ -358,8 +356,7 @@ def _validate_slo(slo: SloConfig, st: StudyConfig) -> None:
             _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x the median "
                   "latency of vLLM's defaults on this host, measured once per study by the baseline trial)")
         if slo.auto_factor is not None and not slo.auto_factor > 1:
-            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the baseline's "
-                  "median latency")
+            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the baseline's median")
         if not st.enqueue_baseline:
             _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline trial, and study.enqueue_baseline="
                   "false runs none: set study.enqueue_baseline=true or give slo.p99_ms a limit in ms")
