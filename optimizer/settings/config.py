@@ -356,7 +356,7 @@ def _validate_slo(slo: SloConfig, st: StudyConfig) -> None:
             _fail("slo.p99_ms", slo.p99_ms, "a limit in ms (e.g. 1500), or auto (slo.auto_factor x the median "
                   "latency of vLLM's defaults on this host, measured once per study by the baseline trial)")
         if slo.auto_factor is not None and not slo.auto_factor > 1:
-            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the baseline's median")
+            _fail("slo.auto_factor", slo.auto_factor, "must be > 1: the limit is this multiple of the median")
         if not st.enqueue_baseline:
             _fail("slo.p99_ms", slo.p99_ms, "auto is calibrated by the baseline trial, and study.enqueue_baseline="
                   "false runs none: set study.enqueue_baseline=true or give slo.p99_ms a limit in ms")
