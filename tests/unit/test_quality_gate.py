@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from optimizer.settings.config import QualityConfig
 from optimizer.quality.gate import UNMEASURED_VIOLATION, Floor, Limits, evaluate, grade, needs_probe, noise_floor, \
     numerics_changes
-from optimizer.quality.scoring import compare
-from tests.support.quality_fakes import scores
+from optimizer.quality.scoring import TextScore, compare
+from tests.support.quality_fakes import dist, scores
 
 BASE = {"max_num_seqs": 128, "enable_prefix_caching": True}
 
@@ -104,3 +105,17 @@ def test_speculative_decoding_must_flip_only_near_ties():
 def test_a_verdict_with_nothing_measured_is_infeasible_never_nan():
     s = replace(scores(), dists=())
     assert grade(compare(s, scores()), CFG) == UNMEASURED_VIOLATION > 0
+
+
+def test_a_trial_that_scored_a_long_passage_on_its_first_tokens_is_compared_on_them():
+    """A server whose context is shorter than a passage scores its first max_model_len - 1 tokens
+    (optimizer.quality.server_probe): compare() takes it, on the positions both sides have, where
+    it used to refuse it as 'another tokenizer' (a real 2,048-token server against a 4,096 one did)."""
+    def cut(s, n):
+        dists = tuple(dist(d.id, n) if d.id == "long" else d for d in s.dists)
+        return replace(s, dists=dists, texts=tuple(TextScore(d.id, d.n, math.fsum(d.logprobs)) for d in dists))
+
+    v = compare(cut(scores(), 600), scores())
+    assert v.distance is not None and v.distance.n_positions == 50 + 600 and v.distance.mean_kld == 0.0
+    tilted = replace(cut(scores(), 600), dists=(dist("t1", 50, 0.5), dist("long", 600, 0.5)))
+    assert compare(tilted, scores()).distance.mean_kld > 0.01
