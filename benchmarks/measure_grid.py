@@ -59,6 +59,7 @@ REPEATS = 2
 EXTRA_DEFAULT_REPEATS = 2  # the SLO is calibrated on the defaults: two more of them
 OVERRIDES = ["server.launcher=forkserver", "study.name=grid-cpu"]
 RUNS = RESULTS / "grid-cpu-runs.jsonl"
+BUSY = RESULTS / "grid-cpu-runs-stage1-busy.jsonl"  # runs set aside: measured while other work ran on the host
 CSV_PATH = RESULTS / "grid-cpu.csv"
 LOCK = "/tmp/vllm-cpu.lock"
 
@@ -159,7 +160,7 @@ def run(overrides: list[str], chunk: int, until: Optional[str], pause_s: float) 
                 if until and time.strftime("%H:%M", time.gmtime()) >= until:
                     break  # no server starts after `until`
                 done = load_runs()
-                r = {**r, "run": len(done), "repeat": sum(1 for d in done if d["server"] == r["server"]
+                r = {**r, "run": max((d["run"] for d in done), default=-1) + 1, "repeat": sum(1 for d in done if d["server"] == r["server"]
                                                          and "error" not in d) + 1}
                 row = _measure_one(cfg, space, ctx, r)
                 with RUNS.open("a") as fh:
@@ -257,9 +258,9 @@ def markdown(tab: Table, by_server: dict[str, list[dict[str, Any]]], host: dict[
     vers = sorted({r.get("vllm_version", "") for r in runs} - {""})
     lines = [
         "# The measured CPU grid (benchmarks/measure_grid.py)", "",
-        f"Host: {host['cpu']}, {host['cores']} cores, AVX-512 {'yes' if host['avx512'] else 'no'}, shared with other "
-        f"jobs (1-minute load average at the runs' starts {min(load):.1f}-{max(load):.1f}, median "
-        f"{statistics.median(load):.1f}). vLLM {', '.join(vers)} (CPU build), model tiny, workload chat-short, "
+        f"Host: {host['cpu']}, {host['cores']} cores, AVX-512 {'yes' if host['avx512'] else 'no'}; 1-minute load "
+        f"average at the runs' starts {min(load):.1f}-{max(load):.1f}, median {statistics.median(load):.1f} (the "
+        f"grid's own server and client keep ~1.5-2 of the cores busy: ~2 is a quiet host). vLLM {', '.join(vers)} (CPU build), model tiny, workload chat-short, "
         f"load.mode=concurrency at {tab.cfg.load.concurrency}, {tab.cfg.load.num_requests} requests after "
         f"{tab.cfg.load.warmup_requests} warm-up, server.launcher=forkserver; each run a fresh server through the "
         f"study's trial runner (optimizer.trial.trial.run_trial).", "",
@@ -285,7 +286,9 @@ def markdown(tab: Table, by_server: dict[str, list[dict[str, Any]]], host: dict[
         lines.append(f"- {k}: {'; '.join(eff)}")
     walls = [r["wall_s"] for r in runs]
     lines += ["", f"Cost: {len(runs)} server runs, median {statistics.median(walls):.0f} s each (start, warm-up, "
-              f"load, stop), {sum(walls) / 60:.0f} minutes in all. Raw runs: grid-cpu-runs.jsonl; table: grid-cpu.csv."]
+              f"load, stop), {sum(walls) / 60:.0f} minutes in all. Raw runs: grid-cpu-runs.jsonl; table: grid-cpu.csv."
+        + (f" Runs measured while other work ran on the host were measured again; the discarded ones are kept in "
+           f"{BUSY.name} ({len(load_runs(BUSY))} runs, not used)." if BUSY.exists() else "")]
     return "\n".join(lines) + "\n"
 
 
