@@ -26,7 +26,7 @@ class Launcher(StrEnum):
 
     plain = "plain"  # a new interpreter per start: `python -m <server.module> ...`
     forkserver = "forkserver"  # forked from a zygote that imported vLLM once per study
-    auto = "auto"  # forkserver, on the CPU build and on GPUs (launcher.resolve says why)
+    auto = "auto"  # forkserver on the CPU build and on one GPU, plain with tensor parallelism (launcher.resolve)
 
 
 class LoadMode(StrEnum):

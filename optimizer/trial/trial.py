@@ -181,7 +181,8 @@ def _run_server(ctx: TrialContext, number: int, params: EngineParams, p: _Progre
     server = VllmServer(launch.argv, python=ctx.python, host=cfg.server.host, port=port, log_path=log_path,
                         env=env, pid_dir=ctx.pid_dir, stop_timeout_s=cfg.server.stop_timeout_s, api_key=ctx.api_key,
                         identity=identity,
-                        launcher=resolve_launcher(cfg.server.launcher, cfg.hardware.device))
+                        launcher=resolve_launcher(cfg.server.launcher, cfg.hardware.device,
+                                                 max(len(gpus), params.tensor_parallel_size or 1)))
     t0 = time.monotonic()
     try:
         with server:

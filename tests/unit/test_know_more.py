@@ -65,7 +65,9 @@ def test_the_closing_line_names_what_was_measured_and_the_larger_study():
 
 def test_auto_is_the_forkserver_on_the_cpu_build_and_on_gpus():
     assert resolve("auto", "cpu") == "forkserver"
-    assert resolve("auto", "cuda") == "forkserver"  # on GPUs too since the H200 study of 2026-12-07
+    assert resolve("auto", "cuda") == "forkserver"  # on one GPU too since the H200 study of 2026-12-07
+    assert resolve("auto", "cuda", gpus=2) == "plain"  # tensor parallelism has not run forked
+    assert resolve("forkserver", "cuda", gpus=2) == "forkserver"  # what the user sets is used
     assert resolve("plain", "cpu") == "plain" and resolve("forkserver", "cuda") == "forkserver"
 
 
