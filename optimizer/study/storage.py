@@ -32,6 +32,7 @@ from optimizer.settings.config import Config, LoadConfig, WorkloadConfig
 from optimizer.settings.knobs import KNOBS, predates_ok
 from optimizer.study.coordination import advisory_lock
 from optimizer.study.filelock import ExclusiveFileLock
+from optimizer.trial import calibrate
 
 __all__ = ["METRIC_NAME", "RetryStaleTrial", "StudyLock", "finished_count", "fingerprint", "load_study", "make_storage", "open_study",
            "reap_interrupted", "redact_url", "retry_trial", "sqlite_path"]
@@ -284,12 +285,27 @@ def _check_identity(study: optuna.Study, cfg: Config, fp: dict[str, Any]) -> Non
         snapshot["study"]["storage"] = redact_url(cfg.study.storage)  # no database password in the record
         study.set_user_attr("config", snapshot)
     else:
-        changed = fingerprint_diff(stored, fp)
+        changed = _former_rule(study, fingerprint_diff(stored, fp))
         if changed:
             raise StudyError(
                 f"study {cfg.study.name!r} was run with other settings: {'; '.join(changed)[:800]}. Mixing them "
                 f"would compare unlike trials. Start a new version with study.name={cfg.study.name}-v2, or "
                 f"restore the old settings.")
+
+
+def _former_rule(study: optuna.Study, changed: list[str]) -> list[str]:
+    """``changed`` without ``objective.auto_factor`` for a study calibrated by the former rule (the
+    factor x the P99, before 2026-12-07): its stored limit governs it on resume, and today's factor (a
+    multiple of the median) is another quantity, so the two do not compare; the log says so."""
+    cal = calibrate.stored(study.user_attrs)
+    factor = [c for c in changed if c.startswith("objective.auto_factor ")]
+    if cal is None or cal.basis != "p99" or not factor:
+        return changed
+    log.warning("study %r was calibrated by the former rule (slo.auto_factor %g x the P99 of vLLM's defaults): its "
+                "stored limit, %.0f ms, judges every trial on resume; slo.auto_factor (today a multiple of the median) "
+                "does not apply to it. Start a new study.name for the new rule.", study.study_name, cal.factor,
+                cal.slo_ms)
+    return [c for c in changed if c not in factor]
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -9,7 +9,7 @@ import time
 import optuna
 import pytest
 
-from optimizer.core.errors import ConfigError
+from optimizer.core.errors import ConfigError, StudyError
 from optimizer.loadgen.records import RequestResult
 from optimizer.measures.metrics import summarize
 from optimizer.measures.objective import score
@@ -185,3 +185,18 @@ def test_a_one_user_p99_above_the_limit_is_warned_about_with_the_factor_to_use(c
     w = at_load.spread_warning()
     assert w is not None and "at this load" in w and "slo.auto_factor above 1.4" in w
     assert calibrate.from_summary(spread, compose()).spread_warning() is None  # its default, 3, is above 1.43
+
+
+def test_a_study_of_the_former_rule_resumes_but_a_changed_factor_on_a_new_one_is_refused(compose, tmp_path):
+    from optimizer.space.search_space import build_space
+    from optimizer.study.storage import open_study
+
+    cfg = compose(f"study.storage=sqlite:///{tmp_path}/s.db", "study.name=s")
+    old = compose(f"study.storage=sqlite:///{tmp_path}/s.db", "study.name=s", "slo.auto_factor=1.5")
+    study = open_study(old, build_space(old), optuna.samplers.RandomSampler())  # made with factor 1.5
+    study.set_user_attr(calibrate.ATTR, {"metric": "e2e", "base_p50_ms": 534.0, "base_p99_ms": 1291.1, "n_ok": 368,
+                                         "factor": 1.5, "slo_ms": 1937.0, "trial": 0})  # stored before the basis key
+    assert open_study(cfg, build_space(cfg), optuna.samplers.RandomSampler()).study_name == "s"  # its limit governs
+    study.set_user_attr(calibrate.ATTR, {**study.user_attrs[calibrate.ATTR], "basis": "p50"})
+    with pytest.raises(StudyError, match="auto_factor"):  # calibrated by today's rule: the factor is identity
+        open_study(cfg, build_space(cfg), optuna.samplers.RandomSampler())
