@@ -24,8 +24,9 @@ P99 (x1.16 against x1.13 over the measured grid's 32 servers), so what matters m
 the default factor (:data:`~optimizer.settings.config.AUTO_FACTOR_AT_LOAD`, 3) puts the limit near
 1.8x a typical P99 (a run's P99 was 1.66x its median over the grid's 66 runs), above the defaults'
 own spread, so that they meet their own limit on a fresh server, while a config that queues
-(max_num_seqs below the concurrency: a request waits a whole service time or more) does not. The calibration warns when the defaults' own P99 was already above
-the limit (:meth:`Calibration.spread_warning`).
+(max_num_seqs below the concurrency: a request waits a whole service time or more) does not. The
+calibration warns when the defaults' own P99 was already above the limit
+(:meth:`Calibration.spread_warning`).
 
 Why the baseline's latency at the study's load and not at light load (one request at a time):
 the ratio of the two is how well the server batches, and that depends on the host as much as the
