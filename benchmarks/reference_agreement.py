@@ -321,6 +321,8 @@ TMP = Path("/tmp/reference-agreement")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", help="the study's SQLite file (server_argv of each trial)")
+    ap.add_argument("--model", help="the study's model preset when not the Llama-3-8B shape (dummy weights), "
+                    "e.g. smollm2-135m-instruct; its folder must be where the study's server read it")
     ap.add_argument("--config", action="append", default=[], help="TRIAL:USERS, e.g. 7:88")
     ap.add_argument("--local-tiny", type=int, default=0, metavar="USERS",
                     help="a check of this script on vLLM's CPU build: the generated tiny model at USERS users")
@@ -342,8 +344,8 @@ def main() -> int:
     doc: dict[str, Any] = {"benchmark": "reference_agreement", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "machine": C.machine(), "args": {k: v for k, v in vars(a).items() if k != "out"},
                            "configs": []}
+    global MODEL
     if a.local_tiny:
-        global MODEL
         from optimizer.model.tiny import write_tiny_model
 
         MODEL = ["model=tiny"]
@@ -352,6 +354,8 @@ def main() -> int:
                 "--kv-cache-memory-bytes", str(2 * 2**30)]
         doc["configs"].append(one_config(argv, "tiny", a.local_tiny, a))
         Path(a.out).write_text(json.dumps(doc, indent=1, default=float))
+    if a.model:
+        MODEL = [f"model={a.model}"]
     for spec in a.config:
         trial, users = (int(x) for x in spec.split(":"))
         if not a.db:
