@@ -1,6 +1,6 @@
 """The report's quality section: what the quality probe measured per trial, which configs the
-gate rejected and why, the winner's quality next to the baseline's, and speculative decoding's
-acceptance per trial.
+gate rejected and why, the trade (what each numerics change carried against the winner, beside its
+verdict), the winner's quality next to the baseline's, and speculative decoding's acceptance per trial.
 
 :func:`quality_info` is the pure data step (trials in, :class:`QualityInfo` out, tested without
 a browser); :func:`quality_figure` draws it; :func:`quality_section` writes the section's HTML.
@@ -20,7 +20,7 @@ from optimizer.reporting.data import ReportData, Status
 from optimizer.reporting.markup import esc as _e, fig_block as _fig, num as _n
 from optimizer.settings.config import QualityConfig
 
-__all__ = ["QualityInfo", "QualityRow", "quality_figure", "quality_info", "quality_section"]
+__all__ = ["QualityInfo", "QualityRow", "quality_figure", "quality_info", "quality_section", "trade_lines"]
 
 _DEFAULT = QualityConfig()
 
@@ -48,6 +48,9 @@ class QualityRow(NamedTuple):
     spec_acceptance: float  # accepted / drafted tokens in the load test (NaN: no speculation)
     self_mean_kld: float  # this server against itself (the reference's: the study's noise floor)
     self_same_top1: float
+    throughput: float = math.nan  # output tok/s (at the capacity in load.mode=capacity)
+    capacity: float = math.nan  # load.mode=capacity: users (or req/s) it carried under the SLO
+    stopped_early: bool = False  # its capacity search stopped early: throughput and capacity are lower bounds
 
     @property
     def rejected(self) -> bool:
@@ -102,7 +105,8 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
                                p.p99_kld, p.same_top1, p.ppl_ratio, p.task_accuracy, p.reference_task_accuracy,
                                p.mcnemar_p, p.agreement, p.probe_s, p.is_reference, p.gated, p.violation, p.reasons,
                                p.skipped, p.error, m.telemetry.spec_acceptance if m is not None else math.nan,
-                               p.self_mean_kld, p.self_same_top1))
+                               p.self_mean_kld, p.self_same_top1, status[t.number].throughput,
+                               status[t.number].capacity, status[t.number].cap_limited_by.startswith("early stop")))
     notes = []
     skipped = sorted({r.skipped for r in rows if r.skipped})
     if rows and not any(math.isfinite(r.mean_kld) or r.is_reference for r in rows):
@@ -117,6 +121,33 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
         base = next((r for r in rows if r.is_reference), None)
     return QualityInfo(str(q.get("mode", _DEFAULT.mode.value)), limit("max_mean_kld"), limit("max_p99_kld"),
                        limit("min_same_top1"), limit("floor_multiple"), rows, notes, best, base)
+
+
+def trade_lines(info: QualityInfo) -> list[str]:
+    """The trade, one line per trial whose numerics differ from the baseline's: what it carried against
+    the winner and what the gate said of its quality, so a faster config that the gate rejected is seen
+    with its price."""
+    w = info.winner
+    out = []
+    for r in info.rows:
+        if not r.numerics or not math.isfinite(r.throughput):
+            continue
+        cap = (f" at {r.capacity:,.0f} users" if math.isfinite(r.capacity) else "") + (
+            " (its search stopped early: lower bounds)" if r.stopped_early else "")
+        vs = (f", {100 * (r.throughput / w.throughput - 1):+.1f} % against the winner (trial {w.number})"
+              if w is not None and w.number != r.number and w.throughput > 0 else
+              " (the winner)" if w is not None and w.number == r.number else "")
+        if r.rejected:
+            verdict = f"rejected by the quality gate: {_why(r)}"
+            if w is not None and w.throughput < r.throughput:
+                verdict += f"; the gate gave up {100 * (r.throughput / w.throughput - 1):.1f} % for quality"
+        elif r.gated and math.isfinite(r.violation):
+            verdict = "within the quality gate" + (f" (mean KLD {r.mean_kld:.2g}, same top-1 "
+                                                   f"{100 * r.same_top1:.2f} %)" if math.isfinite(r.mean_kld) else "")
+        else:
+            verdict = f"quality not graded ({r.skipped or r.error or 'not gated'})"
+        out.append(f"trial {r.number} ({r.numerics}): {r.throughput:,.0f} output tok/s{cap}{vs}; {verdict}")
+    return out
 
 
 def quality_figure(info: QualityInfo) -> Optional[go.Figure]:
@@ -176,6 +207,10 @@ def quality_section(info: QualityInfo, fig: Optional[go.Figure]) -> str:
     out.append('<h3>The winner next to the baseline</h3><table class="trials"><thead>' + head + "</thead><tbody>"
                + "".join(f"<tr><td>{_e(k)}</td>" + "".join(f'<td class="num">{c}</td>' for c in _cells(r))
                          + "</tr>" for k, r in rows) + "</tbody></table>")
+    trade = trade_lines(info)
+    if trade:
+        out.append("<h3>The trade: what each numerics change carried, and its quality</h3><ul>"
+                   + "".join(f"<li>{_e(x)}</li>" for x in trade) + "</ul>")
     rejected = [r for r in info.rows if r.rejected]
     out.append("<h3>Rejected by the quality gate</h3>" + (
         "<p class=sub>None.</p>" if not rejected else "<ul>" + "".join(

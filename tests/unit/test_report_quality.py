@@ -14,7 +14,7 @@ from optimizer.quality.scoring import QualityScores, compare
 from optimizer.record import Lineage, Measurement, Quality, Setup, TrialRecord
 from optimizer.reporting import write_study_report
 from optimizer.reporting.data import build_report_data
-from optimizer.reporting.quality_section import quality_figure, quality_info
+from optimizer.reporting.quality_section import quality_figure, quality_info, trade_lines
 from optimizer.server.telemetry import ServerStats
 from tests.support.quality_fakes import scores
 
@@ -79,6 +79,25 @@ def test_rejected_configs_winner_and_baseline(tmp_path):
     assert "noise floor (the baseline&#x27;s server against itself" in page or "noise floor (the baseline" in page
     assert f"{info.rows[1].mean_kld / 0.002:.1f}x" in page  # each trial's distance in floors
     assert info.max_mean_kld == 0.005 and info.rows[1].task_accuracy == 0.0 and info.rows[1].mean_kld > 0.005
+
+
+def test_the_trade_puts_a_rejected_faster_config_beside_its_verdict(tmp_path):
+    """A numerics change that carried more than the winner but was rejected shows what the gate gave
+    up, and a passing one its distance; the baseline's numerics are not a trade."""
+    study = _study([(_graded(REF, "", 0.0, is_reference=True), 100.0, {}),
+                    (_graded(_scores((1, 9, 9, 9), -260.0), "kv_cache_dtype: None -> fp8", 30.0), 300.0,
+                     {"kv_cache_dtype": "fp8"}),
+                    (_graded(REF, "speculative: None -> ngram", 0.0), 200.0, {"speculative": "ngram"})])
+    trials = study.get_trials()
+    lines = trade_lines(quality_info(build_report_data(study.study_name, trials, study.user_attrs), trials))
+    assert len(lines) == 2
+    assert lines[0].startswith("trial 1 (kv_cache_dtype: None -> fp8): 300 output tok/s, +50.0 % against the "
+                               "winner (trial 2); rejected by the quality gate: mean KLD ")
+    assert lines[0].endswith("; the gate gave up 50.0 % for quality")
+    assert lines[1].startswith("trial 2 (speculative: None -> ngram): 200 output tok/s (the winner); within the "
+                               "quality gate (mean KLD 0, same top-1 100.00 %)")
+    page = write_study_report(study, tmp_path).read_text()
+    assert "The trade: what each numerics change carried" in page and "the gate gave up 50.0 % for quality" in page
 
 
 def test_dummy_weights_say_quality_was_not_measured(tmp_path):
