@@ -12,10 +12,13 @@ rule before this change with the rule after:
   interval ``[low, high]`` (after) and by the bisection's bracket ``[highest pass, lowest failure)``
   (before: what "capacity N, resolution 5 %" claimed), the bias of each point, the interval's width;
 - **early stop**: a trial exactly as good as the incumbent (any stop is wrong), the incumbent the
-  best of 3 searches of the same config (the winner's curse); before: stop at a failure at or below
-  the incumbent's capacity (users); after: the trial's upper bound on its tok/s below the
-  incumbent's lower bound; and a worse trial (capacity ~25 % lower), where a stop is right and saves
-  probes;
+  best of 3 searches of the same config (the winner's curse); the users rule: stop at a failure at
+  or below the incumbent's capacity (users); the max bound (until 2026-12-07): the largest tok/s
+  measured below the fitted capacity's upper end, below the incumbent's lower bound; after: the
+  highest pass below the interval's lower end, scaled by the upper end over its load; and a worse
+  trial, where a stop is right and saves probes. Two throughput shapes: saturating (the fake's fixed
+  curve) and one that peaks and falls before the P99 limit (a closed loop's tok/s from the drawn
+  latencies, as a small model's on an H100);
 - **decision rule**: :func:`optimizer.confirmation.uplift.recommend` (after) and the rule it replaced
   (before, re-implemented here: best median, "within noise" = interval holds 1, fewest flags wins,
   again against the defaults) over scenarios with known true ratios; the coverage of the
@@ -32,11 +35,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 
+from optimizer.capacity.curve import estimate_capacity  # noqa: E402
 from optimizer.capacity.result import CapacityResult  # noqa: E402
 from optimizer.capacity.search import CapacitySearch, SearchPlan, find_capacity  # noqa: E402
 from optimizer.confirmation.uplift import ConfigRuns, block_ratio, recommend  # noqa: E402
@@ -54,10 +59,31 @@ from optimizer.trial.capacity_load import lower_value  # noqa: E402
 LIMIT = 2500.0
 
 
-def _search(law: LatencyLaw, seed: int, stop_below: Optional[float] = None, n: int = 400) -> CapacityResult:
-    s = CapacitySearch(SearchPlan("concurrency", 1, 256, 0.05, 16, 0, 2.0), SloConfig(p99_ms=LIMIT),
+def _search(law: LatencyLaw, seed: int, stop_below: Optional[float] = None, n: int = 400, limit: float = LIMIT,
+            start: int = 1, cap: int = 256, tokens: float = 0.0) -> CapacityResult:
+    s = CapacitySearch(SearchPlan("concurrency", start, cap, 0.05, 16, 0, 2.0), SloConfig(p99_ms=limit),
                        stop_below=(lambda: stop_below) if stop_below is not None else None)
-    return asyncio.run(find_capacity(FakeProbe(law, LIMIT, n, seed=seed), s))
+    return asyncio.run(find_capacity(FakeProbe(law, limit, n, seed=seed, tokens_per_request=tokens), s))
+
+
+def _max_bound(self: CapacitySearch) -> float:
+    """The early stop's upper bound before 2026-12-07: the largest value measured at or below the
+    fitted capacity's upper end (sound only while throughput does not fall as the load rises)."""
+    e = estimate_capacity(list(self.probes), self.slo.limit_ms, self.plan.control)
+    if not e.high == e.high:
+        return math.inf
+    vals = [getattr(p, self.value) for p in self.probes if not p.aborted and p.load <= e.high]
+    return max((v for v in vals if v == v), default=math.inf)
+
+
+@contextlib.contextmanager
+def _bound(fn: Any) -> Iterator[None]:
+    saved = CapacitySearch.upper_value
+    CapacitySearch.upper_value = fn  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CapacitySearch.upper_value = saved  # type: ignore[method-assign]
 
 
 def _tok(load: float) -> float:  # FakeProbe's output tok/s at a load
@@ -100,28 +126,43 @@ def capacity_part(n: int) -> dict[str, Any]:
     return out
 
 
+# where throughput falls past a peak below the P99 limit (a small model on an H100: 14,874 tok/s at
+# 128 users, 10,816 at 160, 9,908 at 256): a closed loop's tok/s from the fake's own latencies
+PEAK = {"law": LatencyLaw(base_ms=300.0, per_load_ms=2.0, quad_ms=0.005, drift=0.04),
+        "worse": LatencyLaw(base_ms=300.0, per_load_ms=2.0, quad_ms=0.005, drift=0.04, cliff_at=150.0,
+                            cliff_factor=1.35),
+        "kw": {"limit": 1800.0, "start": 16, "cap": 1024, "tokens": 100.0}}
+MONOTONE = {"law": LatencyLaw(drift=0.04), "worse": LatencyLaw(drift=0.04, per_load_ms=28.0), "kw": {}}
+
+
 def early_stop_part(n: int) -> dict[str, Any]:
-    law = LatencyLaw(drift=0.04)
-    worse = LatencyLaw(drift=0.04, per_load_ms=28.0)
     out: dict[str, Any] = {}
-    for name, trial_law, truly_worse in (("as good as the incumbent", law, False),
-                                         ("~25 % worse than the incumbent", worse, True)):
-        old_stops = new_stops = 0
-        probes_full, probes_new = [], []
-        for i in range(n):
-            incs = [_search(law, 10_000 + 3 * i + j) for j in range(3)]
-            inc = max(incs, key=lambda r: r.output_tok_s if r.feasible else -1.0)  # the winner's curse
-            full = _search(trial_law, i)
-            old_stops += any(not p.passed and p.load <= inc.value for p in full.probes) and full.feasible
-            bar = lower_value(inc, "output_tok_s")
-            new = _search(trial_law, i, stop_below=bar)
-            new_stops += new.stopped_early
-            probes_full.append(len(full.probes))
-            probes_new.append(len(new.probes))
-        key = "right_stop_rate" if truly_worse else "wrong_stop_rate"
-        out[name] = {"trials": n, f"before_{key}": round(old_stops / n, 3), f"after_{key}": round(new_stops / n, 3),
-                     "probes_full_search_mean": round(float(np.mean(probes_full)), 2),
-                     "probes_after_rule_mean": round(float(np.mean(probes_new)), 2)}
+    for shape, sc in (("saturating throughput", MONOTONE), ("throughput falls past its peak", PEAK)):
+        law, kw = sc["law"], sc["kw"]
+        for name, trial_law, truly_worse in (("as good as the incumbent", law, False),
+                                             ("worse than the incumbent", sc["worse"], True)):
+            old_stops = max_stops = new_stops = 0
+            probes_full, probes_new, ratio = [], [], []
+            for i in range(n):
+                incs = [_search(law, 10_000 + 3 * i + j, **kw) for j in range(3)]
+                inc = max(incs, key=lambda r: r.output_tok_s if r.feasible else -1.0)  # the winner's curse
+                full = _search(trial_law, i, **kw)
+                old_stops += any(not p.passed and p.load <= inc.value for p in full.probes) and full.feasible
+                bar = lower_value(inc, "output_tok_s")
+                with _bound(_max_bound):
+                    max_stops += _search(trial_law, i, stop_below=bar, **kw).stopped_early
+                new = _search(trial_law, i, stop_below=bar, **kw)
+                new_stops += new.stopped_early
+                probes_full.append(len(full.probes))
+                probes_new.append(len(new.probes))
+                ratio.append(full.output_tok_s / max(r.output_tok_s for r in incs))
+            key = "right_stop_rate" if truly_worse else "wrong_stop_rate"
+            out[f"{name}, {shape}"] = {
+                "trials": n, f"users_rule_{key}": round(old_stops / n, 3), f"max_bound_{key}": round(max_stops / n, 3),
+                f"after_{key}": round(new_stops / n, 3),
+                "median_value_over_incumbents_best": round(float(np.median(ratio)), 3),
+                "probes_full_search_mean": round(float(np.mean(probes_full)), 2),
+                "probes_after_rule_mean": round(float(np.mean(probes_new)), 2)}
     return out
 
 

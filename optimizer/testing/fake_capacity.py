@@ -4,7 +4,9 @@
 a median that rises with the load (linearly, then with a cliff: past ``cliff_at`` it is
 ``cliff_factor`` times higher), log-normal spread, a heavy (Pareto) tail on a share of requests,
 and a run-to-run shift of the whole probe (``drift``: a fresh run of the same load on the same
-server is not the same distribution), which makes the measured P99s non-monotone in the load.
+server is not the same distribution), which makes the measured P99s non-monotone in the load. With
+``quad_ms`` the median also rises with the square of the load, so a closed loop's throughput
+(load / mean latency) peaks and then falls before the P99 limit, as a small model's did on an H100.
 Its true P99 at a load is computed from the law (a large sample, cached), so the true capacity
 is known: the highest load whose true P99 is within the limit.
 
@@ -32,6 +34,7 @@ __all__ = ["FakeProbe", "LatencyLaw"]
 class LatencyLaw:
     base_ms: float = 400.0  # median latency at load 0
     per_load_ms: float = 20.0  # median rise per user (or req/s)
+    quad_ms: float = 0.0  # median rise per user squared: throughput peaks at sqrt(base_ms / quad_ms) users
     sigma: float = 0.25  # log-normal spread of a request
     tail_share: float = 0.03  # requests hit by the heavy tail
     tail_alpha: float = 2.5  # its Pareto index (smaller: heavier)
@@ -41,7 +44,7 @@ class LatencyLaw:
     _true: dict[float, float] = field(default_factory=dict, repr=False)
 
     def median_ms(self, load: float) -> float:
-        m = self.base_ms + self.per_load_ms * load
+        m = self.base_ms + self.per_load_ms * load + self.quad_ms * load * load
         return m * (self.cliff_factor if load > self.cliff_at else 1.0)
 
     def draw(self, load: float, n: int, rng: np.random.Generator, shift: float = 0.0) -> np.ndarray:
@@ -77,12 +80,17 @@ class LatencyLaw:
 
 @dataclass
 class FakeProbe:
-    """Draws each probe from ``law`` and judges it on its P99 (point estimate) against ``limit_ms``."""
+    """Draws each probe from ``law`` and judges it on its P99 (point estimate) against ``limit_ms``.
+
+    Its throughput is a fixed saturating curve of the load (``100 L / (1 + L/50)`` tok/s), or, with
+    ``tokens_per_request`` > 0, a closed loop's: ``L x tokens / mean latency`` from the probe's own
+    draws, so it carries the probe's noise and falls where the law's latency rises faster than the load."""
 
     law: LatencyLaw
     limit_ms: float
     n_requests: int = 400
     seed: int = 0
+    tokens_per_request: float = 0.0  # > 0: throughput from the drawn latencies (closed loop)
     rng: Optional[np.random.Generator] = None
     _last: dict[float, np.ndarray] = field(default_factory=dict)
 
@@ -100,8 +108,13 @@ class FakeProbe:
         p99 = float(np.quantile(x, 0.99))
         lo, hi = quantile_ci(x.tolist(), 0.99)
         passed = p99 <= self.limit_ms
+        if self.tokens_per_request > 0:
+            req_s = step.load / (float(np.mean(x)) / 1000.0)
+            tok_s = req_s * self.tokens_per_request
+        else:
+            req_s, tok_s = step.load, 100.0 * step.load / (1 + step.load / 50)
         return replace(ProbeResult(load=step.load, passed=passed, failed_on="" if passed else "slo",
-                                   output_tok_s=100.0 * step.load / (1 + step.load / 50), req_s=step.load,
+                                   output_tok_s=tok_s, req_s=req_s,
                                    p99_ms=p99, p99_low_ms=lo, p99_high_ms=hi, judged_p99_ms=p99,
                                    max_ms=float(x.max()), n_requests=len(x), n_ok=len(x), error_rate=0.0,
                                    constraints={"slo": p99 / self.limit_ms - 1, "errors": -0.01},
