@@ -68,6 +68,7 @@ class QualityInfo(NamedTuple):
     notes: list[str]  # plain-language statements (not measured, and why)
     winner: Optional[QualityRow]
     baseline: Optional[QualityRow]
+    rate_control: bool = False  # load.mode=capacity searched a request rate (capacities in req/s), not users
 
     @property
     def measured(self) -> bool:
@@ -120,7 +121,8 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
     if base is None:
         base = next((r for r in rows if r.is_reference), None)
     return QualityInfo(str(q.get("mode", _DEFAULT.mode.value)), limit("max_mean_kld"), limit("max_p99_kld"),
-                       limit("min_same_top1"), limit("floor_multiple"), rows, notes, best, base)
+                       limit("min_same_top1"), limit("floor_multiple"), rows, notes, best, base,
+                       d.capacity is not None and d.capacity.control == "rate")
 
 
 def trade_lines(info: QualityInfo) -> list[str]:
@@ -132,7 +134,8 @@ def trade_lines(info: QualityInfo) -> list[str]:
     for r in info.rows:
         if not r.numerics or not math.isfinite(r.throughput):
             continue
-        cap = (f" at {r.capacity:,.0f} users" if math.isfinite(r.capacity) else "") + (
+        amount = f"{r.capacity:.3g} req/s" if info.rate_control else f"{r.capacity:,.0f} users"
+        cap = (f" at {amount}" if math.isfinite(r.capacity) else "") + (
             " (its search stopped early: lower bounds)" if r.stopped_early else "")
         vs = (f", {100 * (r.throughput / w.throughput - 1):+.1f} % against the winner (trial {w.number})"
               if w is not None and w.number != r.number and w.throughput > 0 else
