@@ -127,7 +127,7 @@ def capacity_part(n: int) -> dict[str, Any]:
 
 
 # where throughput falls past a peak below the P99 limit (a small model on an H100: 14,874 tok/s at
-# 128 users, 10,816 at 160, 9,908 at 256): a closed loop's tok/s from the fake's own latencies
+# 128 users, 10,816 at 160, 11,271 at 256): a closed loop's tok/s from the fake's own latencies
 PEAK = {"law": LatencyLaw(base_ms=300.0, per_load_ms=2.0, quad_ms=0.005, drift=0.04),
         "worse": LatencyLaw(base_ms=300.0, per_load_ms=2.0, quad_ms=0.005, drift=0.04, cliff_at=150.0,
                             cliff_factor=1.35),

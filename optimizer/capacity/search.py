@@ -206,7 +206,7 @@ class CapacitySearch:
         end over its load; +inf while that end is open or no pass lies below the lower end.
 
         Sound where throughput falls past a peak (a small model on a GPU: 14,874 tok/s at 128 users,
-        10,816 at 160, 9,908 at 256), which a maximum over the probes is not: it needs only that the
+        10,816 at 160, 11,271 at 256), which a maximum over the probes is not: it needs only that the
         latency does not fall as the load rises, the premise of the bisection itself. A closed loop
         carries ``value = load x tokens / mean latency`` (an open one ``value ~ rate``), so at a capacity
         ``c`` in ``[low, high]`` the value is at most ``value(p) x c / load(p) <= value(p) x high / load(p)``

@@ -238,7 +238,7 @@ def test_the_early_stop_never_stops_a_trial_whose_upper_bound_reaches_the_incumb
 
 
 def test_the_early_stop_holds_where_throughput_falls_past_its_peak():
-    """A small model on an H100 carried 14,874 tok/s at 128 users, 10,816 at 160 and 9,908 at 256: its
+    """A small model on an H100 carried 14,874 tok/s at 128 users, 10,816 at 160 and 11,271 at 256: its
     throughput peaks below the P99 limit and falls past it. A fake whose throughput comes from its own
     latencies (closed loop) with that shape: the maximum over the probes below the interval's upper end
     underestimates the value at the capacity when the ladder jumps over the peak (that bound stopped 13
