@@ -92,14 +92,14 @@ def trial_info(t: FrozenTrial, slo_metric: str, rec: Optional[TrialRecord] = Non
         number=t.number, status=classify(t, rec), state=t.state.name, baseline=rec.lineage.baseline,
         throughput=thr, p99=rec.p99(slo_metric), p99s=p99s, error_rate=error_rate, params=params_as_set(t),
         constraints=dict(t.constraints or {}), failure=failure,
-        detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate),
+        detail=detail or _violations(t, slo_metric, rec.p99(slo_metric), error_rate, rec),
         attempt=rec.lineage.attempt, retry_of=rec.lineage.retry_of, wall_s=wall, worker=rec.setup.worker,
         gpus=rec.setup.gpus, capacity=rec.capacity.result.value if rec.capacity else math.nan,
         cap_limited_by=rec.capacity.limit_label() if rec.capacity else "",
         cap_interval=fitted(rec.capacity.result).interval_text() if rec.capacity else "")  # early stop: below which incumbent
 
 
-def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> str:
+def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float, rec: TrialRecord) -> str:
     """Why a measured trial is infeasible, in words ('' when it is not)."""
     c = t.constraints or {}
     out = []
@@ -107,6 +107,11 @@ def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float) -> s
         out.append(f"P99 {metric} {p99:.0f} ms is {c['slo']:.0%} over the SLO")
     if c.get("errors", 0.0) > 0 and math.isfinite(error_rate):
         out.append(f"error rate {error_rate:.1%} is over the allowed rate")
+    if c.get("quality", 0.0) > 0:
+        q = rec.quality
+        why = (q.reasons or (f"quality not measured ({q.error or q.skipped})" if q.error or q.skipped else "")
+               if q is not None else "")
+        out.append("rejected by the quality gate" + (f": {why}" if why else ""))
     return "; ".join(out)
 
 

@@ -89,7 +89,10 @@ def test_the_trade_puts_a_rejected_faster_config_beside_its_verdict(tmp_path):
                      {"kv_cache_dtype": "fp8"}),
                     (_graded(REF, "speculative: None -> ngram", 0.0), 200.0, {"speculative": "ngram"})])
     trials = study.get_trials()
-    lines = trade_lines(quality_info(build_report_data(study.study_name, trials, study.user_attrs), trials))
+    d = build_report_data(study.study_name, trials, study.user_attrs)
+    lines = trade_lines(quality_info(d, trials))
+    # the all-trials table says why the faster config is infeasible (not only "infeasible")
+    assert d.trials[1].detail.startswith("rejected by the quality gate: mean KLD ") and not d.trials[2].detail
     assert len(lines) == 2
     assert lines[0].startswith("trial 1 (kv_cache_dtype: None -> fp8): 300 output tok/s, +50.0 % against the "
                                "winner (trial 2); rejected by the quality gate: mean KLD ")
