@@ -32,7 +32,7 @@ case "${1:-}" in
       touch /tmp/r3b.started; PLAIN_TRIALS=${PLAIN_TRIALS:-2} setsid nohup bash benchmarks/gpu_round3b.sh pipeline >> $LOG 2>&1 < /dev/null &
       say "pipeline started"
     fi
-    nvidia-smi --query-gpu=name,memory.used --format=csv,noheader; ss -ltn | grep -c LISTEN;;
+    nvidia-smi --query-gpu=name,memory.used --format=csv,noheader;;
   pipeline) pipeline;;
   wait)
     end=$((SECONDS + ${2:-540}))

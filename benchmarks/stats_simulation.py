@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -60,30 +59,22 @@ LIMIT = 2500.0
 
 
 def _search(law: LatencyLaw, seed: int, stop_below: Optional[float] = None, n: int = 400, limit: float = LIMIT,
-            start: int = 1, cap: int = 256, tokens: float = 0.0) -> CapacityResult:
-    s = CapacitySearch(SearchPlan("concurrency", start, cap, 0.05, 16, 0, 2.0), SloConfig(p99_ms=limit),
+            start: int = 1, cap: int = 256, tokens: float = 0.0, cls: type = CapacitySearch) -> CapacityResult:
+    s = cls(SearchPlan("concurrency", start, cap, 0.05, 16, 0, 2.0), SloConfig(p99_ms=limit),
                        stop_below=(lambda: stop_below) if stop_below is not None else None)
     return asyncio.run(find_capacity(FakeProbe(law, limit, n, seed=seed, tokens_per_request=tokens), s))
 
 
-def _max_bound(self: CapacitySearch) -> float:
-    """The early stop's upper bound before 2026-12-07: the largest value measured at or below the
-    fitted capacity's upper end (sound only while throughput does not fall as the load rises)."""
-    e = estimate_capacity(list(self.probes), self.slo.limit_ms, self.plan.control)
-    if not e.high == e.high:
-        return math.inf
-    vals = [getattr(p, self.value) for p in self.probes if not p.aborted and p.load <= e.high]
-    return max((v for v in vals if v == v), default=math.inf)
+class _MaxBoundSearch(CapacitySearch):
+    """The search with the early stop's upper bound before 2026-12-07: the largest value measured at
+    or below the fitted capacity's upper end (sound only while throughput does not fall as the load rises)."""
 
-
-@contextlib.contextmanager
-def _bound(fn: Any) -> Iterator[None]:
-    saved = CapacitySearch.upper_value
-    CapacitySearch.upper_value = fn  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        CapacitySearch.upper_value = saved  # type: ignore[method-assign]
+    def upper_value(self) -> float:
+        e = estimate_capacity(list(self.probes), self.slo.limit_ms, self.plan.control)
+        if not e.high == e.high:
+            return math.inf
+        vals = [getattr(p, self.value) for p in self.probes if not p.aborted and p.load <= e.high]
+        return max((v for v in vals if v == v), default=math.inf)
 
 
 def _tok(load: float) -> float:  # FakeProbe's output tok/s at a load
@@ -149,8 +140,7 @@ def early_stop_part(n: int) -> dict[str, Any]:
                 full = _search(trial_law, i, **kw)
                 old_stops += any(not p.passed and p.load <= inc.value for p in full.probes) and full.feasible
                 bar = lower_value(inc, "output_tok_s")
-                with _bound(_max_bound):
-                    max_stops += _search(trial_law, i, stop_below=bar, **kw).stopped_early
+                max_stops += _search(trial_law, i, stop_below=bar, cls=_MaxBoundSearch, **kw).stopped_early
                 new = _search(trial_law, i, stop_below=bar, **kw)
                 new_stops += new.stopped_early
                 probes_full.append(len(full.probes))

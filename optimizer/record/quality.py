@@ -67,6 +67,13 @@ class Quality:
     def measured(self) -> bool:
         return math.isfinite(self.ppl)
 
+    @property
+    def why_rejected(self) -> str:
+        """Why the gate made this trial infeasible, in words (the report's tables say it the same way)."""
+        if not math.isfinite(self.mean_kld):
+            return f"quality not measured ({self.error or self.skipped or 'no probe'}): an unverified numerics change"
+        return self.reasons
+
     @classmethod
     def of(cls, scores: QualityScores, graded: Optional[Evaluation], **kw: Any) -> Quality:
         """The part of a probe's ``scores`` and (when a reference existed) their ``graded`` evaluation."""

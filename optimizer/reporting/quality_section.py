@@ -51,6 +51,7 @@ class QualityRow(NamedTuple):
     throughput: float = math.nan  # output tok/s (at the capacity in load.mode=capacity)
     capacity: float = math.nan  # load.mode=capacity: users (or req/s) it carried under the SLO
     stopped_early: bool = False  # its capacity search stopped early: throughput and capacity are lower bounds
+    why: str = ""  # why the gate rejected it, in words (record.Quality.why_rejected)
 
     @property
     def rejected(self) -> bool:
@@ -80,13 +81,6 @@ class QualityInfo(NamedTuple):
         return next((r for r in self.rows if r.is_reference), None)
 
 
-def _why(r: QualityRow) -> str:
-    """Why the gate rejected ``r``, in words."""
-    if not math.isfinite(r.mean_kld):
-        return f"quality not measured ({r.error or r.skipped or 'no probe'}): an unverified numerics change"
-    return r.reasons
-
-
 def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
     """The quality section's data, from the report's data and the study's trials."""
     q: dict[str, Any] = d.summary.config.get("quality") or {}
@@ -107,7 +101,8 @@ def quality_info(d: ReportData, trials: Sequence[FrozenTrial]) -> QualityInfo:
                                p.mcnemar_p, p.agreement, p.probe_s, p.is_reference, p.gated, p.violation, p.reasons,
                                p.skipped, p.error, m.telemetry.spec_acceptance if m is not None else math.nan,
                                p.self_mean_kld, p.self_same_top1, status[t.number].throughput,
-                               status[t.number].capacity, status[t.number].cap_limited_by.startswith("early stop")))
+                               status[t.number].capacity, status[t.number].cap_limited_by.startswith("early stop"),
+                               p.why_rejected))
     notes = []
     skipped = sorted({r.skipped for r in rows if r.skipped})
     if rows and not any(math.isfinite(r.mean_kld) or r.is_reference for r in rows):
@@ -137,13 +132,13 @@ def trade_lines(info: QualityInfo) -> list[str]:
         amount = f"{r.capacity:.3g} req/s" if info.rate_control else f"{r.capacity:,.0f} users"
         cap = (f" at {amount}" if math.isfinite(r.capacity) else "") + (
             " (its search stopped early: lower bounds)" if r.stopped_early else "")
-        vs = (f", {100 * (r.throughput / w.throughput - 1):+.1f} % against the winner (trial {w.number})"
-              if w is not None and w.number != r.number and w.throughput > 0 else
-              " (the winner)" if w is not None and w.number == r.number else "")
+        gain = r.throughput / w.throughput - 1 if w is not None and w.throughput > 0 else math.nan
+        vs = (" (the winner)" if w is not None and w.number == r.number else
+              f", {100 * gain:+.1f} % against the winner (trial {w.number})" if w is not None and gain == gain else "")
         if r.rejected:
-            verdict = f"rejected by the quality gate: {_why(r)}"
-            if w is not None and w.throughput < r.throughput:
-                verdict += f"; the gate gave up {100 * (r.throughput / w.throughput - 1):.1f} % for quality"
+            verdict = f"rejected by the quality gate: {r.why}"
+            if gain > 0:
+                verdict += f"; the gate gave up {100 * gain:.1f} % for quality"
         elif r.gated and math.isfinite(r.violation):
             verdict = "within the quality gate" + (f" (mean KLD {r.mean_kld:.2g}, same top-1 "
                                                    f"{100 * r.same_top1:.2f} %)" if math.isfinite(r.mean_kld) else "")
@@ -217,7 +212,7 @@ def quality_section(info: QualityInfo, fig: Optional[go.Figure]) -> str:
     rejected = [r for r in info.rows if r.rejected]
     out.append("<h3>Rejected by the quality gate</h3>" + (
         "<p class=sub>None.</p>" if not rejected else "<ul>" + "".join(
-            f"<li>trial {r.number} ({_e(r.numerics)}): {_e(_why(r))}</li>" for r in rejected) + "</ul>"))
+            f"<li>trial {r.number} ({_e(r.numerics)}): {_e(r.why)}</li>" for r in rejected) + "</ul>"))
     head = ("<tr><th>#</th><th>status</th><th>numerics vs baseline</th><th>mean KLD</th><th>P99 KLD</th>"
             "<th>mean KLD / floor</th><th>same top-1</th><th>perplexity ratio</th><th>tasks</th><th>McNemar p</th><th>greedy agreement</th>"
             "<th>probe s</th><th>spec acceptance</th><th>gate</th></tr>")

@@ -108,9 +108,7 @@ def _violations(t: FrozenTrial, metric: str, p99: float, error_rate: float, rec:
     if c.get("errors", 0.0) > 0 and math.isfinite(error_rate):
         out.append(f"error rate {error_rate:.1%} is over the allowed rate")
     if c.get("quality", 0.0) > 0:
-        q = rec.quality
-        why = (q.reasons or (f"quality not measured ({q.error or q.skipped})" if q.error or q.skipped else "")
-               if q is not None else "")
+        why = rec.quality.why_rejected if rec.quality is not None else ""
         out.append("rejected by the quality gate" + (f": {why}" if why else ""))
     return "; ".join(out)
 

@@ -50,7 +50,8 @@ def resolve(launcher: str, device: str, gpus: int = 1) -> str:
     """The launcher a start uses: ``auto`` (``server.launcher``'s value in conf/config.yaml) is
     ``forkserver`` on the CPU build and for a server on one GPU, and ``plain`` for a server on
     ``gpus`` > 1 (tensor parallelism: its workers have not run forked from a zygote here). On the
-    CPU build the zygote saves the API server's imports of every start after the first (9-18 s on a quiet 2-core host, 46-50 s on a loaded one: docs/start-time.md). On an H200 (vLLM
+    CPU build the zygote saves the API server's imports of every start after the first (9-18 s on a
+    quiet 2-core host, 46-50 s on a loaded one: docs/start-time.md). On an H200 (vLLM
     0.26.0, 2026-12-07, docs/results/h200-capacity-quality-smollm2/) a 4-trial capacity study ran
     with it end to end: every start and stop clean, GPU memory back to 0 MiB between trials, and
     each forked start reached CUDA 24-27 s after the trial began against 67 s for a plain start (the

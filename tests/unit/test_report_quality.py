@@ -103,6 +103,17 @@ def test_the_trade_puts_a_rejected_faster_config_beside_its_verdict(tmp_path):
     assert "The trade: what each numerics change carried" in page and "the gate gave up 50.0 % for quality" in page
 
 
+def test_the_trade_states_a_capacity_searched_as_a_rate_in_requests_per_second():
+    study = _study([(_graded(REF, "", 0.0, is_reference=True), 100.0, {}),
+                    (_graded(_scores((1, 9, 9, 9), -260.0), "kv_cache_dtype: None -> fp8", 30.0), 300.0,
+                     {"kv_cache_dtype": "fp8"})])
+    trials = study.get_trials()
+    info = quality_info(build_report_data(study.study_name, trials, study.user_attrs), trials)
+    info = info._replace(rows=[r._replace(capacity=3.5) for r in info.rows])
+    assert "300 output tok/s at 4 users," in trade_lines(info)[0]
+    assert "300 output tok/s at 3.5 req/s," in trade_lines(info._replace(rate_control=True))[0]
+
+
 def test_dummy_weights_say_quality_was_not_measured(tmp_path):
     study = _study([(Quality(skipped="dummy weights"), 100.0, {}),
                     (Quality(skipped="dummy weights"), 150.0, {"kv_cache_dtype": "fp8"})])
